@@ -1,0 +1,1 @@
+"""Constrained decoding: regex / JSON schema to an FSM index, vocabulary masks, jump-forward."""

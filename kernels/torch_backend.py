@@ -1,0 +1,135 @@
+"""Attention over the paged KV pool in plain torch: the CPU path and the reference for kernels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from plait.kernels.attention_backend import AttentionBackend
+from plait.radix_cache.memory_pool import TokenToKVPool
+from plait.runtime.forward_batch import ForwardBatch, ForwardMode
+
+# Pad the batch into one attention call unless padding would more than double the work.
+_MAX_PAD_WASTE = 2.0
+
+
+@dataclass(slots=True)
+class _Group:
+    """Requests attended in one padded SDPA call."""
+
+    kv_index: torch.Tensor  # [b, max_seq] slots, padding -> slot 0
+    mask: torch.Tensor  # [b, 1, G * max_ext, max_seq] bool, True = attend
+    token_index: torch.Tensor  # [n] flat token -> row in the padded [b * max_ext] layout
+    flat_index: torch.Tensor  # [n] which flat tokens of the batch this group holds
+    b: int
+    max_ext: int
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Gathers each request's KV through ``req_to_token`` and runs SDPA.
+
+    Grouped-query attention never materialises repeated KV: the G query heads of a KV head are
+    folded into the query-length axis, so one matmul serves the whole group.
+    """
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+        assert num_heads % num_kv_heads == 0
+        self.num_heads = num_heads
+        self.num_kv_heads = num_kv_heads
+        self.group = num_heads // num_kv_heads
+        self.head_dim = head_dim
+
+    def init_forward_metadata(self, batch: ForwardBatch) -> None:
+        ext, seq = batch.extend_lens_cpu, batch.seq_lens_cpu
+        padded = len(seq) * max(ext) * max(seq)
+        useful = sum(e * s for e, s in zip(ext, seq))
+        if batch.mode == ForwardMode.DECODE or padded <= _MAX_PAD_WASTE * useful:
+            groups = [self._group(batch, list(range(len(seq))))]
+        else:
+            groups = [self._group(batch, [i]) for i in range(len(seq))]
+        batch.attn_metadata = groups
+
+    def _group(self, batch: ForwardBatch, rows: list[int]) -> _Group:
+        ext = [batch.extend_lens_cpu[i] for i in rows]
+        pre = [batch.prefix_lens_cpu[i] for i in rows]
+        seq = [batch.seq_lens_cpu[i] for i in rows]
+        b, max_ext, max_seq = len(rows), max(ext), max(seq)
+        device = batch.input_ids.device
+        starts = [0]
+        for e in batch.extend_lens_cpu:
+            starts.append(starts[-1] + e)
+
+        pool_rows = batch.req_pool_indices[rows]
+        kv_index = batch.req_to_token[pool_rows, :max_seq].clone()
+        seq_t = torch.tensor(seq, device=device)
+        pre_t = torch.tensor(pre, device=device)
+        ext_t = torch.tensor(ext, device=device)
+        key_pos = torch.arange(max_seq, device=device)
+        kv_index.masked_fill_(key_pos[None, :] >= seq_t[:, None], 0)
+
+        q_pos = pre_t[:, None] + torch.arange(max_ext, device=device)[None, :]  # [b, max_ext]
+        mask = key_pos[None, None, :] <= q_pos[:, :, None]  # causal
+        mask &= key_pos[None, None, :] < seq_t[:, None, None]
+        # padded query rows attend to key 0 so that no row is fully masked (they are dropped)
+        pad_q = torch.arange(max_ext, device=device)[None, :] >= ext_t[:, None]
+        mask[..., 0] |= pad_q
+        mask = mask[:, None].expand(b, self.group, max_ext, max_seq)
+        mask = mask.reshape(b, 1, self.group * max_ext, max_seq)
+
+        flat_index = torch.cat(
+            [torch.arange(starts[i], starts[i] + batch.extend_lens_cpu[i]) for i in rows]
+        ).to(device)
+        token_index = torch.cat(
+            [torch.arange(j * max_ext, j * max_ext + e) for j, e in enumerate(ext)]
+        ).to(device)
+        return _Group(kv_index, mask, token_index, flat_index, b, max_ext)
+
+    def forward(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        layer_id: int,
+        kv_pool: TokenToKVPool,
+        batch: ForwardBatch,
+        scale: float,
+    ) -> torch.Tensor:
+        kv_pool.set_kv(layer_id, batch.out_cache_loc, k, v)
+        k_buf, v_buf = kv_pool.get_kv(layer_id)
+        groups: list[_Group] = batch.attn_metadata
+        n, hq, d = q.shape
+        if len(groups) == 1 and groups[0].b == 1:
+            return self._attend(q, k_buf, v_buf, groups[0], scale).reshape(n, hq * d)
+        out = q.new_empty(n, hq * d)
+        for grp in groups:
+            out[grp.flat_index] = self._attend(q[grp.flat_index], k_buf, v_buf, grp, scale).reshape(
+                -1, hq * d
+            )
+        return out
+
+    def _attend(
+        self,
+        q: torch.Tensor,  # [n, Hq, D] tokens of this group, flat
+        k_buf: torch.Tensor,  # [slots, Hkv, D]
+        v_buf: torch.Tensor,
+        grp: _Group,
+        scale: float,
+    ) -> torch.Tensor:
+        b, e = grp.b, grp.max_ext
+        hkv, g, d = self.num_kv_heads, self.group, self.head_dim
+        if q.shape[0] == b * e:
+            q_pad = q
+        else:
+            q_pad = q.new_zeros(b * e, self.num_heads, d)
+            q_pad[grp.token_index] = q
+        # [b*e, Hq, D] -> [b, Hkv, G*e, D]
+        q_pad = q_pad.view(b, e, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * e, d)
+        keys = k_buf[grp.kv_index].transpose(1, 2)  # [b, Hkv, S, D]
+        values = v_buf[grp.kv_index].transpose(1, 2)
+        o = F.scaled_dot_product_attention(q_pad, keys, values, attn_mask=grp.mask, scale=scale)
+        o = o.view(b, hkv, g, e, d).permute(0, 3, 1, 2, 4).reshape(b * e, hkv * g, d)
+        if q.shape[0] == b * e:
+            return o
+        return o[grp.token_index]

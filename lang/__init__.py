@@ -1,0 +1,1 @@
+"""The frontend language: gen, select, fork, chat roles and @function programs."""

@@ -1,0 +1,1 @@
+"""Everything that executes: the engine, scheduler, model runner, sampler and models."""

@@ -1,0 +1,64 @@
+"""Token ids to text: incremental for streaming (holding back partial UTF-8), and final."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from plait.runtime.request import Req
+
+
+
+class IncrementalDetokenizer:
+    """Yields the text added by each new batch of tokens.
+
+    Invariant: the concatenation of every returned delta is a prefix of ``decode(all ids)``;
+    text ending in an incomplete UTF-8 character (U+FFFD) is held back until it completes.
+    """
+
+    def __init__(self, tokenizer: Any, skip_special_tokens: bool = True) -> None:
+        self.tokenizer = tokenizer
+        self.skip_special_tokens = skip_special_tokens
+        self.ids: list[int] = []
+        self.surr_offset = 0
+        self.read_offset = 0
+
+    def feed(self, new_ids: list[int]) -> str:
+        self.ids.extend(new_ids)
+        skip = self.skip_special_tokens
+        prev = self.tokenizer.decode(self.ids[self.surr_offset : self.read_offset], skip_special_tokens=skip)
+        full = self.tokenizer.decode(self.ids[self.surr_offset :], skip_special_tokens=skip)
+        if len(full) <= len(prev) or full.endswith("\ufffd"):
+            return ""
+        self.surr_offset, self.read_offset = self.read_offset, len(self.ids)
+        return full[len(prev) :]
+
+
+def hold_back_stop_prefix(text: str, stops: list[str]) -> str:
+    """Cuts ``text`` at a complete stop string, and holds back a tail that could still grow
+    into one, so streamed text never shows stop strings."""
+    for s in stops:
+        cut = text.find(s)
+        if cut >= 0:
+            text = text[:cut]
+    hold = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), 0, -1):
+            if text.endswith(s[:k]):
+                hold = max(hold, k)
+                break
+    return text[: len(text) - hold]
+
+
+def output_text(tokenizer: Any, req: Req) -> str:
+    """The final text: special tokens skipped, a matched stop string or stop token cut off."""
+    p = req.sampling_params
+    ids = req.output_ids
+    reason = req.finished_reason
+    if reason is not None and reason.type == "stop" and isinstance(reason.matched, int):
+        ids = ids[:-1]
+    text = tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
+    if reason is not None and reason.type == "stop" and isinstance(reason.matched, str):
+        cut = text.find(reason.matched)
+        if cut >= 0:
+            text = text[:cut]
+    return text

@@ -1,0 +1,270 @@
+"""The in-process engine: load a model, then generate with continuous batching."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plait.runtime.detokenizer import IncrementalDetokenizer, hold_back_stop_prefix, output_text
+from plait.runtime.errors import InvalidRequestError
+from plait.runtime.model_loader import LoadedModel, load_model
+from plait.runtime.request import Logprobs, Req
+from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.scheduler import Scheduler, SchedulerConfig
+
+SamplingArg = SamplingParams | dict[str, Any] | None
+
+
+class Engine:
+    """Generates from prompts (text or token ids) with every request of a call batched together.
+
+    ``generate`` returns, per request, ``{"text", "output_ids", "meta_info"}`` with
+    ``meta_info`` = id, prompt_tokens, completion_tokens, cached_tokens, finish_reason
+    (``{"type": "stop"|"length"|"abort", "matched": ...}``), e2e_latency and, when asked,
+    input/output token logprobs as ``(logprob, token_id, token_text)`` triples. Not thread-safe:
+    one caller drives ``step``; the worker process serialises its clients onto it.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path | None = None,
+        *,
+        dtype: str | torch.dtype = "float32",
+        device: str = "cpu",
+        max_total_tokens: int | None = None,
+        mem_fraction_static: float = 0.15,
+        max_running_requests: int = 256,
+        chunked_prefill_size: int | None = 1024,
+        max_prefill_tokens: int = 4096,
+        schedule_policy: str = "lpm",
+        disable_radix_cache: bool = False,
+        context_length: int | None = None,
+        attention_backend: str = "auto",
+        num_threads: int | None = None,
+    ) -> None:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        self.loaded: LoadedModel = load_model(
+            model_path,
+            dtype=dtype,
+            device=device,
+            max_total_tokens=max_total_tokens,
+            mem_fraction_static=mem_fraction_static,
+            max_running_requests=max_running_requests,
+            disable_radix_cache=disable_radix_cache,
+            context_length=context_length,
+            attention_backend=attention_backend,
+        )
+        m = self.loaded
+        self.tokenizer = m.tokenizer
+        self.context_len = m.context_len
+        self.vocab_size = m.config.vocab_size
+        self.scheduler = Scheduler(
+            m.runner,
+            m.kv,
+            m.stop_checker,
+            m.config.vocab_size,
+            SchedulerConfig(
+                schedule_policy=schedule_policy,
+                chunked_prefill_size=chunked_prefill_size,
+                max_prefill_tokens=max_prefill_tokens,
+                max_running_requests=max_running_requests,
+            ),
+        )
+        self._rid_counter = itertools.count()
+
+    # ---- public API -----------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str | list[str] | None = None,
+        sampling_params: SamplingArg | list[SamplingArg] = None,
+        input_ids: list[int] | list[list[int]] | None = None,
+        return_logprob: bool | None = None,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int | None = None,
+        stream: bool = False,
+        rid: str | list[str] | None = None,
+    ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
+        """Runs every request to completion (or, with ``stream``, yields chunks as they come).
+
+        A single prompt with ``n == 1`` returns one dict; otherwise a list, ``n`` consecutive
+        entries per prompt. Streaming chunks carry ``index`` (the position in that list),
+        ``text`` (cumulative) and ``delta``.
+        """
+        single, reqs = self._make_requests(
+            prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num, rid, stream
+        )
+        if stream:
+            return self._stream(reqs)
+        for req in reqs:
+            self.scheduler.add_request(req)
+        pending = {id(r) for r in reqs}
+        while pending:
+            for req in self.scheduler.step():
+                if req.finished:
+                    pending.discard(id(req))
+        outs = [self._result(r) for r in reqs]
+        return outs[0] if single else outs
+
+    def abort(self, rid: str) -> bool:
+        return self.scheduler.abort(rid)
+
+    def flush_cache(self) -> bool:
+        """Drops every cached prefix; False (and nothing done) while requests are live."""
+        return self.scheduler.flush_cache()
+
+    def check_idle(self) -> None:
+        """Asserts the KV accounting invariant; call only when nothing is running."""
+        assert self.scheduler.is_idle(), "engine is not idle"
+        self.loaded.kv.check_idle()
+
+    def encode(self, text: str) -> list[int]:
+        self._need_tokenizer("prompt")
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        self._need_tokenizer("messages")
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    # ---- requests -------------------------------------------------------------------------
+
+    def _make_requests(
+        self, prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num, rid, stream
+    ) -> tuple[bool, list[Req]]:
+        if (prompt is None) == (input_ids is None):
+            raise InvalidRequestError("prompt", "give exactly one of prompt and input_ids")
+        if prompt is not None:
+            single = isinstance(prompt, str)
+            prompts = [prompt] if single else list(prompt)
+            if not prompts or not all(isinstance(p, str) for p in prompts):
+                raise InvalidRequestError("prompt", "must be a string or a non-empty list of strings")
+            if any(p == "" for p in prompts):
+                raise InvalidRequestError("prompt", "must not be empty")
+            token_lists = [self.encode(p) for p in prompts]
+        else:
+            single = bool(input_ids) and isinstance(input_ids[0], int)
+            token_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
+            if not token_lists:
+                raise InvalidRequestError("input_ids", "must not be empty")
+        params = self._params_per_prompt(sampling_params, len(token_lists))
+        rids = [rid] if isinstance(rid, str) else rid
+        if rids is not None and len(rids) != len(token_lists):
+            raise InvalidRequestError("rid", f"needs one id per prompt ({len(token_lists)})")
+        reqs: list[Req] = []
+        for i, (ids, p) in enumerate(zip(token_lists, params)):
+            if return_logprob is not None:
+                p.return_logprob = return_logprob
+            if logprob_start_len is not None:
+                p.logprob_start_len = logprob_start_len
+            if top_logprobs_num is not None:
+                p.top_logprobs_num = top_logprobs_num
+            p.verify(self.vocab_size)
+            self._check_ids(ids)
+            base = rids[i] if rids else f"req-{next(self._rid_counter)}-{uuid.uuid4().hex[:8]}"
+            for j in range(p.n):
+                sub = p.copy(n=1, seed=None if p.seed is None else p.seed + j)
+                reqs.append(Req(rid=base if p.n == 1 else f"{base}-{j}", input_ids=ids, sampling_params=sub, stream=stream))
+        return single and params[0].n == 1, reqs
+
+    def _params_per_prompt(self, sampling_params, count: int) -> list[SamplingParams]:
+        if isinstance(sampling_params, list):
+            if len(sampling_params) != count:
+                raise InvalidRequestError("sampling_params", f"needs one entry per prompt ({count})")
+            return [_to_params(p) for p in sampling_params]
+        return [_to_params(sampling_params) for _ in range(count)]
+
+    def _check_ids(self, ids: list[int]) -> None:
+        field = "input_ids"
+        if not ids:
+            raise InvalidRequestError(field, "must not be empty")
+        for t in ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size:
+                raise InvalidRequestError(field, f"token id {t!r} outside the vocabulary [0, {self.vocab_size})")
+        if len(ids) >= self.context_len:
+            raise InvalidRequestError(
+                "prompt", f"{len(ids)} tokens leave no room to generate in the context length {self.context_len}"
+            )
+        pool = self.loaded.kv.total_size()
+        if len(ids) + 1 > pool:
+            raise InvalidRequestError("prompt", f"{len(ids)} tokens exceed the KV cache capacity of {pool} tokens")
+
+    def _need_tokenizer(self, field: str) -> None:
+        if self.tokenizer is None:
+            raise InvalidRequestError(field, "this model was loaded without a tokenizer; pass input_ids")
+
+    # ---- results --------------------------------------------------------------------------
+
+    def _result(self, req: Req) -> dict[str, Any]:
+        text = output_text(self.tokenizer, req) if self.tokenizer is not None else None
+        meta: dict[str, Any] = {
+            "id": req.rid,
+            "prompt_tokens": len(req.input_ids),
+            "completion_tokens": len(req.output_ids),
+            "cached_tokens": req.cached_tokens,
+            "finish_reason": req.finished_reason.to_dict() if req.finished_reason else None,
+            "e2e_latency": time.monotonic() - req.created_time,
+        }
+        if req.output_logprobs is not None:
+            meta["output_token_logprobs"] = self._triples(req.output_logprobs)
+            meta["output_top_logprobs"] = self._top_triples(req.output_logprobs)
+        if req.input_logprobs is not None:
+            meta["input_token_logprobs"] = self._triples(req.input_logprobs)
+            meta["input_top_logprobs"] = self._top_triples(req.input_logprobs)
+        return {"text": text, "output_ids": list(req.output_ids), "meta_info": meta}
+
+    def _token_text(self, tid: int) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode([tid])
+
+    def _triples(self, lp: Logprobs) -> list[tuple[float | None, int, str | None]]:
+        return [(v, t, self._token_text(t)) for v, t in zip(lp.token_logprobs, lp.token_ids)]
+
+    def _top_triples(self, lp: Logprobs) -> list[list[tuple[float, int, str | None]]]:
+        return [[(v, t, self._token_text(t)) for v, t in row] for row in lp.top_logprobs]
+
+    def _stream(self, reqs: list[Req]) -> Iterator[dict[str, Any]]:
+        for req in reqs:
+            self.scheduler.add_request(req)
+        index = {id(r): i for i, r in enumerate(reqs)}
+        detok = {id(r): IncrementalDetokenizer(self.tokenizer, r.sampling_params.skip_special_tokens) for r in reqs}
+        raw = {id(r): "" for r in reqs}
+        sent = {id(r): "" for r in reqs}
+        seen = {id(r): 0 for r in reqs}
+        pending = set(index)
+        try:
+            while pending:
+                for req in self.scheduler.step():
+                    key = id(req)
+                    if key not in pending:
+                        continue
+                    new_ids = req.output_ids[seen[key] :]
+                    seen[key] = len(req.output_ids)
+                    if req.finished:
+                        pending.discard(key)
+                        text = output_text(self.tokenizer, req) if self.tokenizer else ""
+                    else:
+                        raw[key] += detok[key].feed(new_ids) if self.tokenizer else ""
+                        text = hold_back_stop_prefix(raw[key], req.sampling_params.stop)
+                    delta = text[len(sent[key]) :] if text.startswith(sent[key]) else text
+                    sent[key] = text
+                    chunk = self._result(req)
+                    chunk.update(index=index[key], text=text, delta=delta)
+                    yield chunk
+        finally:
+            for req in reqs:
+                if id(req) in pending:
+                    self.scheduler.abort(req.rid)
+
+
+def _to_params(p: SamplingArg) -> SamplingParams:
+    if isinstance(p, SamplingParams):
+        return p.copy()
+    if p is None or isinstance(p, dict):
+        return SamplingParams.from_dict(p)
+    raise InvalidRequestError("sampling_params", f"must be a dict or SamplingParams, got {type(p).__name__}")

@@ -1,0 +1,20 @@
+"""The exception types raised at plait's boundaries (public API, socket, HTTP)."""
+
+from __future__ import annotations
+
+
+class InvalidRequestError(ValueError):
+    """A request argument is out of range or malformed.
+
+    Invariant: ``field`` names the offending argument as the caller spelled it, and the message
+    states the limit it broke, so a 400 response can be built from it directly.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model path or the package carrying the default model is not installed."""

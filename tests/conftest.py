@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random-weight models saved as Hugging Face directories."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def make_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
+    """Saves a random tiny ``llama`` or ``qwen2`` model (no tokenizer) and returns its dir."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    common = dict(
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    torch.manual_seed(seed)
+    if kind == "llama":
+        cfg = LlamaConfig(**common, tie_word_embeddings=False, rope_theta=10000.0)
+        model = LlamaForCausalLM(cfg)
+    elif kind == "llama-tied":
+        cfg = LlamaConfig(**common, tie_word_embeddings=True, rope_theta=500000.0)
+        model = LlamaForCausalLM(cfg)
+    elif kind == "qwen2":
+        cfg = Qwen2Config(**common, tie_word_embeddings=False, rope_theta=1000000.0)
+        model = Qwen2ForCausalLM(cfg)
+        with torch.no_grad():  # HF initialises biases to zero; make them matter
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.2)
+    else:
+        raise ValueError(kind)
+    model.eval()
+    model.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    cache: dict[str, Path] = {}
+
+    def get(kind: str = "llama") -> Path:
+        if kind not in cache:
+            cache[kind] = make_tiny_model(kind, tmp_path_factory.mktemp(f"tiny-{kind}"))
+        return cache[kind]
+
+    return get
