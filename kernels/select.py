@@ -11,7 +11,9 @@ from plait.runtime.model_config import ModelConfig
 BACKENDS = ("auto", "torch", "triton")
 
 
-def make_attention_backend(name: str, config: ModelConfig, device: torch.device) -> AttentionBackend:
+def make_attention_backend(
+    name: str, config: ModelConfig, device: torch.device
+) -> AttentionBackend:
     """``auto`` picks Triton on CUDA and torch elsewhere; ``torch`` / ``triton`` force one."""
     if name not in BACKENDS:
         raise ValueError(f"attention_backend must be one of {BACKENDS}, got {name!r}")

@@ -1,1 +1,7 @@
 """Everything that executes: the engine, scheduler, model runner, sampler and models."""
+
+from plait.runtime.engine import Engine
+from plait.runtime.errors import InvalidRequestError
+from plait.runtime.sampling_params import SamplingParams
+
+__all__ = ["Engine", "InvalidRequestError", "SamplingParams"]

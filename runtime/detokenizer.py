@@ -7,7 +7,6 @@ from typing import Any
 from plait.runtime.request import Req
 
 
-
 class IncrementalDetokenizer:
     """Yields the text added by each new batch of tokens.
 
@@ -25,7 +24,9 @@ class IncrementalDetokenizer:
     def feed(self, new_ids: list[int]) -> str:
         self.ids.extend(new_ids)
         skip = self.skip_special_tokens
-        prev = self.tokenizer.decode(self.ids[self.surr_offset : self.read_offset], skip_special_tokens=skip)
+        prev = self.tokenizer.decode(
+            self.ids[self.surr_offset : self.read_offset], skip_special_tokens=skip
+        )
         full = self.tokenizer.decode(self.ids[self.surr_offset :], skip_special_tokens=skip)
         if len(full) <= len(prev) or full.endswith("\ufffd"):
             return ""

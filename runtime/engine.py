@@ -99,7 +99,14 @@ class Engine:
         ``text`` (cumulative) and ``delta``.
         """
         single, reqs = self._make_requests(
-            prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num, rid, stream
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            rid,
+            stream,
         )
         if stream:
             return self._stream(reqs)
@@ -131,12 +138,22 @@ class Engine:
 
     def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
         self._need_tokenizer("messages")
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
 
     # ---- requests -------------------------------------------------------------------------
 
     def _make_requests(
-        self, prompt, sampling_params, input_ids, return_logprob, logprob_start_len, top_logprobs_num, rid, stream
+        self,
+        prompt,
+        sampling_params,
+        input_ids,
+        return_logprob,
+        logprob_start_len,
+        top_logprobs_num,
+        rid,
+        stream,
     ) -> tuple[bool, list[Req]]:
         if (prompt is None) == (input_ids is None):
             raise InvalidRequestError("prompt", "give exactly one of prompt and input_ids")
@@ -144,7 +161,9 @@ class Engine:
             single = isinstance(prompt, str)
             prompts = [prompt] if single else list(prompt)
             if not prompts or not all(isinstance(p, str) for p in prompts):
-                raise InvalidRequestError("prompt", "must be a string or a non-empty list of strings")
+                raise InvalidRequestError(
+                    "prompt", "must be a string or a non-empty list of strings"
+                )
             if any(p == "" for p in prompts):
                 raise InvalidRequestError("prompt", "must not be empty")
             token_lists = [self.encode(p) for p in prompts]
@@ -170,13 +189,22 @@ class Engine:
             base = rids[i] if rids else f"req-{next(self._rid_counter)}-{uuid.uuid4().hex[:8]}"
             for j in range(p.n):
                 sub = p.copy(n=1, seed=None if p.seed is None else p.seed + j)
-                reqs.append(Req(rid=base if p.n == 1 else f"{base}-{j}", input_ids=ids, sampling_params=sub, stream=stream))
+                reqs.append(
+                    Req(
+                        rid=base if p.n == 1 else f"{base}-{j}",
+                        input_ids=ids,
+                        sampling_params=sub,
+                        stream=stream,
+                    )
+                )
         return single and params[0].n == 1, reqs
 
     def _params_per_prompt(self, sampling_params, count: int) -> list[SamplingParams]:
         if isinstance(sampling_params, list):
             if len(sampling_params) != count:
-                raise InvalidRequestError("sampling_params", f"needs one entry per prompt ({count})")
+                raise InvalidRequestError(
+                    "sampling_params", f"needs one entry per prompt ({count})"
+                )
             return [_to_params(p) for p in sampling_params]
         return [_to_params(sampling_params) for _ in range(count)]
 
@@ -186,18 +214,25 @@ class Engine:
             raise InvalidRequestError(field, "must not be empty")
         for t in ids:
             if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size:
-                raise InvalidRequestError(field, f"token id {t!r} outside the vocabulary [0, {self.vocab_size})")
+                raise InvalidRequestError(
+                    field, f"token id {t!r} outside the vocabulary [0, {self.vocab_size})"
+                )
         if len(ids) >= self.context_len:
             raise InvalidRequestError(
-                "prompt", f"{len(ids)} tokens leave no room to generate in the context length {self.context_len}"
+                "prompt",
+                f"{len(ids)} tokens leave no room to generate in the context length {self.context_len}",
             )
         pool = self.loaded.kv.total_size()
         if len(ids) + 1 > pool:
-            raise InvalidRequestError("prompt", f"{len(ids)} tokens exceed the KV cache capacity of {pool} tokens")
+            raise InvalidRequestError(
+                "prompt", f"{len(ids)} tokens exceed the KV cache capacity of {pool} tokens"
+            )
 
     def _need_tokenizer(self, field: str) -> None:
         if self.tokenizer is None:
-            raise InvalidRequestError(field, "this model was loaded without a tokenizer; pass input_ids")
+            raise InvalidRequestError(
+                field, "this model was loaded without a tokenizer; pass input_ids"
+            )
 
     # ---- results --------------------------------------------------------------------------
 
@@ -232,7 +267,10 @@ class Engine:
         for req in reqs:
             self.scheduler.add_request(req)
         index = {id(r): i for i, r in enumerate(reqs)}
-        detok = {id(r): IncrementalDetokenizer(self.tokenizer, r.sampling_params.skip_special_tokens) for r in reqs}
+        detok = {
+            id(r): IncrementalDetokenizer(self.tokenizer, r.sampling_params.skip_special_tokens)
+            for r in reqs
+        }
         raw = {id(r): "" for r in reqs}
         sent = {id(r): "" for r in reqs}
         seen = {id(r): 0 for r in reqs}
@@ -267,4 +305,6 @@ def _to_params(p: SamplingArg) -> SamplingParams:
         return p.copy()
     if p is None or isinstance(p, dict):
         return SamplingParams.from_dict(p)
-    raise InvalidRequestError("sampling_params", f"must be a dict or SamplingParams, got {type(p).__name__}")
+    raise InvalidRequestError(
+        "sampling_params", f"must be a dict or SamplingParams, got {type(p).__name__}"
+    )

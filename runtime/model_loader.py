@@ -52,7 +52,9 @@ def load_model(
     path = resolve_model_path(model_path)
     torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
     config = ModelConfig.from_path(path)
-    context_len = min(context_length or config.max_position_embeddings, config.max_position_embeddings)
+    context_len = min(
+        context_length or config.max_position_embeddings, config.max_position_embeddings
+    )
     dev = torch.device(device)
 
     with torch.device("meta"):
@@ -64,14 +66,20 @@ def load_model(
     model.eval()
 
     tokenizer = _load_tokenizer(path)
-    pool_tokens = max_total_tokens or _pool_tokens_from_budget(config, torch_dtype, dev, mem_fraction_static)
-    kv_pool = TokenToKVPool(pool_tokens, config.num_layers, config.num_kv_heads, config.head_dim, torch_dtype, dev)
+    pool_tokens = max_total_tokens or _pool_tokens_from_budget(
+        config, torch_dtype, dev, mem_fraction_static
+    )
+    kv_pool = TokenToKVPool(
+        pool_tokens, config.num_layers, config.num_kv_heads, config.head_dim, torch_dtype, dev
+    )
     req_pool = ReqToTokenPool(max_running_requests + 8, context_len + 8, dev)
     kv = KVCache(req_pool, kv_pool, disable_radix_cache=disable_radix_cache)
     attn = make_attention_backend(attention_backend, config, dev)
     runner = ModelRunner(model, kv_pool, attn)
     stop_checker = StopChecker(tokenizer, _eos_ids(path, config, tokenizer), context_len)
-    return LoadedModel(path, config, model, tokenizer, kv, runner, stop_checker, context_len, torch_dtype)
+    return LoadedModel(
+        path, config, model, tokenizer, kv, runner, stop_checker, context_len, torch_dtype
+    )
 
 
 def _load_tokenizer(path: Path) -> Any | None:
@@ -93,8 +101,12 @@ def _eos_ids(path: Path, config: ModelConfig, tokenizer: Any | None) -> set[int]
     return ids
 
 
-def _pool_tokens_from_budget(config: ModelConfig, dtype: torch.dtype, device: torch.device, fraction: float) -> int:
-    per_token = TokenToKVPool.kv_bytes_per_token(config.num_layers, config.num_kv_heads, config.head_dim, dtype)
+def _pool_tokens_from_budget(
+    config: ModelConfig, dtype: torch.dtype, device: torch.device, fraction: float
+) -> int:
+    per_token = TokenToKVPool.kv_bytes_per_token(
+        config.num_layers, config.num_kv_heads, config.head_dim, dtype
+    )
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:

@@ -39,9 +39,14 @@ class PrefillAdder:
         self.new_chunked_req: Req | None = None
 
     def add_chunked(self, req: Req) -> None:
-        """Continues the request chunked last round (its row and prefix are already held)."""
+        """Continues the request chunked last round (its row and prefix are already held), with
+        as many tokens as memory allows; with none, it stays the chunked request and waits."""
         remaining = req.seq_len - req.kv_len
-        req.extend_len = self._chunk_len(remaining)
+        budget = int(self.rem_total)
+        if budget <= 0:
+            self.new_chunked_req = req
+            return
+        req.extend_len = min(self._chunk_len(remaining), budget)
         self.rem_total -= req.extend_len
         self.rem_input -= req.extend_len
         if self.rem_chunk is not None:

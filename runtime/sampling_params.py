@@ -57,7 +57,9 @@ class SamplingParams:
         return cls(**d)
 
     def copy(self, **changes: Any) -> SamplingParams:
-        return replace(self, stop=list(self.stop), stop_token_ids=list(self.stop_token_ids), **changes)
+        return replace(
+            self, stop=list(self.stop), stop_token_ids=list(self.stop_token_ids), **changes
+        )
 
     @property
     def is_greedy(self) -> bool:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 import torch
 
 from plait.runtime.kv_cache import KVCache
 from plait.runtime.model_runner import ModelRunner
 from plait.runtime.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
-from plait.runtime.request import FinishReason, Logprobs, Req
+from plait.runtime.request import FinishReason, Req
 from plait.runtime.sampler import Sampler, SamplingBatchInfo
 from plait.runtime.schedule_batch import prepare_decode, prepare_extend
 from plait.runtime.schedule_policy import SchedulePolicy
@@ -111,7 +112,11 @@ class Scheduler:
         ):
             return []
         adder = PrefillAdder(
-            self.kv, self.running, self.new_token_ratio, cfg.max_prefill_tokens, cfg.chunked_prefill_size
+            self.kv,
+            self.running,
+            self.new_token_ratio,
+            cfg.max_prefill_tokens,
+            cfg.chunked_prefill_size,
         )
         if self.chunked_req is not None:
             adder.add_chunked(self.chunked_req)
@@ -178,7 +183,8 @@ class Scheduler:
         self._finish(reqs)
         self.running = [r for r in reqs if not r.finished]
         self.new_token_ratio = max(
-            self.config.min_new_token_ratio, self.new_token_ratio - self.config.new_token_ratio_decay
+            self.config.min_new_token_ratio,
+            self.new_token_ratio - self.config.new_token_ratio_decay,
         )
         return reqs
 
@@ -264,8 +270,7 @@ class Scheduler:
         order = sorted(self.running, key=lambda r: (len(r.output_ids), -len(r.input_ids)))
         retracted: list[Req] = []
         while len(order) > 1 and (
-            kv.available_size() + kv.evictable_size()
-            < len(order) * RETRACT_DECODE_STEPS
+            kv.available_size() + kv.evictable_size() < len(order) * RETRACT_DECODE_STEPS
         ):
             req = order.pop(0)
             kv.release(req)
@@ -282,16 +287,18 @@ class Scheduler:
                 kv.release(req)
         if retracted:
             decoded = sum(len(r.output_ids) for r in self.running)
-            max_new = sum(min(r.sampling_params.max_new_tokens, CLIP_MAX_NEW_TOKENS) for r in self.running)
+            max_new = sum(
+                min(r.sampling_params.max_new_tokens, CLIP_MAX_NEW_TOKENS) for r in self.running
+            )
             self.new_token_ratio = min(
                 1.0, (decoded + RETRACT_DECODE_STEPS * len(self.running)) / max(max_new, 1)
             )
         return out_of_room
 
 
-def _top_pairs(values: torch.Tensor | None, ids: torch.Tensor | None) -> list[list[tuple[float, int]]]:
+def _top_pairs(
+    values: torch.Tensor | None, ids: torch.Tensor | None
+) -> list[list[tuple[float, int]]]:
     if values is None or ids is None:
         return []
     return [list(zip(vr, ir)) for vr, ir in zip(values.tolist(), ids.tolist())]
-
-

@@ -41,7 +41,9 @@ def load_weights(model: LlamaForCausalLM, weights: dict[str, torch.Tensor] | Pat
                 break
         else:
             if name not in params:
-                raise KeyError(f"checkpoint tensor {name!r} has no parameter in {type(model).__name__}")
+                raise KeyError(
+                    f"checkpoint tensor {name!r} has no parameter in {type(model).__name__}"
+                )
             params[name].data.copy_(tensor)
             unset.discard(name)
     if unset:

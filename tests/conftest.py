@@ -40,7 +40,11 @@ def make_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
         model = Qwen2ForCausalLM(cfg)
         with torch.no_grad():  # HF initialises biases to zero; make them matter
             for layer in model.model.layers:
-                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                for proj in (
+                    layer.self_attn.q_proj,
+                    layer.self_attn.k_proj,
+                    layer.self_attn.v_proj,
+                ):
                     proj.bias.normal_(0, 0.2)
     else:
         raise ValueError(kind)

@@ -10,9 +10,7 @@ import torch
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -> torch.Tensor:
     """Inverse frequencies [head_dim // 2], float32, as Hugging Face computes them."""
-    inv_freq = 1.0 / (
-        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
-    )
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     if scaling is None:
         return inv_freq
     kind = scaling["rope_type"]
@@ -44,9 +42,18 @@ class RotaryEmbedding(torch.nn.Module):
         dtype: torch.dtype,
     ) -> None:
         super().__init__()
-        self.head_dim, self.max_positions, self.theta, self.scaling = head_dim, max_positions, theta, scaling
-        self.register_buffer("cos", torch.empty(max_positions, head_dim, dtype=dtype), persistent=False)
-        self.register_buffer("sin", torch.empty(max_positions, head_dim, dtype=dtype), persistent=False)
+        self.head_dim, self.max_positions, self.theta, self.scaling = (
+            head_dim,
+            max_positions,
+            theta,
+            scaling,
+        )
+        self.register_buffer(
+            "cos", torch.empty(max_positions, head_dim, dtype=dtype), persistent=False
+        )
+        self.register_buffer(
+            "sin", torch.empty(max_positions, head_dim, dtype=dtype), persistent=False
+        )
         if self.cos.device.type != "meta":
             self.build()
 

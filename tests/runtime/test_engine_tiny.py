@@ -17,10 +17,13 @@ def _hf_greedy(model_dir, prompts, max_new_tokens):
     for p in prompts:
         with torch.no_grad():
             seq = hf.generate(
-                torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
-                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0,
+                torch.tensor([p]),
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=0,
             )
-        outs.append(seq[0, len(p):].tolist())
+        outs.append(seq[0, len(p) :].tolist())
     return outs
 
 
@@ -37,11 +40,15 @@ def test_greedy_matches_transformers(tiny_model_dir, kind, chunk):
     prompts = _prompts(8)
     ref = _hf_greedy(model_dir, prompts, 24)
     engine = Engine(model_dir, max_total_tokens=4096, chunked_prefill_size=chunk)
-    outs = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 24, "temperature": 0})
+    outs = engine.generate(
+        input_ids=prompts, sampling_params={"max_new_tokens": 24, "temperature": 0}
+    )
     assert [o["output_ids"] for o in outs] == ref
     engine.check_idle()
     # again: now every prompt's prefix (and its generated tokens) is in the radix cache
-    outs2 = engine.generate(input_ids=prompts, sampling_params={"max_new_tokens": 24, "temperature": 0})
+    outs2 = engine.generate(
+        input_ids=prompts, sampling_params={"max_new_tokens": 24, "temperature": 0}
+    )
     assert [o["output_ids"] for o in outs2] == ref
     assert sum(o["meta_info"]["cached_tokens"] for o in outs2) > 0
     engine.check_idle()

@@ -1,0 +1,119 @@
+"""Memory pools: request rows of the request-to-token table, and the per-layer KV slots."""
+
+from __future__ import annotations
+
+import torch
+
+
+class ReqToTokenPool:
+    """Rows of ``req_to_token`` ``[size, max_context_len]``: row ``r`` belongs to one running
+    request and column ``t`` holds the KV slot of its token ``t``.
+
+    A row is either free or owned by exactly one request; ``free`` takes back an owned row.
+    """
+
+    def __init__(self, size: int, max_context_len: int, device: str | torch.device = "cpu") -> None:
+        if size <= 0 or max_context_len <= 0:
+            raise ValueError(
+                f"ReqToTokenPool needs size > 0 and max_context_len > 0, "
+                f"got size={size}, max_context_len={max_context_len}"
+            )
+        self.size = size
+        self.max_context_len = max_context_len
+        self.device = torch.device(device)
+        self.req_to_token = torch.zeros(
+            (size, max_context_len), dtype=torch.int64, device=self.device
+        )
+        self.free_slots: list[int] = list(range(size))
+
+    def alloc(self) -> int | None:
+        if not self.free_slots:
+            return None
+        return self.free_slots.pop()
+
+    def free(self, row: int) -> None:
+        assert 0 <= row < self.size, f"row {row} outside [0, {self.size})"
+        self.free_slots.append(row)
+
+    def available_size(self) -> int:
+        return len(self.free_slots)
+
+    def clear(self) -> None:
+        self.free_slots = list(range(self.size))
+
+
+class TokenToKVPool:
+    """Per-layer K and V buffers ``[size + 1, num_kv_heads, head_dim]`` indexed by KV slot.
+
+    Slot 0 is a dummy that padded positions write to; it is never handed out. Usable slots are
+    ``1..size``, each either in ``free_slots`` or owned by exactly one holder (a request or the
+    radix tree), which returns it with ``free``.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        num_layers: int,
+        num_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if size <= 0 or num_layers <= 0 or num_kv_heads <= 0 or head_dim <= 0:
+            raise ValueError(
+                f"TokenToKVPool needs positive sizes, got size={size}, num_layers={num_layers}, "
+                f"num_kv_heads={num_kv_heads}, head_dim={head_dim}"
+            )
+        self.size = size
+        self.num_layers = num_layers
+        self.num_kv_heads = num_kv_heads
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.device = torch.device(device)
+        shape = (size + 1, num_kv_heads, head_dim)
+        self.k_buffer = [
+            torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)
+        ]
+        self.v_buffer = [
+            torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(num_layers)
+        ]
+        self.free_slots = self._all_slots()
+
+    @staticmethod
+    def kv_bytes_per_token(
+        num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
+    ) -> int:
+        """Bytes one token's K and V take over all layers."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * num_layers * num_kv_heads * head_dim * itemsize
+
+    def _all_slots(self) -> torch.Tensor:
+        return torch.arange(1, self.size + 1, dtype=torch.int64, device=self.device)
+
+    def alloc(self, n: int) -> torch.Tensor | None:
+        """``n`` free slots (int64), or None when fewer than ``n`` are free."""
+        assert n >= 0, f"alloc of {n} slots"
+        if n > len(self.free_slots):
+            return None
+        out = self.free_slots[:n]
+        self.free_slots = self.free_slots[n:]
+        return out
+
+    def free(self, indices: torch.Tensor) -> None:
+        if indices.numel() == 0:
+            return
+        self.free_slots = torch.cat((self.free_slots, indices.to(self.free_slots)))
+
+    def available_size(self) -> int:
+        return len(self.free_slots)
+
+    def clear(self) -> None:
+        self.free_slots = self._all_slots()
+
+    def set_kv(self, layer_id: int, loc: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        # loc: [n]; k, v: [n, Hkv, D]
+        self.k_buffer[layer_id][loc] = k.to(self.dtype)
+        self.v_buffer[layer_id][loc] = v.to(self.dtype)
+
+    def get_kv(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.k_buffer[layer_id], self.v_buffer[layer_id]

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+
+
+def make_pool(size: int = 16) -> TokenToKVPool:
+    return TokenToKVPool(size, num_layers=2, num_kv_heads=2, head_dim=4, dtype=torch.float32)
+
+
+def test_req_to_token_pool_hands_out_each_row_once() -> None:
+    pool = ReqToTokenPool(3, max_context_len=8)
+    assert pool.req_to_token.shape == (3, 8)
+    assert pool.req_to_token.dtype == torch.int64
+    rows = [pool.alloc() for _ in range(3)]
+    assert sorted(rows) == [0, 1, 2]
+    assert pool.alloc() is None
+    assert pool.available_size() == 0
+    pool.free(rows[1])
+    assert pool.alloc() == rows[1]
+    pool.clear()
+    assert pool.available_size() == 3
+
+
+def test_alloc_never_returns_dummy_slot_and_reports_shortage() -> None:
+    pool = make_pool(8)
+    assert pool.size == 8
+    assert pool.k_buffer[0].shape == (9, 2, 4)
+    assert pool.alloc(9) is None
+    assert pool.available_size() == 8
+    slots = pool.alloc(8)
+    assert slots is not None and slots.dtype == torch.int64
+    assert sorted(slots.tolist()) == list(range(1, 9))
+    assert pool.alloc(1) is None
+    empty = pool.alloc(0)
+    assert empty is not None and empty.numel() == 0
+
+
+def test_free_returns_slots_and_accepts_empty() -> None:
+    pool = make_pool(8)
+    slots = pool.alloc(5)
+    assert slots is not None
+    pool.free(slots[:0])
+    assert pool.available_size() == 3
+    pool.free(slots[:2])
+    assert pool.available_size() == 5
+    again = pool.alloc(5)
+    assert again is not None
+    assert set(again.tolist()) | set(slots[2:].tolist()) == set(range(1, 9))
+    pool.clear()
+    assert pool.available_size() == 8
+
+
+def test_set_kv_writes_rows_of_one_layer() -> None:
+    pool = make_pool(8)
+    loc = torch.tensor([3, 5])
+    k = torch.randn(2, 2, 4)
+    v = torch.randn(2, 2, 4)
+    pool.set_kv(1, loc, k, v)
+    k_buf, v_buf = pool.get_kv(1)
+    torch.testing.assert_close(k_buf[loc], k)
+    torch.testing.assert_close(v_buf[loc], v)
+    assert not pool.get_kv(0)[0].any()
+    assert not k_buf[0].any()
+
+
+def test_kv_bytes_per_token() -> None:
+    assert TokenToKVPool.kv_bytes_per_token(30, 3, 64, torch.bfloat16) == 2 * 30 * 3 * 64 * 2
+    assert TokenToKVPool.kv_bytes_per_token(1, 1, 1, torch.float32) == 8
+
+
+def test_invalid_sizes_are_rejected() -> None:
+    with pytest.raises(ValueError, match="size"):
+        TokenToKVPool(0, 1, 1, 1, torch.float32)
+    with pytest.raises(ValueError, match="max_context_len"):
+        ReqToTokenPool(4, 0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 12)), max_size=40))
+def test_slots_are_owned_once(ops: list[tuple[bool, int]]) -> None:
+    pool = make_pool(32)
+    held: list[torch.Tensor] = []
+    for is_alloc, n in ops:
+        if is_alloc:
+            available = pool.available_size()
+            slots = pool.alloc(n)
+            assert (slots is None) == (n > available)
+            if slots is not None:
+                held.append(slots)
+        elif held:
+            pool.free(held.pop(n % len(held)))
+        owned = torch.cat(held).tolist() if held else []
+        free = pool.free_slots.tolist()
+        assert len(owned) + len(free) == pool.size
+        assert sorted(owned + free) == list(range(1, pool.size + 1))
