@@ -20,7 +20,7 @@ class _Group:
     """Requests attended in one padded SDPA call."""
 
     kv_index: torch.Tensor  # [b, max_seq] slots, padding -> slot 0
-    mask: torch.Tensor  # [b, 1, G * max_ext, max_seq] bool, True = attend
+    mask: torch.Tensor | None  # [b, 1, G * max_ext, max_seq] bool, True = attend; None = all
     token_index: torch.Tensor  # [n] flat token -> row in the padded [b * max_ext] layout
     flat_index: torch.Tensor  # [n] which flat tokens of the batch this group holds
     b: int
@@ -77,6 +77,8 @@ class TorchAttentionBackend(AttentionBackend):
         mask[..., 0] |= pad_q
         mask = mask[:, None].expand(b, self.group, max_ext, max_seq)
         mask = mask.reshape(b, 1, self.group * max_ext, max_seq)
+        if b == 1 and max_ext == 1:
+            mask = None  # one decode token sees its whole sequence: SDPA's unmasked path is faster
 
         flat_index = torch.cat(
             [torch.arange(starts[i], starts[i] + batch.extend_lens_cpu[i]) for i in rows]

@@ -167,7 +167,9 @@ class Engine:
             if any(p == "" for p in prompts):
                 raise InvalidRequestError("prompt", "must not be empty")
             token_lists = [self.encode(p) for p in prompts]
+            field = "prompt"
         else:
+            field = "input_ids"
             single = bool(input_ids) and isinstance(input_ids[0], int)
             token_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
             if not token_lists:
@@ -185,7 +187,7 @@ class Engine:
             if top_logprobs_num is not None:
                 p.top_logprobs_num = top_logprobs_num
             p.verify(self.vocab_size)
-            self._check_ids(ids)
+            self._check_ids(ids, field)
             base = rids[i] if rids else f"req-{next(self._rid_counter)}-{uuid.uuid4().hex[:8]}"
             for j in range(p.n):
                 sub = p.copy(n=1, seed=None if p.seed is None else p.seed + j)
@@ -208,8 +210,7 @@ class Engine:
             return [_to_params(p) for p in sampling_params]
         return [_to_params(sampling_params) for _ in range(count)]
 
-    def _check_ids(self, ids: list[int]) -> None:
-        field = "input_ids"
+    def _check_ids(self, ids: list[int], field: str) -> None:
         if not ids:
             raise InvalidRequestError(field, "must not be empty")
         for t in ids:
@@ -219,13 +220,13 @@ class Engine:
                 )
         if len(ids) >= self.context_len:
             raise InvalidRequestError(
-                "prompt",
+                field,
                 f"{len(ids)} tokens leave no room to generate in the context length {self.context_len}",
             )
         pool = self.loaded.kv.total_size()
         if len(ids) + 1 > pool:
             raise InvalidRequestError(
-                "prompt", f"{len(ids)} tokens exceed the KV cache capacity of {pool} tokens"
+                field, f"{len(ids)} tokens exceed the KV cache capacity of {pool} tokens"
             )
 
     def _need_tokenizer(self, field: str) -> None:

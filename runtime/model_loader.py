@@ -60,7 +60,6 @@ def load_model(
     with torch.device("meta"):
         model = LlamaForCausalLM(config, torch_dtype)
     model = model.to(torch_dtype).to_empty(device=dev)
-    model.tie_weights()
     model.model.rotary.build()  # not in the checkpoint
     load_weights(model, path)
     model.eval()

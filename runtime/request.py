@@ -60,7 +60,6 @@ class Req:
     extend_len: int = 0  # tokens computed by the current extend round
 
     finished_reason: FinishReason | None = None
-    to_abort: bool = False
     cached_tokens: int = 0
     retractions: int = 0
     input_logprobs: Logprobs | None = None

@@ -69,18 +69,21 @@ class Scheduler:
         self.waiting.append(req)
 
     def abort(self, rid: str) -> bool:
-        """Aborts a queued or running request by id; False when no such live request."""
-        for req in self.waiting:
-            if req.rid == rid:
-                self.waiting.remove(req)
-                req.finished_reason = FinishReason("abort", message="aborted")
-                self.aborted.append(req)
-                return True
-        for req in self.running + ([self.chunked_req] if self.chunked_req else []):
-            if req.rid == rid:
-                req.to_abort = True
-                return True
-        return False
+        """Aborts a queued or running request by id, releasing its KV at once (calls come
+        between steps); False when no live request has that id."""
+        live = self.waiting + self.running + ([self.chunked_req] if self.chunked_req else [])
+        req = next((r for r in live if r.rid == rid), None)
+        if req is None:
+            return False
+        self.waiting = [r for r in self.waiting if r is not req]
+        self.running = [r for r in self.running if r is not req]
+        if req is self.chunked_req:
+            self.chunked_req = None
+        if req.req_pool_idx is not None:
+            self.kv.release(req)
+        req.finished_reason = FinishReason("abort", message="aborted")
+        self.aborted.append(req)
+        return True
 
     def is_idle(self) -> bool:
         return not self.waiting and not self.running and self.chunked_req is None
@@ -216,10 +219,7 @@ class Scheduler:
 
     def _finish(self, reqs: list[Req]) -> None:
         for req in reqs:
-            if req.to_abort:
-                req.finished_reason = FinishReason("abort", message="aborted")
-            else:
-                req.finished_reason = self.stop_checker.check(req)
+            req.finished_reason = self.stop_checker.check(req)
             if req.finished_reason is not None:
                 self.kv.release(req)
 

@@ -1,4 +1,5 @@
-"""Loads Hugging Face safetensors weights into plait's models (fusing q/k/v and gate/up)."""
+"""Loads Hugging Face safetensors weights into plait's models (fusing q/k/v and gate/up,
+transposing linear weights to plait's [in, out] layout)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from plait.runtime.models.linear import Linear
 from plait.runtime.models.llama import LlamaForCausalLM
 
 # HF name fragment -> (our fused parameter fragment, shard index)
@@ -22,6 +24,11 @@ _STACKED = {
 def load_weights(model: LlamaForCausalLM, weights: dict[str, torch.Tensor] | Path) -> None:
     """Copies every checkpoint tensor into ``model``; raises if any parameter stays unset."""
     params = dict(model.named_parameters())
+    transposed = {
+        f"{name}.weight"
+        for name, m in model.named_modules()
+        if isinstance(m, Linear) and m.transposed
+    }
     unset = set(params)
     loaded_shards: dict[str, set[int]] = {}
     if model.config.tie_word_embeddings:
@@ -34,7 +41,11 @@ def load_weights(model: LlamaForCausalLM, weights: dict[str, torch.Tensor] | Pat
                 target = name.replace(frag, fused)
                 sizes = _shard_sizes(model, fused)
                 start = sum(sizes[:shard])
-                params[target].data[start : start + sizes[shard]].copy_(tensor)
+                param = params[target]
+                if target in transposed:
+                    param.data[:, start : start + sizes[shard]].copy_(tensor.t())
+                else:
+                    param.data[start : start + sizes[shard]].copy_(tensor)
                 loaded_shards.setdefault(target, set()).add(shard)
                 if len(loaded_shards[target]) == len(sizes):
                     unset.discard(target)
@@ -44,10 +55,12 @@ def load_weights(model: LlamaForCausalLM, weights: dict[str, torch.Tensor] | Pat
                 raise KeyError(
                     f"checkpoint tensor {name!r} has no parameter in {type(model).__name__}"
                 )
-            params[name].data.copy_(tensor)
+            param = params[name]
+            param.data.copy_(tensor.t() if name in transposed else tensor)
             unset.discard(name)
     if unset:
         raise KeyError(f"parameters missing from the checkpoint: {sorted(unset)[:5]} ...")
+    model.tie_weights()
 
 
 def _shard_sizes(model: LlamaForCausalLM, fused: str) -> list[int]:

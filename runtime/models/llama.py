@@ -10,7 +10,8 @@ from plait.kernels.attention_backend import AttentionBackend
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.forward_batch import ForwardBatch
 from plait.runtime.model_config import ModelConfig
-from plait.runtime.models.rotary import RotaryEmbedding
+from plait.runtime.models.linear import Linear
+from plait.runtime.models.rotary import RotaryEmbedding, apply_rotary
 
 
 class RMSNorm(nn.Module):
@@ -20,13 +21,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
         super().__init__()
         self.layer_id = layer_id
         self.num_heads, self.num_kv_heads, self.head_dim = (
@@ -37,16 +36,15 @@ class LlamaAttention(nn.Module):
         self.q_size = cfg.num_heads * cfg.head_dim
         self.kv_size = cfg.num_kv_heads * cfg.head_dim
         # q, k and v projections fused into one matmul: rows [q | k | v]
-        self.qkv_proj = nn.Linear(
+        self.qkv_proj = Linear(
             cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias
         )
-        self.o_proj = nn.Linear(self.q_size, cfg.hidden_size, bias=False)
-        self.rotary = rotary
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=False)
         self.scale = cfg.head_dim**-0.5
 
     def forward(
         self,
-        positions: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],  # cos, sin: [N, 1, D]
         hidden: torch.Tensor,  # [N, hidden]
         batch: ForwardBatch,
         kv_pool: TokenToKVPool,
@@ -57,7 +55,7 @@ class LlamaAttention(nn.Module):
         q = q.view(n, self.num_heads, self.head_dim)
         k = k.view(n, self.num_kv_heads, self.head_dim)
         v = v.view(n, self.num_kv_heads, self.head_dim)
-        q, k = self.rotary(positions, q, k)
+        q, k = apply_rotary(q, k, *rope)
         o = attn.forward(q, k, v, self.layer_id, kv_pool, batch, self.scale)
         return self.o_proj(o)
 
@@ -67,8 +65,8 @@ class LlamaMLP(nn.Module):
         super().__init__()
         self.intermediate_size = cfg.intermediate_size
         # gate and up projections fused: rows [gate | up]
-        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).split(self.intermediate_size, dim=-1)
@@ -76,17 +74,15 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_id: int, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: ModelConfig, layer_id: int) -> None:
         super().__init__()
-        self.self_attn = LlamaAttention(cfg, layer_id, rotary)
+        self.self_attn = LlamaAttention(cfg, layer_id)
         self.mlp = LlamaMLP(cfg)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, positions, hidden, batch, kv_pool, attn) -> torch.Tensor:
-        hidden = hidden + self.self_attn(
-            positions, self.input_layernorm(hidden), batch, kv_pool, attn
-        )
+    def forward(self, rope, hidden, batch, kv_pool, attn) -> torch.Tensor:
+        hidden = hidden + self.self_attn(rope, self.input_layernorm(hidden), batch, kv_pool, attn)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -97,9 +93,7 @@ class LlamaModel(nn.Module):
         self.rotary = RotaryEmbedding(
             cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, dtype
         )
-        self.layers = nn.ModuleList(
-            LlamaDecoderLayer(cfg, i, self.rotary) for i in range(cfg.num_layers)
-        )
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
@@ -110,13 +104,19 @@ class LlamaForCausalLM(nn.Module):
         super().__init__()
         self.config = cfg
         self.model = LlamaModel(cfg, dtype)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.tie_weights()
+        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
 
     def tie_weights(self) -> None:
-        """Shares the embedding with the output head (call again after moving the model)."""
-        if self.config.tie_word_embeddings:
-            self.lm_head.weight = self.model.embed_tokens.weight
+        """Ties the output head to the embedding: shared, or a transposed copy when the head
+        keeps the [in, out] layout (see ``Linear``)."""
+        if not self.config.tie_word_embeddings:
+            return
+        embed = self.model.embed_tokens.weight
+        if self.lm_head.transposed:
+            with torch.no_grad():
+                self.lm_head.weight.copy_(embed.t())
+        else:
+            self.lm_head.weight = embed
 
     @torch.inference_mode()
     def forward(
@@ -124,8 +124,9 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Returns the final hidden states [N, hidden] of every token in the batch."""
         hidden = self.model.embed_tokens(batch.input_ids)
+        rope = self.model.rotary.lookup(batch.positions)
         for layer in self.model.layers:
-            hidden = layer(batch.positions, hidden, batch, kv_pool, attn)
+            hidden = layer(rope, hidden, batch, kv_pool, attn)
         return self.model.norm(hidden)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

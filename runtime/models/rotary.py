@@ -31,7 +31,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """Applies RoPE in the non-interleaved (rotate-half) layout of Hugging Face Llama."""
+    """The cos/sin table of RoPE in the non-interleaved (rotate-half) layout of Hugging Face Llama."""
 
     def __init__(
         self,
@@ -65,13 +65,16 @@ class RotaryEmbedding(torch.nn.Module):
         self.cos = emb.cos().to(self.cos.dtype)
         self.sin = emb.sin().to(self.sin.dtype)
 
-    def forward(
-        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # q: [N, Hq, D], k: [N, Hkv, D]
-        cos = self.cos[positions].unsqueeze(1)
-        sin = self.sin[positions].unsqueeze(1)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of shape [N, 1, D] for the batch's positions (shared by every layer)."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    # q: [N, Hq, D], k: [N, Hkv, D], cos/sin: [N, 1, D]
+    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:

@@ -64,8 +64,8 @@ def gguf_reference(gguf_checkpoint: dict) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def gguf_tokenizer():
-    gguf = default_gguf_path()
-    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    path = default_gguf_path()
+    return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
 
 @pytest.mark.slow
