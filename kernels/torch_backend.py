@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from plait.kernels.attention_backend import AttentionBackend
+from plait.kernels.shared_prefix import SharedPrefixDecode, plan_shared_prefix, shared_prefix_decode
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.forward_batch import ForwardBatch, ForwardMode
 
@@ -34,8 +35,11 @@ class TorchAttentionBackend(AttentionBackend):
     folded into the query-length axis, so one matmul serves the whole group.
     """
 
-    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_dim: int, shared_prefix: bool = True
+    ) -> None:
         assert num_heads % num_kv_heads == 0
+        self.shared_prefix = shared_prefix
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.group = num_heads // num_kv_heads
@@ -45,6 +49,13 @@ class TorchAttentionBackend(AttentionBackend):
         ext, seq = batch.extend_lens_cpu, batch.seq_lens_cpu
         padded = len(seq) * max(ext) * max(seq)
         useful = sum(e * s for e, s in zip(ext, seq))
+        if batch.mode == ForwardMode.DECODE and self.shared_prefix:
+            max_seq = max(seq)
+            kv_index = batch.req_to_token[batch.req_pool_indices, :max_seq]
+            plan = plan_shared_prefix(kv_index, batch.seq_lens)
+            if plan is not None:
+                batch.attn_metadata = plan
+                return
         if batch.mode == ForwardMode.DECODE or padded <= _MAX_PAD_WASTE * useful:
             groups = [self._group(batch, list(range(len(seq))))]
         else:
@@ -100,9 +111,11 @@ class TorchAttentionBackend(AttentionBackend):
     ) -> torch.Tensor:
         kv_pool.set_kv(layer_id, batch.out_cache_loc, k, v)
         k_buf, v_buf = kv_pool.get_kv(layer_id)
-        groups: list[_Group] = batch.attn_metadata
         n, hq, d = q.shape
-        if len(groups) == 1 and groups[0].b == 1:
+        if isinstance(batch.attn_metadata, SharedPrefixDecode):
+            return shared_prefix_decode(q, k_buf, v_buf, batch.attn_metadata, scale).view(n, hq * d)
+        groups: list[_Group] = batch.attn_metadata
+        if len(groups) == 1:  # one group holds every token, in order
             return self._attend(q, k_buf, v_buf, groups[0], scale).reshape(n, hq * d)
         out = q.new_empty(n, hq * d)
         for grp in groups:
@@ -128,8 +141,10 @@ class TorchAttentionBackend(AttentionBackend):
             q_pad[grp.token_index] = q
         # [b*e, Hq, D] -> [b, Hkv, G*e, D]
         q_pad = q_pad.view(b, e, hkv, g, d).permute(0, 2, 3, 1, 4).reshape(b, hkv, g * e, d)
-        keys = k_buf[grp.kv_index].transpose(1, 2)  # [b, Hkv, S, D]
-        values = v_buf[grp.kv_index].transpose(1, 2)
+        # index_select is several times faster than advanced indexing for row gathers on CPU
+        flat = grp.kv_index.view(-1)
+        keys = k_buf.index_select(0, flat).view(b, -1, hkv, d).transpose(1, 2)  # [b, Hkv, S, D]
+        values = v_buf.index_select(0, flat).view(b, -1, hkv, d).transpose(1, 2)
         o = F.scaled_dot_product_attention(q_pad, keys, values, attn_mask=grp.mask, scale=scale)
         o = o.view(b, hkv, g, e, d).permute(0, 3, 1, 2, 4).reshape(b * e, hkv * g, d)
         if q.shape[0] == b * e:

@@ -52,3 +52,21 @@ def test_greedy_matches_transformers(tiny_model_dir, kind, chunk):
     assert [o["output_ids"] for o in outs2] == ref
     assert sum(o["meta_info"]["cached_tokens"] for o in outs2) > 0
     engine.check_idle()
+
+
+def test_shared_prefix_batch_matches_transformers(tiny_model_dir):
+    """Requests sharing a long cached prefix decode through the shared-prefix attention path."""
+    model_dir = tiny_model_dir("llama")
+    rng = random.Random(7)
+    shared = [rng.randrange(3, 320) for _ in range(48)]
+    prompts = [
+        shared + [rng.randrange(3, 320) for _ in range(rng.randrange(1, 12))] for _ in range(8)
+    ]
+    ref = _hf_greedy(model_dir, prompts, 24)
+    engine = Engine(model_dir, max_total_tokens=4096)
+    outs = engine.generate(
+        input_ids=prompts, sampling_params={"max_new_tokens": 24, "temperature": 0}
+    )
+    assert [o["output_ids"] for o in outs] == ref
+    assert sum(o["meta_info"]["cached_tokens"] for o in outs) >= 7 * 48
+    engine.check_idle()

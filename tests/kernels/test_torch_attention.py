@@ -1,0 +1,106 @@
+"""The torch attention backend against a dense reference, including the shared-prefix path."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import torch
+
+from plait.kernels.shared_prefix import plan_shared_prefix
+from plait.kernels.torch_backend import TorchAttentionBackend
+from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from plait.runtime.forward_batch import ForwardBatch, ForwardMode
+
+
+def _reference(q, keys, values, q_pos, scale):
+    """Dense causal attention for one request. q: [e, Hq, D]; keys/values: [S, Hkv, D]."""
+    g = q.shape[1] // keys.shape[1]
+    k = keys.repeat_interleave(g, dim=1).transpose(0, 1).double()  # [Hq, S, D]
+    v = values.repeat_interleave(g, dim=1).transpose(0, 1).double()
+    s = torch.matmul(q.transpose(0, 1).double(), k.transpose(1, 2)) * scale  # [Hq, e, S]
+    allowed = torch.arange(keys.shape[0])[None, :] <= torch.tensor(q_pos)[:, None]
+    s = s.masked_fill(~allowed, float("-inf"))
+    return torch.matmul(torch.softmax(s, -1), v).transpose(0, 1)  # [e, Hq, D]
+
+
+def _run(mode, prefix_lens, extend_lens, hq, hkv, d, shared, seed, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    b = len(prefix_lens)
+    seq = [p + e for p, e in zip(prefix_lens, extend_lens)]
+    pool = TokenToKVPool(sum(seq) + shared + 8, 1, hkv, d, dtype)
+    rows = ReqToTokenPool(b + 1, max(seq) + 1)
+    common = pool.alloc(shared)
+    for i in range(b):
+        rows.alloc()
+        own = pool.alloc(prefix_lens[i] - shared)
+        slots = torch.cat([common, own])
+        rows.req_to_token[i, : prefix_lens[i]] = slots
+    k_buf, v_buf = pool.get_kv(0)
+    k_buf.copy_(torch.randn(k_buf.shape, generator=gen).to(dtype))
+    v_buf.copy_(torch.randn(v_buf.shape, generator=gen).to(dtype))
+    new_slots = pool.alloc(sum(extend_lens))
+    off = 0
+    for i in range(b):
+        rows.req_to_token[i, prefix_lens[i] : seq[i]] = new_slots[off : off + extend_lens[i]]
+        off += extend_lens[i]
+    n = sum(extend_lens)
+    q = torch.randn(n, hq, d, generator=gen).to(dtype)
+    k = torch.randn(n, hkv, d, generator=gen).to(dtype)
+    v = torch.randn(n, hkv, d, generator=gen).to(dtype)
+    batch = ForwardBatch(
+        mode=mode,
+        input_ids=torch.zeros(n, dtype=torch.int64),
+        positions=torch.cat([torch.arange(p, s) for p, s in zip(prefix_lens, seq)]),
+        out_cache_loc=new_slots,
+        req_pool_indices=torch.arange(b),
+        seq_lens=torch.tensor(seq),
+        prefix_lens_cpu=list(prefix_lens),
+        extend_lens_cpu=list(extend_lens),
+        seq_lens_cpu=seq,
+        req_to_token=rows.req_to_token,
+    )
+    backend = TorchAttentionBackend(hq, hkv, d)
+    backend.init_forward_metadata(batch)
+    scale = 1 / math.sqrt(d)
+    out = backend.forward(q, k, v, 0, pool, batch, scale).view(n, hq, d)
+    off = 0
+    for i in range(b):
+        slots = rows.req_to_token[i, : seq[i]]
+        ref = _reference(
+            q[off : off + extend_lens[i]],
+            k_buf[slots],
+            v_buf[slots],
+            list(range(prefix_lens[i], seq[i])),
+            scale,
+        )
+        got = out[off : off + extend_lens[i]].double()
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert torch.linalg.norm(got - ref) / torch.linalg.norm(ref) < tol
+        off += extend_lens[i]
+    return batch
+
+
+@pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2), (8, 2), (8, 1)])
+@pytest.mark.parametrize("seed", range(3))
+def test_extend_matches_dense_reference(hq, hkv, seed):
+    rng = random.Random(seed)
+    b = rng.randint(1, 5)
+    prefix = [rng.choice([0, 1, rng.randint(2, 40)]) for _ in range(b)]
+    extend = [rng.choice([1, rng.randint(2, 30)]) for _ in range(b)]
+    _run(ForwardMode.EXTEND, prefix, extend, hq, hkv, 16, 0, seed)
+
+
+@pytest.mark.parametrize("shared", [0, 40])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(3))
+def test_decode_matches_dense_reference(shared, dtype, seed):
+    rng = random.Random(seed)
+    b = rng.randint(2, 8)
+    prefix = [shared + rng.randint(0, 30) for _ in range(b)]
+    batch = _run(ForwardMode.DECODE, prefix, [1] * b, 9, 3, 64, shared, seed, dtype)
+    used_shared = plan_shared_prefix(
+        batch.req_to_token[: len(prefix), : max(batch.seq_lens_cpu)], batch.seq_lens
+    )
+    assert (used_shared is not None) == (shared > 0)
