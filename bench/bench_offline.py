@@ -36,6 +36,34 @@ def copy_bandwidth(nbytes: int = 512 << 20, reps: int = 10) -> float:
     return nbytes * reps / (time.perf_counter() - t)
 
 
+class BookkeepingTimer:
+    """Times every radix-cache operation the scheduler makes (match, insert, lock, evict)."""
+
+    METHODS = ("match", "lock", "unlock", "cache_unfinished", "release")
+
+    def __init__(self, engine: Engine) -> None:
+        self.kv = engine.loaded.kv
+        self.seconds = 0.0
+
+    def __enter__(self) -> BookkeepingTimer:
+        for name in self.METHODS:
+            original = getattr(self.kv, name)
+
+            def timed(*a, _f=original, **k):
+                t = time.perf_counter()
+                try:
+                    return _f(*a, **k)
+                finally:
+                    self.seconds += time.perf_counter() - t
+
+            setattr(self.kv, name, timed)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for name in self.METHODS:
+            delattr(self.kv, name)
+
+
 def run_plait(engine: Engine, prompts: list[str], max_new: int) -> tuple[float, int]:
     params = {"max_new_tokens": max_new, "temperature": 0, "ignore_eos": True}
     t = time.perf_counter()
@@ -95,7 +123,7 @@ def main() -> None:
 
     def record(workload: str, system: str, dt: float, n: int) -> float:
         rows.append((workload, system, dt, n))
-        print(f"{workload:14s} {system:28s} {n:6d} tok {dt:8.2f} s {n / dt:8.2f} tok/s", flush=True)
+        tqdm.write(f"{workload:14s} {system:28s} {n:6d} tok {dt:8.2f} s {n / dt:8.2f} tok/s")
         return n / dt
 
     if args.workload in ("all", "shared-prefix"):

@@ -54,6 +54,10 @@ class KVCache:
         """Locks the request's matched prefix; returns the change in evictable tokens."""
         return self.tree.inc_lock_ref(req.last_node)
 
+    def unlock(self, req: Req) -> None:
+        """Undoes ``lock`` for a request that was not admitted after all."""
+        self.tree.dec_lock_ref(req.last_node)
+
     def alloc_row(self, req: Req) -> None:
         """Gives the request a table row holding its locked prefix."""
         row = self.req_to_token_pool.alloc()

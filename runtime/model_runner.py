@@ -11,6 +11,10 @@ from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.forward_batch import ForwardBatch
 from plait.runtime.models.llama import LlamaForCausalLM
 
+# A forward of this few tokens runs on one CPU thread: its matrix-vector products stream weights
+# as fast from one core, and its many small ops skip the cost of waking the others.
+_SINGLE_THREAD_MAX_TOKENS = 1
+
 
 @dataclass(slots=True)
 class LogitsOutput:
@@ -28,6 +32,7 @@ class ModelRunner:
         self.kv_pool = kv_pool
         self.attn = attn
         self.device = next(model.parameters()).device
+        self.num_threads = torch.get_num_threads()
 
     @torch.inference_mode()
     def forward(
@@ -36,6 +41,9 @@ class ModelRunner:
         sample_index: torch.Tensor,  # [R] flat token positions whose logits are sampled
         prompt_index: torch.Tensor | None = None,  # [P] flat positions for prompt logprobs
     ) -> LogitsOutput:
+        if self.device.type == "cpu" and self.num_threads > 1:
+            few = batch.num_tokens <= _SINGLE_THREAD_MAX_TOKENS
+            torch.set_num_threads(1 if few else self.num_threads)
         self.attn.init_forward_metadata(batch)
         hidden = self.model(batch, self.kv_pool, self.attn)
         logits = self.model.compute_logits(hidden[sample_index])

@@ -69,7 +69,7 @@ class PrefillAdder:
         need = extend + (1 if first_alone else decode_room)
         lock_cost = -self.kv.lock(req)  # its prefix stops being evictable
         if need + lock_cost > self.rem_total:
-            self.kv.tree.dec_lock_ref(req.last_node)
+            self.kv.unlock(req)
             return False
         self.rem_total -= need + lock_cost
         req.extend_len = self._chunk_len(extend)

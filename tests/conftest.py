@@ -13,7 +13,14 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 def make_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
     """Saves a random tiny ``llama`` or ``qwen2`` model (no tokenizer) and returns its dir."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     common = dict(
         vocab_size=320,
@@ -35,6 +42,24 @@ def make_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
     elif kind == "llama-tied":
         cfg = LlamaConfig(**common, tie_word_embeddings=True, rope_theta=500000.0)
         model = LlamaForCausalLM(cfg)
+    elif kind == "llama3-rope":
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
+        cfg = LlamaConfig(**common, tie_word_embeddings=False, rope_parameters=rope)
+        model = LlamaForCausalLM(cfg)
+    elif kind == "linear-rope":
+        rope = {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0}
+        cfg = LlamaConfig(**common, tie_word_embeddings=False, rope_parameters=rope)
+        model = LlamaForCausalLM(cfg)
+    elif kind == "mistral":
+        cfg = MistralConfig(**common, tie_word_embeddings=False, sliding_window=None)
+        model = MistralForCausalLM(cfg)
     elif kind == "qwen2":
         cfg = Qwen2Config(**common, tie_word_embeddings=False, rope_theta=1000000.0)
         model = Qwen2ForCausalLM(cfg)

@@ -54,6 +54,19 @@ def test_greedy_matches_transformers(tiny_model_dir, kind, chunk):
     engine.check_idle()
 
 
+@pytest.mark.parametrize("kind", ["llama3-rope", "linear-rope", "mistral"])
+def test_other_family_members_match_transformers(tiny_model_dir, kind):
+    """Llama 3 and linear rope scaling (prompts past the original context), Mistral."""
+    model_dir = tiny_model_dir(kind)
+    prompts = _prompts(8)
+    ref = _hf_greedy(model_dir, prompts, 16)
+    engine = Engine(model_dir, max_total_tokens=4096)
+    outs = engine.generate(
+        input_ids=prompts, sampling_params={"max_new_tokens": 16, "temperature": 0}
+    )
+    assert [o["output_ids"] for o in outs] == ref
+
+
 def test_shared_prefix_batch_matches_transformers(tiny_model_dir):
     """Requests sharing a long cached prefix decode through the shared-prefix attention path."""
     model_dir = tiny_model_dir("llama")
