@@ -32,7 +32,6 @@ class ModelRunner:
         self.kv_pool = kv_pool
         self.attn = attn
         self.device = next(model.parameters()).device
-        self.num_threads = torch.get_num_threads()
 
     @torch.inference_mode()
     def forward(
@@ -41,13 +40,22 @@ class ModelRunner:
         sample_index: torch.Tensor,  # [R] flat token positions whose logits are sampled
         prompt_index: torch.Tensor | None = None,  # [P] flat positions for prompt logprobs
     ) -> LogitsOutput:
-        if self.device.type == "cpu" and self.num_threads > 1:
-            few = batch.num_tokens <= _SINGLE_THREAD_MAX_TOKENS
-            torch.set_num_threads(1 if few else self.num_threads)
-        self.attn.init_forward_metadata(batch)
-        hidden = self.model(batch, self.kv_pool, self.attn)
-        logits = self.model.compute_logits(hidden[sample_index])
-        prompt_logits = None
-        if prompt_index is not None and prompt_index.numel():
-            prompt_logits = self.model.compute_logits(hidden[prompt_index])
+        threads = torch.get_num_threads()
+        one_thread = (
+            self.device.type == "cpu"
+            and threads > 1
+            and batch.num_tokens <= _SINGLE_THREAD_MAX_TOKENS
+        )
+        if one_thread:
+            torch.set_num_threads(1)
+        try:
+            self.attn.init_forward_metadata(batch)
+            hidden = self.model(batch, self.kv_pool, self.attn)
+            logits = self.model.compute_logits(hidden[sample_index])
+            prompt_logits = None
+            if prompt_index is not None and prompt_index.numel():
+                prompt_logits = self.model.compute_logits(hidden[prompt_index])
+        finally:
+            if one_thread:
+                torch.set_num_threads(threads)
         return LogitsOutput(logits, prompt_logits)

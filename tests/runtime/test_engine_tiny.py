@@ -83,3 +83,11 @@ def test_shared_prefix_batch_matches_transformers(tiny_model_dir):
     assert [o["output_ids"] for o in outs] == ref
     assert sum(o["meta_info"]["cached_tokens"] for o in outs) >= 7 * 48
     engine.check_idle()
+
+
+def test_generation_leaves_the_thread_count_alone(tiny_model_dir):
+    """Single-token forwards run on one thread and restore the caller's setting."""
+    engine = Engine(tiny_model_dir("llama"), max_total_tokens=1024)
+    before = torch.get_num_threads()
+    engine.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 4})
+    assert torch.get_num_threads() == before
