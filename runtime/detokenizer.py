@@ -52,14 +52,30 @@ def hold_back_stop_prefix(text: str, stops: list[str]) -> str:
 
 def output_text(tokenizer: Any, req: Req) -> str:
     """The final text: special tokens skipped, a matched stop string or stop token cut off."""
-    p = req.sampling_params
-    ids = req.output_ids
     reason = req.finished_reason
-    if reason is not None and reason.type == "stop" and isinstance(reason.matched, int):
+    return final_text(
+        tokenizer,
+        req.output_ids,
+        req.sampling_params.skip_special_tokens,
+        reason.to_dict() if reason is not None else None,
+    )
+
+
+def final_text(
+    tokenizer: Any,
+    output_ids: list[int],
+    skip_special_tokens: bool,
+    finish_reason: dict[str, Any] | None,
+) -> str:
+    """``output_text`` from plain values (``finish_reason`` as ``FinishReason.to_dict``)."""
+    ids = output_ids
+    kind = finish_reason["type"] if finish_reason else None
+    matched = finish_reason.get("matched") if finish_reason else None
+    if kind == "stop" and isinstance(matched, int):
         ids = ids[:-1]
-    text = tokenizer.decode(ids, skip_special_tokens=p.skip_special_tokens)
-    if reason is not None and reason.type == "stop" and isinstance(reason.matched, str):
-        cut = text.find(reason.matched)
+    text = tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+    if kind == "stop" and isinstance(matched, str):
+        cut = text.find(matched)
         if cut >= 0:
             text = text[:cut]
     return text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import torch
 from plait.runtime.detokenizer import IncrementalDetokenizer, hold_back_stop_prefix, output_text
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.model_loader import LoadedModel, load_model
-from plait.runtime.request import Logprobs, Req
+from plait.runtime.request import Req
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.scheduler import Scheduler, SchedulerConfig
 
@@ -98,7 +98,7 @@ class Engine:
         entries per prompt. Streaming chunks carry ``index`` (the position in that list),
         ``text`` (cumulative) and ``delta``.
         """
-        single, reqs = self._make_requests(
+        single, reqs = self.make_requests(
             prompt,
             sampling_params,
             input_ids,
@@ -144,7 +144,7 @@ class Engine:
 
     # ---- requests -------------------------------------------------------------------------
 
-    def _make_requests(
+    def make_requests(
         self,
         prompt,
         sampling_params,
@@ -155,6 +155,8 @@ class Engine:
         rid,
         stream,
     ) -> tuple[bool, list[Req]]:
+        """Validates one call's arguments and builds its requests (``n`` expanded, rid
+        ``base-j``); returns whether the call was a single prompt with ``n == 1``."""
         if (prompt is None) == (input_ids is None):
             raise InvalidRequestError("prompt", "give exactly one of prompt and input_ids")
         if prompt is not None:
@@ -207,27 +209,11 @@ class Engine:
                 raise InvalidRequestError(
                     "sampling_params", f"needs one entry per prompt ({count})"
                 )
-            return [_to_params(p) for p in sampling_params]
-        return [_to_params(sampling_params) for _ in range(count)]
+            return [to_params(p) for p in sampling_params]
+        return [to_params(sampling_params) for _ in range(count)]
 
     def _check_ids(self, ids: list[int], field: str) -> None:
-        if not ids:
-            raise InvalidRequestError(field, "must not be empty")
-        for t in ids:
-            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size:
-                raise InvalidRequestError(
-                    field, f"token id {t!r} outside the vocabulary [0, {self.vocab_size})"
-                )
-        if len(ids) >= self.context_len:
-            raise InvalidRequestError(
-                field,
-                f"{len(ids)} tokens leave no room to generate in the context length {self.context_len}",
-            )
-        pool = self.loaded.kv.total_size()
-        if len(ids) + 1 > pool:
-            raise InvalidRequestError(
-                field, f"{len(ids)} tokens exceed the KV cache capacity of {pool} tokens"
-            )
+        check_input_ids(ids, field, self.vocab_size, self.context_len, self.loaded.kv.total_size())
 
     def _need_tokenizer(self, field: str) -> None:
         if self.tokenizer is None:
@@ -239,30 +225,11 @@ class Engine:
 
     def _result(self, req: Req) -> dict[str, Any]:
         text = output_text(self.tokenizer, req) if self.tokenizer is not None else None
-        meta: dict[str, Any] = {
-            "id": req.rid,
-            "prompt_tokens": len(req.input_ids),
-            "completion_tokens": len(req.output_ids),
-            "cached_tokens": req.cached_tokens,
-            "finish_reason": req.finished_reason.to_dict() if req.finished_reason else None,
-            "e2e_latency": time.monotonic() - req.created_time,
-        }
-        if req.output_logprobs is not None:
-            meta["output_token_logprobs"] = self._triples(req.output_logprobs)
-            meta["output_top_logprobs"] = self._top_triples(req.output_logprobs)
-        if req.input_logprobs is not None:
-            meta["input_token_logprobs"] = self._triples(req.input_logprobs)
-            meta["input_top_logprobs"] = self._top_triples(req.input_logprobs)
+        meta = build_meta_info(req, self._token_text)
         return {"text": text, "output_ids": list(req.output_ids), "meta_info": meta}
 
     def _token_text(self, tid: int) -> str | None:
         return None if self.tokenizer is None else self.tokenizer.decode([tid])
-
-    def _triples(self, lp: Logprobs) -> list[tuple[float | None, int, str | None]]:
-        return [(v, t, self._token_text(t)) for v, t in zip(lp.token_logprobs, lp.token_ids)]
-
-    def _top_triples(self, lp: Logprobs) -> list[list[tuple[float, int, str | None]]]:
-        return [[(v, t, self._token_text(t)) for v, t in row] for row in lp.top_logprobs]
 
     def _stream(self, reqs: list[Req]) -> Iterator[dict[str, Any]]:
         for req in reqs:
@@ -301,7 +268,8 @@ class Engine:
                     self.scheduler.abort(req.rid)
 
 
-def _to_params(p: SamplingArg) -> SamplingParams:
+def to_params(p: SamplingArg) -> SamplingParams:
+    """A fresh SamplingParams from a dict, None (defaults) or another SamplingParams."""
     if isinstance(p, SamplingParams):
         return p.copy()
     if p is None or isinstance(p, dict):
@@ -309,3 +277,64 @@ def _to_params(p: SamplingArg) -> SamplingParams:
     raise InvalidRequestError(
         "sampling_params", f"must be a dict or SamplingParams, got {type(p).__name__}"
     )
+
+
+def check_input_ids(
+    ids: list[int], field: str, vocab_size: int, context_len: int, pool_size: int
+) -> None:
+    """Raises InvalidRequestError unless ``ids`` is a non-empty prompt of in-vocabulary ids that
+    leaves room to generate in the context and fits the KV pool."""
+    if not isinstance(ids, list) or not ids:
+        raise InvalidRequestError(field, "must not be empty")
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+            raise InvalidRequestError(
+                field, f"token id {t!r} outside the vocabulary [0, {vocab_size})"
+            )
+    if len(ids) >= context_len:
+        raise InvalidRequestError(
+            field,
+            f"{len(ids)} tokens leave no room to generate in the context length {context_len}",
+        )
+    if len(ids) + 1 > pool_size:
+        raise InvalidRequestError(
+            field, f"{len(ids)} tokens exceed the KV cache capacity of {pool_size} tokens"
+        )
+
+
+TokenText = Callable[[int], "str | None"] | None
+
+
+def build_meta_info(
+    req: Req, token_text: TokenText, logprobs_from: int = 0, with_input_logprobs: bool = True
+) -> dict[str, Any]:
+    """``Engine``'s meta_info for ``req``. Output logprobs start at output position
+    ``logprobs_from`` (the worker streams increments); ``token_text`` None leaves the text slot
+    of each triple None."""
+    meta: dict[str, Any] = {
+        "id": req.rid,
+        "prompt_tokens": len(req.input_ids),
+        "completion_tokens": len(req.output_ids),
+        "cached_tokens": req.cached_tokens,
+        "finish_reason": req.finished_reason.to_dict() if req.finished_reason else None,
+        "e2e_latency": time.monotonic() - req.created_time,
+    }
+    text = token_text or (lambda _t: None)
+    if req.output_logprobs is not None:
+        lp = req.output_logprobs
+        meta["output_token_logprobs"] = [
+            (v, t, text(t))
+            for v, t in zip(lp.token_logprobs[logprobs_from:], lp.token_ids[logprobs_from:])
+        ]
+        meta["output_top_logprobs"] = _top_triples(lp.top_logprobs[logprobs_from:], text)
+    if req.input_logprobs is not None and with_input_logprobs:
+        lp = req.input_logprobs
+        meta["input_token_logprobs"] = [
+            (v, t, text(t)) for v, t in zip(lp.token_logprobs, lp.token_ids)
+        ]
+        meta["input_top_logprobs"] = _top_triples(lp.top_logprobs, text)
+    return meta
+
+
+def _top_triples(rows: list[list[tuple[float, int]]], text) -> list[list[tuple]]:
+    return [[(v, t, text(t)) for v, t in row] for row in rows]

@@ -18,3 +18,7 @@ class InvalidRequestError(ValueError):
 
 class ModelNotFoundError(FileNotFoundError):
     """The model path or the package carrying the default model is not installed."""
+
+
+class WorkerDiedError(RuntimeError):
+    """The worker process exited or stopped answering; every request it held has failed."""
