@@ -13,6 +13,7 @@ import torch
 
 from plait.runtime.detokenizer import IncrementalDetokenizer, hold_back_stop_prefix, output_text
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.generate_args import parse_generate_args
 from plait.runtime.model_loader import LoadedModel, load_model
 from plait.runtime.request import Req
 from plait.runtime.sampling_params import SamplingParams
@@ -157,40 +158,26 @@ class Engine:
     ) -> tuple[bool, list[Req]]:
         """Validates one call's arguments and builds its requests (``n`` expanded, rid
         ``base-j``); returns whether the call was a single prompt with ``n == 1``."""
-        if (prompt is None) == (input_ids is None):
-            raise InvalidRequestError("prompt", "give exactly one of prompt and input_ids")
-        if prompt is not None:
-            single = isinstance(prompt, str)
-            prompts = [prompt] if single else list(prompt)
-            if not prompts or not all(isinstance(p, str) for p in prompts):
-                raise InvalidRequestError(
-                    "prompt", "must be a string or a non-empty list of strings"
-                )
-            if any(p == "" for p in prompts):
-                raise InvalidRequestError("prompt", "must not be empty")
-            token_lists = [self.encode(p) for p in prompts]
-            field = "prompt"
-        else:
-            field = "input_ids"
-            single = bool(input_ids) and isinstance(input_ids[0], int)
-            token_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
-            if not token_lists:
-                raise InvalidRequestError("input_ids", "must not be empty")
-        params = self._params_per_prompt(sampling_params, len(token_lists))
-        rids = [rid] if isinstance(rid, str) else rid
-        if rids is not None and len(rids) != len(token_lists):
-            raise InvalidRequestError("rid", f"needs one id per prompt ({len(token_lists)})")
+        args = parse_generate_args(
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            rid,
+            encode=self.encode,
+            to_params=to_params,
+            vocab_size=self.vocab_size,
+        )
         reqs: list[Req] = []
-        for i, (ids, p) in enumerate(zip(token_lists, params)):
-            if return_logprob is not None:
-                p.return_logprob = return_logprob
-            if logprob_start_len is not None:
-                p.logprob_start_len = logprob_start_len
-            if top_logprobs_num is not None:
-                p.top_logprobs_num = top_logprobs_num
-            p.verify(self.vocab_size)
-            self._check_ids(ids, field)
-            base = rids[i] if rids else f"req-{next(self._rid_counter)}-{uuid.uuid4().hex[:8]}"
+        for i, (ids, p) in enumerate(zip(args.token_lists, args.params)):
+            self._check_ids(ids, args.field)
+            base = (
+                args.rids[i]
+                if args.rids
+                else f"req-{next(self._rid_counter)}-{uuid.uuid4().hex[:8]}"
+            )
             for j in range(p.n):
                 sub = p.copy(n=1, seed=None if p.seed is None else p.seed + j)
                 reqs.append(
@@ -201,16 +188,8 @@ class Engine:
                         stream=stream,
                     )
                 )
+        single, params = args.single, args.params
         return single and params[0].n == 1, reqs
-
-    def _params_per_prompt(self, sampling_params, count: int) -> list[SamplingParams]:
-        if isinstance(sampling_params, list):
-            if len(sampling_params) != count:
-                raise InvalidRequestError(
-                    "sampling_params", f"needs one entry per prompt ({count})"
-                )
-            return [to_params(p) for p in sampling_params]
-        return [to_params(sampling_params) for _ in range(count)]
 
     def _check_ids(self, ids: list[int], field: str) -> None:
         check_input_ids(ids, field, self.vocab_size, self.context_len, self.loaded.kv.total_size())

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from plait.runtime.client import OutputChunk, RequestHandle, RuntimeClient
 from plait.runtime.engine import SamplingArg, to_params
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.generate_args import parse_generate_args
 from plait.runtime.model_loader import _load_tokenizer
 from plait.runtime.model_source import resolve_model_path
 
@@ -156,42 +157,19 @@ class Runtime:
         stream: bool = False,
     ) -> tuple[bool, list[RequestHandle]]:
         self._live()
-        if (prompt is None) == (input_ids is None):
-            raise InvalidRequestError("prompt", "give exactly one of prompt and input_ids")
-        if prompt is not None:
-            single = isinstance(prompt, str)
-            prompts = [prompt] if single else list(prompt)
-            if not prompts or not all(isinstance(p, str) for p in prompts):
-                raise InvalidRequestError(
-                    "prompt", "must be a string or a non-empty list of strings"
-                )
-            if any(p == "" for p in prompts):
-                raise InvalidRequestError("prompt", "must not be empty")
-            token_lists = [self.encode(p) for p in prompts]
-        else:
-            single = bool(input_ids) and isinstance(input_ids[0], int)
-            token_lists = [list(input_ids)] if single else [list(x) for x in input_ids]
-            if not token_lists:
-                raise InvalidRequestError("input_ids", "must not be empty")
-        if isinstance(sampling_params, list):
-            if len(sampling_params) != len(token_lists):
-                raise InvalidRequestError(
-                    "sampling_params", f"needs one entry per prompt ({len(token_lists)})"
-                )
-            params = [to_params(p) for p in sampling_params]
-        else:
-            params = [to_params(sampling_params) for _ in token_lists]
-        rids = [rid] if isinstance(rid, str) else rid
-        if rids is not None and len(rids) != len(token_lists):
-            raise InvalidRequestError("rid", f"needs one id per prompt ({len(token_lists)})")
-        for p in params:
-            if return_logprob is not None:
-                p.return_logprob = return_logprob
-            if logprob_start_len is not None:
-                p.logprob_start_len = logprob_start_len
-            if top_logprobs_num is not None:
-                p.top_logprobs_num = top_logprobs_num
-            p.verify(self.client.info["vocab_size"])
+        args = parse_generate_args(
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            rid,
+            encode=self.encode,
+            to_params=to_params,
+            vocab_size=self.client.info["vocab_size"],
+        )
+        token_lists, params, rids, single = args.token_lists, args.params, args.rids, args.single
         handles: list[RequestHandle] = []
         try:
             for i, (ids, p) in enumerate(zip(token_lists, params)):
