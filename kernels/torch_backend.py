@@ -49,20 +49,22 @@ class TorchAttentionBackend(AttentionBackend):
         ext, seq = batch.extend_lens_cpu, batch.seq_lens_cpu
         padded = len(seq) * max(ext) * max(seq)
         useful = sum(e * s for e, s in zip(ext, seq))
-        if batch.mode == ForwardMode.DECODE and self.shared_prefix:
-            max_seq = max(seq)
-            kv_index = batch.req_to_token[batch.req_pool_indices, :max_seq]
-            plan = plan_shared_prefix(kv_index, batch.seq_lens)
-            if plan is not None:
-                batch.attn_metadata = plan
-                return
-        if batch.mode == ForwardMode.DECODE or padded <= _MAX_PAD_WASTE * useful:
-            groups = [self._group(batch, list(range(len(seq))))]
+        all_rows = list(range(len(seq)))
+        if batch.mode == ForwardMode.DECODE:
+            # one gather of the table serves the shared-prefix plan or the padded group
+            kv_index = batch.req_to_token[batch.req_pool_indices, : max(seq)]
+            plan = plan_shared_prefix(kv_index, batch.seq_lens) if self.shared_prefix else None
+            batch.attn_metadata = plan or [self._group(batch, all_rows, kv_index)]
+            return
+        if padded <= _MAX_PAD_WASTE * useful:
+            groups = [self._group(batch, all_rows)]
         else:
             groups = [self._group(batch, [i]) for i in range(len(seq))]
         batch.attn_metadata = groups
 
-    def _group(self, batch: ForwardBatch, rows: list[int]) -> _Group:
+    def _group(
+        self, batch: ForwardBatch, rows: list[int], kv_index: torch.Tensor | None = None
+    ) -> _Group:
         ext = [batch.extend_lens_cpu[i] for i in rows]
         pre = [batch.prefix_lens_cpu[i] for i in rows]
         seq = [batch.seq_lens_cpu[i] for i in rows]
@@ -72,8 +74,8 @@ class TorchAttentionBackend(AttentionBackend):
         for e in batch.extend_lens_cpu:
             starts.append(starts[-1] + e)
 
-        pool_rows = batch.req_pool_indices[rows]
-        kv_index = batch.req_to_token[pool_rows, :max_seq].clone()
+        if kv_index is None:  # advanced indexing copies: padding can be overwritten below
+            kv_index = batch.req_to_token[batch.req_pool_indices[rows], :max_seq]
         seq_t = torch.tensor(seq, device=device)
         pre_t = torch.tensor(pre, device=device)
         ext_t = torch.tensor(ext, device=device)

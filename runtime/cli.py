@@ -81,12 +81,12 @@ def build_app(args: argparse.Namespace) -> tuple[FastAPI, Any]:
         stop = backend.close
     else:
         from plait.runtime.client import RuntimeClient
-        from plait.runtime.model_loader import _load_tokenizer
+        from plait.runtime.model_loader import load_tokenizer
         from plait.runtime.worker import start_worker
 
         worker = start_worker(args.model, **engine_options(args))
         try:
-            tokenizer = _load_tokenizer(Path(worker.info["model_path"]))
+            tokenizer = load_tokenizer(Path(worker.info["model_path"]))
             # a CPU step over a large batch can take seconds; a dead process is caught at once
             # by is_alive, so the ping only needs to catch a hung worker
             backend = RuntimeClient(

@@ -10,7 +10,7 @@ from plait.runtime.client import OutputChunk, RequestHandle, RuntimeClient
 from plait.runtime.engine import SamplingArg, to_params
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.generate_args import parse_generate_args
-from plait.runtime.model_loader import _load_tokenizer
+from plait.runtime.model_loader import load_tokenizer
 from plait.runtime.model_source import resolve_model_path
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class Runtime:
         self.model_path = resolve_model_path(model_path)
         self.worker: WorkerProcess = start_worker(self.model_path, **options)
         try:
-            self.tokenizer = _load_tokenizer(self.model_path)
+            self.tokenizer = load_tokenizer(self.model_path)
             self.client = RuntimeClient(
                 self.worker.endpoint,
                 self.tokenizer,

@@ -64,7 +64,7 @@ def load_model(
     load_weights(model, path)
     model.eval()
 
-    tokenizer = _load_tokenizer(path)
+    tokenizer = load_tokenizer(path)
     pool_tokens = max_total_tokens or _pool_tokens_from_budget(
         config, torch_dtype, dev, mem_fraction_static
     )
@@ -81,7 +81,7 @@ def load_model(
     )
 
 
-def _load_tokenizer(path: Path) -> Any | None:
+def load_tokenizer(path: Path) -> Any | None:
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         return None
     from transformers import AutoTokenizer
