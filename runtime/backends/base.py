@@ -1,0 +1,84 @@
+"""The interface between the interpreter and whatever runs the model."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from plait.ir.sampling import GenParams
+
+
+@dataclass(slots=True)
+class GenResult:
+    """One finished ``gen``: the completion text (stop string excluded) and the server's
+    ``meta_info`` (id, prompt_tokens, completion_tokens, cached_tokens, finish_reason, and the
+    logprobs when asked)."""
+
+    text: str
+    meta_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class ChoiceResult:
+    """One finished ``select``: the chosen string and the per-choice scores behind it.
+
+    ``meta_info`` holds SGLang's keys where the backend has them: ``normalized_prompt_logprobs``
+    (one float per choice), ``input_token_logprobs`` and ``output_token_logprobs``.
+    """
+
+    decision: str
+    meta_info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class RoleMarkers:
+    """The text a chat template puts before and after one message of a role."""
+
+    prefix: str
+    suffix: str
+
+
+class Backend(ABC):
+    """What the interpreter needs from a model server. Text in, text out.
+
+    Invariants: every method is thread-safe (each ProgramState runs on its own thread and many
+    run at once); ``generate`` never returns text past a stop string; ``select`` returns one of
+    ``choices`` exactly; a failure raises (``InvalidRequestError`` for a bad argument,
+    ``WorkerDiedError`` / ``ConnectionError`` when the server is gone), it never returns an
+    empty result in place of an error.
+    """
+
+    @abstractmethod
+    def generate(self, prompt: str, params: GenParams) -> GenResult:
+        """Continues ``prompt`` under ``params`` (already merged with the run's defaults)."""
+
+    @abstractmethod
+    def generate_stream(self, prompt: str, params: GenParams) -> Iterator[str]:
+        """Yields text deltas of one continuation; their concatenation is ``generate``'s text.
+        Closing the iterator early aborts the request."""
+
+    @abstractmethod
+    def select(
+        self, prompt: str, choices: list[str], temperature: float, choices_method: Any
+    ) -> ChoiceResult:
+        """Scores every ``prompt + choice`` in one batched request sharing the prefix."""
+
+    @abstractmethod
+    def role_markers(self, role: str) -> RoleMarkers:
+        """Prefix and suffix of a ``system`` / ``user`` / ``assistant`` message in this model's
+        chat template."""
+
+    @abstractmethod
+    def cache_prefix(self, prefix: str) -> None:
+        """Computes ``prefix`` into the server's prefix cache (run_batch's warm-up); a backend
+        without a prefix cache does nothing."""
+
+    @abstractmethod
+    def flush_cache(self) -> None:
+        """Drops the server's prefix cache."""
+
+    @abstractmethod
+    def shutdown(self) -> None:
+        """Releases what this backend started."""
