@@ -1,9 +1,79 @@
 """plait: an embedded language for programming language models, and the runtime that runs it fast."""
 
+from plait.lang.api import (
+    REGEX_BOOL,
+    REGEX_FLOAT,
+    REGEX_INT,
+    REGEX_STR,
+    assistant,
+    assistant_begin,
+    assistant_end,
+    flush_cache,
+    gen,
+    gen_int,
+    gen_string,
+    global_config,
+    image,
+    select,
+    set_default_backend,
+    system,
+    system_begin,
+    system_end,
+    user,
+    user_begin,
+    user_end,
+    video,
+)
+from plait.lang.choices import (
+    greedy_token_selection,
+    token_length_normalized,
+    unconditional_likelihood_normalized,
+)
+from plait.lang.function import SglFunction, function
+from plait.lang.state import ProgramState, ProgramStateGroup
+from plait.runtime.backends.endpoint import RuntimeEndpoint
+from plait.runtime.backends.openai_backend import OpenAI
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.local_runtime import Runtime
 from plait.runtime.sampling_params import SamplingParams
 
 __version__ = "0.1.0"
 
-__all__ = ["InvalidRequestError", "Runtime", "SamplingParams", "WorkerDiedError", "__version__"]
+__all__ = [
+    "REGEX_BOOL",
+    "REGEX_FLOAT",
+    "REGEX_INT",
+    "REGEX_STR",
+    "InvalidRequestError",
+    "OpenAI",
+    "ProgramState",
+    "ProgramStateGroup",
+    "Runtime",
+    "RuntimeEndpoint",
+    "SamplingParams",
+    "SglFunction",
+    "WorkerDiedError",
+    "__version__",
+    "assistant",
+    "assistant_begin",
+    "assistant_end",
+    "flush_cache",
+    "function",
+    "gen",
+    "gen_int",
+    "gen_string",
+    "global_config",
+    "greedy_token_selection",
+    "image",
+    "select",
+    "set_default_backend",
+    "system",
+    "system_begin",
+    "system_end",
+    "token_length_normalized",
+    "unconditional_likelihood_normalized",
+    "user",
+    "user_begin",
+    "user_end",
+    "video",
+]

@@ -2,7 +2,8 @@
 
 serving   requests arrive as a Poisson process at several rates, with a mix of prompt and
           output lengths (one in eight prompts is long); time to first token (TTFT) and time
-          per output token (TPOT) at p50 / p99 and throughput, with chunked prefill on and off
+          per output token (TPOT) at p50 / p99 and throughput, with chunked prefill (decodes
+          mixed into the chunks' forwards, Sarathi), chunked prefill without mixing, and none
 boundary  the same offline batch through Runtime (worker process over ZMQ) vs the in-process
           Engine
 
@@ -94,31 +95,34 @@ def main() -> None:
 
     if args.part in ("all", "serving"):
         print(
-            f"{'chunked prefill':16s} {'rate/s':>6s} {'TTFT p50':>9s} {'TTFT p99':>9s} "
+            f"{'prefill':16s} {'rate/s':>6s} {'TTFT p50':>9s} {'TTFT p99':>9s} "
             f"{'TPOT p50 ms':>11s} {'TPOT p99 ms':>11s} {'tok/s':>7s}"
         )
+        rates = [float(r) for r in args.rates.split(",")]
+        configs = {
+            "chunk256+mixed": {"chunked_prefill_size": 256, "enable_mixed_chunk": True},
+            "chunk256": {"chunked_prefill_size": 256, "enable_mixed_chunk": False},
+            "unchunked": {"chunked_prefill_size": None},
+        }
         results = {}
-        for chunk in (256, None):
-            with Runtime(
-                max_total_tokens=65536, chunked_prefill_size=chunk, max_prefill_tokens=8192
-            ) as rt:
+        for name, opts in configs.items():
+            with Runtime(max_total_tokens=65536, max_prefill_tokens=8192, **opts) as rt:
                 load = make_load(rt, args.requests, seed=0)
                 rt.generate("warm up", {"max_new_tokens": 4})
-                for rate in tqdm(
-                    [float(r) for r in args.rates.split(",")], desc=f"chunk={chunk}", leave=False
-                ):
+                for rate in tqdm(rates, desc=name, leave=False):
                     rt.flush_cache()
                     r = serve(rt, load, rate, seed=1)
-                    results[(chunk, rate)] = r
+                    results[(name, rate)] = r
                     tqdm.write(
-                        f"{str(chunk):16s} {rate:6.2f} {r['ttft_p50']:8.2f}s {r['ttft_p99']:8.2f}s "
+                        f"{name:16s} {rate:6.2f} {r['ttft_p50']:8.2f}s {r['ttft_p99']:8.2f}s "
                         f"{r['tpot_p50']:11.1f} {r['tpot_p99']:11.1f} {r['tok_s']:7.1f}"
                     )
-        for rate in [float(r) for r in args.rates.split(",")]:
-            on, off = results[(256, rate)], results[(None, rate)]
-            print(
-                f"  rate {rate}: p99 TPOT chunked / unchunked = {on['tpot_p99'] / off['tpot_p99']:.2f}"
+        for rate in rates:
+            off = results[("unchunked", rate)]["tpot_p99"]
+            ratios = ", ".join(
+                f"{name} {results[(name, rate)]['tpot_p99'] / off:.2f}" for name in configs
             )
+            print(f"  rate {rate}: p99 TPOT / unchunked: {ratios}")
 
     if args.part in ("all", "boundary"):
         prompts = distinct_prompts(32, words=60, seed=3)

@@ -57,10 +57,13 @@ class TorchAttentionBackend(AttentionBackend):
             batch.attn_metadata = plan or [self._group(batch, all_rows, kv_index)]
             return
         if padded <= _MAX_PAD_WASTE * useful:
-            groups = [self._group(batch, all_rows)]
-        else:
-            groups = [self._group(batch, [i]) for i in range(len(seq))]
-        batch.attn_metadata = groups
+            batch.attn_metadata = [self._group(batch, all_rows)]
+            return
+        # a mixed batch: the decode rows (one token each) pad well together
+        decodes = [i for i in all_rows if ext[i] == 1]
+        groups = [self._group(batch, decodes)] if len(decodes) > 1 else []
+        singles = [i for i in all_rows if ext[i] > 1 or len(decodes) == 1]
+        batch.attn_metadata = groups + [self._group(batch, [i]) for i in singles]
 
     def _group(
         self, batch: ForwardBatch, rows: list[int], kv_index: torch.Tensor | None = None

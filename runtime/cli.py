@@ -37,6 +37,11 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunked-prefill-size", type=int, default=None)
     p.add_argument("--schedule-policy", choices=["lpm", "fcfs", "dfs-weight"], default=None)
     p.add_argument("--disable-radix-cache", action="store_true")
+    p.add_argument(
+        "--disable-mixed-chunk",
+        action="store_true",
+        help="run prefill chunks and decode steps as separate forwards",
+    )
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--context-length", type=int, default=None)
     p.add_argument("--log-level", default="warning")
@@ -53,6 +58,8 @@ def engine_options(args: argparse.Namespace) -> dict[str, Any]:
     opts = {k: v for k, v in opts.items() if v is not None}
     if args.disable_radix_cache:
         opts["disable_radix_cache"] = True
+    if args.disable_mixed_chunk:
+        opts["enable_mixed_chunk"] = False
     return opts
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from plait.constrained.backend import GrammarBackend
+from plait.constrained.grammar_cache import default_cache_dir
 from plait.runtime.detokenizer import IncrementalDetokenizer, hold_back_stop_prefix, output_text
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.generate_args import parse_generate_args
@@ -42,13 +44,20 @@ class Engine:
         mem_fraction_static: float = 0.15,
         max_running_requests: int = 256,
         chunked_prefill_size: int | None = 1024,
+        enable_mixed_chunk: bool = True,
         max_prefill_tokens: int = 4096,
         schedule_policy: str = "lpm",
         disable_radix_cache: bool = False,
         context_length: int | None = None,
         attention_backend: str = "auto",
+        load_format: str = "auto",
         num_threads: int | None = None,
+        grammar_compile_timeout: float = 60.0,
+        grammar_cache_dir: str | Path | None = "default",
+        disable_jump_forward: bool = False,
     ) -> None:
+        """``grammar_cache_dir``: where compiled regex / JSON schema grammars persist
+        ("default": ``~/.cache/plait/grammars``; None: memory only)."""
         if num_threads is not None:
             torch.set_num_threads(num_threads)
         self.loaded: LoadedModel = load_model(
@@ -61,6 +70,7 @@ class Engine:
             disable_radix_cache=disable_radix_cache,
             context_length=context_length,
             attention_backend=attention_backend,
+            load_format=load_format,
         )
         m = self.loaded
         self.tokenizer = m.tokenizer
@@ -74,10 +84,21 @@ class Engine:
             SchedulerConfig(
                 schedule_policy=schedule_policy,
                 chunked_prefill_size=chunked_prefill_size,
+                enable_mixed_chunk=enable_mixed_chunk,
                 max_prefill_tokens=max_prefill_tokens,
                 max_running_requests=max_running_requests,
             ),
         )
+        if self.tokenizer is not None:
+            cache_dir = default_cache_dir() if grammar_cache_dir == "default" else grammar_cache_dir
+            self.scheduler.grammar = GrammarBackend(
+                self.tokenizer,
+                m.stop_checker.eos_token_ids,
+                m.config.vocab_size,
+                compile_timeout=grammar_compile_timeout,
+                cache_dir=None if cache_dir is None else Path(cache_dir),
+                jump_forward=not disable_jump_forward,
+            )
         self._rid_counter = itertools.count()
 
     # ---- public API -----------------------------------------------------------------------
@@ -118,6 +139,9 @@ class Engine:
             for req in self.scheduler.step():
                 if req.finished:
                     pending.discard(id(req))
+        for req in reqs:
+            if req.error is not None:
+                raise req.error
         outs = [self._result(r) for r in reqs]
         return outs[0] if single else outs
 
@@ -230,6 +254,9 @@ class Engine:
                         continue
                     new_ids = req.output_ids[seen[key] :]
                     seen[key] = len(req.output_ids)
+                    if req.error is not None:
+                        pending.discard(key)
+                        raise req.error
                     if req.finished:
                         pending.discard(key)
                         text = output_text(self.tokenizer, req) if self.tokenizer else ""

@@ -290,6 +290,10 @@ class EngineBackend:
         live = self._live.get(req.rid)
         if live is None or live.req is not req:
             return
+        if req.error is not None:  # failed alone (e.g. its grammar did not compile)
+            del self._live[req.rid]
+            live.handle._put(req.error)
+            return
         new_ids = req.output_ids[live.seen :]
         live.seen = len(req.output_ids)
         if req.finished:

@@ -11,6 +11,8 @@ import torch
 
 from plait.kernels.select import make_attention_backend
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from plait.runtime.dummy_weights import init_dummy_weights
+from plait.runtime.errors import ModelNotFoundError
 from plait.runtime.kv_cache import KVCache
 from plait.runtime.model_config import ModelConfig
 from plait.runtime.model_runner import ModelRunner
@@ -48,8 +50,13 @@ def load_model(
     disable_radix_cache: bool = False,
     context_length: int | None = None,
     attention_backend: str = "auto",
+    load_format: str = "auto",
 ) -> LoadedModel:
-    path = resolve_model_path(model_path)
+    """``load_format="dummy"`` takes only config.json from ``model_path`` and random weights
+    (no checkpoint, no tokenizer needed)."""
+    if load_format not in ("auto", "dummy"):
+        raise ValueError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
+    path = _model_dir(model_path, load_format)
     torch_dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
     config = ModelConfig.from_path(path)
     context_len = min(
@@ -61,7 +68,10 @@ def load_model(
         model = LlamaForCausalLM(config, torch_dtype)
     model = model.to(torch_dtype).to_empty(device=dev)
     model.model.rotary.build()  # not in the checkpoint
-    load_weights(model, path)
+    if load_format == "dummy":
+        init_dummy_weights(model)
+    else:
+        load_weights(model, path)
     model.eval()
 
     tokenizer = load_tokenizer(path)
@@ -79,6 +89,15 @@ def load_model(
     return LoadedModel(
         path, config, model, tokenizer, kv, runner, stop_checker, context_len, torch_dtype
     )
+
+
+def _model_dir(model_path: str | Path | None, load_format: str) -> Path:
+    if load_format == "dummy" and model_path is not None:
+        path = Path(model_path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"load_format='dummy' needs {path / 'config.json'}")
+        return path
+    return resolve_model_path(model_path)
 
 
 def load_tokenizer(path: Path) -> Any | None:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.protocol import (
     GenerateCall,
+    apply_response_format,
     chat_logprobs,
     chat_prompt,
     check_model,
@@ -34,7 +35,7 @@ from plait.runtime.server import (
     submit_calls,
 )
 
-_UNSUPPORTED = ("suffix", "logit_bias", "tools", "functions", "response_format")
+_UNSUPPORTED = ("suffix", "logit_bias", "tools", "functions")
 
 
 def add_openai_routes(app: FastAPI, state: ServerState) -> None:
@@ -49,14 +50,20 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         body = await read_json(request)
         check_model(body, state.served_names)
         _reject_unsupported(body)
-        if get(body, "echo", bool, False):
-            raise InvalidRequestError("echo", "echo is not supported")
+        echo = get(body, "echo", bool, False)
         top_k = completion_logprobs(body)
         prompts = completion_prompts(body, state.limits)
         params, n = openai_params(body, state.limits, default_max_tokens=16)
+        apply_response_format(body, params)
         _ask_logprobs(params, top_k)
+        if echo and top_k is not None:
+            params.logprob_start_len = 0  # a logprob for every prompt token
         calls = [GenerateCall(ids, params.copy(), n) for ids in prompts]
-        return await _respond(request, body, state, calls, _CompletionFormat(top_k))
+        echoes = None
+        if echo:
+            texts = _prompt_texts(body["prompt"], prompts, state)
+            echoes = [text for text, call in zip(texts, calls) for _ in range(call.n)]
+        return await _respond(request, body, state, calls, _CompletionFormat(top_k, echoes))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -66,10 +73,22 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         top_k = chat_logprobs(body)
         ids = chat_prompt(body, state.limits)
         params, n = openai_params(body, state.limits, default_max_tokens=256)
+        apply_response_format(body, params)
         _ask_logprobs(params, top_k)
         return await _respond(
             request, body, state, [GenerateCall(ids, params, n)], _ChatFormat(top_k)
         )
+
+
+def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list[str]:
+    """The prompts as text, for ``echo``: as given, or decoded from token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if all(isinstance(p, str) for p in prompt):
+        return list(prompt)
+    if state.limits.tokenizer is None:
+        raise InvalidRequestError("echo", "the model has no tokenizer to decode the prompt")
+    return [state.limits.tokenizer.decode(p) for p in ids]
 
 
 def _reject_unsupported(body: dict[str, Any]) -> None:
@@ -158,18 +177,34 @@ def _token_text(triple: Any) -> str:
 
 
 class _CompletionFormat:
+    """``echoes[i]``: the prompt text choice ``i`` echoes (None without ``echo``); its prompt
+    tokens lead the logprobs, the first with no logprob."""
+
     id_prefix = "cmpl"
     object = "text_completion"
     chunk_object = "text_completion"
 
-    def __init__(self, top_k: int | None) -> None:
+    def __init__(self, top_k: int | None, echoes: list[str] | None = None) -> None:
         self.top_k = top_k
+        self.echoes = echoes
+        self.echoed: set[int] = set()
 
-    def logprobs(self, meta: dict[str, Any], start: int, offset: int = 0) -> dict[str, Any] | None:
+    def logprobs(
+        self, meta: dict[str, Any], start: int, offset: int = 0, prompt: bool = False
+    ) -> dict[str, Any] | None:
         if self.top_k is None:
             return None
         toks = (meta.get("output_token_logprobs") or [])[start:]
-        tops = (meta.get("output_top_logprobs") or [])[start:]
+        tops: list[Any] = (meta.get("output_top_logprobs") or [])[start:]
+        tops = [{_token_text(e): e[0] for e in row} for row in tops]
+        if prompt:
+            in_toks = meta.get("input_token_logprobs") or []
+            in_tops = meta.get("input_top_logprobs") or []
+            in_tops = [{_token_text(e): e[0] for e in row} for row in in_tops]
+            in_tops += [{}] * (len(in_toks) - len(in_tops))
+            if in_tops:
+                in_tops[0] = None  # the first token has no context
+            toks, tops = [*in_toks, *toks], [*in_tops, *tops]
         offsets = []
         for t in toks:
             offsets.append(offset)
@@ -177,16 +212,17 @@ class _CompletionFormat:
         return {
             "tokens": [_token_text(t) for t in toks],
             "token_logprobs": [t[0] for t in toks],
-            "top_logprobs": [{_token_text(e): e[0] for e in row} for row in tops],
+            "top_logprobs": tops,
             "text_offset": offsets,
         }
 
     def choice(self, index: int, chunk: Any) -> dict[str, Any]:
         meta = chunk.meta_info
+        echo = self.echoes[index] if self.echoes is not None else ""
         return {
             "index": index,
-            "text": chunk.text,
-            "logprobs": self.logprobs(meta, 0),
+            "text": echo + chunk.text,
+            "logprobs": self.logprobs(meta, 0, prompt=self.echoes is not None),
             "finish_reason": _finish_reason(meta),
         }
 
@@ -198,10 +234,17 @@ class _CompletionFormat:
             return None
         meta = chunk.meta_info
         offset = len(chunk.text) - len(chunk.delta)
+        echo, first = "", False
+        if self.echoes is not None:
+            offset += len(self.echoes[index])
+            first = index not in self.echoed
+            if first:
+                self.echoed.add(index)
+                echo = self.echoes[index]
         return {
             "index": index,
-            "text": chunk.delta,
-            "logprobs": self.logprobs(meta, sent, offset),
+            "text": echo + chunk.delta,
+            "logprobs": self.logprobs(meta, sent, 0 if first else offset, prompt=first),
             "finish_reason": _finish_reason(meta) if chunk.finished else None,
         }
 

@@ -15,7 +15,8 @@ class PrefillAdder:
 
     Budgets: ``rem_total`` = free + evictable slots minus the decode room reserved for running
     requests (scaled by ``new_token_ratio``); ``rem_input`` = prefill tokens per forward;
-    ``rem_chunk`` = the chunked-prefill size. A request that does not fit ``rem_chunk`` is
+    ``rem_chunk`` = the chunked-prefill size. Decode tokens mixed into the same forward
+    (``mixed_decodes``) count against the prefill and chunk budgets. A request that does not fit ``rem_chunk`` is
     truncated and becomes the single chunked request. An admitted request's prefix is locked.
     """
 
@@ -26,14 +27,17 @@ class PrefillAdder:
         new_token_ratio: float,
         max_prefill_tokens: int,
         chunked_prefill_size: int | None,
+        mixed_decodes: int = 0,
     ) -> None:
         self.kv = kv
         reserved = sum(
             min(r.remaining_new_tokens(), CLIP_MAX_NEW_TOKENS) * new_token_ratio for r in running
         )
         self.rem_total = kv.available_size() + kv.evictable_size() - reserved
-        self.rem_input = max_prefill_tokens
-        self.rem_chunk = chunked_prefill_size
+        self.rem_input = max_prefill_tokens - mixed_decodes
+        self.rem_chunk = (
+            None if chunked_prefill_size is None else chunked_prefill_size - mixed_decodes
+        )
         self.nothing_running = not running
         self.can_run: list[Req] = []
         self.new_chunked_req: Req | None = None

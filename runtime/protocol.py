@@ -6,6 +6,7 @@ server answers 400 before anything reaches the worker.
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -199,6 +200,37 @@ def openai_params(
         "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
     )
     return finish_params(params, limits.vocab_size, renames)
+
+
+def apply_response_format(body: dict[str, Any], params: SamplingParams) -> None:
+    """OpenAI ``response_format``: ``{"type": "text"}``, ``{"type": "json_object"}`` (any JSON
+    object) or ``{"type": "json_schema", "json_schema": {"schema": {...}}}``."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+        raise InvalidRequestError("response_format", "must be an object with a string type")
+    kind = fmt["type"]
+    if kind == "text":
+        return
+    if kind == "json_object":
+        schema: Any = {"type": "object"}
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("schema"), (dict, bool)):
+            raise InvalidRequestError(
+                "response_format.json_schema", "must be an object with a schema object"
+            )
+        schema = spec["schema"]
+    else:
+        raise InvalidRequestError(
+            "response_format.type", f"must be text, json_object or json_schema, got {kind!r}"
+        )
+    params.json_schema = json.dumps(schema)
+    try:
+        params.verify(1 << 62)
+    except InvalidRequestError as e:
+        raise InvalidRequestError("response_format", e.message) from None
 
 
 def check_model(body: dict[str, Any], served: set[str]) -> None:

@@ -67,6 +67,8 @@ class Req:
 
     created_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
+    grammar: Any = None  # constrained.GrammarState of a regex / json_schema request
+    error: Exception | None = None  # set when the request failed alone (reported, never run)
 
     def __post_init__(self) -> None:
         p = self.sampling_params

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,9 @@ from plait.runtime.penalties import (
     token_counts,
 )
 from plait.runtime.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from plait.constrained.mask import VocabMask
 
 _SEED_MAX = 2**63 - 1
 
@@ -104,6 +108,7 @@ class SamplingBatchInfo:
     max_top_k: int  # over the sampling rows; V when none truncates
     max_top_logprobs: int
     return_logprob: bool
+    vocab_mask: VocabMask | None = None  # grammar constraints, applied before the penalties
 
     @classmethod
     def build(
@@ -144,7 +149,8 @@ class SamplingBatchInfo:
         ban_rows: list[int] = []
         ban_ids: list[int] = []
         for i, (p, out) in enumerate(zip(params, output_ids)):
-            if len(out) < p.min_new_tokens:
+            # a grammar decides itself where EOS may come; banning it could leave no token
+            if len(out) < p.min_new_tokens and p.regex is None and p.json_schema is None:
                 banned = set(eos_token_ids) | set(p.stop_token_ids)
                 ban_rows += [i] * len(banned)
                 ban_ids += banned
@@ -202,10 +208,14 @@ class SampleOutput:
 
 
 def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
-    """Penalties and min-new-tokens bans; returns ``logits`` untouched or a modified copy."""
-    if not (info.need_penalties or info.need_min_tokens):
+    """Penalties, min-new-tokens bans and the grammar mask; returns ``logits`` untouched or a
+    modified copy."""
+    if info.vocab_mask is not None:
+        logits = info.vocab_mask.apply(logits)  # a copy: the caller's logits stay untouched
+    elif not (info.need_penalties or info.need_min_tokens):
         return logits
-    logits = logits.clone()
+    else:
+        logits = logits.clone()
     if info.repetition_seen is not None:
         apply_repetition_penalty(logits, info.repetition_seen, info.repetition_penalties)
     if info.output_counts is not None:

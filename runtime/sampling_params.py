@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -39,6 +40,8 @@ class SamplingParams:
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
+    regex: str | None = None  # the whole output must match (outlines / Rust regex syntax)
+    json_schema: str | None = None  # JSON text of a schema the output must validate against
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
@@ -54,6 +57,8 @@ class SamplingParams:
             d.pop("stop", None)
         if d.get("stop_token_ids") is None:
             d.pop("stop_token_ids", None)
+        if isinstance(d.get("json_schema"), dict):
+            d["json_schema"] = json.dumps(d["json_schema"])
         return cls(**d)
 
     def copy(self, **changes: Any) -> SamplingParams:
@@ -92,6 +97,19 @@ class SamplingParams:
             _check_int("stop_token_ids", tid, lo=0, hi=vocab_size - 1)
         _check_int("logprob_start_len", self.logprob_start_len, lo=-1)
         _check_int("top_logprobs_num", self.top_logprobs_num, lo=0, hi=MAX_TOP_LOGPROBS)
+        self._verify_constraint()
+
+    def _verify_constraint(self) -> None:
+        for name in ("regex", "json_schema"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise InvalidRequestError(name, "must be a non-empty string")
+        if self.regex is not None and self.json_schema is not None:
+            raise InvalidRequestError("json_schema", "give at most one of regex and json_schema")
+        if self.json_schema is not None:
+            from plait.constrained.compiler import GrammarKey, to_regex
+
+            to_regex(GrammarKey("json", self.json_schema))  # malformed schemas fail here, fast
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from plait.constrained.backend import GrammarBackend, grammar_key
+from plait.runtime.errors import InvalidRequestError
 from plait.runtime.kv_cache import KVCache
 from plait.runtime.model_runner import ModelRunner
 from plait.runtime.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
@@ -23,6 +25,7 @@ RETRACT_DECODE_STEPS = 20
 class SchedulerConfig:
     schedule_policy: str = "lpm"
     chunked_prefill_size: int | None = 1024  # None: never chunk
+    enable_mixed_chunk: bool = True  # running decodes ride along in prefill forwards (Sarathi)
     max_prefill_tokens: int = 4096
     max_running_requests: int = 256
     init_new_token_ratio: float = 0.7
@@ -34,8 +37,11 @@ class Scheduler:
     """Owns the waiting queue and the running batch.
 
     Invariants: prefill wins over decode; at most one request is chunked at a time and it
-    continues first; no request is dropped: under memory pressure the least-advanced running
-    request is retracted to the front of the queue, its computed KV handed to the radix tree.
+    continues first; with mixed chunks (while the running batch is at most half the chunk),
+    every running request also decodes one token in each prefill forward, its token counted
+    in the chunk budget; no request is dropped: under memory pressure the least-advanced
+    running request is retracted to the front of the queue, its computed KV handed to the
+    radix tree.
     """
 
     def __init__(
@@ -53,6 +59,7 @@ class Scheduler:
         self.config = config
         self.policy = SchedulePolicy(config.schedule_policy, kv)
         self.sampler = Sampler()
+        self.grammar: GrammarBackend | None = None  # set by the engine when it has a tokenizer
         self.eos_ids = sorted(stop_checker.eos_token_ids)
         self.device = runner.device
         self.waiting: list[Req] = []
@@ -61,18 +68,28 @@ class Scheduler:
         self.new_token_ratio = config.init_new_token_ratio
         self.aborted: list[Req] = []  # finished while queued, reported on the next step
         self.forward_count = 0
+        self.mixed_forward_count = 0
         self.num_retractions = 0
 
     # ---- queue ----------------------------------------------------------------------------
 
     def add_request(self, req: Req) -> None:
-        self.waiting.append(req)
+        if self.grammar is None and grammar_key(req) is not None:
+            err = InvalidRequestError(
+                "regex", "constrained decoding needs a model with a tokenizer"
+            )
+            req.error, req.finished_reason = err, FinishReason("abort", message=str(err))
+            self.aborted.append(req)
+        elif self.grammar is None or self.grammar.add(req):
+            self.waiting.append(req)
 
     def abort(self, rid: str) -> bool:
         """Aborts a queued or running request by id, releasing its KV at once (calls come
         between steps); False when no live request has that id."""
         live = self.waiting + self.running + ([self.chunked_req] if self.chunked_req else [])
         req = next((r for r in live if r.rid == rid), None)
+        if req is None and self.grammar is not None:
+            req = self.grammar.abort(rid)
         if req is None:
             return False
         self.waiting = [r for r in self.waiting if r is not req]
@@ -86,7 +103,12 @@ class Scheduler:
         return True
 
     def is_idle(self) -> bool:
-        return not self.waiting and not self.running and self.chunked_req is None
+        return (
+            not self.waiting
+            and not self.running
+            and self.chunked_req is None
+            and not (self.grammar is not None and self.grammar.waiting)
+        )
 
     def flush_cache(self) -> bool:
         if not self.is_idle():
@@ -99,16 +121,30 @@ class Scheduler:
     def step(self) -> list[Req]:
         """Runs one forward; returns the requests that produced output or finished."""
         touched, self.aborted = self.aborted, []
-        reqs = self._schedule_prefill()
+        if self.grammar is not None:
+            touched += self._constrained_step()
+        mix = self._mix_decodes()
+        if mix:
+            touched += self._ensure_decode_room()
+        reqs = self._schedule_prefill(mixed_decodes=len(self.running) if mix else 0)
         if reqs:
-            touched += self._run_extend(reqs)
+            touched += self._run_extend(reqs, self.running if mix else [])
         elif self.running:
             touched += self._run_decode()
         if self.is_idle():
             self.new_token_ratio = self.config.init_new_token_ratio
         return touched
 
-    def _schedule_prefill(self) -> list[Req]:
+    def _mix_decodes(self) -> bool:
+        """Mix only while the decodes leave at least half of the chunk to prefill, so that
+        admission never starves behind a large running batch."""
+        cfg = self.config
+        if not cfg.enable_mixed_chunk or not self.running:
+            return False
+        budget = cfg.chunked_prefill_size or cfg.max_prefill_tokens
+        return len(self.running) <= budget // 2
+
+    def _schedule_prefill(self, mixed_decodes: int = 0) -> list[Req]:
         cfg = self.config
         if self.chunked_req is None and (
             not self.waiting or len(self.running) >= cfg.max_running_requests
@@ -120,6 +156,7 @@ class Scheduler:
             self.new_token_ratio,
             cfg.max_prefill_tokens,
             cfg.chunked_prefill_size,
+            mixed_decodes,
         )
         if self.chunked_req is not None:
             adder.add_chunked(self.chunked_req)
@@ -136,7 +173,12 @@ class Scheduler:
         self.chunked_req = adder.new_chunked_req
         return adder.can_run
 
-    def _run_extend(self, reqs: list[Req]) -> list[Req]:
+    def _run_extend(self, prefills: list[Req], decodes: list[Req]) -> list[Req]:
+        """One forward over prefill chunks and, mixed in, one decode token per running request
+        (an extend of length 1 on top of its KV)."""
+        for req in decodes:
+            req.extend_len = 1
+        reqs = prefills + decodes
         batch = prepare_extend(reqs, self.kv, self.device)
         sampling: list[Req] = []
         sample_index: list[int] = []
@@ -162,6 +204,7 @@ class Scheduler:
         self.forward_count += 1
         for req in reqs:
             req.kv_len += req.extend_len
+        for req in prefills:
             self.kv.cache_unfinished(req)
         if out.prompt_logits is not None:
             self._record_prompt_logprobs(out.prompt_logits, prompt_spans)
@@ -169,7 +212,11 @@ class Scheduler:
             return []
         self._sample(sampling, out.next_token_logits)
         self._finish(sampling)
-        self.running.extend(r for r in sampling if not r.finished)
+        self.running = [r for r in self.running if not r.finished]
+        self.running.extend(r for r in sampling[: len(sampling) - len(decodes)] if not r.finished)
+        if decodes:
+            self.mixed_forward_count += 1
+            self._decay_new_token_ratio()
         return sampling
 
     def _run_decode(self) -> list[Req]:
@@ -185,11 +232,14 @@ class Scheduler:
         self._sample(reqs, out.next_token_logits)
         self._finish(reqs)
         self.running = [r for r in reqs if not r.finished]
+        self._decay_new_token_ratio()
+        return reqs
+
+    def _decay_new_token_ratio(self) -> None:
         self.new_token_ratio = max(
             self.config.min_new_token_ratio,
             self.new_token_ratio - self.config.new_token_ratio_decay,
         )
-        return reqs
 
     # ---- sampling and stopping ------------------------------------------------------------
 
@@ -203,6 +253,8 @@ class Scheduler:
             device=self.device,
         )
         want_logprobs = any(r.output_logprobs is not None for r in reqs)
+        if self.grammar is not None:
+            info.vocab_mask = self.grammar.batch_mask(reqs, logits.device)
         res = self.sampler(logits, info, want_logprobs)
         ids = res.next_token_ids.tolist()
         if want_logprobs:
@@ -216,12 +268,44 @@ class Scheduler:
                 k = req.sampling_params.top_logprobs_num
                 if k:
                     req.output_logprobs.top_logprobs.append(tops[i][:k])
+        if self.grammar is not None:
+            self.grammar.accept(reqs)
 
     def _finish(self, reqs: list[Req]) -> None:
         for req in reqs:
             req.finished_reason = self.stop_checker.check(req)
             if req.finished_reason is not None:
                 self.kv.release(req)
+
+    # ---- constrained decoding -------------------------------------------------------------
+
+    def _constrained_step(self) -> list[Req]:
+        """Admits requests whose grammar compiled (reports those that failed), then moves
+        running requests with forced text back to the queue with the text appended (jump-
+        forward): their next extend computes it in one forward."""
+        grammar = self.grammar
+        ready, failed = grammar.poll()
+        self.waiting.extend(ready)
+        if not ready and grammar.waiting and not self.waiting and not self.running:
+            grammar.wait_any(0.01)  # nothing to run until a grammar compiles
+        jumped: list[Req] = []
+        for req in self.running:
+            if req.grammar is None:
+                continue
+            jump = grammar.try_jump(req)
+            if jump is None:
+                continue
+            self.kv.release(req)  # the old tokens' KV goes to the tree; the prefix is reused
+            req.output_ids = req.output_ids[: jump.keep] + jump.new_ids
+            if req.grammar.is_terminal():
+                req.output_ids.append(grammar.eos_token_id(req))
+                req.grammar.accept(req.output_ids[-1])
+            req.finished_reason = self.stop_checker.check(req)
+            jumped.append(req)
+        if jumped:
+            self.running = [r for r in self.running if r not in jumped]
+            self.waiting[:0] = [r for r in jumped if not r.finished]
+        return failed + [r for r in jumped if r.finished]
 
     # ---- prompt logprobs ------------------------------------------------------------------
 

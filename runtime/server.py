@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from plait.runtime.chat_template import chat_template_of
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.metrics import RequestTimer, ServerMetrics
 from plait.runtime.protocol import GenerateCall, ModelLimits, native_calls, require_object
@@ -269,6 +270,8 @@ def create_app(
             return JSONResponse(body, status_code=503 if status >= 500 else status)
         return Response(status_code=200)
 
+    chat_template = chat_template_of(tokenizer).to_dict()
+
     @app.get("/get_model_info")
     async def model_info() -> dict[str, Any]:
         return {
@@ -276,6 +279,7 @@ def create_app(
             "context_length": context_len,
             "vocab_size": vocab_size,
             "is_generation": True,
+            "chat_template": chat_template,
         }
 
     @app.post("/flush_cache")

@@ -162,6 +162,12 @@ class Worker:
             live = self.live.get(req.rid)
             if live is None or live.req is not req:
                 continue
+            if req.error is not None:  # failed alone (e.g. its grammar did not compile)
+                del self.live[req.rid]
+                field = getattr(req.error, "field", "")
+                message = getattr(req.error, "message", str(req.error))
+                self._send(live.identity, m.ErrorOut(req.rid, field, message, "invalid_request"))
+                continue
             self.stats.generation_tokens += len(req.output_ids) - live.counted
             live.counted = len(req.output_ids)
             if req.finished:

@@ -48,6 +48,13 @@ class Backend(ABC):
     ``choices`` exactly; a failure raises (``InvalidRequestError`` for a bad argument,
     ``WorkerDiedError`` / ``ConnectionError`` when the server is gone), it never returns an
     empty result in place of an error.
+
+    How the interpreter (``runtime/interpreter.py``) uses it: ``generate`` per gen, or
+    ``generate_stream`` under ``run(stream=True)`` unless the gen asks for logprobs; ``select``
+    with the state's whole text as the prompt; ``role_markers`` and ``default_system_prompt``
+    for chat roles; ``cache_prefix`` when a state forks (the shared text) and in ``run_batch``
+    (the traced constant prefix). ``plait.lang.api.as_backend`` turns what users pass
+    (a Backend, or a ``plait.Runtime``, wrapped in ``RuntimeBackend``) into a Backend.
     """
 
     @abstractmethod
@@ -69,6 +76,13 @@ class Backend(ABC):
     def role_markers(self, role: str) -> RoleMarkers:
         """Prefix and suffix of a ``system`` / ``user`` / ``assistant`` message in this model's
         chat template."""
+
+    @property
+    def default_system_prompt(self) -> str | None:
+        """The system message the chat template puts before a conversation that starts with
+        another role, or ``None``; the interpreter inserts it as SGLang does (a property, not a
+        method; ``runtime.chat_template.chat_template_of`` reads it off a HF template)."""
+        return None
 
     @abstractmethod
     def cache_prefix(self, prefix: str) -> None:

@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 
 import httpx
@@ -19,42 +15,9 @@ MODEL = "SmolLM2-135M-Instruct"
 PROMPTS = ["The capital of France is", "List three colors:", "Once upon a time", "def add(a, b):"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def base_url(tmp_path_factory):
-    port = _free_port()
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port)]
-    cmd += ["--max-total-tokens", "16384"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 240
-    try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not come up: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def base_url(plait_server):
+    return plait_server  # one server process per session (tests/e2e/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -355,6 +318,9 @@ def test_health_model_info_flush_and_metrics(base_url):
     assert httpx.get(f"{base_url}/health").status_code == 200
     info = httpx.get(f"{base_url}/get_model_info").json()
     assert info["context_length"] == 8192 and info["vocab_size"] == 49152
+    template = info["chat_template"]  # what RuntimeEndpoint's chat roles need
+    assert template["roles"]["user"] == {"prefix": "<|im_start|>user\n", "suffix": "<|im_end|>\n"}
+    assert template["default_system_prompt"].startswith("You are a helpful AI assistant")
     assert httpx.post(f"{base_url}/flush_cache", timeout=30).status_code == 200
     _generate(base_url, {"text": "hi", "sampling_params": {"max_new_tokens": 2}})
     text = httpx.get(f"{base_url}/metrics").text

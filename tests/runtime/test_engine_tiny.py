@@ -91,3 +91,25 @@ def test_generation_leaves_the_thread_count_alone(tiny_model_dir):
     before = torch.get_num_threads()
     engine.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 4})
     assert torch.get_num_threads() == before
+
+
+def test_mixed_chunk_batches_match_separate_forwards(tiny_model_dir):
+    """Decodes riding along in prefill forwards give the same tokens as separate forwards."""
+    model_dir = tiny_model_dir("llama")
+    prompts = _prompts(8, seed=3)
+    ref = _hf_greedy(model_dir, prompts, 20)
+    outs, mixed_forwards = {}, {}
+    for mixed in (True, False):
+        engine = Engine(
+            model_dir, max_total_tokens=4096, chunked_prefill_size=32, enable_mixed_chunk=mixed
+        )
+        res = engine.generate(
+            input_ids=prompts, sampling_params={"max_new_tokens": 20, "temperature": 0}
+        )
+        outs[mixed] = [o["output_ids"] for o in res]
+        mixed_forwards[mixed] = engine.scheduler.mixed_forward_count
+        engine.check_idle()
+    assert outs[True] == ref
+    assert outs[False] == ref
+    assert mixed_forwards[True] > 0
+    assert mixed_forwards[False] == 0

@@ -1,0 +1,229 @@
+"""``ProgramState`` (the ``s`` of a program) and the group ``s.fork(n)`` returns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from plait.ir.nodes import (
+    CommitLazy,
+    ConcateAndAppend,
+    Node,
+    RoleBegin,
+    RoleEnd,
+    VarScopeBegin,
+    VarScopeEnd,
+    to_node,
+)
+from plait.runtime.interpreter import StreamExecutor
+
+JOIN_MODES = ("gather_variable", "concate_and_append")
+
+
+class ProgramState:
+    """What a program appends to. ``s += x`` submits ``x`` and returns at once; reading
+    (``s["name"]``, ``s.text()``, ``s.messages()``) waits for the nodes it depends on."""
+
+    def __init__(self, executor: StreamExecutor) -> None:
+        self.stream_executor = executor
+        self.ret_value: Any = None
+
+    # ---- appending ------------------------------------------------------------------------
+
+    def __iadd__(self, other: Any) -> ProgramState:
+        self.stream_executor.submit(to_node(other))
+        return self
+
+    def _role(self, role: str, expr: Any = None) -> Any:
+        if expr is not None:
+            self += [RoleBegin(role), expr, RoleEnd(role)]
+            return None
+        return self._role_scope(role)
+
+    @contextmanager
+    def _role_scope(self, role: str) -> Iterator[None]:
+        self += RoleBegin(role)
+        yield
+        self += RoleEnd(role)
+
+    def system(self, expr: Any = None) -> Any:
+        """``s.system("...")`` appends a system message; ``with s.system():`` opens one."""
+        return self._role("system", expr)
+
+    def user(self, expr: Any = None) -> Any:
+        return self._role("user", expr)
+
+    def assistant(self, expr: Any = None) -> Any:
+        return self._role("assistant", expr)
+
+    @contextmanager
+    def var_scope(self, name: str) -> Iterator[None]:
+        """Everything appended inside the block becomes variable ``name``."""
+        self += VarScopeBegin(name)
+        yield
+        self += VarScopeEnd(name)
+
+    def fork(self, size: int = 1, position_ids_offset: Any = None) -> ProgramStateGroup:
+        """``size`` states continuing from this one. The shared text is first computed into the
+        prefix cache, so every branch's first request hits it."""
+        if size < 1:
+            raise ValueError(f"fork size must be >= 1, got {size}")
+        ex = self.stream_executor
+        if size > 1:
+            ex.submit(CommitLazy())
+        ex.sync()
+        return ProgramStateGroup([ProgramState(e) for e in ex.fork(size)], self)
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def __getitem__(self, name: str) -> Any:
+        return self.get_var(name)
+
+    def __setitem__(self, name: str, value: Any) -> None:
+        self.set_var(name, value)
+
+    def get_var(self, name: str) -> Any:
+        return self.stream_executor.get_var(name)
+
+    def set_var(self, name: str, value: Any) -> None:
+        self.sync()
+        self.stream_executor.set_var(name, value)
+
+    def get_meta_info(self, name: str) -> dict[str, Any]:
+        """The server's meta_info of the gen / select that set ``name`` (empty when it was
+        streamed)."""
+        self.get_var(name)
+        return self.stream_executor.meta_info.get(name, {})
+
+    def text(self) -> str:
+        self.sync()
+        return self.stream_executor.text
+
+    def messages(self) -> list[dict[str, str]]:
+        self.sync()
+        return list(self.stream_executor.messages)
+
+    def sync(self) -> None:
+        self.stream_executor.sync()
+
+    def error(self) -> BaseException | None:
+        return self.stream_executor.error
+
+    @property
+    def arguments(self) -> dict[str, Any]:
+        return self.stream_executor.arguments
+
+    def text_iter(self, var_name: str | None = None) -> Iterator[str]:
+        """Text as it is generated (``run(stream=True)``): the whole text, or one variable's.
+        The chunks join to ``text()`` / ``s[var_name]``. Without streaming, one chunk."""
+        ex = self.stream_executor
+        if not ex.stream:
+            yield self.text() if var_name is None else self.get_var(var_name)
+            return
+        sent = 0
+        while True:
+            with ex.cond:
+                ex.cond.wait_for(lambda n=sent: _has_news(ex, var_name, n), timeout=1.0)
+                source = ex.text if var_name is None else ex.variables.get(var_name, "")
+                chunk = source[sent:]
+                done = ex.error is not None or (
+                    ex.finished if var_name is None else _var_finished(ex, var_name)
+                )
+            if chunk:
+                sent += len(chunk)
+                yield chunk
+            if done:
+                ex.raise_error()
+                return
+
+    # ---- display --------------------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        ex = self.stream_executor
+        text = ex.text if len(ex.text) <= 400 else ex.text[:200] + " ... " + ex.text[-200:]
+        names = ", ".join(sorted(ex.variables))
+        state = "error" if ex.error is not None else ("running" if not ex.finished else "done")
+        return f"ProgramState({state}, variables=[{names}], text={text!r})"
+
+    def _repr_html_(self) -> str:
+        from plait.lang.html import state_to_html
+
+        self.sync()
+        return state_to_html(self.stream_executor)
+
+    def __del__(self) -> None:
+        ex = self.__dict__.get("stream_executor")
+        if ex is not None and not ex.finished:
+            ex.end()
+
+
+def _has_news(ex: StreamExecutor, var_name: str | None, sent: int) -> bool:
+    if ex.error is not None or ex.finished:
+        return True
+    if var_name is None:
+        return len(ex.text) > sent
+    return len(ex.variables.get(var_name, "")) > sent or _var_finished(ex, var_name)
+
+
+def _var_finished(ex: StreamExecutor, name: str) -> bool:
+    return ex.finished or (name in ex.variables and ex.var_done(name))
+
+
+class ProgramStateGroup:
+    """The states of one ``fork``. ``forks += x`` appends to each: a callable is called with
+    the index, a list gives one item per state."""
+
+    def __init__(self, states: list[ProgramState], src_state: ProgramState) -> None:
+        self.states = states
+        self.src_state = src_state
+
+    def __getitem__(self, i: int) -> ProgramState:
+        return self.states[i]
+
+    def __setitem__(self, i: int, value: ProgramState) -> None:
+        if value is not self.states[i]:
+            raise ValueError("a fork's state can only be appended to, not replaced")
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def __iter__(self) -> Iterator[ProgramState]:
+        return iter(self.states)
+
+    def __iadd__(self, other: Callable[[int], Any] | Node | str | list) -> ProgramStateGroup:
+        if callable(other) and not isinstance(other, Node):
+            for i, s in enumerate(self.states):
+                s += other(i)
+        elif isinstance(other, (list, tuple)):
+            if len(other) != len(self.states):
+                raise ValueError(f"need one item per fork ({len(self.states)}), got {len(other)}")
+            for s, x in zip(self.states, other):
+                s += x
+        else:
+            for s in self.states:
+                s += other
+        return self
+
+    def join(self, mode: str = "gather_variable") -> None:
+        """``gather_variable``: each variable the forks created becomes a list (one value per
+        fork) on the source state. ``concate_and_append``: the text each fork added is appended
+        to the source state, fork by fork."""
+        if mode not in JOIN_MODES:
+            raise ValueError(f"join mode must be one of {JOIN_MODES}, got {mode!r}")
+        src = self.src_state.stream_executor
+        if mode == "gather_variable":
+            before = set(src.variables)
+            gathered: dict[str, list[Any]] = {}
+            for s in self.states:
+                s.sync()
+                for k, v in s.stream_executor.variables.items():
+                    if k not in before:
+                        gathered.setdefault(k, []).append(v)
+            for k, values in gathered.items():
+                src.set_var(k, values)
+        else:
+            self.src_state += ConcateAndAppend([s.stream_executor for s in self.states])
+            self.src_state.sync()
+        for s in self.states:
+            s.stream_executor.end()

@@ -1,0 +1,149 @@
+"""Vocabulary conversion, compilation and its cache, jump-forward maps and typed regexes, on the
+default model's tokenizer (no model weights)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from plait.constrained.compiler import GrammarKey, compile_grammar
+from plait.constrained.grammar_cache import GrammarCache
+from plait.constrained.grammar_state import GrammarState
+from plait.constrained.jump_forward import build_jump_forward_map
+from plait.constrained.typed import REGEX_BOOL, REGEX_INT, REGEX_STR, dtype_to_regex
+from plait.constrained.vocabulary import build_vocabulary
+from plait.runtime.errors import InvalidRequestError
+from plait.runtime.model_loader import load_tokenizer
+from plait.runtime.model_source import resolve_model_path
+
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(resolve_model_path(None))
+
+
+@pytest.fixture(scope="module")
+def vocab(tokenizer):
+    return build_vocabulary(tokenizer, {0, 2}, 49152)
+
+
+def test_byte_level_vocabulary_maps_tokens_to_their_bytes(tokenizer, vocab):
+    assert vocab.eos_token_id == 2 and vocab.stop_ids == [0, 2]
+    for special in tokenizer.all_special_ids:
+        assert vocab.token_bytes[special] is None
+    space_the = tokenizer.encode(" the", add_special_tokens=False)
+    assert len(space_the) == 1 and vocab.token_bytes[space_the[0]] == b" the"
+    newline = tokenizer.encode("\n", add_special_tokens=False)[0]
+    assert vocab.token_bytes[newline] == b"\n"
+    for tid in range(17, 49152, 97):
+        text = tokenizer.decode([tid])
+        if "\ufffd" not in text:
+            assert vocab.token_bytes[tid] == text.encode(), tid
+    assert len(vocab.vocabulary) == 49152 - 17 + 1  # ordinary tokens, plus EOS
+
+
+def test_sentencepiece_vocabulary_uses_spaces_and_byte_fallback():
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = {"<unk>": 0, "<s>": 1, "</s>": 2, "<0x0A>": 3, "<0xE2>": 4, "\u2581the": 5, "a": 6}
+    backend = Tokenizer(models.BPE(vocab=pieces, merges=[], byte_fallback=True, unk_token="<unk>"))
+    backend.decoder = decoders.Sequence(
+        [decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    v = build_vocabulary(tok, {2}, 7)
+    assert v.token_bytes == [None, None, None, b"\n", b"\xe2", b" the", b"a"]
+
+
+def test_compiled_grammar_masks_and_accepts(vocab, tokenizer):
+    g = compile_grammar(GrammarKey("json", json.dumps(SCHEMA)), vocab)
+    gs = GrammarState(g, [])
+    for t in tokenizer.encode('{"name":"Bob","age":31}', add_special_tokens=False):
+        assert not g.disallowed(gs.state)[t]
+        gs.accept(t)
+    assert gs.is_terminal() and g.is_final(gs.state)
+    mask = g.disallowed(gs.state)
+    assert not mask[0] and not mask[2] and int((~mask).sum()) == 2  # only the stop ids
+    gs.accept(2)
+    assert gs.done
+
+
+def test_invalid_specs_raise_naming_the_field(vocab):
+    with pytest.raises(InvalidRequestError) as e:
+        compile_grammar(GrammarKey("regex", "(a"), vocab)
+    assert e.value.field == "regex"
+    with pytest.raises(InvalidRequestError) as e:
+        compile_grammar(GrammarKey("json", '{"type": 5}'), vocab)
+    assert e.value.field == "json_schema"
+
+
+def test_cache_compiles_once_per_process_and_reloads_from_disk(vocab, tmp_path):
+    key = GrammarKey("json", json.dumps(SCHEMA))
+    first = GrammarCache(lambda: vocab, tmp_path)
+    a = first.compile_now(key)
+    assert first.compile_now(key) is a and first.compiles == 1
+    second = GrammarCache(lambda: vocab, tmp_path)  # a new process, same disk
+    t0 = time.perf_counter()
+    b = second.compile_now(key)
+    assert second.compiles == 0 and second.disk_hits == 1
+    assert b.regex == a.regex and b.jump_map is not None
+    assert b.jump_map.forced_string(b.jump_map.initial) == '{"name":"'
+    assert time.perf_counter() - t0 < 5
+    other_vocab = GrammarCache(lambda: build_vocabulary(vocab.tokenizer, {2}, 49152), tmp_path)
+    other_vocab.compile_now(key)
+    assert other_vocab.compiles == 1  # the vocabulary is part of the key
+    for c in (first, second, other_vocab):
+        c.shutdown()
+
+
+def test_jump_forward_map_forces_fixed_text_only():
+    jm = build_jump_forward_map(r'\{"a":(true|false),"b":"[a-z]*"\}')
+    s = jm.step(jm.initial, "")
+    assert jm.forced_string(s) == '{"a":'
+    s = jm.step(s, '{"a":t')
+    assert jm.forced_string(s) == 'rue,"b":"'
+    s = jm.step(s, 'rue,"b":"xy')
+    assert jm.forced_string(s) == ""  # more letters or the closing quote
+    assert jm.step(s, "Q") is None
+    assert build_jump_forward_map(r"\p{L}+") is None  # interegular cannot parse it: no jumps
+
+
+def test_jump_retokenizes_and_keeps_the_fsm_in_step(vocab, tokenizer):
+    g = compile_grammar(GrammarKey("json", json.dumps(SCHEMA)), vocab)
+    gs = GrammarState(g, [])
+    jump = gs.try_jump([], allow_rollback=True, max_len=64)
+    assert tokenizer.decode(jump.new_ids) == '{"name":"' and jump.keep == 0
+    out = list(jump.new_ids)
+    for t in tokenizer.encode("Bob", add_special_tokens=False) + tokenizer.encode(
+        '"', add_special_tokens=False
+    ):
+        gs.accept(t)
+        out.append(t)
+    jump = gs.try_jump(out, allow_rollback=True, max_len=64)
+    out = out[: jump.keep] + jump.new_ids
+    assert tokenizer.decode(out) == '{"name":"Bob","age":'
+    assert out == tokenizer.encode('{"name":"Bob","age":', add_special_tokens=False)[-len(out) :]
+    assert len(gs.states) == len(out) + 1
+    for t in tokenizer.encode("31}", add_special_tokens=False):
+        gs.accept(t)
+    assert gs.is_terminal()
+
+
+def test_typed_regexes():
+    assert dtype_to_regex(int).regex == REGEX_INT and dtype_to_regex("int").stop == [" ", "\n"]
+    assert dtype_to_regex(bool).regex == REGEX_BOOL and dtype_to_regex(bool).stop == []
+    assert dtype_to_regex(str).regex == REGEX_STR
+    assert dtype_to_regex(float).stop == [" ", "\n"]
+    with pytest.raises(InvalidRequestError):
+        dtype_to_regex(list)

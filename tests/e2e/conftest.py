@@ -1,0 +1,59 @@
+"""A real ``plait`` server process on loopback serving the default model, shared by the e2e
+tests of the remote backends (one per session: starting it loads the model)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(log: Path, *args: str, timeout: float = 240) -> Iterator[str]:
+    """Yields the base URL of ``python -m plait.runtime.server ARGS`` once /health answers;
+    stops the process afterwards."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port), *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not come up: {log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def plait_server(tmp_path_factory) -> Iterator[str]:
+    """Base URL of a server on the default model."""
+    log = tmp_path_factory.mktemp("plait_server") / "server.log"
+    yield from start_server(log, "--max-total-tokens", "16384")
