@@ -8,7 +8,6 @@ using either as data (an f-string, a comparison, ``len``), or reading ``s.text()
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +18,13 @@ from plait.ir.nodes import (
     Join,
     Node,
     NodeList,
-    RoleBegin,
-    RoleEnd,
     Select,
     StopTracing,
     Variable,
-    VarScopeBegin,
     VarScopeEnd,
     to_node,
 )
+from plait.ir.role_scopes import RoleScopes
 
 
 @dataclass(slots=True)
@@ -61,7 +58,7 @@ def _walk(nodes: list[Node]) -> Iterator[Node]:
                 yield from _walk(branch)
 
 
-class TracerProgramState:
+class TracerProgramState(RoleScopes):
     """Records what a program appends; reading generated values stops the trace."""
 
     def __init__(self, nodes: list[Node], arguments: dict[str, Any]) -> None:
@@ -77,33 +74,6 @@ class TracerProgramState:
             if isinstance(n, (Gen, Select, VarScopeEnd)) and n.name is not None:
                 self._setters[n.name] = n
         return self
-
-    def _role(self, role: str, expr: Any = None) -> Any:
-        if expr is not None:
-            self += [RoleBegin(role), expr, RoleEnd(role)]
-            return None
-        return self._role_scope(role)
-
-    @contextmanager
-    def _role_scope(self, role: str) -> Iterator[None]:
-        self += RoleBegin(role)
-        yield
-        self += RoleEnd(role)
-
-    def system(self, expr: Any = None) -> Any:
-        return self._role("system", expr)
-
-    def user(self, expr: Any = None) -> Any:
-        return self._role("user", expr)
-
-    def assistant(self, expr: Any = None) -> Any:
-        return self._role("assistant", expr)
-
-    @contextmanager
-    def var_scope(self, name: str) -> Iterator[None]:
-        self += VarScopeBegin(name)
-        yield
-        self += VarScopeEnd(name)
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> TracerForkGroup:
         node = Fork(size)

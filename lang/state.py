@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from plait.ir.nodes import (
     CommitLazy,
     ConcateAndAppend,
     Node,
-    RoleBegin,
-    RoleEnd,
-    VarScopeBegin,
-    VarScopeEnd,
     to_node,
 )
+from plait.ir.role_scopes import RoleScopes
 from plait.runtime.interpreter import StreamExecutor
 
 JOIN_MODES = ("gather_variable", "concate_and_append")
 
 
-class ProgramState:
+class ProgramState(RoleScopes):
     """What a program appends to. ``s += x`` submits ``x`` and returns at once; reading
     (``s["name"]``, ``s.text()``, ``s.messages()``) waits for the nodes it depends on."""
 
@@ -34,35 +30,6 @@ class ProgramState:
     def __iadd__(self, other: Any) -> ProgramState:
         self.stream_executor.submit(to_node(other))
         return self
-
-    def _role(self, role: str, expr: Any = None) -> Any:
-        if expr is not None:
-            self += [RoleBegin(role), expr, RoleEnd(role)]
-            return None
-        return self._role_scope(role)
-
-    @contextmanager
-    def _role_scope(self, role: str) -> Iterator[None]:
-        self += RoleBegin(role)
-        yield
-        self += RoleEnd(role)
-
-    def system(self, expr: Any = None) -> Any:
-        """``s.system("...")`` appends a system message; ``with s.system():`` opens one."""
-        return self._role("system", expr)
-
-    def user(self, expr: Any = None) -> Any:
-        return self._role("user", expr)
-
-    def assistant(self, expr: Any = None) -> Any:
-        return self._role("assistant", expr)
-
-    @contextmanager
-    def var_scope(self, name: str) -> Iterator[None]:
-        """Everything appended inside the block becomes variable ``name``."""
-        self += VarScopeBegin(name)
-        yield
-        self += VarScopeEnd(name)
 
     def fork(self, size: int = 1, position_ids_offset: Any = None) -> ProgramStateGroup:
         """``size`` states continuing from this one. The shared text is first computed into the
