@@ -136,11 +136,13 @@ class Scheduler:
         return touched
 
     def _mix_decodes(self) -> bool:
-        """Mix only while the decodes leave at least half of the chunk to prefill, so that
-        admission never starves behind a large running batch."""
+        """Mix when there is something to prefill, and only while the decodes leave at least
+        half of the chunk to it, so that admission never starves behind a large running batch."""
         cfg = self.config
         if not cfg.enable_mixed_chunk or not self.running:
             return False
+        if not self.waiting and self.chunked_req is None:
+            return False  # nothing to prefill: the plain decode step checks room once
         budget = cfg.chunked_prefill_size or cfg.max_prefill_tokens
         return len(self.running) <= budget // 2
 
