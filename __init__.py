@@ -31,10 +31,10 @@ from plait.lang.choices import (
 )
 from plait.lang.function import SglFunction, function
 from plait.lang.state import ProgramState, ProgramStateGroup
-from plait.runtime.backends.endpoint import RuntimeEndpoint
-from plait.runtime.backends.openai_backend import OpenAI
+from plait.runtime.client.runtime import Runtime
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
-from plait.runtime.local_runtime import Runtime
+from plait.runtime.interp.endpoint import RuntimeEndpoint
+from plait.runtime.interp.openai_backend import OpenAI
 from plait.runtime.sampling_params import SamplingParams
 
 __version__ = "0.1.0"

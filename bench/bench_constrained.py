@@ -18,8 +18,8 @@ import torch
 from plait.constrained.compiler import GrammarKey
 from plait.constrained.grammar_cache import GrammarCache
 from plait.runtime.engine import Engine
-from plait.runtime.request import Req
 from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.worker.request import Req
 
 # Like the SGLang paper's JSON benchmark: many fixed keys, a few short values.
 TEMPLATE_SCHEMA = {

@@ -21,7 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from plait.bench.workloads import distinct_prompts, shared_prefix_prompts
 from plait.runtime import Engine
-from plait.runtime.model_source import resolve_model_path
+from plait.runtime.model.model_source import resolve_model_path
 
 
 def copy_bandwidth(nbytes: int = 512 << 20, reps: int = 10) -> float:

@@ -41,7 +41,7 @@ from plait.bench.program_data import (
     observation,
 )
 from plait.bench.workloads import FEW_SHOT, QUESTIONS
-from plait.runtime.model_source import resolve_model_path
+from plait.runtime.model.model_source import resolve_model_path
 
 FEW_SHOT_PREFIX = "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in FEW_SHOT)
 HELLASWAG_PREFIX = hellaswag_prefix()

@@ -16,7 +16,7 @@ from plait.constrained.grammar_state import GrammarState, Jump
 from plait.constrained.mask import MaskBuilder, VocabMask
 from plait.constrained.vocabulary import build_vocabulary
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.request import FinishReason, Req
+from plait.runtime.worker.request import FinishReason, Req
 
 
 def grammar_key(req: Req) -> GrammarKey | None:

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from plait.radix_cache.memory_pool import TokenToKVPool
-from plait.runtime.forward_batch import ForwardBatch
+from plait.runtime.model.forward_batch import ForwardBatch
 
 
 class AttentionBackend(ABC):

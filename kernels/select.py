@@ -6,7 +6,7 @@ import torch
 
 from plait.kernels.attention_backend import AttentionBackend
 from plait.kernels.torch_backend import TorchAttentionBackend
-from plait.runtime.model_config import ModelConfig
+from plait.runtime.model.model_config import ModelConfig
 
 BACKENDS = ("auto", "torch", "triton")
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from plait.kernels.attention_backend import AttentionBackend
 from plait.kernels.shared_prefix import SharedPrefixDecode, plan_shared_prefix, shared_prefix_decode
 from plait.radix_cache.memory_pool import TokenToKVPool
-from plait.runtime.forward_batch import ForwardBatch, ForwardMode
+from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 
 # Pad the batch into one attention call unless padding would more than double the work.
 _MAX_PAD_WASTE = 2.0

@@ -15,7 +15,7 @@ from plait.kernels.triton_decode import (
 )
 from plait.kernels.triton_extend import extend_attention
 from plait.radix_cache.memory_pool import TokenToKVPool
-from plait.runtime.forward_batch import ForwardBatch, ForwardMode
+from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 
 
 @dataclass(slots=True)

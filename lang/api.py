@@ -9,7 +9,7 @@ from plait.constrained.typed import REGEX_BOOL, REGEX_FLOAT, REGEX_INT, REGEX_ST
 from plait.ir.nodes import Gen, Image, NodeList, RoleBegin, RoleEnd, Select, Video, to_node
 from plait.ir.sampling import GenParams
 from plait.lang.choices import ChoicesSamplingMethod, token_length_normalized
-from plait.runtime.backends.base import Backend
+from plait.runtime.interp.backend import Backend
 
 __all__ = [
     "REGEX_BOOL",
@@ -46,14 +46,14 @@ global_config = GlobalConfig()
 
 def as_backend(backend: Any) -> Backend:
     """A ``Backend`` for what a user passes: a Backend, or a ``plait.Runtime`` (wrapped once)."""
-    from plait.runtime.local_runtime import Runtime
+    from plait.runtime.client.runtime import Runtime
 
     if isinstance(backend, Backend):
         return backend
     if isinstance(backend, Runtime):
         wrapped = getattr(backend, "_plait_backend", None)
         if wrapped is None:
-            from plait.runtime.backends.runtime_backend import RuntimeBackend
+            from plait.runtime.interp.runtime_backend import RuntimeBackend
 
             wrapped = RuntimeBackend(backend)
             backend._plait_backend = wrapped  # type: ignore[attr-defined]

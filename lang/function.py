@@ -14,8 +14,8 @@ from plait.ir.sampling import GenParams
 from plait.ir.tracer import ProgramGraph, trace_program
 from plait.lang.api import _default, as_backend, global_config
 from plait.lang.state import ProgramState
-from plait.runtime.backends.base import Backend
-from plait.runtime.interpreter import StreamExecutor
+from plait.runtime.interp.backend import Backend
+from plait.runtime.interp.interpreter import StreamExecutor
 
 _PREFIX_NODES = (ConstantText, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import html
 import math
 
-from plait.runtime.interpreter import GenSpan, StreamExecutor
+from plait.runtime.interp.interpreter import GenSpan, StreamExecutor
 
 _STYLE = (
     "<style>.plait-state{font-family:monospace;white-space:pre-wrap;line-height:1.5}"

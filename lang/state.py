@@ -12,7 +12,7 @@ from plait.ir.nodes import (
     to_node,
 )
 from plait.ir.role_scopes import RoleScopes
-from plait.runtime.interpreter import StreamExecutor
+from plait.runtime.interp.interpreter import StreamExecutor
 
 JOIN_MODES = ("gather_variable", "concate_and_append")
 

@@ -13,15 +13,21 @@ import torch
 
 from plait.constrained.backend import GrammarBackend
 from plait.constrained.grammar_cache import default_cache_dir
-from plait.runtime.detokenizer import IncrementalDetokenizer, hold_back_stop_prefix, output_text
+from plait.runtime.client.detokenizer import (
+    IncrementalDetokenizer,
+    hold_back_stop_prefix,
+    output_text,
+)
+from plait.runtime.client.generate_args import (
+    SamplingArg,
+    check_input_ids,
+    parse_generate_args,
+    to_params,
+)
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.generate_args import parse_generate_args
-from plait.runtime.model_loader import LoadedModel, load_model
-from plait.runtime.request import Req
-from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.scheduler import Scheduler, SchedulerConfig
-
-SamplingArg = SamplingParams | dict[str, Any] | None
+from plait.runtime.model.loader import LoadedModel, load_model
+from plait.runtime.worker.request import Req
+from plait.runtime.worker.scheduler import Scheduler, SchedulerConfig
 
 
 class Engine:
@@ -272,40 +278,6 @@ class Engine:
             for req in reqs:
                 if id(req) in pending:
                     self.scheduler.abort(req.rid)
-
-
-def to_params(p: SamplingArg) -> SamplingParams:
-    """A fresh SamplingParams from a dict, None (defaults) or another SamplingParams."""
-    if isinstance(p, SamplingParams):
-        return p.copy()
-    if p is None or isinstance(p, dict):
-        return SamplingParams.from_dict(p)
-    raise InvalidRequestError(
-        "sampling_params", f"must be a dict or SamplingParams, got {type(p).__name__}"
-    )
-
-
-def check_input_ids(
-    ids: list[int], field: str, vocab_size: int, context_len: int, pool_size: int
-) -> None:
-    """Raises InvalidRequestError unless ``ids`` is a non-empty prompt of in-vocabulary ids that
-    leaves room to generate in the context and fits the KV pool."""
-    if not isinstance(ids, list) or not ids:
-        raise InvalidRequestError(field, "must not be empty")
-    for t in ids:
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
-            raise InvalidRequestError(
-                field, f"token id {t!r} outside the vocabulary [0, {vocab_size})"
-            )
-    if len(ids) >= context_len:
-        raise InvalidRequestError(
-            field,
-            f"{len(ids)} tokens leave no room to generate in the context length {context_len}",
-        )
-    if len(ids) + 1 > pool_size:
-        raise InvalidRequestError(
-            field, f"{len(ids)} tokens exceed the KV cache capacity of {pool_size} tokens"
-        )
 
 
 TokenText = Callable[[int], "str | None"] | None

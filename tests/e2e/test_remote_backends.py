@@ -11,10 +11,10 @@ from openai import OpenAI as OpenAIClient
 
 from plait.ir.sampling import GenParams
 from plait.lang.choices import greedy_token_selection, unconditional_likelihood_normalized
-from plait.runtime.backends.endpoint import RuntimeEndpoint
-from plait.runtime.backends.openai_backend import OpenAI, parse_messages
-from plait.runtime.chat_template import CHATML
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.interp.chat_template import CHATML
+from plait.runtime.interp.endpoint import RuntimeEndpoint
+from plait.runtime.interp.openai_backend import OpenAI, parse_messages
 
 MODEL = "SmolLM2-135M-Instruct"
 PROMPT = "The capital of France is"

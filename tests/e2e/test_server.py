@@ -342,8 +342,8 @@ def test_health_model_info_flush_and_metrics(base_url):
 
 def test_api_key_is_required_except_for_health(tiny_model_dir):
     from plait.runtime.engine import Engine
-    from plait.runtime.engine_backend import EngineBackend
-    from plait.runtime.server import create_app
+    from plait.runtime.server.app import create_app
+    from plait.runtime.server.engine_thread import EngineBackend
 
     engine = Engine(tiny_model_dir("llama"), max_total_tokens=1024)
     backend = EngineBackend(engine)
@@ -375,9 +375,9 @@ def test_api_key_is_required_except_for_health(tiny_model_dir):
 
 
 def test_dead_worker_fails_requests_quickly_with_503(tiny_model_dir):
-    from plait.runtime.client import RuntimeClient
-    from plait.runtime.server import create_app
-    from plait.runtime.worker import start_worker
+    from plait.runtime.client.runtime_client import RuntimeClient
+    from plait.runtime.server.app import create_app
+    from plait.runtime.worker.zmq_worker import start_worker
 
     worker = start_worker(tiny_model_dir("llama"), max_total_tokens=1024)
     client = RuntimeClient(worker.endpoint, None, is_alive=worker.is_alive)

@@ -11,7 +11,7 @@ import torch
 from plait.kernels.shared_prefix import plan_shared_prefix
 from plait.kernels.torch_backend import TorchAttentionBackend
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
-from plait.runtime.forward_batch import ForwardBatch, ForwardMode
+from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 
 
 def _reference(q, keys, values, q_pos, scale):

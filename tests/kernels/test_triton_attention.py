@@ -23,7 +23,7 @@ from plait.kernels.triton_backend import TritonAttentionBackend  # noqa: E402
 from plait.kernels.triton_decode import alloc_decode_buffers, decode_attention  # noqa: E402
 from plait.kernels.triton_extend import extend_attention  # noqa: E402
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool  # noqa: E402
-from plait.runtime.forward_batch import ForwardBatch, ForwardMode  # noqa: E402
+from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

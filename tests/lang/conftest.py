@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from plait.ir.sampling import GenParams
-from plait.runtime.backends.base import Backend, ChoiceResult, GenResult, RoleMarkers
+from plait.runtime.interp.backend import Backend, ChoiceResult, GenResult, RoleMarkers
 
 
 class ScriptedBackend(Backend):

@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from plait.runtime.engine import Engine
-from plait.runtime.model_source import resolve_model_path
+from plait.runtime.model.model_source import resolve_model_path
 
 PROMPTS = [
     "Hi",

@@ -1,1 +1,0 @@
-"""Backends of the interpreter: the local Runtime, the native HTTP API, OpenAI-compatible APIs."""

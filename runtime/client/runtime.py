@@ -1,0 +1,198 @@
+"""``plait.Runtime``: a worker process for this machine and a client in this one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from plait.runtime.client.generate_args import SamplingArg, parse_generate_args, to_params
+from plait.runtime.client.runtime_client import OutputChunk, RequestHandle, RuntimeClient
+from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.model.loader import load_tokenizer
+from plait.runtime.model.model_source import resolve_model_path
+
+if TYPE_CHECKING:
+    from plait.runtime.worker.zmq_worker import WorkerProcess
+
+# With the process handle at hand, death is seen at once; the ping only catches a hung worker.
+HEARTBEAT_TIMEOUT_S = 30.0
+
+
+class Runtime:
+    """Starts a worker (``Engine`` options pass through) and generates through it.
+
+    ``generate`` returns what ``Engine.generate`` returns; it is thread-safe, and concurrent
+    callers are batched together by the worker. The worker stops on ``shutdown`` (or ``with``
+    exit) and by itself when this process dies. After the worker dies every call raises
+    ``WorkerDiedError``.
+    """
+
+    def __init__(self, model_path: str | Path | None = None, **options: Any) -> None:
+        from plait.runtime.worker.zmq_worker import (
+            start_worker,  # `python -m` runs that module as main
+        )
+
+        self.model_path = resolve_model_path(model_path)
+        self.worker: WorkerProcess = start_worker(self.model_path, **options)
+        try:
+            self.tokenizer = load_tokenizer(self.model_path)
+            self.client = RuntimeClient(
+                self.worker.endpoint,
+                self.tokenizer,
+                is_alive=self.worker.is_alive,
+                heartbeat_timeout=HEARTBEAT_TIMEOUT_S,
+            )
+        except BaseException:
+            self.worker.stop()
+            raise
+
+    # ---- generation -----------------------------------------------------------------------
+
+    def generate(
+        self,
+        prompt: str | list[str] | None = None,
+        sampling_params: SamplingArg | list[SamplingArg] = None,
+        input_ids: list[int] | list[list[int]] | None = None,
+        return_logprob: bool | None = None,
+        logprob_start_len: int | None = None,
+        top_logprobs_num: int | None = None,
+        rid: str | list[str] | None = None,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """A single prompt with ``n == 1`` gives one dict, otherwise a list (``n`` per prompt)."""
+        single, handles = self._submit(
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            rid,
+            stream=False,
+        )
+        try:
+            outs = [self._as_dict(h.result()) for h in handles]
+        except BaseException:
+            for h in handles:
+                h.cancel()
+            raise
+        return outs[0] if single else outs
+
+    def generate_stream(
+        self, prompt: str, sampling_params: SamplingArg = None, **kwargs: Any
+    ) -> Iterator[dict[str, Any]]:
+        """Yields ``{text, delta, output_ids, meta_info}`` chunks of one request (``n == 1``);
+        closing the iterator early aborts the request."""
+        single, handles = self._submit(prompt, sampling_params, stream=True, **kwargs)
+        if not single:
+            for h in handles:
+                h.cancel()
+            raise InvalidRequestError("prompt", "generate_stream takes one prompt with n == 1")
+        handle = handles[0]
+        try:
+            for chunk in handle:
+                out = self._as_dict(chunk)
+                out["delta"] = chunk.delta
+                yield out
+        finally:
+            handle.cancel()
+
+    def submit(
+        self, input_ids: list[int], sampling_params: SamplingArg = None, **kw
+    ) -> RequestHandle:
+        """The client's ``submit``; sampling_params may be a dict."""
+        return self.client.submit(input_ids, to_params(sampling_params), **kw)
+
+    def abort(self, rid: str) -> None:
+        self._live()
+        self.client.abort(rid)
+
+    def flush_cache(self) -> bool:
+        self._live()
+        return self.client.flush_cache()
+
+    def stats(self) -> dict[str, Any]:
+        self._live()
+        return self.client.stats()
+
+    # ---- text -----------------------------------------------------------------------------
+
+    def encode(self, text: str) -> list[int]:
+        self._need_tokenizer("prompt")
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        self._need_tokenizer("messages")
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    # ---- lifetime -------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        if self.worker.is_alive() and not self.client.dead:
+            try:
+                self.client.shutdown_worker()
+            except (WorkerDiedError, RuntimeError):
+                pass
+        self.client.close()
+        self.worker.stop()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _submit(
+        self,
+        prompt,
+        sampling_params,
+        input_ids=None,
+        return_logprob=None,
+        logprob_start_len=None,
+        top_logprobs_num=None,
+        rid=None,
+        stream: bool = False,
+    ) -> tuple[bool, list[RequestHandle]]:
+        self._live()
+        args = parse_generate_args(
+            prompt,
+            sampling_params,
+            input_ids,
+            return_logprob,
+            logprob_start_len,
+            top_logprobs_num,
+            rid,
+            encode=self.encode,
+            to_params=to_params,
+            vocab_size=self.client.info["vocab_size"],
+        )
+        token_lists, params, rids, single = args.token_lists, args.params, args.rids, args.single
+        handles: list[RequestHandle] = []
+        try:
+            for i, (ids, p) in enumerate(zip(token_lists, params)):
+                handles += self.client.submit_n(ids, p, rids[i] if rids else None, stream)
+        except BaseException:
+            for h in handles:
+                h.cancel()
+            raise
+        return single and params[0].n == 1, handles
+
+    def _as_dict(self, chunk: OutputChunk) -> dict[str, Any]:
+        text = chunk.text if self.tokenizer is not None else None
+        return {"text": text, "output_ids": chunk.output_ids, "meta_info": chunk.meta_info}
+
+    def _live(self) -> None:
+        self.client.check_alive()
+        if not self.worker.is_alive():
+            code = self.worker.proc.returncode
+            raise WorkerDiedError(f"the worker process exited with code {code}")
+
+    def _need_tokenizer(self, field: str) -> None:
+        if self.tokenizer is None:
+            raise InvalidRequestError(
+                field, "this model was loaded without a tokenizer; pass input_ids"
+            )

@@ -1,0 +1,1 @@
+"""The model stage: configuration, weights (HF, GGUF, dummy), the models and their runner."""

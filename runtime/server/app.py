@@ -1,0 +1,334 @@
+"""The HTTP server: SGLang's native ``/generate``, the OpenAI routes, health and metrics.
+
+``python -m plait.runtime.server [--model PATH] [--port 30000] ...`` is ``plait serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.interp.chat_template import chat_template_of
+from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.server.http_body import GenerateCall, ModelLimits, native_calls, require_object
+from plait.runtime.server.metrics import RequestTimer, ServerMetrics
+
+
+class GenerateBackend(Protocol):
+    """What the server needs from the model side: ``RuntimeClient`` (a worker process over ZMQ)
+    or ``EngineBackend`` (an engine on a thread of this process).
+
+    ``submit`` never blocks on generation; the handle yields ``OutputChunk``s (cumulative text)
+    under ``async for``, the last one ``finished``, or raises ``InvalidRequestError`` /
+    ``WorkerDiedError``; ``handle.cancel()`` aborts the request and frees its KV.
+    ``flush_cache`` and ``stats`` block for at most ``timeout`` seconds.
+    """
+
+    def submit(
+        self,
+        input_ids: list[int],
+        sampling_params: SamplingParams,
+        rid: str | None = None,
+        stream: bool = False,
+    ) -> Any: ...
+
+    def abort(self, rid: str) -> None: ...
+
+    def flush_cache(self, timeout: float = 10) -> bool: ...
+
+    def stats(self, timeout: float = 10) -> dict[str, Any]: ...
+
+
+@dataclass(slots=True)
+class ServerState:
+    backend: GenerateBackend
+    limits: ModelLimits
+    model_name: str
+    served_names: set[str]
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+
+
+# ---- running requests ------------------------------------------------------------------------
+
+
+class Stream:
+    """One submitted choice: its handle, iterated with timing."""
+
+    def __init__(self, handle: Any, metrics: ServerMetrics) -> None:
+        self.handle = handle
+        self.timer = RequestTimer(metrics)
+        self._it = handle.__aiter__()
+        self.last: Any = None
+
+    async def next(self) -> Any:
+        try:
+            chunk = await self._it.__anext__()
+        except StopAsyncIteration:
+            return None
+        self.timer.on_chunk(chunk.output_ids, chunk.finished, chunk.meta_info)
+        self.last = chunk
+        return chunk
+
+
+def submit_calls(state: ServerState, calls: list[GenerateCall]) -> list[Stream]:
+    """Submits ``n`` requests per call (seed + j for choice j), in order."""
+    streams: list[Stream] = []
+    try:
+        for call in calls:
+            for j in range(call.n):
+                p = call.sampling_params
+                params = p.copy(seed=None if p.seed is None else p.seed + j)
+                rid = call.rid if call.rid is None or call.n == 1 else f"{call.rid}-{j}"
+                handle = state.backend.submit(call.input_ids, params, rid=rid, stream=True)
+                streams.append(Stream(handle, state.metrics))
+    except BaseException:
+        cancel_all(streams)
+        raise
+    return streams
+
+
+def cancel_all(streams: list[Stream]) -> None:
+    for s in streams:
+        s.handle.cancel()
+
+
+async def first_chunks(streams: list[Stream]) -> list[Any]:
+    """Waits for every stream's first chunk, so an invalid request fails before any response
+    is sent."""
+    try:
+        return list(await asyncio.gather(*(s.next() for s in streams)))
+    except BaseException:
+        cancel_all(streams)
+        raise
+
+
+async def final_chunks(request: Request, streams: list[Stream]) -> list[Any] | None:
+    """Each stream's last chunk; None (and every stream aborted) if the client goes away
+    first."""
+    firsts = await first_chunks(streams)
+
+    async def finish(s: Stream, chunk: Any) -> Any:
+        while chunk is not None and not chunk.finished:
+            chunk = await s.next()
+        return s.last
+
+    task = asyncio.ensure_future(asyncio.gather(*(finish(s, c) for s, c in zip(streams, firsts))))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=1.0)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                return None
+    finally:
+        if not task.done():
+            task.cancel()
+            cancel_all(streams)
+
+
+async def merged_chunks(streams: list[Stream], firsts: list[Any]) -> AsyncIterator[tuple[int, Any]]:
+    """Yields ``(stream index, chunk)`` as chunks arrive, the first chunks first; an error of
+    one stream comes as the chunk (an exception instance)."""
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+
+    async def pump(i: int) -> None:
+        try:
+            while (chunk := await streams[i].next()) is not None:
+                await queue.put((i, chunk))
+                if chunk.finished:
+                    break
+        except Exception as e:
+            await queue.put((i, e))
+        finally:
+            await queue.put((i, None))
+
+    pumps = []
+    for i, chunk in enumerate(firsts):
+        if chunk is not None:
+            yield i, chunk
+        if chunk is not None and not chunk.finished:
+            pumps.append(asyncio.ensure_future(pump(i)))
+    try:
+        remaining = len(pumps)
+        while remaining:
+            i, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            else:
+                yield i, item
+    finally:
+        for p in pumps:
+            p.cancel()
+        cancel_all(streams)
+
+
+def sse(payload: Any) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+SSE_DONE = "data: [DONE]\n\n"
+
+
+def error_body(message: str, param: str | None, status: int, kind: str) -> dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def exception_body(e: BaseException) -> tuple[int, dict[str, Any]]:
+    if isinstance(e, InvalidRequestError):
+        return 400, error_body(e.message, e.field, 400, "invalid_request_error")
+    if isinstance(e, WorkerDiedError):
+        return 503, error_body(f"the model worker is unavailable: {e}", None, 503, "server_error")
+    if isinstance(e, TimeoutError):
+        return 504, error_body(f"the model worker did not answer: {e}", None, 504, "server_error")
+    return 500, error_body(f"internal error: {e!r}", None, 500, "server_error")
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidRequestError("body", f"malformed JSON: {e}") from None
+    return require_object(body)
+
+
+def streaming_response(gen: AsyncIterator[str]) -> StreamingResponse:
+    return StreamingResponse(
+        gen, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
+
+
+class ApiKeyMiddleware:
+    """Every route but /health needs ``Authorization: Bearer KEY`` (401 otherwise)."""
+
+    def __init__(self, app: Any, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] != "/health":
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                body = error_body("missing or wrong API key", None, 401, "authentication_error")
+                await JSONResponse(body, status_code=401)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ---- the app -----------------------------------------------------------------------------------
+
+
+def create_app(
+    backend: GenerateBackend,
+    tokenizer: Any,
+    model_name: str,
+    context_len: int,
+    vocab_size: int,
+    api_key: str | None = None,
+    served_names: set[str] | None = None,
+) -> FastAPI:
+    from plait.runtime.server.openai_api import add_openai_routes
+
+    state = ServerState(
+        backend,
+        ModelLimits(tokenizer, vocab_size, context_len),
+        model_name,
+        {model_name} | (served_names or set()),
+    )
+    app = FastAPI(title="plait", docs_url=None, redoc_url=None)
+    app.state.plait = state
+
+    @app.exception_handler(Exception)
+    async def on_error(_request: Request, e: Exception) -> JSONResponse:
+        status, body = exception_body(e)
+        return JSONResponse(body, status_code=status)
+
+    async def on_known_error(_request: Request, e: Exception) -> JSONResponse:
+        status, body = exception_body(e)
+        return JSONResponse(body, status_code=status)
+
+    for kind in (InvalidRequestError, WorkerDiedError, TimeoutError):
+        app.add_exception_handler(kind, on_known_error)
+
+    if api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+
+    @app.get("/health")
+    async def health() -> Response:
+        try:
+            await asyncio.to_thread(backend.stats, 5)
+        except Exception as e:
+            status, body = exception_body(e)
+            return JSONResponse(body, status_code=503 if status >= 500 else status)
+        return Response(status_code=200)
+
+    chat_template = chat_template_of(tokenizer).to_dict()
+
+    @app.get("/get_model_info")
+    async def model_info() -> dict[str, Any]:
+        return {
+            "model_path": model_name,
+            "context_length": context_len,
+            "vocab_size": vocab_size,
+            "is_generation": True,
+            "chat_template": chat_template,
+        }
+
+    @app.post("/flush_cache")
+    async def flush_cache() -> Response:
+        ok = await asyncio.to_thread(backend.flush_cache, 10)
+        if ok:
+            return Response("Cache flushed.\n", status_code=200)
+        return Response("Cache not flushed: requests are running.\n", status_code=400)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        try:
+            state.metrics.update_from_stats(await asyncio.to_thread(backend.stats, 5))
+        except Exception:
+            pass  # a dead worker still gets its last counters scraped
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.api_route("/generate", methods=["POST", "PUT"])
+    async def generate(request: Request) -> Response:
+        body = await read_json(request)
+        single, calls = native_calls(body, state.limits)
+        stream = body.get("stream", False)
+        if not isinstance(stream, bool):
+            raise InvalidRequestError("stream", "must be a boolean")
+        streams = submit_calls(state, calls)
+        if not stream:
+            finals = await final_chunks(request, streams)
+            if finals is None:
+                return Response(status_code=499)
+            outs = [native_out(c) for c in finals]
+            return JSONResponse(outs[0] if single else outs)
+        firsts = await first_chunks(streams)
+
+        async def events() -> AsyncIterator[str]:
+            async for i, chunk in merged_chunks(streams, firsts):
+                if isinstance(chunk, Exception):
+                    yield sse(exception_body(chunk)[1])
+                    continue
+                out = native_out(chunk)
+                if not single:
+                    out["index"] = i
+                yield sse(out)
+            yield SSE_DONE
+
+        return streaming_response(events())
+
+    add_openai_routes(app, state)
+    return app
+
+
+def native_out(chunk: Any) -> dict[str, Any]:
+    return {"text": chunk.text, "output_ids": chunk.output_ids, "meta_info": chunk.meta_info}

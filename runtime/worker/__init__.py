@@ -1,0 +1,1 @@
+"""The worker process: scheduler, batches, sampler and stop rules over one model."""

@@ -1,0 +1,390 @@
+"""Continuous batching: admit, prefill (chunked) or decode, sample, stop; one step at a time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from plait.constrained.backend import GrammarBackend, grammar_key
+from plait.radix_cache.cache_manager import CacheManager
+from plait.runtime.errors import InvalidRequestError
+from plait.runtime.model.model_runner import ModelRunner
+from plait.runtime.worker.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
+from plait.runtime.worker.request import FinishReason, Req
+from plait.runtime.worker.sampler import Sampler, SamplingBatchInfo
+from plait.runtime.worker.schedule_batch import prepare_decode, prepare_extend
+from plait.runtime.worker.schedule_policy import SchedulePolicy
+from plait.runtime.worker.stop import StopChecker
+
+# Retraction keeps this many decode steps of room for the requests that stay.
+RETRACT_DECODE_STEPS = 20
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    schedule_policy: str = "lpm"
+    chunked_prefill_size: int | None = 1024  # None: never chunk
+    enable_mixed_chunk: bool = True  # running decodes ride along in prefill forwards (Sarathi)
+    max_prefill_tokens: int = 4096
+    max_running_requests: int = 256
+    init_new_token_ratio: float = 0.7
+    min_new_token_ratio: float = 0.1
+    new_token_ratio_decay: float = 0.001
+
+
+class Scheduler:
+    """Owns the waiting queue and the running batch.
+
+    Invariants: prefill wins over decode; at most one request is chunked at a time and it
+    continues first; with mixed chunks (while the running batch is at most half the chunk),
+    every running request also decodes one token in each prefill forward, its token counted
+    in the chunk budget; no request is dropped: under memory pressure the least-advanced
+    running request is retracted to the front of the queue, its computed KV handed to the
+    radix tree.
+    """
+
+    def __init__(
+        self,
+        runner: ModelRunner,
+        kv: CacheManager,
+        stop_checker: StopChecker,
+        vocab_size: int,
+        config: SchedulerConfig,
+    ) -> None:
+        self.runner = runner
+        self.kv = kv
+        self.stop_checker = stop_checker
+        self.vocab_size = vocab_size
+        self.config = config
+        self.policy = SchedulePolicy(config.schedule_policy, kv)
+        self.sampler = Sampler()
+        self.grammar: GrammarBackend | None = None  # set by the engine when it has a tokenizer
+        self.eos_ids = sorted(stop_checker.eos_token_ids)
+        self.device = runner.device
+        self.waiting: list[Req] = []
+        self.running: list[Req] = []
+        self.chunked_req: Req | None = None
+        self.new_token_ratio = config.init_new_token_ratio
+        self.aborted: list[Req] = []  # finished while queued, reported on the next step
+        self.forward_count = 0
+        self.mixed_forward_count = 0
+        self.num_retractions = 0
+
+    # ---- queue ----------------------------------------------------------------------------
+
+    def add_request(self, req: Req) -> None:
+        if self.grammar is None and grammar_key(req) is not None:
+            err = InvalidRequestError(
+                "regex", "constrained decoding needs a model with a tokenizer"
+            )
+            req.error, req.finished_reason = err, FinishReason("abort", message=str(err))
+            self.aborted.append(req)
+        elif self.grammar is None or self.grammar.add(req):
+            self.waiting.append(req)
+
+    def abort(self, rid: str) -> bool:
+        """Aborts a queued or running request by id, releasing its KV at once (calls come
+        between steps); False when no live request has that id."""
+        live = self.waiting + self.running + ([self.chunked_req] if self.chunked_req else [])
+        req = next((r for r in live if r.rid == rid), None)
+        if req is None and self.grammar is not None:
+            req = self.grammar.abort(rid)
+        if req is None:
+            return False
+        self.waiting = [r for r in self.waiting if r is not req]
+        self.running = [r for r in self.running if r is not req]
+        if req is self.chunked_req:
+            self.chunked_req = None
+        if req.req_pool_idx is not None:
+            self.kv.release(req)
+        req.finished_reason = FinishReason("abort", message="aborted")
+        self.aborted.append(req)
+        return True
+
+    def is_idle(self) -> bool:
+        return (
+            not self.waiting
+            and not self.running
+            and self.chunked_req is None
+            and not (self.grammar is not None and self.grammar.waiting)
+        )
+
+    def flush_cache(self) -> bool:
+        if not self.is_idle():
+            return False
+        self.kv.flush()
+        return True
+
+    # ---- one step -------------------------------------------------------------------------
+
+    def step(self) -> list[Req]:
+        """Runs one forward; returns the requests that produced output or finished."""
+        touched, self.aborted = self.aborted, []
+        if self.grammar is not None:
+            touched += self._constrained_step()
+        mix = self._mix_decodes()
+        if mix:
+            touched += self._ensure_decode_room()
+        reqs = self._schedule_prefill(mixed_decodes=len(self.running) if mix else 0)
+        if reqs:
+            touched += self._run_extend(reqs, self.running if mix else [])
+        elif self.running:
+            touched += self._run_decode()
+        if self.is_idle():
+            self.new_token_ratio = self.config.init_new_token_ratio
+        return touched
+
+    def _mix_decodes(self) -> bool:
+        """Mix when there is something to prefill, and only while the decodes leave at least
+        half of the chunk to it, so that admission never starves behind a large running batch."""
+        cfg = self.config
+        if not cfg.enable_mixed_chunk or not self.running:
+            return False
+        if not self.waiting and self.chunked_req is None:
+            return False  # nothing to prefill: the plain decode step checks room once
+        budget = cfg.chunked_prefill_size or cfg.max_prefill_tokens
+        return len(self.running) <= budget // 2
+
+    def _schedule_prefill(self, mixed_decodes: int = 0) -> list[Req]:
+        cfg = self.config
+        if self.chunked_req is None and (
+            not self.waiting or len(self.running) >= cfg.max_running_requests
+        ):
+            return []
+        adder = PrefillAdder(
+            self.kv,
+            self.running,
+            self.new_token_ratio,
+            cfg.max_prefill_tokens,
+            cfg.chunked_prefill_size,
+            mixed_decodes,
+        )
+        if self.chunked_req is not None:
+            adder.add_chunked(self.chunked_req)
+        ordered, deferred = self.policy.order(self.waiting)
+        for req in ordered:
+            if id(req) in deferred:
+                continue
+            if len(self.running) + len(adder.can_run) >= cfg.max_running_requests:
+                break
+            if not adder.add_one(req):
+                break
+        admitted = {id(r) for r in adder.can_run}
+        self.waiting = [r for r in self.waiting if id(r) not in admitted]
+        self.chunked_req = adder.new_chunked_req
+        return adder.can_run
+
+    def _run_extend(self, prefills: list[Req], decodes: list[Req]) -> list[Req]:
+        """One forward over prefill chunks and, mixed in, one decode token per running request
+        (an extend of length 1 on top of its KV)."""
+        for req in decodes:
+            req.extend_len = 1
+        reqs = prefills + decodes
+        batch = prepare_extend(reqs, self.kv, self.device)
+        sampling: list[Req] = []
+        sample_index: list[int] = []
+        prompt_index: list[int] = []
+        prompt_spans: list[tuple[Req, int, int]] = []  # (req, first input index t, count)
+        offset = 0
+        for req in reqs:
+            end = req.kv_len + req.extend_len
+            if end == req.seq_len:
+                sampling.append(req)
+                sample_index.append(offset + req.extend_len - 1)
+            if req.input_logprobs is not None and not req.output_ids:
+                t0, t1 = self._prompt_logprob_range(req)
+                if t1 > t0:
+                    prompt_index.extend(offset + (t - 1 - req.kv_len) for t in range(t0, t1))
+                    prompt_spans.append((req, t0, t1 - t0))
+            offset += req.extend_len
+        out = self.runner.forward(
+            batch,
+            torch.tensor(sample_index, dtype=torch.int64),
+            torch.tensor(prompt_index, dtype=torch.int64) if prompt_index else None,
+        )
+        self.forward_count += 1
+        for req in reqs:
+            req.kv_len += req.extend_len
+        for req in prefills:
+            self.kv.cache_unfinished(req)
+        if out.prompt_logits is not None:
+            self._record_prompt_logprobs(out.prompt_logits, prompt_spans)
+        if not sampling:
+            return []
+        self._sample(sampling, out.next_token_logits)
+        self._finish(sampling)
+        self.running = [r for r in self.running if not r.finished]
+        self.running.extend(r for r in sampling[: len(sampling) - len(decodes)] if not r.finished)
+        if decodes:
+            self.mixed_forward_count += 1
+            self._decay_new_token_ratio()
+        return sampling
+
+    def _run_decode(self) -> list[Req]:
+        out_of_room = self._ensure_decode_room()
+        reqs = self.running
+        if not reqs:
+            return out_of_room
+        batch = prepare_decode(reqs, self.kv, self.device)
+        out = self.runner.forward(batch, torch.arange(len(reqs)))
+        self.forward_count += 1
+        for req in reqs:
+            req.kv_len += 1
+        self._sample(reqs, out.next_token_logits)
+        self._finish(reqs)
+        self.running = [r for r in reqs if not r.finished]
+        self._decay_new_token_ratio()
+        return reqs
+
+    def _decay_new_token_ratio(self) -> None:
+        self.new_token_ratio = max(
+            self.config.min_new_token_ratio,
+            self.new_token_ratio - self.config.new_token_ratio_decay,
+        )
+
+    # ---- sampling and stopping ------------------------------------------------------------
+
+    def _sample(self, reqs: list[Req], logits: torch.Tensor) -> None:
+        info = SamplingBatchInfo.build(
+            [r.sampling_params for r in reqs],
+            [r.output_ids for r in reqs],
+            [r.input_ids for r in reqs],
+            eos_token_ids=self.eos_ids,
+            vocab_size=self.vocab_size,
+            device=self.device,
+        )
+        want_logprobs = any(r.output_logprobs is not None for r in reqs)
+        if self.grammar is not None:
+            info.vocab_mask = self.grammar.batch_mask(reqs, logits.device)
+        res = self.sampler(logits, info, want_logprobs)
+        ids = res.next_token_ids.tolist()
+        if want_logprobs:
+            lps = res.logprobs.tolist()
+            tops = _top_pairs(res.top_logprobs, res.top_logprob_ids)
+        for i, req in enumerate(reqs):
+            req.output_ids.append(ids[i])
+            if req.output_logprobs is not None:
+                req.output_logprobs.token_logprobs.append(lps[i])
+                req.output_logprobs.token_ids.append(ids[i])
+                k = req.sampling_params.top_logprobs_num
+                if k:
+                    req.output_logprobs.top_logprobs.append(tops[i][:k])
+        if self.grammar is not None:
+            self.grammar.accept(reqs)
+
+    def _finish(self, reqs: list[Req]) -> None:
+        for req in reqs:
+            req.finished_reason = self.stop_checker.check(req)
+            if req.finished_reason is not None:
+                self.kv.release(req)
+
+    # ---- constrained decoding -------------------------------------------------------------
+
+    def _constrained_step(self) -> list[Req]:
+        """Admits requests whose grammar compiled (reports those that failed), then moves
+        running requests with forced text back to the queue with the text appended (jump-
+        forward): their next extend computes it in one forward."""
+        grammar = self.grammar
+        ready, failed = grammar.poll()
+        self.waiting.extend(ready)
+        if not ready and grammar.waiting and not self.waiting and not self.running:
+            grammar.wait_any(0.01)  # nothing to run until a grammar compiles
+        jumped: list[Req] = []
+        for req in self.running:
+            if req.grammar is None:
+                continue
+            jump = grammar.try_jump(req)
+            if jump is None:
+                continue
+            self.kv.release(req)  # the old tokens' KV goes to the tree; the prefix is reused
+            req.output_ids = req.output_ids[: jump.keep] + jump.new_ids
+            if req.grammar.is_terminal():
+                req.output_ids.append(grammar.eos_token_id(req))
+                req.grammar.accept(req.output_ids[-1])
+            req.finished_reason = self.stop_checker.check(req)
+            jumped.append(req)
+        if jumped:
+            self.running = [r for r in self.running if r not in jumped]
+            self.waiting[:0] = [r for r in jumped if not r.finished]
+        return failed + [r for r in jumped if r.finished]
+
+    # ---- prompt logprobs ------------------------------------------------------------------
+
+    def _prompt_logprob_range(self, req: Req) -> tuple[int, int]:
+        """Input positions t in [t0, t1) whose logprob this extend can produce: the logits at
+        position t - 1 must be computed now."""
+        lp = req.input_logprobs
+        start = req.sampling_params.logprob_start_len
+        if start == 0 and not lp.token_logprobs:
+            lp.token_logprobs.append(None)  # the first token has no context
+            lp.token_ids.append(req.input_ids[0])
+            if req.sampling_params.top_logprobs_num:
+                lp.top_logprobs.append([])
+        t0 = max(start + len(lp.token_logprobs), 1, req.kv_len + 1)
+        t1 = min(len(req.input_ids), req.kv_len + req.extend_len + 1)
+        return t0, t1
+
+    def _record_prompt_logprobs(
+        self, logits: torch.Tensor, spans: list[tuple[Req, int, int]]
+    ) -> None:
+        logprobs = torch.log_softmax(logits, dim=-1)
+        k = max(r.sampling_params.top_logprobs_num for r, _, _ in spans)
+        top = logprobs.topk(k, dim=-1) if k else None
+        row = 0
+        for req, t0, count in spans:
+            targets = torch.tensor(req.input_ids[t0 : t0 + count])
+            chosen = logprobs[row : row + count].gather(1, targets[:, None]).squeeze(1)
+            lp = req.input_logprobs
+            lp.token_logprobs.extend(chosen.tolist())
+            lp.token_ids.extend(targets.tolist())
+            kr = req.sampling_params.top_logprobs_num
+            if kr and top is not None:
+                pairs = _top_pairs(top.values[row : row + count], top.indices[row : row + count])
+                lp.top_logprobs.extend(p[:kr] for p in pairs)
+            row += count
+
+    # ---- memory pressure ------------------------------------------------------------------
+
+    def _ensure_decode_room(self) -> list[Req]:
+        """Evicts, then retracts the least-advanced requests until every remaining one can
+        decode; a request alone with no room left finishes with "length"."""
+        kv = self.kv
+        if kv.available_size() + kv.evictable_size() >= len(self.running):
+            return []
+        # fewest outputs first, then the longest prompt (cheapest progress to redo)
+        order = sorted(self.running, key=lambda r: (len(r.output_ids), -len(r.input_ids)))
+        retracted: list[Req] = []
+        while len(order) > 1 and (
+            kv.available_size() + kv.evictable_size() < len(order) * RETRACT_DECODE_STEPS
+        ):
+            req = order.pop(0)
+            kv.release(req)
+            req.retractions += 1
+            retracted.append(req)
+        self.num_retractions += len(retracted)
+        self.running = [r for r in self.running if r not in retracted]
+        self.waiting = retracted + self.waiting
+        out_of_room: list[Req] = []
+        if kv.available_size() + kv.evictable_size() < len(self.running):
+            out_of_room, self.running = self.running, []
+            for req in out_of_room:
+                req.finished_reason = FinishReason("length", message="KV cache is full")
+                kv.release(req)
+        if retracted:
+            decoded = sum(len(r.output_ids) for r in self.running)
+            max_new = sum(
+                min(r.sampling_params.max_new_tokens, CLIP_MAX_NEW_TOKENS) for r in self.running
+            )
+            self.new_token_ratio = min(
+                1.0, (decoded + RETRACT_DECODE_STEPS * len(self.running)) / max(max_new, 1)
+            )
+        return out_of_room
+
+
+def _top_pairs(
+    values: torch.Tensor | None, ids: torch.Tensor | None
+) -> list[list[tuple[float, int]]]:
+    if values is None or ids is None:
+        return []
+    return [list(zip(vr, ir)) for vr, ir in zip(values.tolist(), ids.tolist())]

@@ -1,0 +1,266 @@
+"""The worker process over a real ZMQ socket: message encoding, validation at the socket,
+abort, stats, and the ways it exits (shutdown, SIGTERM, parent death)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from plait.runtime import messages as m
+from plait.runtime.worker.zmq_worker import WorkerStartError, start_worker
+
+GREEDY = {"temperature": 0, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_model_dir):
+    w = start_worker(tiny_model_dir("llama"), max_total_tokens=2048)
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def sock(worker):
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(worker.endpoint)
+    yield s
+    s.close(0)
+
+
+def _send(sock, msg) -> None:
+    sock.send(m.encode(msg))
+
+
+def _recv(sock, timeout_ms: int = 10_000):
+    assert sock.poll(timeout_ms), "the worker did not answer"
+    return m.decode(sock.recv())
+
+
+def _until_finished(sock, rid: str) -> list[m.TokenOut]:
+    outs = []
+    while True:
+        out = _recv(sock)
+        assert isinstance(out, m.TokenOut) and out.rid == rid, out
+        outs.append(out)
+        if out.finished:
+            return outs
+
+
+def _stats(sock) -> dict:
+    _send(sock, m.StatsReq())
+    out = _recv(sock)
+    assert isinstance(out, m.StatsOut)
+    return out.stats
+
+
+# ---- messages -----------------------------------------------------------------------------
+
+ALL = [
+    m.GenerateReq("r1", [1, 2, 3], {"max_new_tokens": 4, "stop": ["x"]}, True),
+    m.AbortReq("r1"),
+    m.FlushCacheReq(),
+    m.StatsReq(),
+    m.PingReq(),
+    m.ShutdownReq(),
+    m.TokenOut("r1", [7, 8], True, {"id": "r1", "finish_reason": {"type": "length"}}),
+    m.ErrorOut("r1", "max_new_tokens", "must be >= 1", "invalid_request"),
+    m.FlushCacheOut(True),
+    m.StatsOut({"running": 0, "kv_usage": 0.5}),
+    m.Pong({"vocab_size": 320}),
+]
+
+
+@pytest.mark.parametrize("msg", ALL, ids=lambda x: type(x).__name__)
+def test_every_message_round_trips(msg):
+    assert m.decode(m.encode(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    "data, error",
+    [
+        (b"\xc1garbage", "undecodable"),
+        (msgpack.packb({"tag": "PingReq"}), "array"),
+        (msgpack.packb(["Pickle", 1]), "unknown message tag 'Pickle'"),
+        (msgpack.packb(["AbortReq"]), "AbortReq takes 1 fields, got 0"),
+        (msgpack.packb(["GenerateReq", 5, [1], {}, False]), "GenerateReq.rid must be str"),
+        (msgpack.packb(["GenerateReq", "r", [1], {}, 1]), "GenerateReq.stream must be bool"),
+        (msgpack.packb(["TokenOut", "r", [1], True, [1]]), "TokenOut.meta_info must be dict"),
+    ],
+)
+def test_decode_rejects_malformed_frames_by_name(data, error):
+    with pytest.raises(m.MessageError, match=error):
+        m.decode(data)
+
+
+# ---- serving ------------------------------------------------------------------------------
+
+
+def test_garbage_is_answered_with_an_error_and_the_worker_keeps_serving(sock):
+    for bad in [b"\xc1garbage", msgpack.packb(["Nope"]), msgpack.packb(["AbortReq", 3])]:
+        sock.send(bad)
+        err = _recv(sock)
+        assert isinstance(err, m.ErrorOut) and err.kind == "invalid_request"
+        assert err.field == "message"
+    _send(sock, m.GenerateReq("ok", [5, 6, 7], {"max_new_tokens": 3, **GREEDY}, False))
+    (out,) = _until_finished(sock, "ok")
+    assert len(out.new_ids) == 3
+    assert out.meta_info["finish_reason"] == {"type": "length", "matched": None}
+
+
+@pytest.mark.parametrize(
+    "params, field",
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"temperature": -1}, "temperature"),
+        ({"bogus": 1}, "bogus"),
+        ({"n": 2}, "n"),
+    ],
+)
+def test_a_bad_request_gets_an_error_naming_its_field(sock, params, field):
+    _send(sock, m.GenerateReq("bad", [5, 6], params, False))
+    err = _recv(sock)
+    assert err == m.ErrorOut("bad", field, err.message, "invalid_request")
+
+
+def test_bad_token_ids_are_rejected(sock):
+    for ids in [[], [5, 10_000], [5, "x"], [1] * 600]:
+        _send(sock, m.GenerateReq("ids", ids, {}, False))
+        err = _recv(sock)
+        assert isinstance(err, m.ErrorOut) and err.field == "input_ids", err
+
+
+def test_stream_sends_every_token_and_plain_sends_once(sock):
+    _send(sock, m.GenerateReq("s", [9, 8, 7], {"max_new_tokens": 5, **GREEDY}, True))
+    streamed = _until_finished(sock, "s")
+    assert [len(o.new_ids) for o in streamed] == [1] * 5
+    _send(sock, m.GenerateReq("p", [9, 8, 7], {"max_new_tokens": 5, **GREEDY}, False))
+    (plain,) = _until_finished(sock, "p")
+    assert plain.new_ids == [t for o in streamed for t in o.new_ids]
+    assert plain.meta_info["cached_tokens"] > 0
+
+
+def test_logprobs_are_sent_as_increments(sock):
+    params = {"max_new_tokens": 4, "return_logprob": True, "logprob_start_len": 0, **GREEDY}
+    _send(sock, m.GenerateReq("lp", [3, 4, 5], params, True))
+    outs = _until_finished(sock, "lp")
+    assert [len(o.meta_info["output_token_logprobs"]) for o in outs] == [1] * 4
+    assert "input_token_logprobs" in outs[0].meta_info
+    assert all("input_token_logprobs" not in o.meta_info for o in outs[1:])
+    assert [t for o in outs for _, t, _ in o.meta_info["output_token_logprobs"]] == [
+        t for o in outs for t in o.new_ids
+    ]
+
+
+def test_abort_running_and_queued_requests_frees_their_kv(sock):
+    _send(sock, m.GenerateReq("long", [5, 6, 7], {"max_new_tokens": 400, **GREEDY}, True))
+    first = _recv(sock)
+    assert first.rid == "long" and not first.finished
+    _send(sock, m.AbortReq("long"))
+    last = _until_finished(sock, "long")[-1]
+    assert last.meta_info["finish_reason"]["type"] == "abort"
+    assert last.meta_info["completion_tokens"] < 400
+    _send(sock, m.AbortReq("no-such-request"))  # ignored
+    stats = _stats(sock)
+    assert (stats["running"], stats["queued"], stats["kv_used_tokens"]) == (0, 0, 0)
+    assert stats["kv_idle_ok"] is True
+    _send(sock, m.FlushCacheReq())
+    assert _recv(sock) == m.FlushCacheOut(True)
+    assert _stats(sock)["kv_cached_tokens"] == 0
+
+
+def test_duplicate_live_rid_is_rejected(sock):
+    _send(sock, m.GenerateReq("dup", [5, 6], {"max_new_tokens": 300, **GREEDY}, False))
+    _send(sock, m.GenerateReq("dup", [5, 6], {"max_new_tokens": 3}, False))
+    err = _recv(sock)
+    assert isinstance(err, m.ErrorOut) and err.field == "rid"
+    _send(sock, m.AbortReq("dup"))
+    (out,) = _until_finished(sock, "dup")
+    assert out.meta_info["finish_reason"]["type"] == "abort"
+
+
+def test_stats_count_tokens_forwards_and_cache_hits(sock):
+    before = _stats(sock)
+    params = {"max_new_tokens": 6, **GREEDY}
+    for i in range(2):
+        _send(sock, m.GenerateReq(f"st{i}", [11, 12, 13, 14, 15, 16], params, False))
+        _until_finished(sock, f"st{i}")
+    after = _stats(sock)
+    assert after["prompt_tokens"] - before["prompt_tokens"] == 12
+    assert after["generation_tokens"] - before["generation_tokens"] == 12
+    assert after["cached_tokens"] - before["cached_tokens"] == 5  # the second one's prefix
+    assert 0 < after["cache_hit_rate"] <= 1
+    assert after["forward_count"] > before["forward_count"]
+    assert after["kv_total_tokens"] == 2048
+
+
+# ---- exiting ------------------------------------------------------------------------------
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            state = Path(f"/proc/{pid}/status").read_text()
+            if "\nState:\tZ" in state:
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_shutdown_request_and_sigterm_stop_the_worker(tiny_model_dir):
+    for how in ("shutdown", "sigterm"):
+        w = start_worker(tiny_model_dir("llama"), max_total_tokens=512)
+        try:
+            if how == "sigterm":
+                w.proc.send_signal(signal.SIGTERM)
+            else:
+                s = zmq.Context.instance().socket(zmq.DEALER)
+                s.connect(w.endpoint)
+                s.send(m.encode(m.ShutdownReq()))
+                s.close(linger=1000)
+            assert w.proc.wait(5) == 0
+        finally:
+            w.stop()
+
+
+PARENT = """
+import sys, time
+from plait.runtime.worker.zmq_worker import start_worker
+w = start_worker(sys.argv[1], max_total_tokens=512)
+print(w.pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_worker_exits_when_its_parent_dies(tiny_model_dir):
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(tiny_model_dir("llama"))],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        worker_pid = int(parent.stdout.readline())
+        assert not _gone(worker_pid, within=0.3)
+        parent.kill()
+        parent.wait()
+        assert _gone(worker_pid, within=5)
+    finally:
+        parent.kill()
+
+
+def test_a_worker_that_fails_to_load_reports_its_stderr(tmp_path):
+    with pytest.raises(WorkerStartError, match="exited with code") as info:
+        start_worker(tmp_path / "no-such-model", start_timeout=60)
+    assert "no-such-model" in str(info.value)

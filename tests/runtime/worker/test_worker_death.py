@@ -1,0 +1,73 @@
+"""What a caller sees when the worker dies: pending requests fail with WorkerDiedError within
+seconds (process exit or a silent heartbeat), and later calls raise it too; never a hang."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import plait
+from plait.runtime.client.runtime_client import RuntimeClient
+from plait.runtime.errors import WorkerDiedError
+from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.worker.zmq_worker import start_worker
+
+GREEDY = {"temperature": 0, "ignore_eos": True}
+
+
+def test_killing_the_worker_fails_pending_requests_fast(tiny_model_dir):
+    w = start_worker(tiny_model_dir("llama"), max_total_tokens=1024)
+    c = RuntimeClient(w.endpoint, None, is_alive=w.is_alive)
+    try:
+        params = SamplingParams(max_new_tokens=450, **GREEDY)
+        handle = c.submit([5, 6, 7], params, stream=True)
+        queued = c.submit([5, 6, 8], params)
+        next(iter(handle))
+        start = time.monotonic()
+        os.kill(w.pid, signal.SIGKILL)
+        for h in (handle, queued):
+            with pytest.raises(WorkerDiedError):
+                h.result(timeout=10)
+        assert time.monotonic() - start < 5
+        with pytest.raises(WorkerDiedError):
+            c.submit([5], params)
+        with pytest.raises(WorkerDiedError):
+            c.stats()
+    finally:
+        c.close()
+        w.stop()
+
+
+def test_a_silent_worker_is_declared_dead_by_the_heartbeat(tiny_model_dir):
+    w = start_worker(tiny_model_dir("llama"), max_total_tokens=1024)
+    c = RuntimeClient(w.endpoint, None, heartbeat_timeout=1.0)  # no process handle
+    try:
+        handle = c.submit([5, 6, 7], SamplingParams(max_new_tokens=450, **GREEDY), stream=True)
+        next(iter(handle))
+        os.kill(w.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        with pytest.raises(WorkerDiedError, match="ping"):
+            handle.result(timeout=10)
+        assert time.monotonic() - start < 5
+    finally:
+        os.kill(w.pid, signal.SIGKILL)
+        c.close()
+        w.stop()
+
+
+def test_runtime_raises_worker_died_after_the_worker_dies(tiny_model_dir):
+    rt = plait.Runtime(tiny_model_dir("llama"), max_total_tokens=512)
+    try:
+        out = rt.generate(
+            input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 3, "ignore_eos": True}
+        )
+        assert out["text"] is None and len(out["output_ids"]) == 3
+        os.kill(rt.worker.pid, signal.SIGKILL)
+        rt.worker.proc.wait(5)
+        with pytest.raises(WorkerDiedError, match="worker"):
+            rt.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 3})
+    finally:
+        rt.shutdown()
