@@ -379,25 +379,38 @@ def test_dead_worker_fails_requests_quickly_with_503(tiny_model_dir):
     from plait.runtime.server.app import create_app
     from plait.runtime.worker.zmq_worker import start_worker
 
-    worker = start_worker(tiny_model_dir("llama"), max_total_tokens=1024)
+    # One request runs at a time, so the batch below needs 16 x 500 decode steps in sequence:
+    # the kill comes while most of it still waits, however fast the machine.
+    worker = start_worker(tiny_model_dir("llama"), max_total_tokens=1024, max_running_requests=1)
     client = RuntimeClient(worker.endpoint, None, is_alive=worker.is_alive)
     info = client.info
     app = create_app(client, None, "tiny", info["context_len"], info["vocab_size"])
-    long = {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 400, "ignore_eos": True}}
+    short = {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 2}}
+    batch = {
+        "input_ids": [[5, 6, 7]] * 16,
+        "sampling_params": {"max_new_tokens": 500, "ignore_eos": True},
+    }
+
+    async def running_stats() -> dict:
+        while True:
+            stats = await asyncio.to_thread(client.stats, 5)
+            if stats["running"]:
+                return stats
+            await asyncio.sleep(0.01)
 
     async def run() -> None:
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=30) as c:
-            ok = await c.post("/generate", json={**long, "sampling_params": {"max_new_tokens": 2}})
-            assert ok.status_code == 200
-            pending = asyncio.ensure_future(c.post("/generate", json=long))
-            await asyncio.sleep(0.3)
+            assert (await c.post("/generate", json=short)).status_code == 200
+            pending = asyncio.ensure_future(c.post("/generate", json=batch))
+            stats = await asyncio.wait_for(running_stats(), 30)
+            assert stats["running"] == 1 and stats["queued"] >= 8, stats  # in flight
             worker.proc.kill()
             start = time.monotonic()
             r = await pending
             assert r.status_code == 503 and r.json()["error"]["code"] == 503
             assert time.monotonic() - start < 10
-            assert (await c.post("/generate", json=long)).status_code == 503
+            assert (await c.post("/generate", json=short)).status_code == 503
             assert (await c.get("/health")).status_code == 503
 
     try:
