@@ -14,9 +14,10 @@ class PrefillAdder:
     """Builds one extend batch.
 
     Budgets: ``rem_total`` = free + evictable slots minus the decode room reserved for running
-    requests (scaled by ``new_token_ratio``); ``rem_input`` = prefill tokens per forward;
-    ``rem_chunk`` = the chunked-prefill size. Decode tokens mixed into the same forward
-    (``mixed_decodes``) count against the prefill and chunk budgets. A request that does not fit ``rem_chunk`` is
+    requests (scaled by ``new_token_ratio``); ``rem_input`` = prefill tokens per forward (only
+    the batch's first request may overrun it, or a longer prompt could never run); ``rem_chunk``
+    = the chunked-prefill size. Decode tokens mixed into the same forward (``mixed_decodes``)
+    count against the prefill and chunk budgets. A request that does not fit ``rem_chunk`` is
     truncated and becomes the single chunked request. An admitted request's prefix is locked.
     """
 
@@ -66,6 +67,8 @@ class PrefillAdder:
         if self.rem_chunk is not None and self.rem_chunk <= 0:
             return False
         extend = req.seq_len - len(req.prefix_indices)
+        if self.can_run and self._chunk_len(extend) > self.rem_input:
+            return False  # only a batch's first request may overrun max_prefill_tokens
         decode_room = min(req.remaining_new_tokens(), CLIP_MAX_NEW_TOKENS)
         first_alone = self.nothing_running and not self.can_run
         # Alone in an idle engine, a request only needs room for its prompt: decode grows
