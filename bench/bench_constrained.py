@@ -92,11 +92,11 @@ def bench_jump_forward(engine: Engine, n: int, repeats: int) -> dict:
         for jump in (False, True):  # interleaved: the machine's noise hits both alike
             grammar.jump_forward = jump
             engine.flush_cache()
-            f0, t0 = sched.forward_count, time.perf_counter()
+            f0, t0 = sched.stats.forward_count, time.perf_counter()
             outs = engine.generate(prompts, params)
             row = rows[jump]
             row["seconds"].append(time.perf_counter() - t0)
-            row["forwards"] = sched.forward_count - f0
+            row["forwards"] = sched.stats.forward_count - f0
             row["tokens"] = sum(len(o["output_ids"]) for o in outs)
             row["chars"] = sum(len(o["text"]) for o in outs)
             row["valid"] = sum(_is_json(o["text"]) for o in outs)

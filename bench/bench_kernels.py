@@ -212,7 +212,7 @@ def bench_engine(device: torch.device, bw: float, requests: int) -> None:
         device=str(device),
         mem_fraction_static=0.85,
     )
-    weight_bytes = sum(p.numel() * p.element_size() for p in engine.loaded.model.parameters())
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.core.loaded.model.parameters())
     vocab = engine.vocab_size
     rng = random.Random(0)
 

@@ -42,7 +42,7 @@ class BookkeepingTimer:
     METHODS = ("match", "lock", "unlock", "cache_unfinished", "release")
 
     def __init__(self, engine: Engine) -> None:
-        self.kv = engine.loaded.kv
+        self.kv = engine.core.cache
         self.seconds = 0.0
 
     def __enter__(self) -> BookkeepingTimer:

@@ -52,19 +52,62 @@ class ShutdownReq:
     pass
 
 
+@dataclass(slots=True)
+class StartWorker:
+    """The worker's configuration (``EngineConfig.to_dict``), sent on its stdin at start."""
+
+    config: dict
+
+
 # ---- worker -> client -----------------------------------------------------------------------
 
 
 @dataclass(slots=True)
-class TokenOut:
-    """New tokens of one request. ``meta_info`` is ``Engine``'s without token text; its
-    ``output_token_logprobs`` / ``output_top_logprobs`` cover ``new_ids`` only (the client
-    accumulates), and input logprobs come once, with the first ``TokenOut``."""
+class ReqOutput:
+    """What one request produced in one scheduler step: the one output record every consumer
+    reads (worker socket, in-process engine, in-process server backend).
+
+    After this record the request's output ids are ``ids[:start] + new_ids`` (``start`` is the
+    number of ids sent before, or less after a jump-forward re-tokenized the tail).
+    ``new_logprobs`` / ``new_logprob_ids`` / ``new_top_logprobs`` are the output logprobs added
+    since the last record (None unless the request asked for logprobs); ``input_*`` come once,
+    on the first record. ``finish_reason`` (``FinishReason.to_dict``) is set on the last record;
+    ``error`` = ``[field, message, kind]`` when the request failed alone (then it is the last).
+    A record's size is proportional to its new tokens, never to the output so far.
+    """
 
     rid: str
+    start: int
     new_ids: list
-    finished: bool
-    meta_info: dict
+    finish_reason: dict | None = None
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    new_logprobs: list | None = None
+    new_logprob_ids: list | None = None
+    new_top_logprobs: list | None = None
+    input_logprobs: list | None = None
+    input_logprob_ids: list | None = None
+    input_top_logprobs: list | None = None
+    error: list | None = None
+
+
+_OPT_LIST = (list, type(None))
+_REQ_OUTPUT_TYPES: tuple[tuple[type, ...], ...] = (
+    (str,),
+    (int,),
+    (list,),
+    (dict, type(None)),
+    (int,),
+    (int,),
+    *([_OPT_LIST] * 7),
+)
+
+
+@dataclass(slots=True)
+class BatchOut:
+    """Every record of one scheduler step for one client: one frame per client per step."""
+
+    outputs: list  # of ReqOutput
 
 
 @dataclass(slots=True)
@@ -101,7 +144,8 @@ _TYPES: list[tuple[type, tuple[type, ...]]] = [
     (StatsReq, ()),
     (PingReq, ()),
     (ShutdownReq, ()),
-    (TokenOut, (str, list, bool, dict)),
+    (StartWorker, (dict,)),
+    (BatchOut, (list,)),
     (ErrorOut, (str, str, str, str)),
     (FlushCacheOut, (bool,)),
     (StatsOut, (dict,)),
@@ -112,11 +156,29 @@ _BY_TAG = {cls.__name__: (cls, types) for cls, types in _TYPES}
 Message = Any
 
 
+_REQ_OUTPUT_FIELDS = [f.name for f in fields(ReqOutput)]
+
+
 def encode(msg: Message) -> bytes:
     name = type(msg).__name__
     if name not in _BY_TAG:
         raise MessageError(f"not a message type: {name}")
+    if isinstance(msg, BatchOut):
+        rows = [[getattr(o, f) for f in _REQ_OUTPUT_FIELDS] for o in msg.outputs]
+        return msgpack.packb([name, rows], use_bin_type=True)
     return msgpack.packb([name, *(getattr(msg, f.name) for f in fields(msg))], use_bin_type=True)
+
+
+def _decode_outputs(rows: list) -> list[ReqOutput]:
+    outputs = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != len(_REQ_OUTPUT_TYPES):
+            raise MessageError(f"a ReqOutput takes {len(_REQ_OUTPUT_TYPES)} fields")
+        for name, value, want in zip(_REQ_OUTPUT_FIELDS, row, _REQ_OUTPUT_TYPES):
+            if not isinstance(value, want) or (isinstance(value, bool) and bool not in want):
+                raise MessageError(f"ReqOutput.{name} has type {type(value).__name__}")
+        outputs.append(ReqOutput(*row))
+    return outputs
 
 
 def decode(data: bytes) -> Message:
@@ -137,4 +199,6 @@ def decode(data: bytes) -> Message:
         if not ok:
             name = fields(cls)[i].name
             raise MessageError(f"{tag}.{name} must be {want.__name__}, got {type(value).__name__}")
+    if cls is BatchOut:
+        return BatchOut(_decode_outputs(values[0]))
     return cls(*values)

@@ -95,30 +95,3 @@ def final_text(
         if cut >= 0:
             text = text[:cut]
     return text
-
-
-def hold_back_stop_prefix(text: str, stops: list[str]) -> str:
-    """Cuts ``text`` at a complete stop string, and holds back a tail that could still grow
-    into one, so streamed text never shows stop strings."""
-    for s in stops:
-        cut = text.find(s)
-        if cut >= 0:
-            text = text[:cut]
-    hold = 0
-    for s in stops:
-        for k in range(min(len(s) - 1, len(text)), 0, -1):
-            if text.endswith(s[:k]):
-                hold = max(hold, k)
-                break
-    return text[: len(text) - hold]
-
-
-def output_text(tokenizer: Any, req: Any) -> str:
-    """The final text of a worker-side request."""
-    reason = req.finished_reason
-    return final_text(
-        tokenizer,
-        req.output_ids,
-        req.sampling_params.skip_special_tokens,
-        reason.to_dict() if reason is not None else None,
-    )

@@ -7,22 +7,34 @@ from dataclasses import dataclass
 from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.limits import ModelLimits, check_input_ids
 from plait.runtime.sampling_params import SamplingParams
 
 SamplingArg = SamplingParams | dict[str, Any] | None
 
 
 @dataclass(slots=True)
-class GenerateArgs:
-    """Invariant: ``token_lists``, ``params`` (and ``rids`` when given) have one entry per
-    prompt; every ``params`` entry is a fresh copy with the call-level logprob options applied
-    and has passed ``verify``."""
+class SubRequest:
+    """One sequence to run: ``params.n == 1``, verified, ids checked against the model."""
 
-    single: bool  # one prompt given bare (not in a list)
-    field: str  # "prompt" or "input_ids": how the caller gave the tokens
-    token_lists: list[list[int]]
-    params: list[SamplingParams]
-    rids: list[str] | None
+    rid: str | None  # None: the submitter names it
+    input_ids: list[int]
+    params: SamplingParams
+
+
+def expand_n(rid: str | None, input_ids: list[int], params: SamplingParams) -> list[SubRequest]:
+    """The ``n`` samples of one prompt: sample j has rid ``{rid}-{j}`` and seed ``seed + j``
+    (with ``n == 1`` the rid and seed are unchanged). ``params`` is not modified."""
+    if params.n == 1:
+        return [SubRequest(rid, input_ids, params)]
+    return [
+        SubRequest(
+            None if rid is None else f"{rid}-{j}",
+            input_ids,
+            params.copy(n=1, seed=None if params.seed is None else params.seed + j),
+        )
+        for j in range(params.n)
+    ]
 
 
 def parse_generate_args(
@@ -35,9 +47,11 @@ def parse_generate_args(
     rid: str | list[str] | None,
     *,
     encode: Callable[[str], list[int]],
-    to_params: Callable[[Any], SamplingParams],
-    vocab_size: int,
-) -> GenerateArgs:
+    limits: ModelLimits,
+) -> tuple[bool, list[SubRequest]]:
+    """Validates one ``generate`` call (the public API's boundary: the only check a request
+    gets on this side) and expands it into sequences, ``n`` consecutive ones per prompt.
+    Returns whether the call was one bare prompt with ``n == 1``, and the sequences."""
     if (prompt is None) == (input_ids is None):
         raise InvalidRequestError("prompt", "give exactly one of prompt and input_ids")
     if prompt is not None:
@@ -65,15 +79,18 @@ def parse_generate_args(
     rids = [rid] if isinstance(rid, str) else rid
     if rids is not None and len(rids) != count:
         raise InvalidRequestError("rid", f"needs one id per prompt ({count})")
-    for p in params:
+    subs: list[SubRequest] = []
+    for i, (ids, p) in enumerate(zip(token_lists, params)):
         if return_logprob is not None:
             p.return_logprob = return_logprob
         if logprob_start_len is not None:
             p.logprob_start_len = logprob_start_len
         if top_logprobs_num is not None:
             p.top_logprobs_num = top_logprobs_num
-        p.verify(vocab_size)
-    return GenerateArgs(single, field, token_lists, params, rids)
+        p.verify(limits.vocab_size)
+        check_input_ids(ids, field, limits.vocab_size, limits.context_len, limits.kv_total)
+        subs += expand_n(rids[i] if rids else None, ids, p)
+    return single and params[0].n == 1, subs
 
 
 def to_params(p: SamplingArg) -> SamplingParams:
@@ -85,26 +102,3 @@ def to_params(p: SamplingArg) -> SamplingParams:
     raise InvalidRequestError(
         "sampling_params", f"must be a dict or SamplingParams, got {type(p).__name__}"
     )
-
-
-def check_input_ids(
-    ids: list[int], field: str, vocab_size: int, context_len: int, pool_size: int
-) -> None:
-    """Raises InvalidRequestError unless ``ids`` is a non-empty prompt of in-vocabulary ids that
-    leaves room to generate in the context and fits the KV pool."""
-    if not isinstance(ids, list) or not ids:
-        raise InvalidRequestError(field, "must not be empty")
-    for t in ids:
-        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
-            raise InvalidRequestError(
-                field, f"token id {t!r} outside the vocabulary [0, {vocab_size})"
-            )
-    if len(ids) >= context_len:
-        raise InvalidRequestError(
-            field,
-            f"{len(ids)} tokens leave no room to generate in the context length {context_len}",
-        )
-    if len(ids) + 1 > pool_size:
-        raise InvalidRequestError(
-            field, f"{len(ids)} tokens exceed the KV cache capacity of {pool_size} tokens"
-        )

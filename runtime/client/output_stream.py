@@ -14,6 +14,23 @@ from plait.runtime.sampling_params import SamplingParams
 TokenText = Callable[[int], "str | None"]
 
 
+class TokenTextCache:
+    """The text of single token ids, for logprob triples; decoded once per id. Without a
+    tokenizer every text is None."""
+
+    def __init__(self, tokenizer: Any | None) -> None:
+        self.tokenizer = tokenizer
+        self._texts: dict[int, str] = {}
+
+    def __call__(self, tid: int) -> str | None:
+        if self.tokenizer is None:
+            return None
+        text = self._texts.get(tid)
+        if text is None:
+            text = self._texts[tid] = self.tokenizer.decode([tid])
+        return text
+
+
 @dataclass(slots=True)
 class OutputChunk:
     """One update of a request.

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from plait.runtime.client.generate_args import SamplingArg, parse_generate_args, to_params
-from plait.runtime.client.runtime_client import OutputChunk, RequestHandle, RuntimeClient
+from plait.runtime.client.handle import RequestHandle
+from plait.runtime.client.output_stream import OutputChunk
+from plait.runtime.client.runtime_client import RuntimeClient
+from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
-from plait.runtime.model.loader import load_tokenizer
-from plait.runtime.model.model_source import resolve_model_path
-
-if TYPE_CHECKING:
-    from plait.runtime.worker.zmq_worker import WorkerProcess
+from plait.runtime.limits import ModelLimits
+from plait.runtime.tokenizer import load_tokenizer
+from plait.runtime.worker.process import WorkerProcess, start_worker
 
 # With the process handle at hand, death is seen at once; the ping only catches a hung worker.
 HEARTBEAT_TIMEOUT_S = 30.0
@@ -29,12 +30,9 @@ class Runtime:
     """
 
     def __init__(self, model_path: str | Path | None = None, **options: Any) -> None:
-        from plait.runtime.worker.zmq_worker import (
-            start_worker,  # `python -m` runs that module as main
-        )
-
-        self.model_path = resolve_model_path(model_path)
-        self.worker: WorkerProcess = start_worker(self.model_path, **options)
+        self.config = EngineConfig.from_kwargs(model_path, **options)
+        self.worker: WorkerProcess = start_worker(config=self.config)
+        self.model_path = Path(self.worker.info["model_path"])  # the resolved HF directory
         try:
             self.tokenizer = load_tokenizer(self.model_path)
             self.client = RuntimeClient(
@@ -100,8 +98,15 @@ class Runtime:
     def submit(
         self, input_ids: list[int], sampling_params: SamplingArg = None, **kw
     ) -> RequestHandle:
-        """The client's ``submit``; sampling_params may be a dict."""
-        return self.client.submit(input_ids, to_params(sampling_params), **kw)
+        """Submits one sequence (``n == 1``) of token ids; sampling_params may be a dict."""
+        params = to_params(sampling_params)
+        _, subs = parse_generate_args(
+            None, params, list(input_ids), None, None, None, None,
+            encode=self.encode, limits=self._limits(),
+        )  # fmt: skip
+        if len(subs) != 1:
+            raise InvalidRequestError("n", "submit takes n == 1")
+        return self.client.submit(subs[0].input_ids, subs[0].params, **kw)
 
     def abort(self, rid: str) -> None:
         self._live()
@@ -158,7 +163,7 @@ class Runtime:
         stream: bool = False,
     ) -> tuple[bool, list[RequestHandle]]:
         self._live()
-        args = parse_generate_args(
+        single, subs = parse_generate_args(
             prompt,
             sampling_params,
             input_ids,
@@ -167,19 +172,21 @@ class Runtime:
             top_logprobs_num,
             rid,
             encode=self.encode,
-            to_params=to_params,
-            vocab_size=self.client.info["vocab_size"],
+            limits=self._limits(),
         )
-        token_lists, params, rids, single = args.token_lists, args.params, args.rids, args.single
         handles: list[RequestHandle] = []
         try:
-            for i, (ids, p) in enumerate(zip(token_lists, params)):
-                handles += self.client.submit_n(ids, p, rids[i] if rids else None, stream)
+            for sub in subs:
+                handles.append(self.client.submit(sub.input_ids, sub.params, sub.rid, stream))
         except BaseException:
             for h in handles:
                 h.cancel()
             raise
-        return single and params[0].n == 1, handles
+        return single, handles
+
+    def _limits(self) -> ModelLimits:
+        info = self.client.info
+        return ModelLimits(info["vocab_size"], info["context_len"], info["kv_total"])
 
     def _as_dict(self, chunk: OutputChunk) -> dict[str, Any]:
         text = chunk.text if self.tokenizer is not None else None

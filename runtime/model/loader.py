@@ -1,4 +1,4 @@
-"""Builds everything a model needs to run: weights, tokenizer, KV pools, attention, runner."""
+"""Loads a model: its config, weights (checkpoint or dummy), tokenizer and EOS ids."""
 
 from __future__ import annotations
 
@@ -9,17 +9,14 @@ from typing import Any
 
 import torch
 
-from plait.kernels.select import make_attention_backend
-from plait.radix_cache.cache_manager import CacheManager
-from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.errors import ModelNotFoundError
 from plait.runtime.model.dummy_weights import init_dummy_weights
 from plait.runtime.model.model_config import ModelConfig
-from plait.runtime.model.model_runner import ModelRunner
 from plait.runtime.model.model_source import resolve_model_path
 from plait.runtime.model.models.llama import LlamaForCausalLM
 from plait.runtime.model.weight_loader import load_weights
-from plait.runtime.worker.stop import StopChecker
+from plait.runtime.tokenizer import load_tokenizer
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Never size the pool below this, whatever the memory budget says.
@@ -32,11 +29,10 @@ class LoadedModel:
     config: ModelConfig
     model: LlamaForCausalLM
     tokenizer: Any | None
-    kv: CacheManager
-    runner: ModelRunner
-    stop_checker: StopChecker
+    eos_token_ids: set[int]
     context_len: int
     dtype: torch.dtype
+    device: torch.device
 
 
 def load_model(
@@ -44,12 +40,7 @@ def load_model(
     *,
     dtype: str | torch.dtype = "float32",
     device: str = "cpu",
-    max_total_tokens: int | None = None,
-    mem_fraction_static: float = 0.15,
-    max_running_requests: int = 256,
-    disable_radix_cache: bool = False,
     context_length: int | None = None,
-    attention_backend: str = "auto",
     load_format: str = "auto",
 ) -> LoadedModel:
     """``load_format="dummy"`` takes only config.json from ``model_path`` and random weights
@@ -73,22 +64,9 @@ def load_model(
     else:
         load_weights(model, path)
     model.eval()
-
     tokenizer = load_tokenizer(path)
-    pool_tokens = max_total_tokens or _pool_tokens_from_budget(
-        config, torch_dtype, dev, mem_fraction_static
-    )
-    kv_pool = TokenToKVPool(
-        pool_tokens, config.num_layers, config.num_kv_heads, config.head_dim, torch_dtype, dev
-    )
-    req_pool = ReqToTokenPool(max_running_requests + 8, context_len + 8, dev)
-    kv = CacheManager(req_pool, kv_pool, disable_radix_cache=disable_radix_cache)
-    attn = make_attention_backend(attention_backend, config, dev)
-    runner = ModelRunner(model, kv_pool, attn)
-    stop_checker = StopChecker(tokenizer, _eos_ids(path, config, tokenizer), context_len)
-    return LoadedModel(
-        path, config, model, tokenizer, kv, runner, stop_checker, context_len, torch_dtype
-    )
+    eos = _eos_ids(path, config, tokenizer)
+    return LoadedModel(path, config, model, tokenizer, eos, context_len, torch_dtype, dev)
 
 
 def _model_dir(model_path: str | Path | None, load_format: str) -> Path:
@@ -98,14 +76,6 @@ def _model_dir(model_path: str | Path | None, load_format: str) -> Path:
             raise ModelNotFoundError(f"load_format='dummy' needs {path / 'config.json'}")
         return path
     return resolve_model_path(model_path)
-
-
-def load_tokenizer(path: Path) -> Any | None:
-    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def _eos_ids(path: Path, config: ModelConfig, tokenizer: Any | None) -> set[int]:
@@ -119,6 +89,13 @@ def _eos_ids(path: Path, config: ModelConfig, tokenizer: Any | None) -> set[int]
     return ids
 
 
+def kv_pool_tokens(
+    config: ModelConfig, dtype: torch.dtype, device: torch.device, fraction: float
+) -> int:
+    """KV pool size in tokens from a fraction of the device's free memory."""
+    return max(_pool_tokens_from_budget(config, dtype, device, fraction), _MIN_POOL_TOKENS)
+
+
 def _pool_tokens_from_budget(
     config: ModelConfig, dtype: torch.dtype, device: torch.device, fraction: float
 ) -> int:
@@ -129,7 +106,7 @@ def _pool_tokens_from_budget(
         free, _ = torch.cuda.mem_get_info(device)
     else:
         free = _available_host_memory()
-    return max(int(free * fraction) // per_token, _MIN_POOL_TOKENS)
+    return int(free * fraction) // per_token
 
 
 def _available_host_memory() -> int:

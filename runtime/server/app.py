@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from plait.runtime.client.generate_args import expand_n
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.interp.chat_template import chat_template_of
 from plait.runtime.sampling_params import SamplingParams
@@ -24,7 +25,7 @@ from plait.runtime.server.metrics import RequestTimer, ServerMetrics
 
 class GenerateBackend(Protocol):
     """What the server needs from the model side: ``RuntimeClient`` (a worker process over ZMQ)
-    or ``EngineBackend`` (an engine on a thread of this process).
+    or ``EngineThread`` (an engine on a thread of this process).
 
     ``submit`` never blocks on generation; the handle yields ``OutputChunk``s (cumulative text)
     under ``async for``, the last one ``finished``, or raises ``InvalidRequestError`` /
@@ -79,15 +80,13 @@ class Stream:
 
 
 def submit_calls(state: ServerState, calls: list[GenerateCall]) -> list[Stream]:
-    """Submits ``n`` requests per call (seed + j for choice j), in order."""
+    """Submits ``n`` requests per call (``expand_n``: seed + j for choice j), in order."""
     streams: list[Stream] = []
     try:
         for call in calls:
-            for j in range(call.n):
-                p = call.sampling_params
-                params = p.copy(seed=None if p.seed is None else p.seed + j)
-                rid = call.rid if call.rid is None or call.n == 1 else f"{call.rid}-{j}"
-                handle = state.backend.submit(call.input_ids, params, rid=rid, stream=True)
+            params = call.sampling_params.copy(n=call.n)
+            for sub in expand_n(call.rid, call.input_ids, params):
+                handle = state.backend.submit(sub.input_ids, sub.params, rid=sub.rid, stream=True)
                 streams.append(Stream(handle, state.metrics))
     except BaseException:
         cancel_all(streams)

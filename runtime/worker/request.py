@@ -70,6 +70,11 @@ class Req:
     grammar: Any = None  # constrained.GrammarState of a regex / json_schema request
     error: Exception | None = None  # set when the request failed alone (reported, never run)
 
+    # what the output records carried so far (worker.output.take_output)
+    sent_ids: int = 0
+    sent_logprobs: int = 0
+    sent_input_logprobs: bool = False
+
     def __post_init__(self) -> None:
         p = self.sampling_params
         if p.return_logprob:

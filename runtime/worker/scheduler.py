@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
 
 import torch
 
 from plait.constrained.backend import GrammarBackend, grammar_key
 from plait.radix_cache.cache_manager import CacheManager
+from plait.runtime.config import SchedulerConfig
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.messages import ReqOutput
 from plait.runtime.model.model_runner import ModelRunner
+from plait.runtime.worker.output import SchedulerStats, take_output
 from plait.runtime.worker.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
 from plait.runtime.worker.request import FinishReason, Req
 from plait.runtime.worker.sampler import Sampler, SamplingBatchInfo
@@ -19,18 +22,6 @@ from plait.runtime.worker.stop import StopChecker
 
 # Retraction keeps this many decode steps of room for the requests that stay.
 RETRACT_DECODE_STEPS = 20
-
-
-@dataclass(slots=True)
-class SchedulerConfig:
-    schedule_policy: str = "lpm"
-    chunked_prefill_size: int | None = 1024  # None: never chunk
-    enable_mixed_chunk: bool = True  # running decodes ride along in prefill forwards (Sarathi)
-    max_prefill_tokens: int = 4096
-    max_running_requests: int = 256
-    init_new_token_ratio: float = 0.7
-    min_new_token_ratio: float = 0.1
-    new_token_ratio_decay: float = 0.001
 
 
 class Scheduler:
@@ -67,13 +58,12 @@ class Scheduler:
         self.chunked_req: Req | None = None
         self.new_token_ratio = config.init_new_token_ratio
         self.aborted: list[Req] = []  # finished while queued, reported on the next step
-        self.forward_count = 0
-        self.mixed_forward_count = 0
-        self.num_retractions = 0
+        self.stats = SchedulerStats(started=time.monotonic())
 
     # ---- queue ----------------------------------------------------------------------------
 
     def add_request(self, req: Req) -> None:
+        self.stats.prompt_tokens += len(req.input_ids)
         if self.grammar is None and grammar_key(req) is not None:
             err = InvalidRequestError(
                 "regex", "constrained decoding needs a model with a tokenizer"
@@ -102,6 +92,38 @@ class Scheduler:
         self.aborted.append(req)
         return True
 
+    def find(self, rid: str) -> Req | None:
+        """The live request with id ``rid`` (queued, compiling, running or just aborted)."""
+        for req in self._live():
+            if req.rid == rid:
+                return req
+        return None
+
+    def _live(self) -> list[Req]:
+        live = self.waiting + self.running + self.aborted
+        if self.chunked_req is not None:
+            live.append(self.chunked_req)
+        if self.grammar is not None:
+            live += [w.req for w in self.grammar.waiting]
+        return live
+
+    def fail_all(self, message: str) -> list[ReqOutput]:
+        """Ends every live request with an internal error after a step raised (the batch's
+        state is unknown); frees what KV it can, so the scheduler keeps serving."""
+        live = self._live()
+        for req in live:
+            if req.req_pool_idx is not None:
+                try:
+                    self.kv.release(req)
+                except Exception:  # noqa: BLE001 - a corrupt row leaks; the worker lives on
+                    req.req_pool_idx = None
+            req.error = RuntimeError(message)
+            req.finished_reason = FinishReason("abort", message=message)
+        self.waiting, self.running, self.aborted, self.chunked_req = [], [], [], None
+        if self.grammar is not None:
+            self.grammar.waiting.clear()
+        return self._outputs(live)
+
     def is_idle(self) -> bool:
         return (
             not self.waiting
@@ -118,8 +140,32 @@ class Scheduler:
 
     # ---- one step -------------------------------------------------------------------------
 
-    def step(self) -> list[Req]:
-        """Runs one forward; returns the requests that produced output or finished."""
+    def step(self) -> list[ReqOutput]:
+        """Runs one forward; returns one record per request that produced output, finished or
+        failed (a non-streamed request only when it ends)."""
+        return self._outputs(self._step())
+
+    def _outputs(self, touched: list[Req]) -> list[ReqOutput]:
+        outputs: list[ReqOutput] = []
+        seen: set[int] = set()
+        stats = self.stats
+        for req in touched:
+            if id(req) in seen:
+                continue
+            seen.add(id(req))
+            out = take_output(req)
+            if out is None:
+                continue
+            if out.error is not None:
+                stats.errors += 1
+            elif out.finish_reason is not None:
+                stats.finished_requests += 1
+                stats.cached_tokens += req.cached_tokens
+                stats.generation_tokens += len(req.output_ids)
+            outputs.append(out)
+        return outputs
+
+    def _step(self) -> list[Req]:
         touched, self.aborted = self.aborted, []
         if self.grammar is not None:
             touched += self._constrained_step()
@@ -203,7 +249,7 @@ class Scheduler:
             torch.tensor(sample_index, dtype=torch.int64),
             torch.tensor(prompt_index, dtype=torch.int64) if prompt_index else None,
         )
-        self.forward_count += 1
+        self.stats.forward_count += 1
         for req in reqs:
             req.kv_len += req.extend_len
         for req in prefills:
@@ -217,7 +263,7 @@ class Scheduler:
         self.running = [r for r in self.running if not r.finished]
         self.running.extend(r for r in sampling[: len(sampling) - len(decodes)] if not r.finished)
         if decodes:
-            self.mixed_forward_count += 1
+            self.stats.mixed_forward_count += 1
             self._decay_new_token_ratio()
         return sampling
 
@@ -228,7 +274,7 @@ class Scheduler:
             return out_of_room
         batch = prepare_decode(reqs, self.kv, self.device)
         out = self.runner.forward(batch, torch.arange(len(reqs)))
-        self.forward_count += 1
+        self.stats.forward_count += 1
         for req in reqs:
             req.kv_len += 1
         self._sample(reqs, out.next_token_logits)
@@ -299,6 +345,7 @@ class Scheduler:
                 continue
             self.kv.release(req)  # the old tokens' KV goes to the tree; the prefix is reused
             req.output_ids = req.output_ids[: jump.keep] + jump.new_ids
+            req.sent_ids = min(req.sent_ids, jump.keep)
             if req.grammar.is_terminal():
                 req.output_ids.append(grammar.eos_token_id(req))
                 req.grammar.accept(req.output_ids[-1])
@@ -362,7 +409,7 @@ class Scheduler:
             kv.release(req)
             req.retractions += 1
             retracted.append(req)
-        self.num_retractions += len(retracted)
+        self.stats.retractions += len(retracted)
         self.running = [r for r in self.running if r not in retracted]
         self.waiting = retracted + self.waiting
         out_of_room: list[Req] = []

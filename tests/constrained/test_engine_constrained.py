@@ -130,9 +130,9 @@ def test_jump_forward_takes_fewer_forwards_and_gives_the_same_object(engine):
     params = {"json_schema": json.dumps(schema), "max_new_tokens": 64, "temperature": 0}
     counts, objs = [], []
     for jump in (False, True):
-        before = engine.scheduler.forward_count
+        before = engine.scheduler.stats.forward_count
         out = _generate(engine, [prompt], [params], jump)[0]
-        counts.append(engine.scheduler.forward_count - before)
+        counts.append(engine.scheduler.stats.forward_count - before)
         objs.append(json.loads(out["text"]))
         jsonschema.validate(objs[-1], schema)
     assert objs[0] == objs[1]

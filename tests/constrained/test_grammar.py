@@ -15,8 +15,8 @@ from plait.constrained.jump_forward import build_jump_forward_map
 from plait.constrained.typed import REGEX_BOOL, REGEX_INT, REGEX_STR, dtype_to_regex
 from plait.constrained.vocabulary import build_vocabulary
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.model.loader import load_tokenizer
 from plait.runtime.model.model_source import resolve_model_path
+from plait.runtime.tokenizer import load_tokenizer
 
 SCHEMA = {
     "type": "object",

@@ -343,10 +343,10 @@ def test_health_model_info_flush_and_metrics(base_url):
 def test_api_key_is_required_except_for_health(tiny_model_dir):
     from plait.runtime.engine import Engine
     from plait.runtime.server.app import create_app
-    from plait.runtime.server.engine_thread import EngineBackend
+    from plait.runtime.server.engine_thread import EngineThread
 
     engine = Engine(tiny_model_dir("llama"), max_total_tokens=1024)
-    backend = EngineBackend(engine)
+    backend = EngineThread(engine.core)
     app = create_app(backend, None, "tiny", engine.context_len, engine.vocab_size, api_key="k1")
     body = {"input_ids": [5, 6, 7], "sampling_params": {"max_new_tokens": 3, "temperature": 0}}
 
@@ -377,7 +377,7 @@ def test_api_key_is_required_except_for_health(tiny_model_dir):
 def test_dead_worker_fails_requests_quickly_with_503(tiny_model_dir):
     from plait.runtime.client.runtime_client import RuntimeClient
     from plait.runtime.server.app import create_app
-    from plait.runtime.worker.zmq_worker import start_worker
+    from plait.runtime.worker.process import start_worker
 
     # One request runs at a time, so the batch below needs 16 x 500 decode steps in sequence:
     # the kill comes while most of it still waits, however fast the machine.

@@ -292,7 +292,7 @@ def test_disabled_radix_cache_caches_nothing_and_changes_nothing(tiny, engine):
 
 def test_bfloat16_engine_runs_with_a_bf16_kv_pool(tiny, engine):
     bf16 = Engine(tiny, max_total_tokens=2048, dtype="bfloat16")
-    assert bf16.loaded.kv.kv_pool.dtype == torch.bfloat16
+    assert bf16.core.cache.kv_pool.dtype == torch.bfloat16
     params = {"max_new_tokens": 8, **GREEDY}
     outs = bf16.generate(input_ids=PROMPTS, sampling_params=params)
     assert all(len(o["output_ids"]) == 8 for o in outs)

@@ -107,7 +107,7 @@ def test_mixed_chunk_batches_match_separate_forwards(tiny_model_dir):
             input_ids=prompts, sampling_params={"max_new_tokens": 20, "temperature": 0}
         )
         outs[mixed] = [o["output_ids"] for o in res]
-        mixed_forwards[mixed] = engine.scheduler.mixed_forward_count
+        mixed_forwards[mixed] = engine.scheduler.stats.mixed_forward_count
         engine.check_idle()
     assert outs[True] == ref
     assert outs[False] == ref

@@ -10,11 +10,12 @@ import time
 import pytest
 
 import plait
+from plait.runtime.client.generate_args import expand_n
 from plait.runtime.client.runtime_client import RuntimeClient
 from plait.runtime.engine import Engine
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.worker.zmq_worker import start_worker
+from plait.runtime.worker.process import start_worker
 
 GREEDY = {"temperature": 0, "ignore_eos": True}
 PROMPTS = [
@@ -71,7 +72,9 @@ def _assert_idle(client) -> None:
 def test_stream_chunks_accumulate_to_the_result(client):
     params = SamplingParams(max_new_tokens=6, **GREEDY)
     chunks = list(client.submit([5, 6, 7], params, stream=True))
-    assert [len(c.output_ids) for c in chunks] == list(range(1, 7))
+    assert [c.meta_info["completion_tokens"] for c in chunks] == list(range(1, 7))
+    assert [len(c.new_ids) for c in chunks] == [1] * 6
+    assert [t for c in chunks for t in c.new_ids] == chunks[-1].output_ids
     assert [c.finished for c in chunks] == [False] * 5 + [True]
     plain = client.submit([5, 6, 7], params).result(timeout=10)
     assert plain.output_ids == chunks[-1].output_ids
@@ -81,7 +84,9 @@ def test_stream_chunks_accumulate_to_the_result(client):
 
 def test_n_expands_into_seeded_samples(client):
     params = SamplingParams(max_new_tokens=5, temperature=1.0, n=3, seed=10, ignore_eos=True)
-    handles = client.submit_n([5, 6, 7], params, rid="many")
+    handles = [
+        client.submit(s.input_ids, s.params, s.rid) for s in expand_n("many", [5, 6, 7], params)
+    ]
     assert [h.rid for h in handles] == ["many-0", "many-1", "many-2"]
     outs = [h.result(10).output_ids for h in handles]
     assert len({tuple(o) for o in outs}) == 3
@@ -103,11 +108,12 @@ def test_logprobs_accumulate_across_stream_chunks(client):
 
 
 def test_a_bad_request_raises_naming_the_field_and_the_next_succeeds(client):
+    # the client sends what its caller verified; the worker checks again at its socket
     with pytest.raises(InvalidRequestError) as info:
-        client.submit([5, 6], SamplingParams(max_new_tokens=0))
+        client.submit([5, 6], SamplingParams(max_new_tokens=0)).result(10)
     assert info.value.field == "max_new_tokens"
     with pytest.raises(InvalidRequestError, match="input_ids"):
-        client.submit([5, 100_000], SamplingParams())
+        client.submit([5, 100_000], SamplingParams()).result(10)
     out = client.submit([5, 6], SamplingParams(max_new_tokens=2, ignore_eos=True)).result(10)
     assert len(out.output_ids) == 2
 

@@ -19,8 +19,8 @@ LLAMA3 = (
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    from plait.runtime.model.loader import load_tokenizer
     from plait.runtime.model.model_source import resolve_model_path
+    from plait.runtime.tokenizer import load_tokenizer
 
     return load_tokenizer(resolve_model_path())
 

@@ -1,4 +1,4 @@
-"""The in-process backend of the server: an Engine on a thread, behind handles."""
+"""The server's in-process model side: an EngineCore stepped on a thread, behind handles."""
 
 from __future__ import annotations
 
@@ -9,12 +9,17 @@ import pytest
 from plait.runtime.engine import Engine
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.server.engine_thread import EngineBackend
+from plait.runtime.server.engine_thread import EngineThread
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir):
+    return Engine(tiny_model_dir("llama"), max_total_tokens=1024)
 
 
 @pytest.fixture(scope="module")
 def backend(tiny_model_dir):
-    b = EngineBackend(Engine(tiny_model_dir("llama"), max_total_tokens=1024))
+    b = EngineThread(Engine(tiny_model_dir("llama"), max_total_tokens=1024).core)
     yield b
     b.close()
 
@@ -23,8 +28,8 @@ def greedy(n: int, **kw) -> SamplingParams:
     return SamplingParams(max_new_tokens=n, temperature=0, **kw)
 
 
-def test_result_matches_engine_generate(backend):
-    want = backend.engine.generate(input_ids=[5, 6, 7], sampling_params=greedy(5))
+def test_result_matches_engine_generate(backend, engine):
+    want = engine.generate(input_ids=[5, 6, 7], sampling_params=greedy(5))
     got = backend.submit([5, 6, 7], greedy(5)).result(30)
     assert got.finished and got.output_ids == want["output_ids"]
     assert got.meta_info["finish_reason"]["type"] == "length"
@@ -32,7 +37,8 @@ def test_result_matches_engine_generate(backend):
 
 def test_stream_chunks_grow_to_the_result(backend):
     chunks = list(backend.submit([9, 8, 7], greedy(4), stream=True))
-    assert [len(c.output_ids) for c in chunks] == [1, 2, 3, 4]
+    assert [len(c.new_ids) for c in chunks] == [1, 1, 1, 1]
+    assert [i for c in chunks for i in c.new_ids] == chunks[-1].output_ids
     assert chunks[-1].finished and not any(c.finished for c in chunks[:-1])
 
 

@@ -77,7 +77,7 @@ def test_the_least_advanced_requests_go_to_the_front_of_the_queue_until_the_rest
     # leaves 2 + 41 = 43 < 3 * 20; retracting C leaves 43 + 21 = 64 >= 2 * 20.
     assert rids(sched.running) == ["A", "D"]
     assert rids(sched.waiting) == ["B", "C", "w"]
-    assert sched.num_retractions == 2 and (b.retractions, c.retractions) == (1, 1)
+    assert sched.stats.retractions == 2 and (b.retractions, c.retractions) == (1, 1)
     assert (b.req_pool_idx, b.kv_len, len(b.prefix_indices)) == (None, 0, 0)
     assert b.output_ids == [3, 3]  # progress kept; its KV is in the tree
     kv = sched.kv
@@ -122,7 +122,7 @@ def test_retraction_starts_only_when_the_batch_cannot_decode_one_step(
     ratio = sched.new_token_ratio
     assert sched._ensure_decode_room() == []
     assert rids(sched.waiting) == retracted + ["w"]
-    assert sched.num_retractions == len(retracted)
+    assert sched.stats.retractions == len(retracted)
     if not retracted:  # 4 slots for 4 requests is enough for now, though short of 20 steps
         assert rids(sched.running) == ["A", "B", "C", "D"]
         assert sched.new_token_ratio == ratio
@@ -138,7 +138,7 @@ def test_evictable_cached_tokens_count_as_decode_room(tiny_model_dir):
     four_running(sched)
     assert (sched.kv.available_size(), sched.kv.evictable_size()) == (0, 50)
     assert sched._ensure_decode_room() == []
-    assert rids(sched.running) == ["A", "B", "C", "D"] and sched.num_retractions == 0
+    assert rids(sched.running) == ["A", "B", "C", "D"] and sched.stats.retractions == 0
     release_running(sched)
     sched.kv.check_idle()
 
@@ -151,6 +151,6 @@ def test_a_request_alone_with_no_room_finishes_with_length(tiny_model_dir):
     assert b.finished_reason is not None
     assert (b.finished_reason.type, b.finished_reason.message) == ("length", "KV cache is full")
     assert sched.running == [] and sched.waiting == []
-    assert sched.num_retractions == 0 and sched.new_token_ratio == ratio
+    assert sched.stats.retractions == 0 and sched.new_token_ratio == ratio
     assert (sched.kv.available_size(), sched.kv.evictable_size()) == (0, 41)
     sched.kv.check_idle()

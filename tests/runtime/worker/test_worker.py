@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from plait.runtime import messages as m
-from plait.runtime.worker.zmq_worker import WorkerStartError, start_worker
+from plait.runtime.worker.process import WorkerStartError, start_worker
 
 GREEDY = {"temperature": 0, "ignore_eos": True}
 
@@ -45,14 +45,16 @@ def _recv(sock, timeout_ms: int = 10_000):
     return m.decode(sock.recv())
 
 
-def _until_finished(sock, rid: str) -> list[m.TokenOut]:
+def _until_finished(sock, rid: str) -> list[m.ReqOutput]:
     outs = []
     while True:
-        out = _recv(sock)
-        assert isinstance(out, m.TokenOut) and out.rid == rid, out
-        outs.append(out)
-        if out.finished:
-            return outs
+        frame = _recv(sock)
+        assert isinstance(frame, m.BatchOut), frame
+        for out in frame.outputs:
+            assert out.rid == rid, out
+            outs.append(out)
+            if out.finish_reason is not None:
+                return outs
 
 
 def _stats(sock) -> dict:
@@ -71,7 +73,14 @@ ALL = [
     m.StatsReq(),
     m.PingReq(),
     m.ShutdownReq(),
-    m.TokenOut("r1", [7, 8], True, {"id": "r1", "finish_reason": {"type": "length"}}),
+    m.BatchOut([m.ReqOutput("r1", 0, [7, 8], {"type": "length", "matched": None}, 3, 1)]),
+    m.BatchOut(
+        [
+            m.ReqOutput("a", 2, [9], None, 3, 0, [-0.5], [9], [[[-0.5, 9]]]),
+            m.ReqOutput("b", 0, [], {"type": "abort"}, 4, 0, error=["regex", "bad", "x"]),
+        ]
+    ),
+    m.StartWorker({"model_path": None, "scheduler": {}}),
     m.ErrorOut("r1", "max_new_tokens", "must be >= 1", "invalid_request"),
     m.FlushCacheOut(True),
     m.StatsOut({"running": 0, "kv_usage": 0.5}),
@@ -93,7 +102,12 @@ def test_every_message_round_trips(msg):
         (msgpack.packb(["AbortReq"]), "AbortReq takes 1 fields, got 0"),
         (msgpack.packb(["GenerateReq", 5, [1], {}, False]), "GenerateReq.rid must be str"),
         (msgpack.packb(["GenerateReq", "r", [1], {}, 1]), "GenerateReq.stream must be bool"),
-        (msgpack.packb(["TokenOut", "r", [1], True, [1]]), "TokenOut.meta_info must be dict"),
+        (msgpack.packb(["BatchOut", {}]), "BatchOut.outputs must be list"),
+        (msgpack.packb(["BatchOut", [["r", 0, [1]]]]), "a ReqOutput takes 13 fields"),
+        (
+            msgpack.packb(["BatchOut", [["r", "0", [1], None, 1, 0, *[None] * 7]]]),
+            "ReqOutput.start has type str",
+        ),
     ],
 )
 def test_decode_rejects_malformed_frames_by_name(data, error):
@@ -113,7 +127,7 @@ def test_garbage_is_answered_with_an_error_and_the_worker_keeps_serving(sock):
     _send(sock, m.GenerateReq("ok", [5, 6, 7], {"max_new_tokens": 3, **GREEDY}, False))
     (out,) = _until_finished(sock, "ok")
     assert len(out.new_ids) == 3
-    assert out.meta_info["finish_reason"] == {"type": "length", "matched": None}
+    assert out.finish_reason == {"type": "length", "matched": None}
 
 
 @pytest.mark.parametrize(
@@ -145,29 +159,27 @@ def test_stream_sends_every_token_and_plain_sends_once(sock):
     _send(sock, m.GenerateReq("p", [9, 8, 7], {"max_new_tokens": 5, **GREEDY}, False))
     (plain,) = _until_finished(sock, "p")
     assert plain.new_ids == [t for o in streamed for t in o.new_ids]
-    assert plain.meta_info["cached_tokens"] > 0
+    assert plain.cached_tokens > 0
 
 
 def test_logprobs_are_sent_as_increments(sock):
     params = {"max_new_tokens": 4, "return_logprob": True, "logprob_start_len": 0, **GREEDY}
     _send(sock, m.GenerateReq("lp", [3, 4, 5], params, True))
     outs = _until_finished(sock, "lp")
-    assert [len(o.meta_info["output_token_logprobs"]) for o in outs] == [1] * 4
-    assert "input_token_logprobs" in outs[0].meta_info
-    assert all("input_token_logprobs" not in o.meta_info for o in outs[1:])
-    assert [t for o in outs for _, t, _ in o.meta_info["output_token_logprobs"]] == [
-        t for o in outs for t in o.new_ids
-    ]
+    assert [len(o.new_logprobs) for o in outs] == [1] * 4
+    assert outs[0].input_logprobs is not None and len(outs[0].input_logprob_ids) == 3
+    assert all(o.input_logprobs is None for o in outs[1:])
+    assert [t for o in outs for t in o.new_logprob_ids] == [t for o in outs for t in o.new_ids]
 
 
 def test_abort_running_and_queued_requests_frees_their_kv(sock):
     _send(sock, m.GenerateReq("long", [5, 6, 7], {"max_new_tokens": 400, **GREEDY}, True))
-    first = _recv(sock)
-    assert first.rid == "long" and not first.finished
+    (first,) = _recv(sock).outputs
+    assert first.rid == "long" and first.finish_reason is None
     _send(sock, m.AbortReq("long"))
     last = _until_finished(sock, "long")[-1]
-    assert last.meta_info["finish_reason"]["type"] == "abort"
-    assert last.meta_info["completion_tokens"] < 400
+    assert last.finish_reason["type"] == "abort"
+    assert last.start + len(last.new_ids) < 400
     _send(sock, m.AbortReq("no-such-request"))  # ignored
     stats = _stats(sock)
     assert (stats["running"], stats["queued"], stats["kv_used_tokens"]) == (0, 0, 0)
@@ -184,7 +196,27 @@ def test_duplicate_live_rid_is_rejected(sock):
     assert isinstance(err, m.ErrorOut) and err.field == "rid"
     _send(sock, m.AbortReq("dup"))
     (out,) = _until_finished(sock, "dup")
-    assert out.meta_info["finish_reason"]["type"] == "abort"
+    assert out.finish_reason["type"] == "abort"
+
+
+def test_one_frame_per_client_per_step_carries_every_streamed_request(sock):
+    params = {"max_new_tokens": 4, **GREEDY}
+    for i in range(3):
+        _send(sock, m.GenerateReq(f"b{i}", [20 + i, 21, 22], params, True))
+    records: dict[str, list[int]] = {f"b{i}": [] for i in range(3)}
+    sizes = []
+    finished = 0
+    while finished < 3:
+        frame = _recv(sock)
+        assert isinstance(frame, m.BatchOut)
+        assert len({o.rid for o in frame.outputs}) == len(frame.outputs)
+        sizes.append(len(frame.outputs))
+        for o in frame.outputs:
+            assert o.start == len(records[o.rid])  # each record continues where the last ended
+            records[o.rid] += o.new_ids
+            finished += o.finish_reason is not None
+    assert max(sizes) == 3  # the three decode together: one frame, three records
+    assert all(len(ids) == 4 for ids in records.values())
 
 
 def test_stats_count_tokens_forwards_and_cache_hits(sock):
@@ -237,7 +269,7 @@ def test_shutdown_request_and_sigterm_stop_the_worker(tiny_model_dir):
 
 PARENT = """
 import sys, time
-from plait.runtime.worker.zmq_worker import start_worker
+from plait.runtime.worker.process import start_worker
 w = start_worker(sys.argv[1], max_total_tokens=512)
 print(w.pid, flush=True)
 time.sleep(600)

@@ -13,7 +13,7 @@ import plait
 from plait.runtime.client.runtime_client import RuntimeClient
 from plait.runtime.errors import WorkerDiedError
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.worker.zmq_worker import start_worker
+from plait.runtime.worker.process import start_worker
 
 GREEDY = {"temperature": 0, "ignore_eos": True}
 

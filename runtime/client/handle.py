@@ -1,0 +1,106 @@
+"""The consumer's end of one request: chunks for threads (``for``) and asyncio (``async for``)."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from plait.runtime.client.output_stream import OutputChunk
+from plait.runtime.errors import InvalidRequestError
+
+
+class RequestHandle:
+    """One request in flight. Iterate it (sync or ``async for``) for its chunks, or call
+    ``result`` for the final one; a worker-side error is raised from either.
+
+    Invariant: the last chunk delivered has ``finished`` set, or iteration raises the error that
+    ended the request (``InvalidRequestError``, ``WorkerDiedError``); nothing is delivered after
+    either. ``cancel`` aborts the request (its last chunk then has finish_reason "abort").
+    """
+
+    def __init__(self, rid: str, abort: Callable[[str], None]) -> None:
+        self.rid = rid
+        self._abort = abort
+        self._cond = threading.Condition()
+        self._items: collections.deque[OutputChunk | BaseException] = collections.deque()
+        self._final: OutputChunk | None = None
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._aqueue: asyncio.Queue | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._final is not None or self._error is not None
+
+    def cancel(self) -> None:
+        """Aborts the request; its last chunk then has finish_reason "abort"."""
+        if not self.done:
+            try:
+                self._abort(self.rid)
+            except RuntimeError:
+                pass  # the client is closed or the worker is gone: nothing left to abort
+
+    def result(self, timeout: float | None = None) -> OutputChunk:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.done, timeout):
+                raise TimeoutError(f"request {self.rid} did not finish within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._final is not None
+        return self._final
+
+    def __iter__(self) -> Iterator[OutputChunk]:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._items))
+                item = self._items.popleft()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finished:
+                return
+
+    async def _aiter(self) -> AsyncIterator[OutputChunk]:
+        with self._cond:
+            self._loop = asyncio.get_running_loop()
+            self._aqueue = asyncio.Queue()
+            while self._items:
+                self._aqueue.put_nowait(self._items.popleft())
+        while True:
+            item = await self._aqueue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if item.finished:
+                return
+
+    def __aiter__(self) -> AsyncIterator[OutputChunk]:
+        return self._aiter()
+
+    def push(self, item: OutputChunk | BaseException) -> None:
+        """Delivers the next chunk or the error that ends the request (one producer thread)."""
+        with self._cond:
+            if self.done:
+                return
+            if isinstance(item, BaseException):
+                self._error = item
+            elif item.finished:
+                self._final = item
+            if self._loop is not None and self._aqueue is not None:
+                try:
+                    self._loop.call_soon_threadsafe(self._aqueue.put_nowait, item)
+                except RuntimeError:
+                    pass  # the consumer's loop is closed
+            else:
+                self._items.append(item)
+            self._cond.notify_all()
+
+
+def record_error(rid: str, field: str, message: str, kind: str) -> BaseException:
+    """The exception a failed request's handle raises, from an ``ErrorOut`` or a record's
+    ``error``: ``kind`` "invalid_request" names the field; anything else is internal."""
+    if kind == "invalid_request":
+        return InvalidRequestError(field, message)
+    return RuntimeError(f"worker error in request {rid}: {message}")

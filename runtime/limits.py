@@ -1,0 +1,39 @@
+"""What a request may ask of a model: token ids inside its vocabulary, context and KV pool."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from plait.runtime.errors import InvalidRequestError
+
+
+@dataclass(slots=True, frozen=True)
+class ModelLimits:
+    """What the worker reports about its model, for checking requests before they are sent."""
+
+    vocab_size: int
+    context_len: int
+    kv_total: int
+
+
+def check_input_ids(
+    ids: list[int], field: str, vocab_size: int, context_len: int, pool_size: int
+) -> None:
+    """Raises InvalidRequestError unless ``ids`` is a non-empty prompt of in-vocabulary ids that
+    leaves room to generate in the context and fits the KV pool."""
+    if not isinstance(ids, list) or not ids:
+        raise InvalidRequestError(field, "must not be empty")
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+            raise InvalidRequestError(
+                field, f"token id {t!r} outside the vocabulary [0, {vocab_size})"
+            )
+    if len(ids) >= context_len:
+        raise InvalidRequestError(
+            field,
+            f"{len(ids)} tokens leave no room to generate in the context length {context_len}",
+        )
+    if len(ids) + 1 > pool_size:
+        raise InvalidRequestError(
+            field, f"{len(ids)} tokens exceed the KV cache capacity of {pool_size} tokens"
+        )
