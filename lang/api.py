@@ -10,6 +10,7 @@ from plait.ir.nodes import Gen, Image, NodeList, RoleBegin, RoleEnd, Select, Vid
 from plait.ir.sampling import GenParams
 from plait.lang.choices import ChoicesSamplingMethod, token_length_normalized
 from plait.runtime.interp.backend import Backend
+from plait.runtime.interp.select import check_choices
 
 __all__ = [
     "REGEX_BOOL",
@@ -156,9 +157,7 @@ def select(
 ) -> Select:
     """Append the choice the model scores highest (``choices_method``); with ``temperature``
     above 0, sample a choice from the softmax of the mean logprobs instead."""
-    if not choices or not all(isinstance(c, str) and c for c in choices):
-        raise ValueError("select needs a non-empty list of non-empty strings as choices")
-    return Select(name, list(choices), temperature, choices_method)
+    return Select(name, check_choices(choices), temperature, choices_method)
 
 
 def _role(role: str, expr: Any = None) -> NodeList:

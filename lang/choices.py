@@ -1,16 +1,25 @@
 """How ``select`` turns per-choice token logprobs into a decision (SGLang's choice methods).
 
 A method is called with keyword arguments only: ``choices``, ``normalized_prompt_logprobs``
-(mean logprob of each choice's tokens), ``input_token_logprobs`` (per choice, the
-``(logprob, token_id, text)`` triples of the choice's tokens given the prompt),
-``output_token_logprobs`` and, when ``requires_unconditional_logprobs`` is true,
-``unconditional_token_logprobs`` (the choice's tokens scored alone; the first is ``None``).
+(``mean_logprob`` of each choice's tokens), ``input_token_logprobs`` (per choice, the
+``(logprob, token_id, text)`` triples of the choice's tokens given the prompt, every logprob a
+float; a row may be empty), ``output_token_logprobs`` and, when
+``requires_unconditional_logprobs`` is true, ``unconditional_token_logprobs`` (the choice's text
+scored alone; the first logprob is ``None``). ``runtime.interp.select.select_choice`` computes
+them the same way on every backend.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+
+def mean_logprob(values: Sequence[float]) -> float:
+    """The mean of ``values``; ``-inf`` for none (a choice with no scored token ranks last)."""
+    return sum(values) / len(values) if values else -math.inf
 
 
 @dataclass(slots=True)
@@ -54,8 +63,7 @@ class GreedyTokenSelection(ChoicesSamplingMethod):
         matrix = []
         for row in input_token_logprobs:
             values = [t[0] for t in row]
-            mean = sum(values) / len(values)
-            matrix.append(values + [mean] * (width - len(values)))
+            matrix.append(values + [mean_logprob(values)] * (width - len(values)))
         remaining = list(range(len(choices)))
         for j in range(width):
             top = max(matrix[i][j] for i in remaining)
@@ -69,8 +77,9 @@ class GreedyTokenSelection(ChoicesSamplingMethod):
 
 class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
     """The choice whose tokens gain the most mean logprob from the prompt: mean over its
-    tokens of (logprob given the prompt - logprob without it); a token with no unconditional
-    logprob (the first) counts its conditional logprob alone."""
+    tokens of (logprob given the prompt - logprob without it), the two lists aligned at their
+    ends; a token with no unconditional logprob (the first, or one missing) counts its
+    conditional logprob alone."""
 
     @property
     def requires_unconditional_logprobs(self) -> bool:
@@ -89,9 +98,11 @@ class UnconditionalLikelihoodNormalized(ChoicesSamplingMethod):
             raise ValueError("unconditional_likelihood_normalized needs unconditional logprobs")
         scores = []
         for cond, uncond in zip(input_token_logprobs, unconditional_token_logprobs):
-            u = [t[0] or 0.0 for t in uncond][-len(cond) :]
-            u = [0.0] * (len(cond) - len(u)) + u
-            scores.append(sum(c[0] - x for c, x in zip(cond, u)) / len(cond))
+            # aligned at the end: alone, the choice may split into other tokens than after the
+            # prompt (a healed first token, a lost leading space)
+            u = [0.0] * len(cond) + [t[0] or 0.0 for t in uncond]
+            u = u[len(u) - len(cond) :]
+            scores.append(mean_logprob([c[0] - x for c, x in zip(cond, u)]))
         best = max(range(len(choices)), key=lambda i: scores[i])
         meta = _meta(normalized_prompt_logprobs, kwargs, input_token_logprobs)
         meta["unconditional_token_logprobs"] = unconditional_token_logprobs

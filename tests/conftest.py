@@ -88,3 +88,44 @@ def tiny_model_dir(tmp_path_factory):
         return cache[kind]
 
     return get
+
+
+# words the tiny tokenizer keeps whole (with their leading space), so that "Answer: " + "yes"
+# re-tokenizes the space into " yes" as a real BPE vocabulary does
+TINY_WORDS = [" yes", " no", " maybe", "Answer", " Paris", " London", " is", " the", " degrees"]
+
+
+def save_tiny_tokenizer(out_dir: Path, vocab_size: int = 320) -> None:
+    """Saves a byte-level BPE tokenizer of exactly ``vocab_size`` tokens (``<unk>``, ``<s>``,
+    ``</s>``, the 256 bytes, then merges spelling ``TINY_WORDS`` and three-letter fillers)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>"])}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    fillers = (" " + a + b + c for a in "abcdefghij" for b in "klmnopqrst" for c in "uvwxyz")
+    words = iter([*TINY_WORDS, *fillers])
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size:
+        (word, _), *_ = byte_level.pre_tokenize_str(next(words))
+        for k in range(2, len(word) + 1):
+            if word[:k] not in vocab and len(vocab) < vocab_size:
+                merges.append((word[: k - 1], word[k - 1]))
+                vocab[word[:k]] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = byte_level
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="<unk>", bos_token="<s>", eos_token="</s>"
+    )
+    tokenizer.save_pretrained(out_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory) -> Path:
+    """A tiny random ``llama`` with a tokenizer: enough to run text programs, fast."""
+    out_dir = make_tiny_model("llama", tmp_path_factory.mktemp("tiny-lm"))
+    save_tiny_tokenizer(out_dir)
+    return out_dir

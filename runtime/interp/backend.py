@@ -70,7 +70,9 @@ class Backend(ABC):
     def select(
         self, prompt: str, choices: list[str], temperature: float, choices_method: Any
     ) -> ChoiceResult:
-        """Scores every ``prompt + choice`` in one batched request sharing the prefix."""
+        """Scores every ``prompt + choice`` in one batched request sharing the prefix; a backend
+        over a model server implements ``runtime.interp.select.LogprobSource`` and returns
+        ``select_choice(...)``, so every backend scores and decides alike."""
 
     @abstractmethod
     def role_markers(self, role: str) -> RoleMarkers:

@@ -12,7 +12,9 @@ from plait.ir.sampling import GenParams
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.interp.backend import Backend, ChoiceResult, GenResult, RoleMarkers
 from plait.runtime.interp.chat_template import ChatTemplate
-from plait.runtime.interp.select import decide, drop_unhealed_token, mean_logprob
+from plait.runtime.interp.select import select_choice
+
+_GREEDY_ONE = {"max_new_tokens": 1, "temperature": 0.0}
 
 
 class RuntimeEndpoint(Backend):
@@ -23,6 +25,7 @@ class RuntimeEndpoint(Backend):
     reads the model's info, so an unreachable server fails here. HTTP errors become
     ``InvalidRequestError`` (400, naming the server's field), ``WorkerDiedError`` (503),
     ``PermissionError`` (401) or ``RuntimeError``; a transport failure is a ``ConnectionError``.
+    ``select`` is ``runtime.interp.select.select_choice`` over batched ``/generate`` requests.
     """
 
     def __init__(
@@ -82,49 +85,7 @@ class RuntimeEndpoint(Backend):
     def select(
         self, prompt: str, choices: list[str], temperature: float, choices_method: Any
     ) -> ChoiceResult:
-        if not choices:
-            raise InvalidRequestError("choices", "must not be empty")
-        greedy = {"max_new_tokens": 1, "temperature": 0}
-        # Caching the prompt first makes every choice's request hit it, and tells its length.
-        prompt_len = 0
-        if prompt:
-            prompt_len = self._generate({"text": prompt, "sampling_params": greedy})["meta_info"][
-                "prompt_tokens"
-            ]
-        # One token before the choice is scored too (token healing); dropped if it did not merge.
-        start = max(prompt_len - 1, 0)
-        outs = self._generate(
-            {
-                "text": [prompt + c for c in choices],
-                "sampling_params": greedy,
-                "return_logprob": True,
-                "logprob_start_len": start,
-            }
-        )
-        input_lps = [
-            drop_unhealed_token(prompt, o["meta_info"]["input_token_logprobs"]) for o in outs
-        ]
-        output_lps = [o["meta_info"]["output_token_logprobs"] for o in outs]
-        unconditional = None
-        if getattr(choices_method, "requires_unconditional_logprobs", False):
-            alone = self._generate(
-                {
-                    "text": list(choices),
-                    "sampling_params": greedy,
-                    "return_logprob": True,
-                    "logprob_start_len": 0,
-                }
-            )
-            unconditional = [o["meta_info"]["input_token_logprobs"] for o in alone]
-        return decide(
-            choices,
-            [mean_logprob(lps) for lps in input_lps],
-            input_lps,
-            output_lps,
-            unconditional,
-            choices_method,
-            temperature or 0.0,
-        )
+        return select_choice(prompt, choices, temperature, choices_method, self)
 
     def role_markers(self, role: str) -> RoleMarkers:
         if self.chat_template is None:
@@ -137,7 +98,7 @@ class RuntimeEndpoint(Backend):
 
     def cache_prefix(self, prefix: str) -> None:
         if prefix:
-            self._generate({"text": prefix, "sampling_params": {"max_new_tokens": 1}})
+            self.prompt_len(prefix)
 
     def flush_cache(self) -> None:
         r = self._call("POST", "/flush_cache", check=False)
@@ -146,6 +107,21 @@ class RuntimeEndpoint(Backend):
 
     def shutdown(self) -> None:
         self.client.close()
+
+    # ---- select's transport (runtime.interp.select.LogprobSource) ---------------------------
+
+    def prompt_len(self, prompt: str) -> int:
+        out = self._generate({"text": prompt, "sampling_params": _GREEDY_ONE})
+        return out["meta_info"]["prompt_tokens"]
+
+    def prompt_logprobs(self, texts: list[str], logprob_start_len: int) -> list[dict[str, Any]]:
+        body = {
+            "text": texts,
+            "sampling_params": _GREEDY_ONE,
+            "return_logprob": True,
+            "logprob_start_len": logprob_start_len,
+        }
+        return [o["meta_info"] for o in self._generate(body)]
 
     # ---- SGLang's extras ----------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from plait.ir.sampling import GenParams
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.interp.backend import Backend, ChoiceResult, GenResult, RoleMarkers
 from plait.runtime.interp.chat_template import CHATML, ChatTemplate
-from plait.runtime.interp.select import decide, mean_logprob
+from plait.runtime.interp.select import select_choice
 
 # SGLang's list: the OpenAI models that serve /v1/completions; every other name is a chat model.
 COMPLETION_MODEL_NAMES = ("gpt-3.5-turbo-instruct", "davinci-002", "babbage-002")
@@ -43,8 +43,10 @@ class OpenAI(Backend):
     A chat model sees the program as messages: the text is split back into messages at this
     backend's role markers (``chat_template``, ChatML unless given), so ``gen`` must come right
     after an ``assistant`` role begins, and ``select`` is refused (a chat API returns no prompt
-    logprobs). A completion model sees the text; ``select`` scores every ``prompt + choice``
-    in one request with ``echo`` and ``logprobs``, which the server must support.
+    logprobs). A completion model sees the text; ``select`` is
+    ``runtime.interp.select.select_choice`` over completions with ``echo`` and ``logprobs``
+    (which the server must support) and one generated token; with no token ids in that API,
+    token healing compares token texts.
     """
 
     def __init__(
@@ -119,35 +121,7 @@ class OpenAI(Backend):
                 "logprobs to score choices with; use a completion model "
                 "(OpenAI(..., is_chat_model=False)) on a server that supports echo",
             )
-        if not choices:
-            raise InvalidRequestError("choices", "must not be empty")
-        with _translated_errors():
-            r = self.client.completions.create(
-                model=self.model_name,
-                prompt=[prompt + c for c in choices],
-                echo=True,
-                logprobs=0,
-                max_tokens=1,
-                temperature=0,
-            )
-        rows = sorted(r.choices, key=lambda c: c.index)
-        if len(rows) != len(choices) or any(row.logprobs is None for row in rows):
-            raise RuntimeError(f"{self.model_name}: the server did not echo the prompt logprobs")
-        input_lps = [
-            _choice_logprobs(row.logprobs, len(prompt), len(prompt) + len(c))
-            for row, c in zip(rows, choices)
-        ]
-        if any(not lps for lps in input_lps):
-            raise RuntimeError(f"{self.model_name}: the echoed tokens do not cover the choices")
-        return decide(
-            choices,
-            [mean_logprob(lps) for lps in input_lps],
-            input_lps,
-            [[] for _ in choices],
-            None,
-            choices_method,
-            temperature or 0.0,
-        )
+        return select_choice(prompt, choices, temperature, choices_method, self)
 
     def role_markers(self, role: str) -> RoleMarkers:
         if role not in self.chat_template.markers:
@@ -165,6 +139,34 @@ class OpenAI(Backend):
 
     def get_model_name(self) -> str:
         return self.model_name
+
+    # ---- select's transport (runtime.interp.select.LogprobSource); a completion model only --
+
+    def prompt_len(self, prompt: str) -> int:
+        with _translated_errors():
+            r = self.client.completions.create(
+                model=self.model_name, prompt=prompt, max_tokens=1, temperature=0
+            )
+        if r.usage is None:
+            raise RuntimeError(f"{self.model_name}: the server reports no prompt_tokens")
+        return r.usage.prompt_tokens
+
+    def prompt_logprobs(self, texts: list[str], logprob_start_len: int) -> list[dict[str, Any]]:
+        with _translated_errors():
+            r = self.client.completions.create(
+                model=self.model_name,
+                prompt=texts,
+                echo=True,
+                logprobs=0,
+                max_tokens=1,
+                temperature=0,
+            )
+        rows = sorted(r.choices, key=lambda c: c.index)
+        if len(rows) != len(texts) or any(row.logprobs is None for row in rows):
+            raise RuntimeError(f"{self.model_name}: the server did not echo the prompt logprobs")
+        if r.usage is not None and r.usage.completion_tokens != len(rows):
+            raise RuntimeError(f"{self.model_name}: expected one generated token per prompt")
+        return [_echoed_meta(row.logprobs, logprob_start_len) for row in rows]
 
     # ---- requests -----------------------------------------------------------------------
 
@@ -256,14 +258,15 @@ def parse_messages(text: str, template: ChatTemplate) -> list[dict[str, str | No
         pos = end + len(suffix)
 
 
-def _choice_logprobs(lp: Any, begin: int, end: int) -> list[tuple[float | None, None, str]]:
-    """The echoed tokens overlapping characters ``[begin, end)`` (the choice; a token that
-    straddles ``begin`` merged prompt and choice text)."""
-    out = []
-    for token, value, offset in zip(lp.tokens, lp.token_logprobs, lp.text_offset):
-        if offset < end and offset + len(token) > begin and value is not None:
-            out.append((value, None, token))
-    return out
+def _echoed_meta(lp: Any, logprob_start_len: int) -> dict[str, Any]:
+    """SGLang's logprob fields from an echoed completion of one generated token: the echo is
+    the prompt's tokens, then that token. The API gives no token ids."""
+    triples = [(v, None, t) for v, t in zip(lp.token_logprobs, lp.tokens)]
+    prompt_len = len(triples) - 1
+    return {
+        "input_token_logprobs": triples[logprob_start_len:prompt_len],
+        "output_token_logprobs": triples[prompt_len:],
+    }
 
 
 @contextmanager

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from plait.runtime.client.runtime import Runtime
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.interp.backend import Backend, ChoiceResult, GenResult, RoleMarkers
 from plait.runtime.interp.chat_template import ChatTemplate, chat_template_of
-from plait.runtime.interp.select import decide
+from plait.runtime.interp.select import select_choice
 
 _GREEDY_ONE = {"max_new_tokens": 1, "temperature": 0.0}
 
@@ -21,10 +19,9 @@ _GREEDY_ONE = {"max_new_tokens": 1, "temperature": 0.0}
 class RuntimeBackend(Backend):
     """Wraps a ``Runtime`` (given, or started from ``model_path`` and ``options``).
 
-    ``select`` tokenizes here, so each choice's logprobs start exactly where its tokens diverge
-    from the prompt's: when the prompt's last token merges with the choice's first characters,
-    the re-tokenized piece is scored as part of the choice. ``shutdown`` stops the Runtime only
-    if this backend started it.
+    ``select`` is ``runtime.interp.select.select_choice`` over batched Runtime requests, so it
+    scores and decides exactly as ``RuntimeEndpoint`` does over HTTP. ``shutdown`` stops the
+    Runtime only if this backend started it.
     """
 
     def __init__(self, runtime: Runtime | str | Path | None = None, **options: Any) -> None:
@@ -50,34 +47,18 @@ class RuntimeBackend(Backend):
     def select(
         self, prompt: str, choices: list[str], temperature: float, choices_method: Any
     ) -> ChoiceResult:
-        if not choices or not all(isinstance(c, str) and c for c in choices):
-            raise InvalidRequestError("choices", "must be a non-empty list of non-empty strings")
-        rt = self.runtime
-        prompt_ids = rt.encode(prompt) if prompt else []
-        if prompt_ids:
-            self.cache_prefix(prompt)  # every choice below then extends the cached prompt
-        params, texts = [], []
-        for c in choices:
-            ids = rt.encode(prompt + c)
-            start = _common_prefix_len(prompt_ids, ids)
-            params.append(
-                {**_GREEDY_ONE, "return_logprob": True, "logprob_start_len": max(start, 1)}
-            )
-            texts.append(prompt + c)
-        outs = rt.generate(texts, params)
-        input_lps = [o["meta_info"]["input_token_logprobs"] for o in outs]
-        output_lps = [o["meta_info"]["output_token_logprobs"] for o in outs]
-        unconditional = None
-        if getattr(choices_method, "requires_unconditional_logprobs", False):
-            alone = rt.generate(
-                list(choices), _GREEDY_ONE, return_logprob=True, logprob_start_len=0
-            )
-            unconditional = [o["meta_info"]["input_token_logprobs"][1:] for o in alone]
-        means = [sum(t[0] for t in lps) / len(lps) for lps in input_lps]
-        result = decide(choices, means, input_lps, output_lps, unconditional, choices_method)
-        if temperature and temperature > 1e-6:
-            result.decision = _sample(choices, means, temperature)
-        return result
+        return select_choice(prompt, choices, temperature, choices_method, self)
+
+    # ---- select's transport (runtime.interp.select.LogprobSource) -------------------------
+
+    def prompt_len(self, prompt: str) -> int:
+        return self.runtime.generate(prompt, _GREEDY_ONE)["meta_info"]["prompt_tokens"]
+
+    def prompt_logprobs(self, texts: list[str], logprob_start_len: int) -> list[dict[str, Any]]:
+        outs = self.runtime.generate(
+            texts, _GREEDY_ONE, return_logprob=True, logprob_start_len=logprob_start_len
+        )
+        return [o["meta_info"] for o in outs]
 
     # ---- chat template, cache, lifetime ---------------------------------------------------
 
@@ -92,7 +73,7 @@ class RuntimeBackend(Backend):
 
     def cache_prefix(self, prefix: str) -> None:
         if prefix:
-            self.runtime.generate(prefix, _GREEDY_ONE)
+            self.prompt_len(prefix)
 
     def flush_cache(self) -> None:
         self.runtime.flush_cache()
@@ -103,17 +84,3 @@ class RuntimeBackend(Backend):
 
     def get_model_name(self) -> str:
         return str(self.runtime.model_path)
-
-
-def _common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
-
-
-def _sample(choices: list[str], scores: list[float], temperature: float) -> str:
-    top = max(scores)
-    weights = [math.exp((s - top) / temperature) for s in scores]
-    return random.choices(choices, weights=weights)[0]

@@ -57,3 +57,10 @@ def plait_server(tmp_path_factory) -> Iterator[str]:
     """Base URL of a server on the default model."""
     log = tmp_path_factory.mktemp("plait_server") / "server.log"
     yield from start_server(log, "--max-total-tokens", "16384")
+
+
+@pytest.fixture(scope="session")
+def tiny_server(tmp_path_factory, tiny_lm_dir) -> Iterator[str]:
+    """Base URL of a server on the tiny random model with a tokenizer (tests/conftest.py)."""
+    log = tmp_path_factory.mktemp("tiny_server") / "server.log"
+    yield from start_server(log, "--model", str(tiny_lm_dir), "--max-total-tokens", "4096")
