@@ -81,6 +81,9 @@ class Req:
     sampling_seed: int = field(init=False)
     # bumped by ``set_output``: the outputs were rewritten, not appended to
     output_epoch: int = field(default=0, init=False)
+    # the radix tree's version and the key length at the last ``CacheManager.match``
+    match_version: int = field(default=-1, init=False)
+    match_len: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
         self.fill_ids = self.input_ids + self.output_ids
@@ -123,3 +126,4 @@ class Req:
         del self.fill_ids[len(self.input_ids) :]
         self.fill_ids.extend(output_ids)
         self.output_epoch += 1
+        self.match_version = -1
