@@ -77,7 +77,8 @@ class Req:
     # per-step path (matching, extend, caching) slices it instead of concatenating.
     fill_ids: list[int] = field(init=False, repr=False)
     # the sampling seed: ``sampling_params.seed``, or drawn once here from torch's global
-    # generator, so a row's noise depends on (seed, step) alone for the request's whole life
+    # generator, so a row's noise depends on (seed, step) alone for the request's whole life;
+    # 0 for a greedy request, which never draws
     sampling_seed: int = field(init=False)
     # bumped by ``set_output``: the outputs were rewritten, not appended to
     output_epoch: int = field(default=0, init=False)
@@ -88,7 +89,10 @@ class Req:
     def __post_init__(self) -> None:
         self.fill_ids = self.input_ids + self.output_ids
         p = self.sampling_params
-        self.sampling_seed = p.seed if p.seed is not None else draw_seed()
+        if p.seed is not None:
+            self.sampling_seed = p.seed
+        else:
+            self.sampling_seed = 0 if p.is_greedy else draw_seed()
         if p.return_logprob:
             self.output_logprobs = Logprobs()
             if p.logprob_start_len >= 0:
