@@ -43,12 +43,20 @@ class CacheManager:
 
     def match(self, req: Req) -> None:
         """Sets ``req.prefix_indices`` / ``req.last_node`` to the longest reusable cached prefix
-        (unlocked: the caller locks it on admission)."""
+        (unlocked: the caller locks it on admission). When neither the tree (its ``version``)
+        nor the request's key changed since its last match, that result is exact and is kept:
+        only its path's access time is refreshed, as a rematch would."""
         if self.disabled:
             req.prefix_indices, req.last_node = self.kv_pool.alloc(0), self.tree.root
             return
-        res = self.tree.match_prefix(req.fill_ids[: req.max_prefix_len])
+        tree, end = self.tree, req.max_prefix_len
+        if req.match_version == tree.version and req.match_len == end:
+            assert req.last_node is not None
+            tree.touch(req.last_node)
+            return
+        res = tree.match_prefix(req.fill_ids, end)
         req.prefix_indices, req.last_node = res.indices, res.last_node
+        req.match_version, req.match_len = tree.version, end
 
     def lock(self, req: Req) -> int:
         """Locks the request's matched prefix; returns the change in evictable tokens."""
@@ -81,11 +89,10 @@ class CacheManager:
         if self.disabled:
             return
         row, n = req.req_pool_idx, req.kv_len
-        ids = req.fill_ids[:n]
         slots = self.req_to_token[row, :n].clone()
-        cached = self.tree.insert(ids, slots)
+        cached = self.tree.insert(req.fill_ids, slots, n)
         self._free_duplicates(slots, len(req.prefix_indices), cached)
-        res = self.tree.match_prefix(ids)
+        res = self.tree.match_prefix(req.fill_ids, n)
         assert len(res.indices) == n, "the tree must hold what was just inserted"
         self.req_to_token[row, :n] = res.indices
         self.tree.dec_lock_ref(req.last_node)
@@ -101,12 +108,12 @@ class CacheManager:
         if self.disabled:
             self.kv_pool.free(slots)
         else:
-            cached = self.tree.insert(req.fill_ids[:n], slots)
+            cached = self.tree.insert(req.fill_ids, slots, n)
             self._free_duplicates(slots, len(req.prefix_indices), cached)
             self.tree.dec_lock_ref(req.last_node)
         self.req_to_token_pool.free(row)
         req.req_pool_idx, req.last_node, req.kv_len = None, None, 0
-        req.prefix_indices = slots[:0]
+        req.prefix_indices, req.match_version = slots[:0], -1
 
     def _free_duplicates(self, slots: torch.Tensor, owned_from: int, cached: int) -> None:
         # positions [owned_from, cached) were computed by this request but the tree already

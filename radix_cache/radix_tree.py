@@ -48,9 +48,9 @@ class MatchResult:
     last_node: TreeNode  # deepest matched node; the root when nothing matched
 
 
-def _key_match(node_key: list[int], key: list[int], start: int) -> int:
-    """Length of the common prefix of ``node_key`` and ``key[start:]``."""
-    n = min(len(node_key), len(key) - start)
+def _key_match(node_key: list[int], key: list[int], start: int, end: int) -> int:
+    """Length of the common prefix of ``node_key`` and ``key[start:end]``."""
+    n = min(len(node_key), end - start)
     i = 0
     while i < n:
         j = min(i + _MATCH_CHUNK, n)
@@ -74,6 +74,10 @@ class RadixCache:
       ``evictable_size`` otherwise. When nothing runs,
       ``kv_pool.available_size() + evictable_size() == kv_pool.size``.
     - ``children`` is keyed by the first token of the child's key; siblings never share it.
+    - ``version`` changes whenever the set of cached prefixes does (an ``insert`` that adds
+      tokens, an ``evict`` that frees some, ``reset``). While it is unchanged an earlier
+      ``match_prefix`` result stays exact: same slots, and its ``last_node`` still ends at the
+      match (a split puts a new node above it, never below).
 
     With ``disable=True`` nothing is ever stored: matches are empty and ``insert`` keeps
     nothing (the caller frees all its slots itself).
@@ -83,6 +87,7 @@ class RadixCache:
         self.kv_pool = kv_pool
         self.disable = disable
         self._empty = torch.empty(0, dtype=torch.int64, device=kv_pool.device)
+        self.version = 0
         self._init_root()
 
     def reset(self) -> None:
@@ -91,6 +96,7 @@ class RadixCache:
         values = [node.value for node in self._nodes() if node is not self.root]
         if values:
             self.kv_pool.free(torch.cat(values))
+        self.version += 1
         self._init_root()
 
     def _init_root(self) -> None:
@@ -99,20 +105,22 @@ class RadixCache:
         self._evictable = 0
         self._protected = 0
 
-    def match_prefix(self, key: Sequence[int]) -> MatchResult:
-        """The longest cached prefix of ``key``. A match ending inside a node splits it, so
-        ``last_node`` covers exactly the match. The result is not locked: lock ``last_node``
-        before the slots can be evicted (before the next ``evict``)."""
+    def match_prefix(self, key: Sequence[int], end: int | None = None) -> MatchResult:
+        """The longest cached prefix of ``key[:end]`` (``end`` spares the caller a slice). A
+        match ending inside a node splits it, so ``last_node`` covers exactly the match. The
+        result is not locked: lock ``last_node`` before the slots can be evicted (before the
+        next ``evict``)."""
         if self.disable:
             return MatchResult(self._empty, self.root)
         key = key if isinstance(key, list) else list(key)
-        node, pos, values = self._walk(key)
+        node, pos, values = self._walk(key, len(key) if end is None else min(end, len(key)))
         indices = torch.cat(values) if values else self._empty
         return MatchResult(indices, node)
 
-    def insert(self, key: Sequence[int], value: torch.Tensor) -> int:
-        """Caches ``value[t]`` as the KV slot of ``key[t]``; returns how many leading tokens of
-        ``key`` were already cached before the call.
+    def insert(self, key: Sequence[int], value: torch.Tensor, end: int | None = None) -> int:
+        """Caches ``value[t]`` as the KV slot of ``key[t]`` for the tokens of ``key[:end]``
+        (``end`` spares the caller a slice); returns how many leading tokens of them were
+        already cached before the call.
 
         The tree keeps (a copy of) ``value[returned:]`` and from then on owns those slots. For
         the already cached positions the tree keeps its own slots; the caller's slots there
@@ -121,32 +129,34 @@ class RadixCache:
         allocated the rest, those are exactly ``value[prefix_len:returned]``. The cache never
         frees any of the caller's ``value``.
         """
-        if len(value) != len(key):
-            raise ValueError(f"insert: value has {len(value)} slots for {len(key)} tokens")
+        end = len(key) if end is None else min(end, len(key))
+        if len(value) != end:
+            raise ValueError(f"insert: value has {len(value)} slots for {end} tokens")
         if self.disable:
             return 0
         key = key if isinstance(key, list) else list(key)
-        node, pos, _ = self._walk(key)
-        if pos < len(key):
-            leaf = TreeNode(key[pos:], value[pos:].clone(), node, node.last_access_time)
+        node, pos, _ = self._walk(key, end)
+        if pos < end:
+            leaf = TreeNode(key[pos:end], value[pos:].clone(), node, node.last_access_time)
             node.children[key[pos]] = leaf
             self._evictable += len(leaf.key)
+            self.version += 1
         return pos
 
-    def _walk(self, key: list[int]) -> tuple[TreeNode, int, list[torch.Tensor]]:
-        # deepest node matching a prefix of key (split to end exactly there), the matched
+    def _walk(self, key: list[int], end: int) -> tuple[TreeNode, int, list[torch.Tensor]]:
+        # deepest node matching a prefix of key[:end] (split to end exactly there), the matched
         # length and the matched nodes' values; refreshes access times on the path
         now = next(_access_clock)
         node = self.root
         node.last_access_time = now
         pos = 0
         values: list[torch.Tensor] = []
-        while pos < len(key):
+        while pos < end:
             child = node.children.get(key[pos])
             if child is None:
                 break
             child.last_access_time = now
-            m = _key_match(child.key, key, pos)
+            m = _key_match(child.key, key, pos, end)
             split = m < len(child.key)
             if split:
                 child = self._split_node(child, m)
@@ -170,6 +180,13 @@ class RadixCache:
         child.key = child.key[k:]
         child.value = child.value[k:]
         return new
+
+    def touch(self, node: TreeNode) -> None:
+        """Refreshes the access time of ``node``'s path, as matching up to it again would."""
+        now = next(_access_clock)
+        while node is not None:
+            node.last_access_time = now
+            node = node.parent
 
     def inc_lock_ref(self, node: TreeNode) -> int:
         """Locks ``node`` and its ancestors; returns the change in evictable size (<= 0)."""
@@ -222,6 +239,7 @@ class RadixCache:
         self._evictable -= evicted
         if freed:
             self.kv_pool.free(torch.cat(freed))
+            self.version += 1
         return evicted
 
     def evictable_size(self) -> int:

@@ -10,6 +10,7 @@ import torch
 
 from plait.radix_cache.radix_tree import TreeNode
 from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.worker.sampling_info import draw_seed
 
 
 @dataclass(slots=True)
@@ -40,11 +41,13 @@ class Logprobs:
 class Req:
     """A request's tokens, its KV bookkeeping and its results.
 
+    Tokens invariant: ``fill_ids == input_ids + output_ids``; outputs change only through
+    ``append_output`` and ``set_output``, which keep it.
+
     KV invariant while the request holds a pool row: ``req_to_token[req_pool_idx, :kv_len]`` are
-    the slots of the first ``kv_len`` tokens of ``input_ids + output_ids``. The first
-    ``len(prefix_indices)`` of them belong to the radix tree and are protected by the lock on
-    ``last_node``; the rest are owned by the request and freed or handed to the tree when it
-    finishes or is retracted.
+    the slots of ``fill_ids[:kv_len]``. The first ``len(prefix_indices)`` of them belong to the
+    radix tree and are protected by the lock on ``last_node``; the rest are owned by the request
+    and freed or handed to the tree when it finishes or is retracted.
     """
 
     rid: str
@@ -74,22 +77,34 @@ class Req:
     sent_ids: int = 0
     sent_logprobs: int = 0
     sent_input_logprobs: bool = False
+    # ``input_ids + output_ids``, kept in step by ``append_output`` / ``set_output``, so the
+    # per-step path (matching, extend, caching) slices it instead of concatenating.
+    fill_ids: list[int] = field(init=False, repr=False)
+    # the sampling seed: ``sampling_params.seed``, or drawn once here from torch's global
+    # generator, so a row's noise depends on (seed, step) alone for the request's whole life;
+    # 0 for a greedy request, which never draws
+    sampling_seed: int = field(init=False)
+    # bumped by ``set_output``: the outputs were rewritten, not appended to
+    output_epoch: int = field(default=0, init=False)
+    # the radix tree's version and the key length at the last ``CacheManager.match``
+    match_version: int = field(default=-1, init=False)
+    match_len: int = field(default=-1, init=False)
 
     def __post_init__(self) -> None:
+        self.fill_ids = self.input_ids + self.output_ids
         p = self.sampling_params
+        if p.seed is not None:
+            self.sampling_seed = p.seed
+        else:
+            self.sampling_seed = 0 if p.is_greedy else draw_seed()
         if p.return_logprob:
             self.output_logprobs = Logprobs()
             if p.logprob_start_len >= 0:
                 self.input_logprobs = Logprobs()
 
     @property
-    def fill_ids(self) -> list[int]:
-        """Every token whose KV the request needs before it can sample the next one."""
-        return self.input_ids + self.output_ids
-
-    @property
     def seq_len(self) -> int:
-        return len(self.input_ids) + len(self.output_ids)
+        return len(self.fill_ids)
 
     @property
     def finished(self) -> bool:
@@ -107,3 +122,16 @@ class Req:
 
     def remaining_new_tokens(self) -> int:
         return self.sampling_params.max_new_tokens - len(self.output_ids)
+
+    def append_output(self, token_id: int) -> None:
+        self.output_ids.append(token_id)
+        self.fill_ids.append(token_id)
+
+    def set_output(self, output_ids: list[int]) -> None:
+        """Replaces the outputs (jump-forward rewrites them); the one way besides
+        ``append_output`` to change them."""
+        self.output_ids = output_ids
+        del self.fill_ids[len(self.input_ids) :]
+        self.fill_ids.extend(output_ids)
+        self.output_epoch += 1
+        self.match_version = -1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 
 from plait.radix_cache.cache_manager import CacheManager
 from plait.radix_cache.radix_tree import TreeNode
@@ -17,8 +18,15 @@ _IN_BATCH_PREFIX = 32
 
 
 class SchedulePolicy:
-    """Orders the waiting queue. Invariant: returns a permutation of the queue; every request
-    it returns has ``prefix_indices`` / ``last_node`` set by a fresh match."""
+    """Orders the waiting queue.
+
+    Invariant: ``order`` yields each waiting request at most once, and every request it yields
+    has ``prefix_indices`` / ``last_node`` equal to a match against the tree as it is when the
+    request is yielded (kept from an earlier match only while the tree's ``version`` and the
+    request's key are unchanged, which makes it the same result). lpm over a short queue and
+    dfs-weight match the whole queue to order it; fcfs, and lpm past ``_LPM_MAX_QUEUE``, keep
+    the queue order and match a request only when the caller reaches it.
+    """
 
     def __init__(self, policy: str, kv: CacheManager) -> None:
         if policy not in POLICIES:
@@ -26,33 +34,41 @@ class SchedulePolicy:
         self.kv = kv
         self.policy = "fcfs" if kv.disabled and policy != "fcfs" else policy
 
-    def order(self, waiting: list[Req]) -> tuple[list[Req], set[int]]:
-        """Returns the queue in priority order and the ids of requests deferred this round."""
+    def order(self, waiting: list[Req]) -> tuple[Iterable[Req], set[int]]:
+        """The queue in priority order and the ids of requests deferred this round (in-batch
+        prefix duplicates, which the order also yields). When the order is lazy (see the class
+        docstring) ``deferred`` holds the ids of the requests yielded so far."""
+        deferred: set[int] = set()
+        if self.policy == "fcfs" or (self.policy == "lpm" and len(waiting) > _LPM_MAX_QUEUE):
+            return self._matched_in_order(waiting, deferred), deferred
         for req in waiting:
             self.kv.match(req)
-        deferred = self._in_batch_duplicates(waiting)
-        if self.policy == "lpm" and len(waiting) <= _LPM_MAX_QUEUE:
-            ordered = sorted(waiting, key=lambda r: -len(r.prefix_indices))
-        elif self.policy == "dfs-weight":
-            ordered = _dfs_weight(waiting, self.kv.tree.root)
-        else:
-            ordered = list(waiting)
-        return ordered, deferred
-
-    def _in_batch_duplicates(self, waiting: list[Req]) -> set[int]:
-        if self.kv.disabled:
-            return set()
         seen: set[tuple[int, ...]] = set()
-        deferred: set[int] = set()
+        deferred.update(id(req) for req in waiting if self._is_duplicate(req, seen))
+        if self.policy == "lpm":
+            return sorted(waiting, key=lambda r: -len(r.prefix_indices)), deferred
+        return _dfs_weight(waiting, self.kv.tree.root), deferred
+
+    def _matched_in_order(self, waiting: list[Req], deferred: set[int]) -> Iterator[Req]:
+        seen: set[tuple[int, ...]] = set()
         for req in waiting:
-            if len(req.prefix_indices) >= _IN_BATCH_PREFIX or req.max_prefix_len < _IN_BATCH_PREFIX:
-                continue
-            head = tuple(req.fill_ids[:_IN_BATCH_PREFIX])
-            if head in seen:
+            self.kv.match(req)
+            if self._is_duplicate(req, seen):
                 deferred.add(id(req))
-            else:
-                seen.add(head)
-        return deferred
+            yield req
+
+    def _is_duplicate(self, req: Req, seen: set[tuple[int, ...]]) -> bool:
+        """Whether a request earlier in the queue shares ``req``'s first tokens, none of which
+        are cached yet; records ``req``'s head in ``seen`` otherwise."""
+        if self.kv.disabled:
+            return False
+        if len(req.prefix_indices) >= _IN_BATCH_PREFIX or req.max_prefix_len < _IN_BATCH_PREFIX:
+            return False
+        head = tuple(req.fill_ids[:_IN_BATCH_PREFIX])
+        if head in seen:
+            return True
+        seen.add(head)
+        return False
 
 
 def _dfs_weight(waiting: list[Req], root: TreeNode) -> list[Req]:

@@ -15,7 +15,8 @@ from plait.runtime.model.model_runner import ModelRunner
 from plait.runtime.worker.output import SchedulerStats, take_output
 from plait.runtime.worker.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
 from plait.runtime.worker.request import FinishReason, Req
-from plait.runtime.worker.sampler import Sampler, SamplingBatchInfo
+from plait.runtime.worker.sampler import Sampler
+from plait.runtime.worker.sampling_batch import SamplingBatch
 from plait.runtime.worker.schedule_batch import prepare_decode, prepare_extend
 from plait.runtime.worker.schedule_policy import SchedulePolicy
 from plait.runtime.worker.stop import StopChecker
@@ -53,6 +54,7 @@ class Scheduler:
         self.grammar: GrammarBackend | None = None  # set by the engine when it has a tokenizer
         self.eos_ids = sorted(stop_checker.eos_token_ids)
         self.device = runner.device
+        self.sampling = SamplingBatch(self.eos_ids, vocab_size, self.device)
         self.waiting: list[Req] = []
         self.running: list[Req] = []
         self.chunked_req: Req | None = None
@@ -292,14 +294,7 @@ class Scheduler:
     # ---- sampling and stopping ------------------------------------------------------------
 
     def _sample(self, reqs: list[Req], logits: torch.Tensor) -> None:
-        info = SamplingBatchInfo.build(
-            [r.sampling_params for r in reqs],
-            [r.output_ids for r in reqs],
-            [r.input_ids for r in reqs],
-            eos_token_ids=self.eos_ids,
-            vocab_size=self.vocab_size,
-            device=self.device,
-        )
+        info = self.sampling.prepare(reqs)
         want_logprobs = any(r.output_logprobs is not None for r in reqs)
         if self.grammar is not None:
             info.vocab_mask = self.grammar.batch_mask(reqs, logits.device)
@@ -309,13 +304,14 @@ class Scheduler:
             lps = res.logprobs.tolist()
             tops = _top_pairs(res.top_logprobs, res.top_logprob_ids)
         for i, req in enumerate(reqs):
-            req.output_ids.append(ids[i])
+            req.append_output(ids[i])
             if req.output_logprobs is not None:
                 req.output_logprobs.token_logprobs.append(lps[i])
                 req.output_logprobs.token_ids.append(ids[i])
                 k = req.sampling_params.top_logprobs_num
                 if k:
                     req.output_logprobs.top_logprobs.append(tops[i][:k])
+        self.sampling.advance(res.next_token_ids)
         if self.grammar is not None:
             self.grammar.accept(reqs)
 
@@ -344,11 +340,12 @@ class Scheduler:
             if jump is None:
                 continue
             self.kv.release(req)  # the old tokens' KV goes to the tree; the prefix is reused
-            req.output_ids = req.output_ids[: jump.keep] + jump.new_ids
+            output_ids = req.output_ids[: jump.keep] + jump.new_ids
             req.sent_ids = min(req.sent_ids, jump.keep)
             if req.grammar.is_terminal():
-                req.output_ids.append(grammar.eos_token_id(req))
-                req.grammar.accept(req.output_ids[-1])
+                output_ids.append(grammar.eos_token_id(req))
+                req.grammar.accept(output_ids[-1])
+            req.set_output(output_ids)
             req.finished_reason = self.stop_checker.check(req)
             jumped.append(req)
         if jumped:
