@@ -11,14 +11,14 @@ from typing import Any
 from plait.runtime.client.generate_args import SamplingArg, SubRequest, parse_generate_args
 from plait.runtime.client.handle import record_error
 from plait.runtime.client.output_stream import OutputChunk, OutputStream, TokenTextCache
+from plait.runtime.client.text_api import TextAPI
 from plait.runtime.config import EngineConfig
-from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import ModelLimits
 from plait.runtime.worker.core import EngineCore
 from plait.runtime.worker.scheduler import Scheduler
 
 
-class Engine:
+class Engine(TextAPI):
     """Generates from prompts (text or token ids) with every request of a call batched together.
 
     ``Engine(model_path, **options)`` takes ``EngineConfig`` / ``SchedulerConfig`` fields as
@@ -105,16 +105,6 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         return self.core.stats()
 
-    def encode(self, text: str) -> list[int]:
-        self._need_tokenizer("prompt")
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        self._need_tokenizer("messages")
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-
     # ---- driving the core -----------------------------------------------------------------
 
     def _add(self, subs: list[SubRequest], stream: bool) -> list[OutputStream]:
@@ -164,13 +154,3 @@ class Engine:
         for s in streams:
             if s.rid not in done:
                 self.core.abort(s.rid)  # reported by a later step, to no one
-
-    def _as_dict(self, chunk: OutputChunk) -> dict[str, Any]:
-        text = chunk.text if self.tokenizer is not None else None
-        return {"text": text, "output_ids": chunk.output_ids, "meta_info": chunk.meta_info}
-
-    def _need_tokenizer(self, field: str) -> None:
-        if self.tokenizer is None:
-            raise InvalidRequestError(
-                field, "this model was loaded without a tokenizer; pass input_ids"
-            )

@@ -66,6 +66,20 @@ class SamplingParams:
             self, stop=list(self.stop), stop_token_ids=list(self.stop_token_ids), **changes
         )
 
+    def set_logprob_options(
+        self,
+        return_logprob: bool | None,
+        logprob_start_len: int | None,
+        top_logprobs_num: int | None,
+    ) -> None:
+        """Applies a call's request-level logprob fields (None leaves a field as it is)."""
+        if return_logprob is not None:
+            self.return_logprob = return_logprob
+        if logprob_start_len is not None:
+            self.logprob_start_len = logprob_start_len
+        if top_logprobs_num is not None:
+            self.top_logprobs_num = top_logprobs_num
+
     @property
     def is_greedy(self) -> bool:
         return self.temperature < _GREEDY_EPS or self.top_k == 1

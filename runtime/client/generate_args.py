@@ -81,12 +81,7 @@ def parse_generate_args(
         raise InvalidRequestError("rid", f"needs one id per prompt ({count})")
     subs: list[SubRequest] = []
     for i, (ids, p) in enumerate(zip(token_lists, params)):
-        if return_logprob is not None:
-            p.return_logprob = return_logprob
-        if logprob_start_len is not None:
-            p.logprob_start_len = logprob_start_len
-        if top_logprobs_num is not None:
-            p.top_logprobs_num = top_logprobs_num
+        p.set_logprob_options(return_logprob, logprob_start_len, top_logprobs_num)
         p.verify(limits.vocab_size)
         check_input_ids(ids, field, limits.vocab_size, limits.context_len, limits.kv_total)
         subs += expand_n(rids[i] if rids else None, ids, p)

@@ -7,8 +7,9 @@ import collections
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 
-from plait.runtime.client.output_stream import OutputChunk
+from plait.runtime.client.output_stream import OutputChunk, OutputStream
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.messages import ReqOutput
 
 
 class RequestHandle:
@@ -104,3 +105,20 @@ def record_error(rid: str, field: str, message: str, kind: str) -> BaseException
     if kind == "invalid_request":
         return InvalidRequestError(field, message)
     return RuntimeError(f"worker error in request {rid}: {message}")
+
+
+def deliver(live: dict[str, tuple[RequestHandle, OutputStream]], out: ReqOutput) -> None:
+    """Routes one record to its request: a chunk through the request's ``OutputStream``, or
+    the error that ends it. A final record or an error removes the request from ``live``;
+    a record for a request no longer in ``live`` (its consumer left) is dropped."""
+    entry = live.get(out.rid)
+    if entry is None:
+        return
+    handle, stream = entry
+    if out.error is not None:
+        del live[out.rid]
+        handle.push(record_error(out.rid, *out.error))
+        return
+    if out.finish_reason is not None:
+        del live[out.rid]
+    handle.push(stream.feed(out))

@@ -8,8 +8,8 @@ from typing import Any
 
 from plait.runtime.client.generate_args import SamplingArg, parse_generate_args, to_params
 from plait.runtime.client.handle import RequestHandle
-from plait.runtime.client.output_stream import OutputChunk
 from plait.runtime.client.runtime_client import RuntimeClient
+from plait.runtime.client.text_api import TextAPI
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.limits import ModelLimits
@@ -20,7 +20,7 @@ from plait.runtime.worker.process import WorkerProcess, start_worker
 HEARTBEAT_TIMEOUT_S = 30.0
 
 
-class Runtime:
+class Runtime(TextAPI):
     """Starts a worker (``Engine`` options pass through) and generates through it.
 
     ``generate`` returns what ``Engine.generate`` returns; it is thread-safe, and concurrent
@@ -120,18 +120,6 @@ class Runtime:
         self._live()
         return self.client.stats()
 
-    # ---- text -----------------------------------------------------------------------------
-
-    def encode(self, text: str) -> list[int]:
-        self._need_tokenizer("prompt")
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        self._need_tokenizer("messages")
-        return self.tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=True
-        )
-
     # ---- lifetime -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
@@ -188,18 +176,8 @@ class Runtime:
         info = self.client.info
         return ModelLimits(info["vocab_size"], info["context_len"], info["kv_total"])
 
-    def _as_dict(self, chunk: OutputChunk) -> dict[str, Any]:
-        text = chunk.text if self.tokenizer is not None else None
-        return {"text": text, "output_ids": chunk.output_ids, "meta_info": chunk.meta_info}
-
     def _live(self) -> None:
         self.client.check_alive()
         if not self.worker.is_alive():
             code = self.worker.proc.returncode
             raise WorkerDiedError(f"the worker process exited with code {code}")
-
-    def _need_tokenizer(self, field: str) -> None:
-        if self.tokenizer is None:
-            raise InvalidRequestError(
-                field, "this model was loaded without a tokenizer; pass input_ids"
-            )

@@ -23,7 +23,7 @@ from typing import Any
 import zmq
 
 from plait.runtime import messages as m
-from plait.runtime.client.handle import RequestHandle, record_error
+from plait.runtime.client.handle import RequestHandle, deliver, record_error
 from plait.runtime.client.output_stream import OutputStream, TokenTextCache
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.sampling_params import SamplingParams
@@ -215,7 +215,7 @@ class RuntimeClient:
     def _dispatch(self, msg: m.Message) -> None:
         if isinstance(msg, m.BatchOut):
             for out in msg.outputs:
-                self._deliver(out)
+                deliver(self._pending, out)
         elif isinstance(msg, m.ErrorOut):
             entry = self._pending.pop(msg.rid, None)
             if entry is not None:
@@ -224,19 +224,6 @@ class RuntimeClient:
             waiters = self._waiters.get(type(msg))
             if waiters:
                 waiters.popleft().set_result(msg)
-
-    def _deliver(self, out: m.ReqOutput) -> None:
-        entry = self._pending.get(out.rid)
-        if entry is None:
-            return
-        handle, stream = entry
-        if out.error is not None:
-            del self._pending[out.rid]
-            handle.push(record_error(out.rid, *out.error))
-            return
-        if out.finish_reason is not None:
-            del self._pending[out.rid]
-        handle.push(stream.feed(out))
 
     def _die(self, reason: str) -> None:
         self._dead = WorkerDiedError(f"{reason} ({self.endpoint})")

@@ -13,7 +13,7 @@ import uuid
 from concurrent.futures import Future
 from typing import Any
 
-from plait.runtime.client.handle import RequestHandle, record_error
+from plait.runtime.client.handle import RequestHandle, deliver
 from plait.runtime.client.output_stream import OutputStream, TokenTextCache
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.sampling_params import SamplingParams
@@ -93,7 +93,7 @@ class EngineThread:
                     except Exception as e:  # the batch's requests fail; the engine serves on
                         outputs = self.core.fail_all(f"{type(e).__name__}: {e}")
                     for out in outputs:
-                        self._deliver(out)
+                        deliver(self._live, out)
         except BaseException as e:  # the engine is gone: fail every pending request now
             self._dead = e
             self._fail_everything(WorkerDiedError(f"engine thread died: {e!r}"))
@@ -142,16 +142,3 @@ class EngineThread:
             arg.set_result(self.core.stats())
         elif kind == "stop":
             self._stopped = True
-
-    def _deliver(self, out: Any) -> None:
-        entry = self._live.get(out.rid)
-        if entry is None:
-            return
-        handle, stream = entry
-        if out.error is not None:
-            del self._live[out.rid]
-            handle.push(record_error(out.rid, *out.error))
-            return
-        if out.finish_reason is not None:
-            del self._live[out.rid]
-        handle.push(stream.feed(out))

@@ -159,12 +159,7 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
             params = SamplingParams.from_dict(raw)
         except TypeError as e:
             raise InvalidRequestError("sampling_params", str(e)) from None
-        if return_logprob is not None:
-            params.return_logprob = return_logprob
-        if logprob_start_len is not None:
-            params.logprob_start_len = logprob_start_len
-        if top_logprobs_num is not None:
-            params.top_logprobs_num = top_logprobs_num
+        params.set_logprob_options(return_logprob, logprob_start_len, top_logprobs_num)
         params, n = finish_params(params, limits.vocab_size)
         calls.append(GenerateCall(ids, params, n, rids[i] if rids else None))
     return single and calls[0].n == 1, calls

@@ -245,7 +245,10 @@ def test_closing_a_stream_leaves_the_engine_idle_at_once(tiny):
 
 def test_abort_by_rid(engine):
     stream = engine.generate(
-        input_ids=PROMPTS[0], sampling_params={"max_new_tokens": 50, "ignore_eos": True}, stream=True, rid="victim"
+        input_ids=PROMPTS[0],
+        sampling_params={"max_new_tokens": 50, "ignore_eos": True},
+        stream=True,
+        rid="victim",
     )
     first = next(stream)
     assert first["meta_info"]["id"] == "victim"
