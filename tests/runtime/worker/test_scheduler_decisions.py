@@ -78,10 +78,11 @@ def test_lpm_orders_by_matched_prefix_longest_first_ties_in_arrival_order(tiny_m
     assert deferred == set()
 
 
-def test_fcfs_keeps_arrival_order_and_still_sets_each_match(tiny_model_dir):
+def test_fcfs_keeps_arrival_order_and_matches_each_request_as_it_is_reached(tiny_model_dir):
     cache = make_engine(tiny_model_dir, 512).scheduler.kv
     waiting = prefix_queue(cache)
-    ordered, deferred = SchedulePolicy("fcfs", cache).order(waiting)
+    lazy, deferred = SchedulePolicy("fcfs", cache).order(waiting)
+    ordered = list(lazy)  # fcfs matches lazily: consuming the order matches every request
     assert rids(ordered) == ["none", "b10", "a20", "none2", "a40"]
     assert [len(r.prefix_indices) for r in ordered] == [0, 10, 20, 0, 40]
     assert deferred == set()
@@ -146,7 +147,8 @@ def test_a_disabled_radix_cache_falls_back_to_fcfs_without_deferral(tiny_model_d
     assert sched.policy.policy == "fcfs"
     s = run(10, 40)
     waiting = [make_req("x", run(200, 5)), make_req("a", s + [1]), make_req("b", s + [2])]
-    ordered, deferred = sched.policy.order(waiting)
+    lazy, deferred = sched.policy.order(waiting)
+    ordered = list(lazy)
     assert rids(ordered) == ["x", "a", "b"]
     assert [len(r.prefix_indices) for r in ordered] == [0, 0, 0]
     assert deferred == set()

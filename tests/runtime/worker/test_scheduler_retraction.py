@@ -30,7 +30,7 @@ def start_running(
     tokens sampled, KV slots (owned, none in the tree) for all but the newest."""
     ids = list(range(first, first + prompt_len))
     req = Req(rid, ids, SamplingParams(max_new_tokens=max_new_tokens, ignore_eos=True))
-    req.output_ids = [3] * n_out
+    req.set_output([3] * n_out)
     sched.kv.match(req)
     sched.kv.lock(req)
     req.extend_len = req.seq_len - 1
