@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from plait.runtime.interp.chat_template import chat_template_of
+from plait.runtime.chat_template import chat_template_of
 
 
 class NaiveLM:

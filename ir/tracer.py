@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from plait.ir.nodes import (
+    Argument,
     Fork,
     Gen,
     GetForkItem,
@@ -24,6 +25,7 @@ from plait.ir.nodes import (
     VarScopeEnd,
     to_node,
 )
+from plait.ir.printer import format_graph
 from plait.ir.role_scopes import RoleScopes
 
 
@@ -45,8 +47,6 @@ class ProgramGraph:
         return [n for n in self.walk() if isinstance(n, types)]
 
     def __str__(self) -> str:
-        from plait.ir.printer import format_graph
-
         return format_graph(self)
 
 
@@ -147,8 +147,6 @@ def trace_program(
 ) -> ProgramGraph:
     """Runs ``func`` on a tracer; ``arguments`` fills the names it has, the rest are
     placeholders. Data-dependent control flow ends the trace cleanly (``graph.stopped``)."""
-    from plait.ir.nodes import Argument
-
     args = {a: arguments.get(a, Argument(a)) for a in arg_names}
     graph = ProgramGraph(name, arguments=args)
     state = TracerProgramState(graph.nodes, args)

@@ -10,6 +10,7 @@ from plait.ir.nodes import Gen, Image, NodeList, RoleBegin, RoleEnd, Select, Vid
 from plait.ir.sampling import GenParams
 from plait.lang.choices import ChoicesSamplingMethod, token_length_normalized
 from plait.runtime.interp.backend import Backend
+from plait.runtime.interp.runtime_backend import RuntimeBackend
 from plait.runtime.interp.select import check_choices
 
 __all__ = [
@@ -47,17 +48,10 @@ global_config = GlobalConfig()
 
 def as_backend(backend: Any) -> Backend:
     """A ``Backend`` for what a user passes: a Backend, or a ``plait.Runtime`` (wrapped once)."""
-    from plait.runtime.client.runtime import Runtime
-
     if isinstance(backend, Backend):
         return backend
-    if isinstance(backend, Runtime):
-        wrapped = getattr(backend, "_plait_backend", None)
-        if wrapped is None:
-            from plait.runtime.interp.runtime_backend import RuntimeBackend
-
-            wrapped = RuntimeBackend(backend)
-            backend._plait_backend = wrapped  # type: ignore[attr-defined]
+    wrapped = RuntimeBackend.of(backend)
+    if wrapped is not None:
         return wrapped
     endpoint = getattr(backend, "endpoint", None)  # SGLang's Runtime carries its endpoint
     if isinstance(endpoint, Backend):

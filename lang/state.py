@@ -12,6 +12,7 @@ from plait.ir.nodes import (
     to_node,
 )
 from plait.ir.role_scopes import RoleScopes
+from plait.lang.html import state_to_html
 from plait.runtime.interp.interpreter import StreamExecutor
 
 JOIN_MODES = ("gather_variable", "concate_and_append")
@@ -114,8 +115,6 @@ class ProgramState(RoleScopes):
         return f"ProgramState({state}, variables=[{names}], text={text!r})"
 
     def _repr_html_(self) -> str:
-        from plait.lang.html import state_to_html
-
         self.sync()
         return state_to_html(self.stream_executor)
 

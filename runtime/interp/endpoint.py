@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 
 from plait.ir.sampling import GenParams
+from plait.runtime.chat_template import ChatTemplate
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.interp.backend import Backend, ChoiceResult, GenResult, RoleMarkers
-from plait.runtime.interp.chat_template import ChatTemplate
 from plait.runtime.interp.select import select_choice
 
 _GREEDY_ONE = {"max_new_tokens": 1, "temperature": 0.0}

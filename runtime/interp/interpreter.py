@@ -21,6 +21,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from plait.constrained.typed import dtype_to_regex
 from plait.ir.nodes import (
     CommitLazy,
     ConcateAndAppend,
@@ -230,8 +231,6 @@ class StreamExecutor:
     def _gen(self, node: Gen) -> None:
         params = node.params.merge(self.default_params)
         if node.dtype is not None:
-            from plait.constrained.typed import dtype_to_regex
-
             typed = dtype_to_regex(node.dtype)
             params.regex = params.regex or typed.regex
             params.stop = [*(params.stop or []), *typed.stop]

@@ -9,9 +9,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from plait.ir.sampling import GenParams
+from plait.runtime.chat_template import CHATML, ChatTemplate
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.interp.backend import Backend, ChoiceResult, GenResult, RoleMarkers
-from plait.runtime.interp.chat_template import CHATML, ChatTemplate
 from plait.runtime.interp.select import select_choice
 
 # SGLang's list: the OpenAI models that serve /v1/completions; every other name is a chat model.

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from plait.ir.sampling import GenParams
+from plait.runtime.chat_template import ChatTemplate, chat_template_of
 from plait.runtime.client.runtime import Runtime
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.interp.backend import Backend, ChoiceResult, GenResult, RoleMarkers
-from plait.runtime.interp.chat_template import ChatTemplate, chat_template_of
 from plait.runtime.interp.select import select_choice
 
 _GREEDY_ONE = {"max_new_tokens": 1, "temperature": 0.0}
@@ -28,6 +28,17 @@ class RuntimeBackend(Backend):
         self.owned = not isinstance(runtime, Runtime)
         self.runtime: Runtime = Runtime(runtime, **options) if self.owned else runtime
         self.chat_template: ChatTemplate = chat_template_of(self.runtime.tokenizer)
+
+    @classmethod
+    def of(cls, obj: Any) -> RuntimeBackend | None:
+        """The backend of a ``plait.Runtime`` (made once and kept on it); None for anything
+        else."""
+        if not isinstance(obj, Runtime):
+            return None
+        wrapped = getattr(obj, "_plait_backend", None)
+        if wrapped is None:
+            wrapped = obj._plait_backend = cls(obj)  # type: ignore[attr-defined]
+        return wrapped
 
     # ---- generation -----------------------------------------------------------------------
 

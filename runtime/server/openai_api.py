@@ -11,18 +11,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.server.app import (
-    SSE_DONE,
-    ServerState,
-    exception_body,
-    final_chunks,
-    first_chunks,
-    merged_chunks,
-    read_json,
-    sse,
-    streaming_response,
-    submit_calls,
-)
 from plait.runtime.server.http_body import (
     GenerateCall,
     apply_response_format,
@@ -33,6 +21,18 @@ from plait.runtime.server.http_body import (
     completion_prompts,
     get,
     openai_params,
+)
+from plait.runtime.server.streams import (
+    SSE_DONE,
+    ServerState,
+    exception_body,
+    final_chunks,
+    first_chunks,
+    merged_chunks,
+    read_json,
+    sse,
+    streaming_response,
+    submit_calls,
 )
 
 _UNSUPPORTED = ("suffix", "logit_bias", "tools", "functions")

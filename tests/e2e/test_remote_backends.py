@@ -11,8 +11,8 @@ from openai import OpenAI as OpenAIClient
 
 from plait.ir.sampling import GenParams
 from plait.lang.choices import greedy_token_selection, unconditional_likelihood_normalized
+from plait.runtime.chat_template import CHATML
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.interp.chat_template import CHATML
 from plait.runtime.interp.endpoint import RuntimeEndpoint
 from plait.runtime.interp.openai_backend import OpenAI, parse_messages
 

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from plait.runtime.interp.chat_template import CHATML, ChatTemplate, chat_template_of
+from plait.runtime.chat_template import CHATML, ChatTemplate, chat_template_of
 
 LLAMA3 = (
     "{{ bos_token }}{% for message in messages %}"
