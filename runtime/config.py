@@ -22,10 +22,7 @@ _NONE = type(None)
 
 
 def _opt(default: Any, types: tuple[type, ...], help: str, choices: tuple | None = None) -> Any:
-    meta = {"types": types, "help": help, "choices": choices}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+    return field(default=default, metadata={"types": types, "help": help, "choices": choices})
 
 
 @dataclass(slots=True)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from plait.runtime.client.generate_args import SamplingArg, SubRequest, parse_generate_args
+from plait.runtime.client.generate_args import SamplingArg, SubRequest
 from plait.runtime.client.handle import record_error
 from plait.runtime.client.output_stream import OutputChunk, OutputStream, TokenTextCache
 from plait.runtime.client.text_api import TextAPI
@@ -45,7 +45,7 @@ class Engine(TextAPI):
 
     @property
     def limits(self) -> ModelLimits:
-        return ModelLimits(self.vocab_size, self.context_len, self.core.kv_total)
+        return self.core.limits
 
     # ---- public API -----------------------------------------------------------------------
 
@@ -66,17 +66,10 @@ class Engine(TextAPI):
         entries per prompt. Streaming chunks carry ``index`` (the position in that list),
         ``text`` (cumulative) and ``delta``.
         """
-        single, subs = parse_generate_args(
-            prompt,
-            sampling_params,
-            input_ids,
-            return_logprob,
-            logprob_start_len,
-            top_logprobs_num,
-            rid,
-            encode=self.encode,
-            limits=self.limits,
-        )
+        single, subs = self._parse(
+            prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+            top_logprobs_num, rid,
+        )  # fmt: skip
         streams = self._add(subs, stream)
         if stream:
             return self._stream(streams)

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.sampling_params import SamplingParams
 
 
 @dataclass(slots=True, frozen=True)
 class ModelLimits:
-    """What the worker reports about its model, for checking requests before they are sent."""
+    """What the worker reports about its model, for checking requests where they enter (the
+    public API, HTTP, the worker socket); ``tokenizer`` encodes text prompts (None: ids only)."""
 
     vocab_size: int
     context_len: int
     kv_total: int
+    tokenizer: Any | None = field(default=None, compare=False)
+
+
+def check_request(params: SamplingParams, ids: list[int], field: str, limits: ModelLimits) -> None:
+    """The one check of a sequence at a boundary: parameters in range (``n`` included) and
+    ids the model can take. Raises InvalidRequestError naming the field."""
+    params.verify(limits.vocab_size)
+    check_input_ids(ids, field, limits.vocab_size, limits.context_len, limits.kv_total)
 
 
 def check_input_ids(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.limits import ModelLimits, check_input_ids
+from plait.runtime.limits import ModelLimits, check_request
 from plait.runtime.sampling_params import SamplingParams
 
 SamplingArg = SamplingParams | dict[str, Any] | None
@@ -38,13 +38,13 @@ def expand_n(rid: str | None, input_ids: list[int], params: SamplingParams) -> l
 
 
 def parse_generate_args(
-    prompt: str | list[str] | None,
-    sampling_params: Any,
-    input_ids: list[int] | list[list[int]] | None,
-    return_logprob: bool | None,
-    logprob_start_len: int | None,
-    top_logprobs_num: int | None,
-    rid: str | list[str] | None,
+    prompt: str | list[str] | None = None,
+    sampling_params: Any = None,
+    input_ids: list[int] | list[list[int]] | None = None,
+    return_logprob: bool | None = None,
+    logprob_start_len: int | None = None,
+    top_logprobs_num: int | None = None,
+    rid: str | list[str] | None = None,
     *,
     encode: Callable[[str], list[int]],
     limits: ModelLimits,
@@ -82,8 +82,7 @@ def parse_generate_args(
     subs: list[SubRequest] = []
     for i, (ids, p) in enumerate(zip(token_lists, params)):
         p.set_logprob_options(return_logprob, logprob_start_len, top_logprobs_num)
-        p.verify(limits.vocab_size)
-        check_input_ids(ids, field, limits.vocab_size, limits.context_len, limits.kv_total)
+        check_request(p, ids, field, limits)
         subs += expand_n(rids[i] if rids else None, ids, p)
     return single and params[0].n == 1, subs
 

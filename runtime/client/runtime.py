@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from plait.runtime.client.generate_args import SamplingArg, parse_generate_args, to_params
+from plait.runtime.client.generate_args import SamplingArg, to_params
 from plait.runtime.client.handle import RequestHandle
 from plait.runtime.client.runtime_client import RuntimeClient
 from plait.runtime.client.text_api import TextAPI
@@ -59,15 +59,9 @@ class Runtime(TextAPI):
     ) -> dict[str, Any] | list[dict[str, Any]]:
         """A single prompt with ``n == 1`` gives one dict, otherwise a list (``n`` per prompt)."""
         single, handles = self._submit(
-            prompt,
-            sampling_params,
-            input_ids,
-            return_logprob,
-            logprob_start_len,
-            top_logprobs_num,
-            rid,
-            stream=False,
-        )
+            False, prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
+            top_logprobs_num, rid,
+        )  # fmt: skip
         try:
             outs = [self._as_dict(h.result()) for h in handles]
         except BaseException:
@@ -81,7 +75,7 @@ class Runtime(TextAPI):
     ) -> Iterator[dict[str, Any]]:
         """Yields ``{text, delta, output_ids, meta_info}`` chunks of one request (``n == 1``);
         closing the iterator early aborts the request."""
-        single, handles = self._submit(prompt, sampling_params, stream=True, **kwargs)
+        single, handles = self._submit(True, prompt, sampling_params, **kwargs)
         if not single:
             for h in handles:
                 h.cancel()
@@ -100,10 +94,7 @@ class Runtime(TextAPI):
     ) -> RequestHandle:
         """Submits one sequence (``n == 1``) of token ids; sampling_params may be a dict."""
         params = to_params(sampling_params)
-        _, subs = parse_generate_args(
-            None, params, list(input_ids), None, None, None, None,
-            encode=self.encode, limits=self._limits(),
-        )  # fmt: skip
+        _, subs = self._parse(sampling_params=params, input_ids=list(input_ids))
         if len(subs) != 1:
             raise InvalidRequestError("n", "submit takes n == 1")
         return self.client.submit(subs[0].input_ids, subs[0].params, **kw)
@@ -139,29 +130,10 @@ class Runtime(TextAPI):
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _submit(
-        self,
-        prompt,
-        sampling_params,
-        input_ids=None,
-        return_logprob=None,
-        logprob_start_len=None,
-        top_logprobs_num=None,
-        rid=None,
-        stream: bool = False,
-    ) -> tuple[bool, list[RequestHandle]]:
+    def _submit(self, stream: bool, *args: Any, **kwargs: Any) -> tuple[bool, list[RequestHandle]]:
+        """Parses ``generate``'s arguments and submits every sequence."""
         self._live()
-        single, subs = parse_generate_args(
-            prompt,
-            sampling_params,
-            input_ids,
-            return_logprob,
-            logprob_start_len,
-            top_logprobs_num,
-            rid,
-            encode=self.encode,
-            limits=self._limits(),
-        )
+        single, subs = self._parse(*args, **kwargs)
         handles: list[RequestHandle] = []
         try:
             for sub in subs:
@@ -172,7 +144,8 @@ class Runtime(TextAPI):
             raise
         return single, handles
 
-    def _limits(self) -> ModelLimits:
+    @property
+    def limits(self) -> ModelLimits:
         info = self.client.info
         return ModelLimits(info["vocab_size"], info["context_len"], info["kv_total"])
 

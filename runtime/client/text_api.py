@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from plait.runtime.client.generate_args import SubRequest, parse_generate_args
 from plait.runtime.client.output_stream import OutputChunk
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.limits import ModelLimits
 
 
 class TextAPI:
@@ -14,6 +16,12 @@ class TextAPI:
     and every text entry point raises ``InvalidRequestError`` naming the argument)."""
 
     tokenizer: Any | None
+    limits: ModelLimits
+
+    def _parse(self, *args: Any, **kwargs: Any) -> tuple[bool, list[SubRequest]]:
+        """``parse_generate_args`` over ``generate``'s arguments, with this model's tokenizer
+        and limits."""
+        return parse_generate_args(*args, **kwargs, encode=self.encode, limits=self.limits)
 
     def encode(self, text: str) -> list[int]:
         self._need_tokenizer("prompt")

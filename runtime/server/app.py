@@ -15,7 +15,8 @@ from fastapi.responses import JSONResponse, Response
 
 from plait.runtime.chat_template import chat_template_of
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
-from plait.runtime.server.http_body import ModelLimits, native_calls
+from plait.runtime.limits import ModelLimits
+from plait.runtime.server.http_body import native_calls
 from plait.runtime.server.openai_api import add_openai_routes
 from plait.runtime.server.streams import (
     SSE_DONE,
@@ -64,7 +65,7 @@ def create_app(
 ) -> FastAPI:
     state = ServerState(
         backend,
-        ModelLimits(tokenizer, vocab_size, context_len),
+        ModelLimits(vocab_size, context_len, backend.info["kv_total"], tokenizer),
         model_name,
         {model_name} | (served_names or set()),
     )

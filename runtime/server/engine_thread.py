@@ -16,6 +16,7 @@ from typing import Any
 from plait.runtime.client.handle import RequestHandle, deliver
 from plait.runtime.client.output_stream import OutputStream, TokenTextCache
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.limits import check_request
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
@@ -32,6 +33,7 @@ class EngineThread:
         self.core = core
         self.tokenizer = core.tokenizer
         self.info: dict[str, Any] = core.info()
+        self.limits = core.limits
         self._inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         self._live: dict[str, tuple[RequestHandle, OutputStream]] = {}
         self._ids = itertools.count()
@@ -55,6 +57,11 @@ class EngineThread:
         handle = RequestHandle(rid, self.abort)
         if self._dead is not None:
             handle.push(WorkerDiedError(f"engine thread died: {self._dead}"))
+            return handle
+        try:
+            check_request(sampling_params, input_ids, "input_ids", self.limits)
+        except InvalidRequestError as e:
+            handle.push(e)
             return handle
         out = OutputStream(rid, sampling_params, self.tokenizer, self._token_text)
         self._inbox.put(("submit", (rid, list(input_ids), sampling_params, stream, handle, out)))

@@ -7,12 +7,11 @@ server answers 400 before anything reaches the worker.
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.limits import check_input_ids
+from plait.runtime.limits import ModelLimits, check_input_ids
 from plait.runtime.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 
 # OpenAI field -> SamplingParams field.
@@ -42,13 +41,6 @@ class GenerateCall:
     sampling_params: SamplingParams
     n: int = 1
     rid: str | None = None
-
-
-@dataclass(slots=True)
-class ModelLimits:
-    tokenizer: Any
-    vocab_size: int
-    context_len: int
 
 
 def require_object(body: Any) -> dict[str, Any]:
@@ -94,7 +86,7 @@ def finish_params(
 def check_prompt_ids(ids: Any, field: str, limits: ModelLimits) -> list[int]:
     if not isinstance(ids, list):
         raise InvalidRequestError(field, "must be a list of token ids")
-    check_input_ids(ids, field, limits.vocab_size, limits.context_len, sys.maxsize)
+    check_input_ids(ids, field, limits.vocab_size, limits.context_len, limits.kv_total)
     return ids
 
 

@@ -14,8 +14,9 @@ from fastapi.responses import StreamingResponse
 
 from plait.runtime.client.generate_args import expand_n
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.limits import ModelLimits
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.server.http_body import GenerateCall, ModelLimits, require_object
+from plait.runtime.server.http_body import GenerateCall, require_object
 from plait.runtime.server.metrics import RequestTimer, ServerMetrics
 
 
@@ -28,6 +29,8 @@ class GenerateBackend(Protocol):
     ``WorkerDiedError``; ``handle.cancel()`` aborts the request and frees its KV.
     ``flush_cache`` and ``stats`` block for at most ``timeout`` seconds.
     """
+
+    info: dict[str, Any]  # vocab_size, context_len, kv_total, model_path
 
     def submit(
         self,

@@ -16,7 +16,7 @@ from plait.radix_cache.cache_manager import CacheManager
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.limits import check_input_ids
+from plait.runtime.limits import ModelLimits
 from plait.runtime.messages import ReqOutput
 from plait.runtime.model.loader import LoadedModel, kv_pool_tokens, load_model
 from plait.runtime.model.model_runner import ModelRunner
@@ -94,15 +94,13 @@ class EngineCore:
     def add_request(
         self, rid: str, input_ids: list[int], params: SamplingParams, stream: bool = False
     ) -> None:
-        """Queues one sequence (``params.n == 1``; callers expand ``n``)."""
+        """Queues one sequence whose params (``n == 1``) and ids the caller checked with
+        ``check_request`` at its boundary; raises InvalidRequestError for a bad or live rid."""
         if not isinstance(rid, str) or not rid:
             raise InvalidRequestError("rid", "must be a non-empty string")
         if self.scheduler.find(rid) is not None:
             raise InvalidRequestError("rid", f"{rid!r} is already running")
-        params.verify(self.vocab_size)
-        if params.n != 1:
-            raise InvalidRequestError("n", "the worker takes n == 1; the client expands n")
-        check_input_ids(input_ids, "input_ids", self.vocab_size, self.context_len, self.kv_total)
+        assert params.n == 1, "callers expand n"
         req = Req(rid=rid, input_ids=list(input_ids), sampling_params=params, stream=stream)
         self.scheduler.add_request(req)
 
@@ -127,6 +125,10 @@ class EngineCore:
     @property
     def kv_total(self) -> int:
         return self.cache.total_size()
+
+    @property
+    def limits(self) -> ModelLimits:
+        return ModelLimits(self.vocab_size, self.context_len, self.kv_total, self.tokenizer)
 
     def flush_cache(self) -> bool:
         """Drops every cached prefix; False (and nothing done) while requests are live."""

@@ -60,11 +60,16 @@ class Scheduler:
         self.chunked_req: Req | None = None
         self.new_token_ratio = config.init_new_token_ratio
         self.aborted: list[Req] = []  # finished while queued, reported on the next step
+        # every request from add_request until its final record: queued, compiling, running,
+        # or finished and not yet reported
+        self.live: dict[str, Req] = {}
         self.stats = SchedulerStats(started=time.monotonic())
 
     # ---- queue ----------------------------------------------------------------------------
 
     def add_request(self, req: Req) -> None:
+        assert req.rid not in self.live, "a live rid is refused before it gets here"
+        self.live[req.rid] = req
         self.stats.prompt_tokens += len(req.input_ids)
         if self.grammar is None and grammar_key(req) is not None:
             err = InvalidRequestError(
@@ -78,12 +83,11 @@ class Scheduler:
     def abort(self, rid: str) -> bool:
         """Aborts a queued or running request by id, releasing its KV at once (calls come
         between steps); False when no live request has that id."""
-        live = self.waiting + self.running + ([self.chunked_req] if self.chunked_req else [])
-        req = next((r for r in live if r.rid == rid), None)
-        if req is None and self.grammar is not None:
-            req = self.grammar.abort(rid)
-        if req is None:
+        req = self.live.get(rid)
+        if req is None or req.finished:
             return False
+        if self.grammar is not None:
+            self.grammar.abort(rid)  # if it still waits for its grammar
         self.waiting = [r for r in self.waiting if r is not req]
         self.running = [r for r in self.running if r is not req]
         if req is self.chunked_req:
@@ -96,23 +100,12 @@ class Scheduler:
 
     def find(self, rid: str) -> Req | None:
         """The live request with id ``rid`` (queued, compiling, running or just aborted)."""
-        for req in self._live():
-            if req.rid == rid:
-                return req
-        return None
-
-    def _live(self) -> list[Req]:
-        live = self.waiting + self.running + self.aborted
-        if self.chunked_req is not None:
-            live.append(self.chunked_req)
-        if self.grammar is not None:
-            live += [w.req for w in self.grammar.waiting]
-        return live
+        return self.live.get(rid)
 
     def fail_all(self, message: str) -> list[ReqOutput]:
         """Ends every live request with an internal error after a step raised (the batch's
         state is unknown); frees what KV it can, so the scheduler keeps serving."""
-        live = self._live()
+        live = list(self.live.values())
         for req in live:
             if req.req_pool_idx is not None:
                 try:
@@ -158,6 +151,8 @@ class Scheduler:
             out = take_output(req)
             if out is None:
                 continue
+            if out.error is not None or out.finish_reason is not None:
+                del self.live[req.rid]  # its final record
             if out.error is not None:
                 stats.errors += 1
             elif out.finish_reason is not None:

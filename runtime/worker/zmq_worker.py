@@ -17,6 +17,7 @@ import zmq
 from plait.runtime import messages as m
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.limits import check_request
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
@@ -43,6 +44,7 @@ class Worker:
         self.sock.setsockopt(zmq.SNDHWM, 0)  # a slow client costs memory, never lost outputs
         self.sock.setsockopt(zmq.RCVHWM, 0)
         self.sock.bind(endpoint)
+        self.limits = core.limits
         self.owner: dict[str, bytes] = {}  # rid -> client identity, while the request lives
         self.stopping = False
 
@@ -100,6 +102,9 @@ class Worker:
     def _add(self, identity: bytes, msg: m.GenerateReq) -> None:
         try:
             params = SamplingParams.from_dict(msg.sampling_params)
+            if params.n != 1:
+                raise InvalidRequestError("n", "the worker takes n == 1; the client expands n")
+            check_request(params, msg.input_ids, "input_ids", self.limits)
             self.core.add_request(msg.rid, msg.input_ids, params, msg.stream)
         except InvalidRequestError as e:
             self._send(identity, m.ErrorOut(msg.rid, e.field, e.message, "invalid_request"))
