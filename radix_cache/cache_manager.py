@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 from plait.radix_cache.radix_tree import RadixCache
-from plait.runtime.worker.request import Req
+
+if TYPE_CHECKING:  # the worker's request type; the cache does not import the worker
+    from plait.runtime.worker.request import Req
 
 
 class CacheManager:
