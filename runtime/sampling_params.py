@@ -10,6 +10,7 @@ from typing import Any
 from plait.runtime.errors import InvalidRequestError
 
 MAX_TOP_LOGPROBS = 20
+MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 _GREEDY_EPS = 1e-6
 
 
@@ -42,6 +43,9 @@ class SamplingParams:
     top_logprobs_num: int = 0
     regex: str | None = None  # the whole output must match (outlines / Rust regex syntax)
     json_schema: str | None = None  # JSON text of a schema the output must validate against
+    # token id (decimal string, SGLang's and OpenAI's shape: JSON keys are strings) -> a value
+    # added to that token's logit before sampling, in [-100, 100]
+    logit_bias: dict[str, float] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
@@ -59,11 +63,18 @@ class SamplingParams:
             d.pop("stop_token_ids", None)
         if isinstance(d.get("json_schema"), dict):
             d["json_schema"] = json.dumps(d["json_schema"])
+        if isinstance(d.get("logit_bias"), dict):  # int keys from Python callers
+            d["logit_bias"] = {str(k): v for k, v in d["logit_bias"].items()}
         return cls(**d)
 
     def copy(self, **changes: Any) -> SamplingParams:
+        bias = None if self.logit_bias is None else dict(self.logit_bias)
         return replace(
-            self, stop=list(self.stop), stop_token_ids=list(self.stop_token_ids), **changes
+            self,
+            stop=list(self.stop),
+            stop_token_ids=list(self.stop_token_ids),
+            logit_bias=bias,
+            **changes,
         )
 
     def set_logprob_options(
@@ -111,7 +122,25 @@ class SamplingParams:
             _check_int("stop_token_ids", tid, lo=0, hi=vocab_size - 1)
         _check_int("logprob_start_len", self.logprob_start_len, lo=-1)
         _check_int("top_logprobs_num", self.top_logprobs_num, lo=0, hi=MAX_TOP_LOGPROBS)
+        self._verify_logit_bias(vocab_size)
         self._verify_constraint()
+
+    def _verify_logit_bias(self, vocab_size: int) -> None:
+        if self.logit_bias is None:
+            return
+        if not isinstance(self.logit_bias, dict):
+            raise InvalidRequestError("logit_bias", "must be an object of token id -> bias")
+        for key, value in self.logit_bias.items():
+            tid = _token_id(key)
+            if tid is None or not 0 <= tid < vocab_size:
+                raise InvalidRequestError(
+                    "logit_bias", f"keys must be token ids in [0, {vocab_size - 1}], got {key!r}"
+                )
+            _check_float("logit_bias", value, lo=-MAX_LOGIT_BIAS, hi=MAX_LOGIT_BIAS)
+
+    def logit_bias_items(self) -> list[tuple[int, float]]:
+        """``logit_bias`` as (token id, bias) pairs; call after ``verify``."""
+        return [(int(k), float(v)) for k, v in (self.logit_bias or {}).items()]
 
     def _verify_constraint(self) -> None:
         for name in ("regex", "json_schema"):
@@ -122,6 +151,14 @@ class SamplingParams:
             raise InvalidRequestError("json_schema", "give at most one of regex and json_schema")
         # the spec itself is checked once, where it compiles (the worker's grammar backend);
         # its error names the field and reaches the caller as this request's error
+
+
+def _token_id(key: Any) -> int | None:
+    if isinstance(key, int) and not isinstance(key, bool):
+        return key
+    if isinstance(key, str) and key.strip().isdigit():
+        return int(key)
+    return None
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:

@@ -80,11 +80,12 @@ class SampleOutput:
 
 
 def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
-    """Penalties, min-new-tokens bans and the grammar mask; returns ``logits`` untouched or a
-    modified copy."""
+    """Penalties, logit bias, min-new-tokens bans and the grammar mask; returns ``logits``
+    untouched or a modified copy. A token the grammar or a ban excludes stays excluded whatever
+    its bias (-inf + bias is -inf)."""
     if info.vocab_mask is not None:
         logits = info.vocab_mask.apply(logits)  # a copy: the caller's logits stay untouched
-    elif not (info.need_penalties or info.need_min_tokens):
+    elif not (info.need_penalties or info.need_min_tokens or info.bias_rows is not None):
         return logits
     else:
         logits = logits.clone()
@@ -94,6 +95,9 @@ def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> tor
         apply_frequency_presence_penalties(
             logits, info.output_counts, info.frequency_penalties, info.presence_penalties
         )
+    if info.bias_rows is not None:
+        bias = info.bias_values.to(logits.dtype)
+        logits.index_put_((info.bias_rows, info.bias_ids), bias, accumulate=True)
     if info.min_tokens_rows is not None:
         logits[info.min_tokens_rows, info.min_tokens_ids] = float("-inf")
     return logits

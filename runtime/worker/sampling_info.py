@@ -42,6 +42,10 @@ class SamplingBatchInfo:
     # (min_tokens_rows[i], min_tokens_ids[i]): EOS / stop ids banned below min_new_tokens
     min_tokens_rows: torch.Tensor | None  # int64 [N]
     min_tokens_ids: torch.Tensor | None  # int64 [N]
+    # logits[bias_rows[i], bias_ids[i]] += bias_values[i]: OpenAI / SGLang ``logit_bias``
+    bias_rows: torch.Tensor | None  # int64 [M]
+    bias_ids: torch.Tensor | None  # int64 [M]
+    bias_values: torch.Tensor | None  # float32 [M]
     greedy_rows: torch.Tensor | None  # bool [B]; None when no row or every row is greedy
     seeds: torch.Tensor  # int64 [B]
     steps: torch.Tensor  # int64 [B], the output position being sampled
@@ -135,6 +139,14 @@ class SamplingBatchInfo:
                 banned = set(eos_token_ids) | set(p.stop_token_ids)
                 ban_rows += [i] * len(banned)
                 ban_ids += banned
+        bias_rows: list[int] = []
+        bias_ids: list[int] = []
+        bias_values: list[float] = []
+        for i, p in enumerate(params):
+            for tid, value in p.logit_bias_items():
+                bias_rows.append(i)
+                bias_ids.append(tid)
+                bias_values.append(value)
         is_all_greedy = all(greedy)
         return cls(
             temperatures=floats(
@@ -150,6 +162,9 @@ class SamplingBatchInfo:
             repetition_seen=repetition_seen,
             min_tokens_rows=ints(ban_rows) if ban_rows else None,
             min_tokens_ids=ints(ban_ids) if ban_rows else None,
+            bias_rows=ints(bias_rows) if bias_rows else None,
+            bias_ids=ints(bias_ids) if bias_rows else None,
+            bias_values=floats(bias_values) if bias_rows else None,
             greedy_rows=None
             if is_all_greedy or not any(greedy)
             else torch.tensor(greedy).to(device),
