@@ -13,6 +13,12 @@ from typing import Any
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import ModelLimits, check_input_ids
 from plait.runtime.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
+from plait.runtime.server.tool_calls import (
+    ToolRequest,
+    check_tool_calls,
+    prompt_messages,
+    template_reads_tools,
+)
 
 # OpenAI field -> SamplingParams field.
 _OPENAI_SAMPLING = {
@@ -29,8 +35,14 @@ _OPENAI_SAMPLING = {
     "ignore_eos": "ignore_eos",
     "stop_token_ids": "stop_token_ids",
     "skip_special_tokens": "skip_special_tokens",
+    "logit_bias": "logit_bias",
 }
 _CHAT_ROLES = {"system", "user", "assistant", "tool", "developer"}
+
+
+def openai_extensions() -> tuple[str, ...]:
+    """The sampling fields the OpenAI routes read beyond OpenAI's own (SGLang's extensions)."""
+    return tuple(_OPENAI_SAMPLING)
 
 
 @dataclass(slots=True)
@@ -263,35 +275,47 @@ def chat_logprobs(body: dict[str, Any]) -> int | None:
     return (k or 0) if want else None
 
 
-def chat_prompt(body: dict[str, Any], limits: ModelLimits) -> list[int]:
+def chat_prompt(
+    body: dict[str, Any], limits: ModelLimits, tools: ToolRequest | None = None
+) -> list[int]:
+    """The conversation (with ``tools`` when the request has some) through the model's chat
+    template, as token ids."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequestError("messages", "is required: a non-empty list of messages")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise InvalidRequestError(f"messages[{i}]", "must be an object")
-        role, content = m.get("role"), m.get("content")
-        if role not in _CHAT_ROLES:
-            raise InvalidRequestError(
-                f"messages[{i}].role", f"must be one of {sorted(_CHAT_ROLES)}"
-            )
-        if isinstance(content, list):
-            parts = []
-            for part in content:
-                if not isinstance(part, dict) or part.get("type") != "text":
-                    raise InvalidRequestError(
-                        f"messages[{i}].content", "only text parts are supported"
-                    )
-                parts.append(str(part.get("text", "")))
-            content = "".join(parts)
-        if content is None and role == "assistant":
-            content = ""
-        if not isinstance(content, str):
-            raise InvalidRequestError(f"messages[{i}].content", "must be a string or text parts")
-        clean.append({"role": role, "content": content})
+    clean = [_chat_message(i, m) for i, m in enumerate(messages)]
     if limits.tokenizer is None:
         raise InvalidRequestError("messages", "the model has no tokenizer")
-    text = limits.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+    native = template_reads_tools(limits.tokenizer)
+    conversation, definitions = prompt_messages(clean, tools, native)
+    extra = {"tools": definitions} if definitions else {}
+    text = limits.tokenizer.apply_chat_template(
+        conversation, tokenize=False, add_generation_prompt=True, **extra
+    )
     ids = limits.tokenizer.encode(text, add_special_tokens=False)
     return check_prompt_ids(ids, "messages", limits)
+
+
+def _chat_message(i: int, m: Any) -> dict[str, Any]:
+    if not isinstance(m, dict):
+        raise InvalidRequestError(f"messages[{i}]", "must be an object")
+    role, content = m.get("role"), m.get("content")
+    if role not in _CHAT_ROLES:
+        raise InvalidRequestError(f"messages[{i}].role", f"must be one of {sorted(_CHAT_ROLES)}")
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text":
+                raise InvalidRequestError(f"messages[{i}].content", "only text parts are supported")
+            parts.append(str(part.get("text", "")))
+        content = "".join(parts)
+    if content is None and role == "assistant":
+        content = ""
+    if not isinstance(content, str):
+        raise InvalidRequestError(f"messages[{i}].content", "must be a string or text parts")
+    out: dict[str, Any] = {"role": role, "content": content}
+    if role == "assistant" and m.get("tool_calls"):
+        out["tool_calls"] = check_tool_calls(i, m["tool_calls"])
+    if role == "tool" and m.get("tool_call_id") is not None:
+        out["tool_call_id"] = str(m["tool_call_id"])
+    return out

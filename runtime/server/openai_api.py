@@ -20,8 +20,11 @@ from plait.runtime.server.http_body import (
     completion_logprobs,
     completion_prompts,
     get,
+    openai_extensions,
     openai_params,
 )
+from plait.runtime.server.openai_fields import check_fields
+from plait.runtime.server.openai_formats import ChatFormat, CompletionFormat
 from plait.runtime.server.streams import (
     SSE_DONE,
     ServerState,
@@ -34,8 +37,9 @@ from plait.runtime.server.streams import (
     streaming_response,
     submit_calls,
 )
+from plait.runtime.server.tool_calls import constrain, tool_request
 
-_UNSUPPORTED = ("suffix", "logit_bias", "tools", "functions")
+_MAX_BEST_OF = 128
 
 
 def add_openai_routes(app: FastAPI, state: ServerState) -> None:
@@ -49,35 +53,42 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
     async def completions(request: Request) -> Response:
         body = await read_json(request)
         check_model(body, state.served_names)
-        _reject_unsupported(body)
+        check_fields(body, chat=False, extensions=openai_extensions())
+        _check_suffix(body)
         echo = get(body, "echo", bool, False)
         top_k = completion_logprobs(body)
         prompts = completion_prompts(body, state.limits)
         params, n = openai_params(body, state.limits, default_max_tokens=16)
+        best_of = _best_of(body, n)
         apply_response_format(body, params)
         _ask_logprobs(params, top_k)
+        if best_of > n:
+            params.return_logprob = True  # to rank the candidates
         if echo and top_k is not None:
             params.logprob_start_len = 0  # a logprob for every prompt token
-        calls = [GenerateCall(ids, params.copy(), n) for ids in prompts]
+        calls = [GenerateCall(ids, params.copy(), best_of) for ids in prompts]
         echoes = None
         if echo:
             texts = _prompt_texts(body["prompt"], prompts, state)
-            echoes = [text for text, call in zip(texts, calls) for _ in range(call.n)]
-        return await _respond(request, body, state, calls, _CompletionFormat(top_k, echoes))
+            echoes = [text for text, _ in zip(texts, calls) for _ in range(n)]
+        fmt = CompletionFormat(top_k, echoes)
+        return await _respond(request, body, state, calls, fmt, keep=n)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await read_json(request)
         check_model(body, state.served_names)
-        _reject_unsupported(body)
+        check_fields(body, chat=True, extensions=openai_extensions())
         top_k = chat_logprobs(body)
-        ids = chat_prompt(body, state.limits)
+        tools = tool_request(body)
+        ids = chat_prompt(body, state.limits, tools)
         params, n = openai_params(body, state.limits, default_max_tokens=256)
         apply_response_format(body, params)
+        if tools is not None:
+            constrain(tools, params)
         _ask_logprobs(params, top_k)
-        return await _respond(
-            request, body, state, [GenerateCall(ids, params, n)], _ChatFormat(top_k)
-        )
+        calls = [GenerateCall(ids, params, n)]
+        return await _respond(request, body, state, calls, ChatFormat(top_k, tools))
 
 
 def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list[str]:
@@ -91,24 +102,60 @@ def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list
     return [state.limits.tokenizer.decode(p) for p in ids]
 
 
-def _reject_unsupported(body: dict[str, Any]) -> None:
-    for name in _UNSUPPORTED:
-        value = body.get(name)
-        if value and not (name == "response_format" and value == {"type": "text"}):
-            raise InvalidRequestError(name, f"{name} is not supported by this server")
+def _check_suffix(body: dict[str, Any]) -> None:
+    suffix = body.get("suffix")
+    if suffix is not None and suffix != "":
+        raise InvalidRequestError(
+            "suffix", "this model has no fill-in-the-middle support: suffix must be empty"
+        )
+
+
+def _best_of(body: dict[str, Any], n: int) -> int:
+    """Completions' ``best_of``: candidates per prompt (>= n), the ``n`` with the highest mean
+    token logprob returned."""
+    best_of = get(body, "best_of", int, n)
+    if not n <= best_of <= _MAX_BEST_OF:
+        raise InvalidRequestError("best_of", f"must be in [n ({n}), {_MAX_BEST_OF}], got {best_of}")
+    if best_of > n and get(body, "stream", bool, False):
+        raise InvalidRequestError("best_of", "cannot stream: the best are known only at the end")
+    return best_of
+
+
+def _stream_options(body: dict[str, Any], stream: bool) -> bool:
+    """Whether to end the stream with a usage chunk (``stream_options.include_usage``)."""
+    options = get(body, "stream_options", dict, {})
+    for key, value in options.items():
+        if key not in ("include_usage", "include_obfuscation"):
+            raise InvalidRequestError(f"stream_options.{key}", "unknown stream option")
+        if value is not None and not isinstance(value, bool):
+            raise InvalidRequestError(f"stream_options.{key}", "must be a boolean")
+    if options.get("include_obfuscation"):
+        raise InvalidRequestError(
+            "stream_options.include_obfuscation", "this server does not pad stream chunks"
+        )
+    return bool(options.get("include_usage")) and stream
+
+
+def _mean_logprob(final: Any) -> float:
+    toks = final.meta_info.get("output_token_logprobs") or []
+    return sum(t[0] for t in toks) / len(toks) if toks else float("-inf")
+
+
+def _best(finals: list[Any], per_call: int, keep: int) -> list[Any]:
+    """Of each call's ``per_call`` candidates, the ``keep`` best, best first."""
+    if per_call == keep:
+        return finals
+    out = []
+    for start in range(0, len(finals), per_call):
+        group = finals[start : start + per_call]
+        out += sorted(group, key=_mean_logprob, reverse=True)[:keep]
+    return out
 
 
 def _ask_logprobs(params: Any, top_k: int | None) -> None:
     if top_k is not None:
         params.return_logprob = True
         params.top_logprobs_num = top_k
-
-
-def _finish_reason(meta: dict[str, Any]) -> str | None:
-    reason = meta.get("finish_reason")
-    if not reason:
-        return None
-    return {"stop": "stop", "length": "length"}.get(reason.get("type"), reason.get("type"))
 
 
 def _usage(calls: list[GenerateCall], finals: list[Any]) -> dict[str, Any]:
@@ -132,11 +179,12 @@ async def _respond(
     body: dict[str, Any],
     state: ServerState,
     calls: list[GenerateCall],
-    fmt: _CompletionFormat | _ChatFormat,
+    fmt: CompletionFormat | ChatFormat,
+    keep: int | None = None,
 ) -> Response:
+    """``keep``: choices kept per call (``best_of`` ranks ``call.n`` candidates down to it)."""
     stream = get(body, "stream", bool, False)
-    options = get(body, "stream_options", dict, {})
-    include_usage = bool(options.get("include_usage")) if stream else False
+    include_usage = _stream_options(body, stream)
     rid = f"{fmt.id_prefix}-{uuid.uuid4().hex}"
     created = int(time.time())
     model = body.get("model") or state.model_name
@@ -146,8 +194,10 @@ async def _respond(
         finals = await final_chunks(request, streams)
         if finals is None:
             return Response(status_code=499)
-        choices = [fmt.choice(i, f) for i, f in enumerate(finals)]
-        return JSONResponse({**head, "choices": choices, "usage": _usage(calls, finals)})
+        usage = _usage(calls, finals)
+        kept = _best(finals, calls[0].n, keep or calls[0].n)
+        choices = [fmt.choice(i, f) for i, f in enumerate(kept)]
+        return JSONResponse({**head, "choices": choices, "usage": usage})
 
     firsts = await first_chunks(streams)
     chunk_head = {**head, "object": fmt.chunk_object}
@@ -170,137 +220,3 @@ async def _respond(
         yield SSE_DONE
 
     return streaming_response(events())
-
-
-def _token_text(triple: Any) -> str:
-    return triple[2] if triple[2] is not None else ""
-
-
-class _CompletionFormat:
-    """``echoes[i]``: the prompt text choice ``i`` echoes (None without ``echo``); its prompt
-    tokens lead the logprobs, the first with no logprob."""
-
-    id_prefix = "cmpl"
-    object = "text_completion"
-    chunk_object = "text_completion"
-
-    def __init__(self, top_k: int | None, echoes: list[str] | None = None) -> None:
-        self.top_k = top_k
-        self.echoes = echoes
-        self.echoed: set[int] = set()
-
-    def logprobs(
-        self, meta: dict[str, Any], start: int, offset: int = 0, prompt: bool = False
-    ) -> dict[str, Any] | None:
-        if self.top_k is None:
-            return None
-        toks = (meta.get("output_token_logprobs") or [])[start:]
-        tops: list[Any] = (meta.get("output_top_logprobs") or [])[start:]
-        tops = [{_token_text(e): e[0] for e in row} for row in tops]
-        if prompt:
-            in_toks = meta.get("input_token_logprobs") or []
-            in_tops = meta.get("input_top_logprobs") or []
-            in_tops = [{_token_text(e): e[0] for e in row} for row in in_tops]
-            in_tops += [{}] * (len(in_toks) - len(in_tops))
-            if in_tops:
-                in_tops[0] = None  # the first token has no context
-            toks, tops = [*in_toks, *toks], [*in_tops, *tops]
-        offsets = []
-        for t in toks:
-            offsets.append(offset)
-            offset += len(_token_text(t))
-        return {
-            "tokens": [_token_text(t) for t in toks],
-            "token_logprobs": [t[0] for t in toks],
-            "top_logprobs": tops,
-            "text_offset": offsets,
-        }
-
-    def choice(self, index: int, chunk: Any) -> dict[str, Any]:
-        meta = chunk.meta_info
-        echo = self.echoes[index] if self.echoes is not None else ""
-        return {
-            "index": index,
-            "text": echo + chunk.text,
-            "logprobs": self.logprobs(meta, 0, prompt=self.echoes is not None),
-            "finish_reason": _finish_reason(meta),
-        }
-
-    def opening_choices(self, count: int) -> list[dict[str, Any]]:
-        return []
-
-    def delta_choice(self, index: int, chunk: Any, sent: int) -> dict[str, Any] | None:
-        if not chunk.delta and not chunk.finished:
-            return None
-        meta = chunk.meta_info
-        offset = len(chunk.text) - len(chunk.delta)
-        echo, first = "", False
-        if self.echoes is not None:
-            offset += len(self.echoes[index])
-            first = index not in self.echoed
-            if first:
-                self.echoed.add(index)
-                echo = self.echoes[index]
-        return {
-            "index": index,
-            "text": echo + chunk.delta,
-            "logprobs": self.logprobs(meta, sent, 0 if first else offset, prompt=first),
-            "finish_reason": _finish_reason(meta) if chunk.finished else None,
-        }
-
-
-class _ChatFormat:
-    id_prefix = "chatcmpl"
-    object = "chat.completion"
-    chunk_object = "chat.completion.chunk"
-
-    def __init__(self, top_k: int | None) -> None:
-        self.top_k = top_k
-
-    def logprobs(self, meta: dict[str, Any], start: int) -> dict[str, Any] | None:
-        if self.top_k is None:
-            return None
-        toks = (meta.get("output_token_logprobs") or [])[start:]
-        tops = (meta.get("output_top_logprobs") or [])[start:]
-        content = []
-        for t, row in zip(toks, tops or [[]] * len(toks)):
-            entry = _chat_entry(t)
-            entry["top_logprobs"] = [_chat_entry(e) for e in row]
-            content.append(entry)
-        return {"content": content}
-
-    def choice(self, index: int, chunk: Any) -> dict[str, Any]:
-        meta = chunk.meta_info
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": chunk.text},
-            "logprobs": self.logprobs(meta, 0),
-            "finish_reason": _finish_reason(meta),
-        }
-
-    def opening_choices(self, count: int) -> list[dict[str, Any]]:
-        return [
-            {
-                "index": i,
-                "delta": {"role": "assistant", "content": ""},
-                "logprobs": None,
-                "finish_reason": None,
-            }
-            for i in range(count)
-        ]
-
-    def delta_choice(self, index: int, chunk: Any, sent: int) -> dict[str, Any] | None:
-        if not chunk.delta and not chunk.finished:
-            return None
-        meta = chunk.meta_info
-        return {
-            "index": index,
-            "delta": {"content": chunk.delta} if chunk.delta else {},
-            "logprobs": self.logprobs(meta, sent),
-            "finish_reason": _finish_reason(meta) if chunk.finished else None,
-        }
-
-
-def _chat_entry(triple: Any) -> dict[str, Any]:
-    text = _token_text(triple)
-    return {"token": text, "logprob": triple[0], "bytes": list(text.encode("utf-8"))}
