@@ -1,9 +1,9 @@
 """Tool calls out of generated text, incrementally: one parser serves the streamed and the
 whole response, so a client that assembles the stream gets the non-streamed message exactly.
 
-Text outside calls is content. Whitespace next to a call (before its marker, after its end, at
-the end of the output) is layout, not content, and is dropped; an output without calls keeps
-its text unchanged. A block that does not parse as a call stays in the content as written.
+Text outside calls is content. Whitespace next to a call (before a ``<tool_call>`` marker,
+after a call, at the end of an output with calls) is layout, not content, and is dropped; an
+output without markers keeps its text unchanged. A block that does not parse as a call stays in the content as written.
 """
 
 from __future__ import annotations
@@ -56,9 +56,10 @@ class ToolCallParser:
                 end = self._buf.find(CALL_END)
                 if end < 0:
                     return events
-                events.append(self._block(self._buf[:end]))
+                event = self._block(self._buf[:end])
+                events.append(event)
                 self._buf = self._buf[end + len(CALL_END) :]
-                self._in_call, self._after_call = False, True
+                self._in_call, self._after_call = False, isinstance(event, ParsedCall)
                 continue
             begin = self._buf.find(CALL_BEGIN)
             if begin >= 0:

@@ -3,7 +3,9 @@ tests of the remote backends (one per session: starting it loads the model)."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -64,3 +66,30 @@ def tiny_server(tmp_path_factory, tiny_lm_dir) -> Iterator[str]:
     """Base URL of a server on the tiny random model with a tokenizer (tests/conftest.py)."""
     log = tmp_path_factory.mktemp("tiny_server") / "server.log"
     yield from start_server(log, "--model", str(tiny_lm_dir), "--max-total-tokens", "4096")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_server(tmp_path_factory, tiny_lm_dir) -> Iterator[str]:
+    """Base URL of a server on the tiny random model given SmolLM2's chat template (ChatML,
+    no tool support: the default tool prompt) and a 4096-token context, for chat and tool
+    requests whose prompts outgrow the tiny model's 512."""
+    model = tmp_path_factory.mktemp("tiny_chat") / "model"
+    shutil.copytree(tiny_lm_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = 4096
+    (model / "config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").write_text(SMOLLM2_CHAT_TEMPLATE)
+    log = model.parent / "server.log"
+    yield from start_server(
+        log, "--model", str(model), "--served-model-name", "tiny", "--max-total-tokens", "16384"
+    )
+
+
+# SmolLM2-135M-Instruct's template, as its GGUF carries it
+SMOLLM2_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
