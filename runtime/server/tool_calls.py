@@ -252,7 +252,8 @@ def structural_tag(tools: ToolRequest) -> dict[str, Any]:
 def constrain(tools: ToolRequest, params: SamplingParams) -> None:
     """Sets the constraint ``tool_choice`` asks for on ``params`` (see the module docstring)."""
     if tools.choice in ("none", "auto"):
-        if tools.choice == "auto" and has_structural_tag():
+        free = params.json_schema is None and params.regex is None  # response_format wins
+        if tools.choice == "auto" and free and has_structural_tag():
             params.structural_tag = json.dumps(structural_tag(tools))  # type: ignore[attr-defined]
         return
     if params.json_schema is not None or params.regex is not None:
