@@ -126,12 +126,16 @@ def main() -> None:
     print(f"load average {os.getloadavg()}, torch {torch.__version__}, threads {args.threads}")
     bw = read_bandwidth(args.gib, args.repeats)
     print(f"read bandwidth (sum over {args.gib} GiB): {bw / 1e9:.1f} GB/s")
-    print(f"copy size / time (the old measure): {copy_bandwidth(args.gib, args.repeats) / 1e9:.1f} GB/s")
+    print(
+        f"copy size / time (the old measure): {copy_bandwidth(args.gib, args.repeats) / 1e9:.1f} GB/s"
+    )
     for dt in (torch.float32, torch.bfloat16, torch.int8):
         peak = gemm_peak(dt, args.gemm, args.repeats)
         print(f"GEMM {args.gemm}^3 {str(dt).removeprefix('torch.')}: {peak / 1e9:.0f} GFLOP/s")
-    print("\n| precision | weights per step | bound (bytes / read bw) | M=1 kernel streams | "
-          "kernel-limited step |")
+    print(
+        "\n| precision | weights per step | bound (bytes / read bw) | M=1 kernel streams | "
+        "kernel-limited step |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for precision in ("float32", "bfloat16", "int8", "int4"):
         nbytes = step_weight_bytes(precision)

@@ -70,14 +70,21 @@ def measure(engine: Engine, reference: list[list[int]] | None, new: int) -> dict
         ids = [tok.encode(p) + r for p, r in zip(PROMPTS, reference)]
         starts = [len(tok.encode(p)) for p in PROMPTS]
         params = [
-            {"max_new_tokens": 1, "temperature": 0, "return_logprob": True,
-             "logprob_start_len": s - 1, "top_logprobs_num": 1}
+            {
+                "max_new_tokens": 1,
+                "temperature": 0,
+                "return_logprob": True,
+                "logprob_start_len": s - 1,
+                "top_logprobs_num": 1,
+            }
             for s in starts
         ]
         runs = engine.generate(input_ids=ids, sampling_params=params)
         hits = total = 0
         for run, ref in zip(runs, reference):
-            top = run["meta_info"]["input_top_logprobs"]  # row i predicts token at start - 1 + i + 1
+            top = run["meta_info"][
+                "input_top_logprobs"
+            ]  # row i predicts token at start - 1 + i + 1
             preds = [row[0][1] for row in top[1 : len(ref) + 1]]
             hits += sum(p == r for p, r in zip(preds, ref))
             total += len(ref)
@@ -114,7 +121,9 @@ def main() -> None:
         full = sum(a == args.new for a in agree)
         rows.append((name, frac, full, m["top1"], m["ppl"]))
         print(f"{name}: load {load:.1f}s, greedy prefixes {agree}")
-    print("\n| variant | greedy agreement | prompts fully equal | teacher-forced top-1 | perplexity |")
+    print(
+        "\n| variant | greedy agreement | prompts fully equal | teacher-forced top-1 | perplexity |"
+    )
     print("| --- | --- | --- | --- | --- |")
     for name, frac, full, top1, ppl in rows:
         print(f"| {name} | {frac:.1%} | {full}/{len(PROMPTS)} | {top1:.1%} | {ppl:.3f} |")

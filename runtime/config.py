@@ -17,7 +17,10 @@ SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 LOAD_FORMATS = ("auto", "dummy")
-QUANTIZATIONS = ("int8", "int4")  # = runtime.model.models.quant_linear.QUANTIZATIONS (no torch here)
+QUANTIZATIONS = (
+    "int8",
+    "int4",
+)  # = runtime.model.models.quant_linear.QUANTIZATIONS (no torch here)
 
 _NONE = type(None)
 

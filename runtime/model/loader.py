@@ -12,8 +12,8 @@ import torch
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.errors import ModelNotFoundError
 from plait.runtime.model.dummy_weights import init_dummy_weights
-from plait.runtime.model.model_config import ModelConfig
 from plait.runtime.model.gguf_quant import GGUFWeights
+from plait.runtime.model.model_config import ModelConfig
 from plait.runtime.model.model_source import default_gguf_path, resolve_model_path
 from plait.runtime.model.models.llama import LlamaForCausalLM
 from plait.runtime.model.quantize import quantize_model

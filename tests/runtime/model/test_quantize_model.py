@@ -20,7 +20,7 @@ def test_loader_quantizes_every_linear_and_keeps_its_function(tiny_model_dir, qu
     quant = load_model(path, quantization=quantization).model
     assert not any(isinstance(m, Linear) for m in quant.modules())
     assert isinstance(quant.lm_head, Int8Linear)
-    assert all(isinstance(l.self_attn.qkv_proj, layer) for l in quant.model.layers)
+    assert all(isinstance(b.self_attn.qkv_proj, layer) for b in quant.model.layers)
     torch.manual_seed(0)
     for name in ("self_attn.qkv_proj", "mlp.gate_up_proj", "self_attn.o_proj", "mlp.down_proj"):
         d, q = dense.model.layers[1].get_submodule(name), quant.model.layers[1].get_submodule(name)
