@@ -102,7 +102,11 @@ def _weights(precision: str, total_bytes: int) -> tuple[list[Callable], int]:
                 layer = (Int8Linear if precision == "int8" else Int4Linear).from_float(w)
                 xb = x.to(torch.bfloat16)
                 calls.append(lambda xb=xb, layer=layer: layer(xb))
-                streamed += sum(b.numel() * b.element_size() for b in layer.buffers())
+                streamed += sum(
+                    b.numel() * b.element_size()
+                    for name, b in layer.named_buffers()
+                    if name != "dense"  # the bfloat16 copy for many-row forwards
+                )
     return calls, streamed
 
 

@@ -10,9 +10,16 @@ bfloat16 around the product and the result back to the caller's dtype.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 QUANTIZATIONS = ("int8", "int4")
+# Above this many rows a forward multiplies by a bfloat16 copy of the dequantized weight instead:
+# torch's weight-only kernels are matrix-vector kernels, 2-4x slower than the bfloat16 GEMM at
+# 32-256 rows (bench/RESULTS.md, issue 15), while a decode step of a few rows is bound by the
+# weight bytes it streams, where the quantized kernels win. The copy costs bfloat16's memory
+# again; the speed of decode is what quantization buys here, not the memory.
+DENSE_ABOVE_ROWS = 8
 # The group size of int4: 32 is GGUF's Q4_0 / Q4_1 / Q4_K sub-block, so those load exactly.
 INT4_GROUP = 32
 _COMPUTE = torch.bfloat16
@@ -28,6 +35,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
         self.register_buffer("qweight", qweight.contiguous())
         self.register_buffer("scale", scale.to(_COMPUTE).contiguous())
+        self.register_buffer("dense", self.dequantized().to(_COMPUTE))
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int8Linear:
@@ -44,9 +52,11 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = torch.ops.aten._weight_int8pack_mm(
-            x.reshape(-1, self.in_features).to(_COMPUTE), self.qweight, self.scale
-        )
+        x2 = x.reshape(-1, self.in_features).to(_COMPUTE)
+        if x2.shape[0] > DENSE_ABOVE_ROWS:
+            y = F.linear(x2, self.dense)
+        else:
+            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
@@ -76,6 +86,10 @@ class Int4Linear(nn.Module):
         scales_zeros = torch.stack([scale.float().t(), zero.t()], dim=-1)  # [in/32, out, 2]
         self.register_buffer("packed", packed)
         self.register_buffer("scales_zeros", scales_zeros.to(_COMPUTE).contiguous())
+        sz = self.scales_zeros.float()  # the values the kernel uses: [in/32, out, 2]
+        dense = (codes.float() - 8.0).view(out_features, groups, INT4_GROUP)
+        dense = dense * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
+        self.register_buffer("dense", dense.view(out_features, in_features).to(_COMPUTE))
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int4Linear:
@@ -89,10 +103,11 @@ class Int4Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-            x.reshape(-1, self.in_features).to(_COMPUTE).contiguous(),
-            self.packed,
-            INT4_GROUP,
-            self.scales_zeros,
-        )
+        x2 = x.reshape(-1, self.in_features).to(_COMPUTE).contiguous()
+        if x2.shape[0] > DENSE_ABOVE_ROWS:
+            y = F.linear(x2, self.dense)
+        else:
+            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x2, self.packed, INT4_GROUP, self.scales_zeros
+            )
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)

@@ -19,6 +19,8 @@ PROMPTS = [
 ]
 NEW = 16
 # teacher-forced top-1 agreement with float32 along float32's greedy continuation, at least
+# (measured 97.3% for int4 and 96.3% for int8 on 8 prompts x 24 tokens; int8 runs in the bench
+# only, to keep the suite short: its mechanics are tested on the tiny model)
 MIN_TOP1 = {"int4": 0.85, "int8": 0.85}
 
 
@@ -40,7 +42,7 @@ def float32_greedy():
     return [engine.tokenizer.encode(p) for p in PROMPTS], [o["output_ids"] for o in outs]
 
 
-@pytest.mark.parametrize("quantization", ["int4", "int8"])
+@pytest.mark.parametrize("quantization", ["int4"])
 def test_quantized_greedy_agrees_with_float32(float32_greedy, quantization):
     prompts, reference = float32_greedy
     engine = Engine(None, max_total_tokens=4096, quantization=quantization)
