@@ -17,6 +17,10 @@ SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 LOAD_FORMATS = ("auto", "dummy")
+QUANTIZATIONS = (
+    "int8",
+    "int4",
+)  # = runtime.model.models.quant_linear.QUANTIZATIONS (no torch here)
 
 _NONE = type(None)
 
@@ -78,6 +82,12 @@ class EngineConfig:
     load_format: str = _opt(
         "auto", (str,), "dummy: random weights from config.json alone", choices=LOAD_FORMATS
     )
+    quantization: str | None = _opt(
+        None,
+        (str, _NONE),
+        "weight-only quantized linear layers (CPU): int8 per row, int4 per 32 (GGUF 4-bit as stored)",
+        choices=QUANTIZATIONS,
+    )
     num_threads: int | None = _opt(None, (int, _NONE), "torch CPU threads")
     disable_radix_cache: bool = _opt(False, (bool,), "no prefix reuse between requests")
     grammar_compile_timeout: float = _opt(
@@ -130,6 +140,8 @@ class EngineConfig:
         _choice(self, "dtype", DTYPES)
         _choice(self, "attention_backend", ATTENTION_BACKENDS)
         _choice(self, "load_format", LOAD_FORMATS)
+        if self.quantization is not None:
+            _choice(self, "quantization", QUANTIZATIONS)
         for name in ("max_total_tokens", "context_length", "num_threads"):
             if getattr(self, name) is not None:
                 _at_least(self, name, 1)

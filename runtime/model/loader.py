@@ -12,9 +12,11 @@ import torch
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.errors import ModelNotFoundError
 from plait.runtime.model.dummy_weights import init_dummy_weights
+from plait.runtime.model.gguf_quant import GGUFWeights
 from plait.runtime.model.model_config import ModelConfig
-from plait.runtime.model.model_source import resolve_model_path
+from plait.runtime.model.model_source import default_gguf_path, resolve_model_path
 from plait.runtime.model.models.llama import LlamaForCausalLM
+from plait.runtime.model.quantize import quantize_model
 from plait.runtime.model.weight_loader import load_weights
 from plait.runtime.tokenizer import load_tokenizer
 
@@ -42,9 +44,12 @@ def load_model(
     device: str = "cpu",
     context_length: int | None = None,
     load_format: str = "auto",
+    quantization: str | None = None,
 ) -> LoadedModel:
     """``load_format="dummy"`` takes only config.json from ``model_path`` and random weights
-    (no checkpoint, no tokenizer needed)."""
+    (no checkpoint, no tokenizer needed). ``quantization`` ("int8" / "int4") swaps the linear
+    layers for weight-only quantized ones, from a GGUF source's own 4-bit blocks where it has
+    them (see ``quantize.py``); the rest of the model keeps ``dtype``."""
     if load_format not in ("auto", "dummy"):
         raise ValueError(f"load_format must be 'auto' or 'dummy', got {load_format!r}")
     path = _model_dir(model_path, load_format)
@@ -63,6 +68,11 @@ def load_model(
         init_dummy_weights(model)
     else:
         load_weights(model, path)
+    if quantization is not None:
+        if dev.type != "cpu":
+            raise ValueError(f"quantization={quantization!r} runs on CPU only, device is {dev}")
+        gguf = _gguf_source(model_path, load_format)
+        quantize_model(model, quantization, GGUFWeights(gguf) if gguf is not None else None)
     model.eval()
     tokenizer = load_tokenizer(path)
     eos = _eos_ids(path, config, tokenizer)
@@ -76,6 +86,16 @@ def _model_dir(model_path: str | Path | None, load_format: str) -> Path:
             raise ModelNotFoundError(f"load_format='dummy' needs {path / 'config.json'}")
         return path
     return resolve_model_path(model_path)
+
+
+def _gguf_source(model_path: str | Path | None, load_format: str) -> Path | None:
+    """The GGUF file the weights came from, or None (a Hugging Face directory, dummy weights)."""
+    if load_format == "dummy":
+        return None
+    if model_path is None:
+        return default_gguf_path()
+    path = Path(model_path).expanduser()
+    return path if path.is_file() and path.suffix == ".gguf" else None
 
 
 def _eos_ids(path: Path, config: ModelConfig, tokenizer: Any | None) -> set[int]:

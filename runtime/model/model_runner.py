@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -10,10 +11,7 @@ from plait.kernels.attention_backend import AttentionBackend
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.model.forward_batch import ForwardBatch
 from plait.runtime.model.models.llama import LlamaForCausalLM
-
-# A forward of this few tokens runs on one CPU thread: its matrix-vector products stream weights
-# as fast from one core, and its many small ops skip the cost of waking the others.
-_SINGLE_THREAD_MAX_TOKENS = 1
+from plait.runtime.model.thread_policy import ThreadPolicy
 
 
 @dataclass(slots=True)
@@ -32,6 +30,9 @@ class ModelRunner:
         self.kv_pool = kv_pool
         self.attn = attn
         self.device = next(model.parameters()).device
+        self.threads: ThreadPolicy | None = None  # CPU: created at the first forward
+        # False: every multi-token forward uses the caller's count (for side-by-side benches)
+        self.adaptive_threads = True
 
     @torch.inference_mode()
     def forward(
@@ -41,13 +42,16 @@ class ModelRunner:
         prompt_index: torch.Tensor | None = None,  # [P] flat positions for prompt logprobs
     ) -> LogitsOutput:
         threads = torch.get_num_threads()
-        one_thread = (
-            self.device.type == "cpu"
-            and threads > 1
-            and batch.num_tokens <= _SINGLE_THREAD_MAX_TOKENS
-        )
-        if one_thread:
-            torch.set_num_threads(1)
+        use = threads
+        if self.device.type == "cpu":
+            if self.threads is None or self.threads.candidates[-1] != threads:
+                self.threads = ThreadPolicy(threads)  # the caller's count is the ceiling
+            use = self.threads.choose(batch.num_tokens)
+            if not self.adaptive_threads and batch.num_tokens > 1:
+                use = threads
+        if use != threads:
+            torch.set_num_threads(use)
+        start = time.perf_counter()
         try:
             self.attn.init_forward_metadata(batch)
             hidden = self.model(batch, self.kv_pool, self.attn)
@@ -56,6 +60,8 @@ class ModelRunner:
             if prompt_index is not None and prompt_index.numel():
                 prompt_logits = self.model.compute_logits(hidden[prompt_index])
         finally:
-            if one_thread:
+            if use != threads:
                 torch.set_num_threads(threads)
+        if self.threads is not None:
+            self.threads.record(batch.num_tokens, use, time.perf_counter() - start)
         return LogitsOutput(logits, prompt_logits)

@@ -49,6 +49,7 @@ class EngineCore:
             device=config.device,
             context_length=config.context_length,
             load_format=config.load_format,
+            quantization=config.quantization,
         )
         m = self.loaded
         self.tokenizer = m.tokenizer

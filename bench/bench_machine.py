@@ -1,0 +1,155 @@
+"""What this machine can do, measured the right way, and the decode bounds that follow.
+
+- read bandwidth: a reduction (``sum``) over a buffer far larger than the caches, so every byte
+  is read once and nothing is written (a ``copy_`` reads and writes: its size over its time
+  understates the read rate about 2-3x, the error of the bound recorded before issue 15);
+- matmul peaks: square GEMMs in float32, bfloat16 and int8 (``torch._int_mm``);
+- decode kernels: the matrix-vector products one decode step runs (M = 1), over enough distinct
+  weights that nothing stays in cache, as weight bytes streamed per second, for each precision's
+  kernel (float32 / bfloat16 dense, weight-only int8 and int4);
+- the single-stream bound per precision: the weight bytes one SmolLM2-135M decode step must read
+  (every linear layer and the LM head once; the embedding lookup excluded) over the read
+  bandwidth.
+
+    python bench/bench_machine.py [--threads 2] [--gib 1] [--repeats 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+from plait.runtime.model.models.quant_linear import INT4_GROUP, Int4Linear, Int8Linear
+
+# SmolLM2-135M: hidden 576, intermediate 1536, 30 layers, vocab 49152 (tied head)
+HIDDEN, INTER, LAYERS, VOCAB, HEADS_DIM = 576, 1536, 30, 49152, 64
+LAYER_SHAPES = [(576 + 2 * 3 * 64, HIDDEN), (HIDDEN, HIDDEN), (2 * INTER, HIDDEN), (HIDDEN, INTER)]
+
+
+def _best(fn: Callable[[], object], repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def read_bandwidth(gib: float, repeats: int) -> float:
+    buf = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)
+    return buf.numel() * 4 / _best(lambda: buf.sum(), repeats)
+
+
+def copy_bandwidth(gib: float, repeats: int) -> float:
+    """The old (wrong) measure, for comparison: a copy's size over its time."""
+    n = int(gib * (1 << 30)) // 8
+    a, b = torch.ones(n), torch.empty(n)
+    return n * 4 / _best(lambda: b.copy_(a), repeats)
+
+
+def gemm_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
+    if dtype == torch.int8:
+        a = torch.randint(-64, 64, (size, size), dtype=torch.int8)
+        b = torch.randint(-64, 64, (size, size), dtype=torch.int8)
+        fn = lambda: torch._int_mm(a, b)  # noqa: E731
+    else:
+        a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+        fn = lambda: a @ b  # noqa: E731
+    return 2 * size**3 / _best(fn, repeats)
+
+
+def step_weight_bytes(precision: str) -> int:
+    """Bytes of weights one decode step reads (per-row / per-group scales included)."""
+    layer = sum(o * i for o, i in LAYER_SHAPES) * LAYERS
+    rows = sum(o for o, _ in LAYER_SHAPES) * LAYERS
+    head = VOCAB * HIDDEN
+    if precision == "float32":
+        return 4 * (layer + head)
+    if precision == "bfloat16":
+        return 2 * (layer + head)
+    head_int8 = head + 2 * VOCAB  # the head is int8 per row in both quantized modes
+    if precision == "int8":
+        return layer + 2 * rows + head_int8
+    if precision == "int4":
+        return layer // 2 + 4 * (layer // INT4_GROUP) + head_int8
+    raise ValueError(precision)
+
+
+def _weights(precision: str, total_bytes: int) -> tuple[list[Callable], int]:
+    """Distinct copies of the decoder's matrices (about ``total_bytes``) as M = 1 products."""
+    x32 = torch.randn(1, HIDDEN)
+    calls: list[Callable] = []
+    streamed = 0
+    while streamed < total_bytes:
+        for out_f, in_f in LAYER_SHAPES:
+            w = torch.randn(out_f, in_f) * 0.05
+            x = torch.randn(1, in_f) if in_f != HIDDEN else x32
+            if precision in ("float32", "bfloat16"):
+                dt = torch.float32 if precision == "float32" else torch.bfloat16
+                wt = w.to(dt).t().contiguous() if out_f >= in_f else w.to(dt)
+                xd = x.to(dt)
+                if out_f >= in_f:  # plait's Linear: wide matrices stored [in, out]
+                    calls.append(lambda xd=xd, wt=wt: xd @ wt)
+                else:
+                    calls.append(lambda xd=xd, wt=wt: torch.nn.functional.linear(xd, wt))
+                streamed += wt.numel() * wt.element_size()
+            else:
+                layer = (Int8Linear if precision == "int8" else Int4Linear).from_float(w)
+                xb = x.to(torch.bfloat16)
+                calls.append(lambda xb=xb, layer=layer: layer(xb))
+                streamed += sum(
+                    b.numel() * b.element_size()
+                    for name, b in layer.named_buffers()
+                    if name != "dense"  # the bfloat16 copy for many-row forwards
+                )
+    return calls, streamed
+
+
+def gemv_rate(precision: str, total_bytes: int, repeats: int) -> float:
+    calls, streamed = _weights(precision, total_bytes)
+    return streamed / _best(lambda: [c() for c in calls], repeats)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--gib", type=float, default=1.0, help="buffer for the bandwidth test")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--gemm", type=int, default=1024, help="square GEMM size")
+    ap.add_argument("--gemv-mib", type=int, default=400, help="weights streamed per GEMV pass")
+    ap.add_argument("--quick", action="store_true", help="small buffers (a smoke run)")
+    args = ap.parse_args()
+    if args.quick:
+        args.gib, args.gemm, args.gemv_mib, args.repeats = 0.25, 256, 64, 2
+    torch.set_num_threads(args.threads)
+    print(f"load average {os.getloadavg()}, torch {torch.__version__}, threads {args.threads}")
+    bw = read_bandwidth(args.gib, args.repeats)
+    print(f"read bandwidth (sum over {args.gib} GiB): {bw / 1e9:.1f} GB/s")
+    print(
+        f"copy size / time (the old measure): {copy_bandwidth(args.gib, args.repeats) / 1e9:.1f} GB/s"
+    )
+    for dt in (torch.float32, torch.bfloat16, torch.int8):
+        peak = gemm_peak(dt, args.gemm, args.repeats)
+        print(f"GEMM {args.gemm}^3 {str(dt).removeprefix('torch.')}: {peak / 1e9:.0f} GFLOP/s")
+    print(
+        "\n| precision | weights per step | bound (bytes / read bw) | M=1 kernel streams | "
+        "kernel-limited step |"
+    )
+    print("| --- | --- | --- | --- | --- |")
+    for precision in ("float32", "bfloat16", "int8", "int4"):
+        nbytes = step_weight_bytes(precision)
+        rate = gemv_rate(precision, args.gemv_mib << 20, args.repeats)
+        print(
+            f"| {precision} | {nbytes / 1e6:.0f} MB | {nbytes / bw * 1e3:.2f} ms = "
+            f"{bw / nbytes:.0f} tok/s | {rate / 1e9:.1f} GB/s | {rate / nbytes:.0f} tok/s |"
+        )
+    print(f"load average {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

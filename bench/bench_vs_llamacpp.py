@@ -1,0 +1,273 @@
+"""plait against llama.cpp's own ``llama-server``, side by side on this machine (issue 15).
+
+One server at a time, the same OpenAI-compatible client (httpx, ``/v1/completions``, greedy,
+``ignore_eos`` so every request produces exactly its ``max_tokens``), SmolLM2-135M-Instruct from
+the same GGUF. Four workloads:
+
+- ``single``: one stream; decode tok/s measured between its first and last streamed token;
+- ``shared``: 32 concurrent requests on a shared ~400-token few-shot prefix, 64 new tokens each;
+- ``distinct``: 32 concurrent requests sharing nothing (~250 tokens), 64 new tokens each;
+- ``multiturn``: 8 concurrent conversations x 4 turns (each turn's prompt is the conversation so
+  far), 32 new tokens a turn.
+
+Every repeat uses fresh prompts (a per-repeat header / seed), so neither server answers from a
+cache filled by an earlier repeat; within a workload, caching is each server's own business.
+Prints medians over ``--repeats``, the repeat spread (max / min - 1), ratios plait / llama.cpp
+at the same precision, and single-stream decode as a fraction of the read-bandwidth bound.
+
+Needs ``bench/build_llama_server.sh`` run first (llama.cpp systems are skipped otherwise).
+
+    python bench/bench_vs_llamacpp.py                       # everything, 3 repeats
+    python bench/bench_vs_llamacpp.py --systems plait-f32,llama-F32 --workloads single --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from plait.bench.workloads import FEW_SHOT, QUESTIONS, WORDS, distinct_prompts
+
+CACHE = Path(os.environ.get("PLAIT_LLAMA_CACHE", Path.home() / ".cache" / "plait-llamacpp"))
+
+# system name -> (kind, precision label, arguments)
+SYSTEMS = {
+    "plait-f32": ("plait", "f32", ["--dtype", "float32"]),
+    "plait-bf16": ("plait", "bf16", ["--dtype", "bfloat16"]),
+    "plait-int8": ("plait", "int8", ["--dtype", "bfloat16", "--quantization", "int8"]),
+    "plait-int4": ("plait", "int4", ["--dtype", "bfloat16", "--quantization", "int4"]),
+    "llama-F32": ("llama", "f32", ["F32"]),
+    "llama-BF16": ("llama", "bf16", ["BF16"]),
+    "llama-Q8_0": ("llama", "int8", ["Q8_0"]),
+    "llama-Q4_1": ("llama", "int4", ["Q4_1"]),
+}
+WORKLOADS = ("single", "shared", "distinct", "multiturn")
+
+
+@dataclass(slots=True)
+class Result:
+    seconds: float
+    tokens: int
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """One server process; ``with`` starts it, waits for /health, and stops it."""
+
+    def __init__(self, system: str, threads: int, log_dir: Path) -> None:
+        self.kind, self.precision, extra = SYSTEMS[system]
+        self.port = free_port()
+        self.log = log_dir / f"{system}.log"
+        if self.kind == "plait":
+            self.cmd = [
+                sys.executable, "-m", "plait.runtime.server", "--port", str(self.port),
+                "--num-threads", str(threads), "--max-running-requests", "64", *extra,
+            ]  # fmt: skip
+        else:
+            model = CACHE / "models" / f"SmolLM2-135M-Instruct.{extra[0]}.gguf"
+            binary = CACHE / "bin" / "llama-server"
+            if not (binary.exists() and model.exists()):
+                raise FileNotFoundError(f"{binary} / {model}: run bench/build_llama_server.sh")
+            self.cmd = [
+                str(binary), "-m", str(model), "--port", str(self.port), "-t", str(threads),
+                "--parallel", "32", "--cont-batching", "-c", str(32 * 2048), "--log-disable",
+            ]  # fmt: skip
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+        )
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited; see {self.log}")
+            try:
+                if httpx.get(f"{self.base}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"server did not become healthy; see {self.log}")
+
+    def __exit__(self, *exc: object) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _body(prompt: str, max_tokens: int, stream: bool = False) -> dict:
+    return {
+        "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
+        "ignore_eos": True, "stream": stream,
+    }  # fmt: skip
+
+
+async def complete(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> tuple[str, int]:
+    r = await client.post("/v1/completions", json=_body(prompt, max_tokens))
+    r.raise_for_status()
+    data = r.json()
+    return data["choices"][0]["text"], int(data["usage"]["completion_tokens"])
+
+
+async def single(client: httpx.AsyncClient, rep: int, new: int) -> Result:
+    """Decode rate of one stream: tokens after the first over the time after the first."""
+    prompt = f"Story {rep}: Once upon a time, in a small village,"
+    stamps: list[float] = []
+    async with client.stream("POST", "/v1/completions", json=_body(prompt, new, True)) as r:
+        r.raise_for_status()
+        async for line in r.aiter_lines():
+            if line.startswith("data: ") and line != "data: [DONE]":
+                chunk = json.loads(line[6:])
+                if chunk.get("choices") and chunk["choices"][0].get("text"):
+                    stamps.append(time.perf_counter())
+    # a chunk may carry more than one token (detokenizer holding back bytes): count by time
+    return Result(stamps[-1] - stamps[0], len(stamps) - 1)
+
+
+async def batch(client: httpx.AsyncClient, prompts: list[str], new: int) -> Result:
+    t = time.perf_counter()
+    outs = await asyncio.gather(*(complete(client, p, new) for p in prompts))
+    return Result(time.perf_counter() - t, sum(n for _, n in outs))
+
+
+def shared_prompts(rep: int, n: int = 32) -> list[str]:
+    prefix = f"Quiz {rep}.\n\n" + "".join(f"Question: {q}\nAnswer: {a}\n\n" for q, a in FEW_SHOT)
+    return [f"{prefix}Question: {QUESTIONS[i % len(QUESTIONS)]}\nAnswer:" for i in range(n)]
+
+
+async def multiturn(client: httpx.AsyncClient, rep: int, convs: int, turns: int, new: int):
+    rng = random.Random(rep)
+
+    async def conversation(i: int) -> int:
+        text, produced = f"Conversation {rep}-{i}.\n", 0
+        for _ in range(turns):
+            ask = " ".join(rng.choice(WORDS) for _ in range(40))
+            text += f"User: tell me about {ask}\nAssistant:"
+            out, n = await complete(client, text, new)
+            text += out + "\n"
+            produced += n
+        return produced
+
+    t = time.perf_counter()
+    counts = await asyncio.gather(*(conversation(i) for i in range(convs)))
+    return Result(time.perf_counter() - t, sum(counts))
+
+
+async def run_workload(base: str, workload: str, rep: int, args: argparse.Namespace) -> Result:
+    async with httpx.AsyncClient(base_url=base, timeout=3600) as client:
+        if workload == "single":
+            return await single(client, rep, args.single_new)
+        if workload == "shared":
+            return await batch(client, shared_prompts(rep), 64)
+        if workload == "distinct":
+            return await batch(client, distinct_prompts(32, seed=1000 + rep), 64)
+        return await multiturn(client, rep, 8, 4, 32)
+
+
+def step_bytes(precision: str, kind: str) -> int:
+    """Weight bytes one decode step reads: plait's from its layers, llama.cpp's from the file."""
+    if kind == "plait":
+        from plait.bench.bench_machine import step_weight_bytes
+
+        return step_weight_bytes({"f32": "float32", "bf16": "bfloat16"}.get(precision, precision))
+    from gguf import GGUFReader
+
+    name = {"f32": "F32", "bf16": "BF16", "int8": "Q8_0", "int4": "Q4_1"}[precision]
+    reader = GGUFReader(CACHE / "models" / f"SmolLM2-135M-Instruct.{name}.gguf")
+    return sum(int(t.n_bytes) for t in reader.tensors)  # the tied embedding is the head
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--workloads", default=",".join(WORKLOADS))
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--single-new", type=int, default=128, help="tokens of the single stream")
+    ap.add_argument("--log-dir", default="/tmp/plait-vs-llamacpp")
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    args = ap.parse_args()
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    workloads = args.workloads.split(",")
+    results: dict[str, dict[str, list[float]]] = {}
+    for system in args.systems.split(","):
+        try:
+            server = Server(system, args.threads, log_dir)
+        except FileNotFoundError as e:
+            print(f"skip {system}: {e}")
+            continue
+        print(f"{system}: starting (load {os.getloadavg()[0]:.2f})", flush=True)
+        with server:
+            asyncio.run(run_workload(server.base, "single", -1, argparse.Namespace(single_new=8)))
+            results[system] = {w: [] for w in workloads}
+            for rep in range(args.repeats):
+                for w in workloads:
+                    r = asyncio.run(run_workload(server.base, w, rep, args))
+                    results[system][w].append(r.rate)
+                    print(f"  {system} {w} rep {rep}: {r.rate:.1f} tok/s ({r.tokens} tok in "
+                          f"{r.seconds:.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)  # fmt: skip
+    report(results, workloads, args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def report(results: dict, workloads: list[str], args: argparse.Namespace) -> None:
+    med = {s: {w: statistics.median(v) for w, v in r.items()} for s, r in results.items()}
+    print(f"\nmedians of {args.repeats} (tok/s), spread = max/min - 1; load {os.getloadavg()}")
+    print("| system | " + " | ".join(workloads) + " |")
+    print("| --- |" + " --- |" * len(workloads))
+    for s, r in results.items():
+        cells = [f"{med[s][w]:.1f} ({max(r[w]) / min(r[w]) - 1:.0%})" for w in workloads]
+        print(f"| {s} | " + " | ".join(cells) + " |")
+    print("\nplait / llama.cpp at the same precision")
+    print("| precision | " + " | ".join(workloads) + " |")
+    print("| --- |" + " --- |" * len(workloads))
+    for ps, (_, prec, _) in SYSTEMS.items():
+        ls = next((n for n, (k, p, _) in SYSTEMS.items() if k == "llama" and p == prec), None)
+        if ps.startswith("plait") and ps in med and ls in med:
+            ratios = [f"{med[ps][w] / med[ls][w]:.2f}x" for w in workloads]
+            print(f"| {prec} | " + " | ".join(ratios) + " |")
+    if "single" in workloads:
+        from plait.bench.bench_machine import read_bandwidth
+
+        bw = read_bandwidth(1.0, 5)
+        print(f"\nsingle stream vs the read-bandwidth bound ({bw / 1e9:.1f} GB/s, sum over 1 GiB)")
+        print("| system | weights per step | bound tok/s | measured | fraction |")
+        print("| --- | --- | --- | --- | --- |")
+        for s in med:
+            kind, prec, _ = SYSTEMS[s]
+            nbytes = step_bytes(prec, kind)
+            bound = bw / nbytes
+            print(f"| {s} | {nbytes / 1e6:.0f} MB | {bound:.0f} | {med[s]['single']:.1f} | "
+                  f"{med[s]['single'] / bound:.0%} |")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

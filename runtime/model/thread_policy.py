@@ -1,0 +1,79 @@
+"""How many CPU threads each forward runs on, learned from how fast each count actually runs.
+
+On a small CPU box shared with the HTTP server, the client and other jobs, a 2-thread OpenMP
+region stalls whenever one of its threads is descheduled: every op waits for the slower thread's
+next time slice. Measured (bench/RESULTS.md, issue 15) under contention, 2 threads ran a decode
+step 5-10x slower than 1 thread in bfloat16 / int4, and float32 GEMMs at M >= 8 likewise; on a
+quiet box 2 threads are faster for large forwards. No fixed count is right for both, so the
+policy keeps, per forward size (a power-of-two bucket of tokens), an exponential moving
+average of seconds per forward for each candidate count, runs the faster one, and re-tries the
+other now and then (see ``ThreadPolicy``) so it follows the machine's load.
+Thread counts change speed only; the kernels give the same outputs at every count we use.
+"""
+
+from __future__ import annotations
+
+# A forward of at most this many tokens always runs on one thread: its matrix-vector products
+# stream weights as fast from one core, and its many small ops skip waking the others.
+SINGLE_THREAD_MAX_TOKENS = 1
+
+
+class ThreadPolicy:
+    """``choose(num_tokens)`` before a forward, ``record(...)`` with its duration after.
+
+    Re-trying the losing count costs one slow forward, so a bucket's interval between tries
+    doubles (``min_interval`` .. ``max_interval`` forwards) each time the loser loses again and
+    falls back to ``min_interval`` when it wins.
+    """
+
+    def __init__(
+        self,
+        max_threads: int,
+        *,
+        min_interval: int = 8,
+        max_interval: int = 512,
+        smoothing: float = 0.3,
+    ) -> None:
+        self.candidates = sorted({1, max(max_threads, 1)})
+        self.min_interval, self.max_interval = min_interval, max_interval
+        self.smoothing = smoothing
+        self._avg: dict[tuple[int, int], float] = {}  # (bucket, threads) -> seconds per forward
+        self._until_try: dict[int, int] = {}  # bucket -> forwards until the loser's next try
+        self._interval: dict[int, int] = {}
+
+    @staticmethod
+    def bucket(num_tokens: int) -> int:
+        return max(num_tokens - 1, 0).bit_length()
+
+    def choose(self, num_tokens: int) -> int:
+        if num_tokens <= SINGLE_THREAD_MAX_TOKENS or len(self.candidates) == 1:
+            return 1
+        b = self.bucket(num_tokens)
+        untried = [t for t in self.candidates if (b, t) not in self._avg]
+        if untried:
+            return untried[-1]
+        best = self._best(b)
+        left = self._until_try.get(b, self.min_interval) - 1
+        self._until_try[b] = left
+        if left <= 0:
+            return next(t for t in self.candidates if t != best)
+        return best
+
+    def record(self, num_tokens: int, threads: int, seconds: float) -> None:
+        if num_tokens <= SINGLE_THREAD_MAX_TOKENS or len(self.candidates) == 1:
+            return
+        b = self.bucket(num_tokens)
+        tried_loser = all((b, t) in self._avg for t in self.candidates) and threads != self._best(b)
+        key = (b, threads)
+        old = self._avg.get(key)
+        # the loser's average is stale by design: a fresh try replaces it
+        fresh = old is None or tried_loser
+        self._avg[key] = seconds if fresh else old + self.smoothing * (seconds - old)
+        if tried_loser:
+            interval = self._interval.get(b, self.min_interval)
+            won = self._best(b) == threads
+            interval = self.min_interval if won else min(2 * interval, self.max_interval)
+            self._interval[b] = self._until_try[b] = interval
+
+    def _best(self, bucket: int) -> int:
+        return min(self.candidates, key=lambda t: self._avg[(bucket, t)])

@@ -1,0 +1,50 @@
+"""The CPU thread policy: runs the faster count per forward size and follows changes."""
+
+from __future__ import annotations
+
+from plait.runtime.model.thread_policy import ThreadPolicy
+
+
+def _run(policy: ThreadPolicy, tokens: int, cost: dict[int, float], steps: int) -> list[int]:
+    chosen = []
+    for _ in range(steps):
+        t = policy.choose(tokens)
+        policy.record(tokens, t, cost[t])
+        chosen.append(t)
+    return chosen
+
+
+def test_single_token_forwards_run_on_one_thread():
+    policy = ThreadPolicy(2)
+    assert policy.choose(1) == 1
+
+
+def test_settles_on_the_faster_count_and_backs_off_retrying_the_other():
+    policy = ThreadPolicy(2, min_interval=4, max_interval=64)
+    chosen = _run(policy, 32, {1: 1.0, 2: 5.0}, 200)  # 2 threads stall (a busy machine)
+    assert chosen[:2] == [2, 1]  # each count measured once
+    tries = [i for i, t in enumerate(chosen) if t == 2][1:]
+    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    assert gaps == sorted(gaps) and gaps[-1] == 64  # the loser is re-tried ever more rarely
+    assert chosen.count(2) < 15
+
+
+def test_follows_the_machine_when_the_other_count_becomes_faster():
+    policy = ThreadPolicy(2, min_interval=4, max_interval=8)
+    _run(policy, 32, {1: 1.0, 2: 5.0}, 50)
+    chosen = _run(policy, 32, {1: 1.0, 2: 0.5}, 50)  # the machine went quiet
+    assert chosen[:9].count(2) >= 2  # switched at the loser's next try (within max_interval)
+    assert chosen[9:].count(2) >= 32  # one thread is now the one re-tried now and then
+
+
+def test_sizes_are_learned_separately():
+    policy = ThreadPolicy(2, min_interval=4)
+    _run(policy, 8, {1: 1.0, 2: 5.0}, 30)
+    _run(policy, 512, {1: 5.0, 2: 1.0}, 30)
+    assert _run(policy, 8, {1: 1.0, 2: 5.0}, 3) == [1, 1, 1]
+    assert _run(policy, 512, {1: 5.0, 2: 1.0}, 3) == [2, 2, 2]
+
+
+def test_one_thread_ceiling_never_asks_for_more():
+    policy = ThreadPolicy(1)
+    assert _run(policy, 64, {1: 1.0}, 5) == [1] * 5
