@@ -100,8 +100,22 @@ def test_every_message_round_trips(msg):
         (msgpack.packb({"tag": "PingReq"}), "array"),
         (msgpack.packb(["Pickle", 1]), "unknown message tag 'Pickle'"),
         (msgpack.packb(["AbortReq"]), "AbortReq takes 1 fields, got 0"),
-        (msgpack.packb(["GenerateReq", 5, [1], {}, False]), "GenerateReq.rid must be str"),
-        (msgpack.packb(["GenerateReq", "r", [1], {}, 1]), "GenerateReq.stream must be bool"),
+        (
+            msgpack.packb(["GenerateReq", 5, [1], {}, False, None, None]),
+            "GenerateReq.rid must be str",
+        ),
+        (
+            msgpack.packb(["GenerateReq", "r", [1], {}, 1, None, None]),
+            "GenerateReq.stream must be bool",
+        ),
+        (
+            msgpack.packb(["GenerateReq", "r", [1], {}, False, 7, None]),
+            "GenerateReq.tenant must be str or NoneType, got int",
+        ),
+        (
+            msgpack.packb(["GenerateReq", "r", [1], {}, False, None, ["s"]]),
+            "GenerateReq.cache_salt must be str or NoneType, got list",
+        ),
         (msgpack.packb(["BatchOut", {}]), "BatchOut.outputs must be list"),
         (msgpack.packb(["BatchOut", [["r", 0, [1]]]]), "a ReqOutput takes 13 fields"),
         (
