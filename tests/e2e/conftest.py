@@ -3,6 +3,7 @@ tests of the remote backends (one per session: starting it loads the model)."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -64,3 +65,37 @@ def tiny_server(tmp_path_factory, tiny_lm_dir) -> Iterator[str]:
     """Base URL of a server on the tiny random model with a tokenizer (tests/conftest.py)."""
     log = tmp_path_factory.mktemp("tiny_server") / "server.log"
     yield from start_server(log, "--model", str(tiny_lm_dir), "--max-total-tokens", "4096")
+
+
+# the prompt-cache audit's server (tests/e2e/test_cache_audit.py): two tenants
+AUDIT_KEYS = {"victim": "victim-key-3f9a1c", "attacker": "attacker-key-77b2e0"}
+AUDIT_VOCAB = 2048
+
+
+@pytest.fixture(scope="session")
+def audit_server(tmp_path_factory) -> Iterator[tuple[str, Path, dict[str, str], int]]:
+    """(URL, log file, tenant -> key, vocabulary size) of a server with the tenants ``AUDIT_KEYS``, on random weights
+    (``--load-format dummy``) of a small llama whose prefill of several hundred tokens costs
+    clearly more than one token's step."""
+    from transformers import LlamaConfig
+
+    root = tmp_path_factory.mktemp("audit")
+    LlamaConfig(
+        vocab_size=AUDIT_VOCAB,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    ).save_pretrained(root / "model")
+    keys = root / "keys.json"
+    keys.write_text(json.dumps(AUDIT_KEYS))
+    log = root / "server.log"
+    args = ["--model", str(root / "model"), "--load-format", "dummy"]
+    args += ["--max-total-tokens", "65536", "--api-key-file", str(keys), "--log-level", "info"]
+    for url in start_server(log, *args):
+        yield url, log, AUDIT_KEYS, AUDIT_VOCAB
