@@ -87,6 +87,8 @@ def server(root: Path, model_args: list[str], isolation: str) -> Iterator[str]:
 def part_audit(args: argparse.Namespace, root: Path) -> None:
     if args.model is None:
         model_args = ["--model", str(root / "model"), "--load-format", "dummy"]
+    elif args.model == "default":
+        model_args = []
     else:
         model_args = ["--model", args.model]
     print(f"## audit: {args.pairs} pairs, victim prompts of {args.prefix} tokens")
@@ -120,6 +122,7 @@ def part_throughput(args: argparse.Namespace, root: Path) -> None:
         [rng.randrange(3, vocab) for _ in range(args.question)] for _ in range(args.requests)
     ]
     model = str(root / "model") if args.model is None else args.model
+    model = None if model == "default" else model
     dummy = {"load_format": "dummy"} if args.model is None else {}
     settings = [
         ("global", 1),
@@ -165,7 +168,11 @@ def part_throughput(args: argparse.Namespace, root: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default=None, help="a real model (default: small random llama)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a real model ('default': SmolLM2-135M-Instruct; unset: a small random llama)",
+    )
     p.add_argument("--vocab", type=int, default=2048, help="token ids are drawn below this")
     p.add_argument("--pairs", type=int, default=20)
     p.add_argument("--prefix", type=int, default=384)

@@ -15,8 +15,10 @@ Why this does not depend on the machine's speed or load (the suite runs on busy 
 - Within a tenant the effect is large against the noise: a miss prefills ``PREFIX`` tokens
   through the model, a hit computes one token over the cached prefix; the model is sized so
   that prefill dominates the request's fixed costs (HTTP, JSON, the socket).
-  With ``PAIRS`` pairs, even a quarter of pairs reordered by a load spike leaves p far below
-  ``SIGNAL_P`` (perfect separation gives p ~ 1e-7).
+  With ``PAIRS`` pairs perfect separation gives p ~ 2e-5; p stays below ``SIGNAL_P`` while
+  more than 7 in 8 of the (hit, miss) comparisons keep their order. On this project's 2-core
+  box under a load average of 22 (other jobs) every one of 15 hits still beat every miss
+  (p = 1.7e-6, median 102 ms against 1000 ms).
 - Across tenants the null hypothesis holds exactly (both probes are misses doing the same
   work), so the p-value is uniform on [0, 1]: it falls below ``NO_SIGNAL_P`` one run in
   1,000, whatever the load.
@@ -31,7 +33,7 @@ import httpx
 from plait.bench.cache_audit import PromptSource, run_audit
 
 PREFIX = 384  # tokens per victim prompt
-PAIRS = 16
+PAIRS = 12
 SIGNAL_P = 1e-3  # within a tenant the audit must find the hit at least this clearly
 NO_SIGNAL_P = 1e-3  # across tenants a p-value below this would be a detected leak
 
@@ -41,7 +43,7 @@ def test_audit_finds_the_hit_within_a_tenant_and_nothing_across(audit_server):
     victim, attacker = keys["victim"], keys["attacker"]
     with httpx.Client(base_url=url, timeout=120) as client:
         prompts = PromptSource(vocab, PREFIX, seed=0)
-        run_audit(client, victim, victim, prompts, pairs=2)  # warm-up
+        run_audit(client, victim, victim, prompts, pairs=1)  # warm-up
         within = run_audit(client, victim, victim, prompts, PAIRS, seed=1)
         across = run_audit(client, victim, attacker, prompts, PAIRS, seed=2)
 

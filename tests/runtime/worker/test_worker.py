@@ -159,6 +159,16 @@ def test_a_bad_request_gets_an_error_naming_its_field(sock, params, field):
     assert err == m.ErrorOut("bad", field, err.message, "invalid_request")
 
 
+def test_a_bad_tenant_or_cache_salt_is_rejected_by_name(sock):
+    for tenant, salt, field in [("", None, "tenant"), (None, "s" * 1000, "cache_salt")]:
+        _send(sock, m.GenerateReq("scope", [5, 6], {}, False, tenant, salt))
+        err = _recv(sock)
+        assert err == m.ErrorOut("scope", field, err.message, "invalid_request")
+    _send(sock, m.GenerateReq("ok", [5, 6, 7], {"max_new_tokens": 2}, False, "t", "salt"))
+    (out,) = _until_finished(sock, "ok")
+    assert len(out.new_ids) == 2
+
+
 def test_bad_token_ids_are_rejected(sock):
     for ids in [[], [5, 10_000], [5, "x"], [1] * 600]:
         _send(sock, m.GenerateReq("ids", ids, {}, False))
