@@ -30,28 +30,9 @@ from pathlib import Path
 
 import httpx
 
-from plait.bench.cache_audit import PromptSource, run_audit
+from plait.bench.cache_audit import PromptSource, run_audit, write_audit_model
 
 KEYS = {"victim": "bench-victim-key", "attacker": "bench-attacker-key"}
-
-
-def audit_model(root: Path, vocab: int) -> Path:
-    """config.json of a small llama for ``--load-format dummy`` (random weights)."""
-    from transformers import LlamaConfig
-
-    LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    ).save_pretrained(root / "model")
-    return root / "model"
 
 
 @contextmanager
@@ -188,7 +169,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.model is None:
-            audit_model(root, args.vocab)
+            write_audit_model(root / "model", args.vocab)
         if not args.skip_audit:
             part_audit(args, root)
         if not args.skip_throughput:

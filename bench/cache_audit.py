@@ -20,6 +20,7 @@ import random
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -59,6 +60,27 @@ class AuditResult:
             f"miss {self.median_miss * 1e3:.1f} ms, cached_tokens on victim-prompt probes "
             f"{min(self.hit_cached_tokens)}..{max(self.hit_cached_tokens)}"
         )
+
+
+def write_audit_model(out_dir: Path, vocab_size: int) -> Path:
+    """config.json of a small llama, served with ``--load-format dummy`` (random weights): its
+    prefill of a few hundred tokens costs several times a request's fixed costs, so a hit
+    and a miss differ clearly in time to first token."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    ).save_pretrained(out_dir)
+    return out_dir
 
 
 class PromptSource:

@@ -74,24 +74,13 @@ AUDIT_VOCAB = 2048
 
 @pytest.fixture(scope="session")
 def audit_server(tmp_path_factory) -> Iterator[tuple[str, Path, dict[str, str], int]]:
-    """(URL, log file, tenant -> key, vocabulary size) of a server with the tenants ``AUDIT_KEYS``, on random weights
-    (``--load-format dummy``) of a small llama whose prefill of several hundred tokens costs
-    clearly more than one token's step."""
-    from transformers import LlamaConfig
+    """(URL, log file, tenant -> key, vocabulary size) of a server with the tenants
+    ``AUDIT_KEYS`` (so ``--cache-isolation`` defaults to tenant), on random weights of a small
+    llama (``write_audit_model``)."""
+    from plait.bench.cache_audit import write_audit_model
 
     root = tmp_path_factory.mktemp("audit")
-    LlamaConfig(
-        vocab_size=AUDIT_VOCAB,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        tie_word_embeddings=False,
-    ).save_pretrained(root / "model")
+    write_audit_model(root / "model", AUDIT_VOCAB)
     keys = root / "keys.json"
     keys.write_text(json.dumps(AUDIT_KEYS))
     log = root / "server.log"
