@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import TYPE_CHECKING
 
 import torch
@@ -19,6 +20,10 @@ class CacheManager:
     Accounting invariant: every usable slot is exactly one of free, held by the tree (evictable
     when unlocked, protected when locked) or owned by a running request. When the engine is
     idle no request owns slots and nothing is locked: ``free + evictable == total``.
+
+    Isolation: a request reuses only prefixes cached under its namespace (``namespace_of``):
+    its ``cache_salt``, and with ``isolate_tenants`` its ``tenant`` too. Requests of one
+    namespace share prefixes as before (a shared system prompt, ``select`` choices, forks).
     """
 
     def __init__(
@@ -26,11 +31,21 @@ class CacheManager:
         req_to_token_pool: ReqToTokenPool,
         kv_pool: TokenToKVPool,
         disable_radix_cache: bool = False,
+        isolate_tenants: bool = False,
     ) -> None:
         self.req_to_token_pool = req_to_token_pool
         self.kv_pool = kv_pool
         self.tree = RadixCache(kv_pool, disable=disable_radix_cache)
         self.disabled = disable_radix_cache
+        self.isolate_tenants = isolate_tenants
+
+    def namespace_of(self, req: Req) -> Hashable:
+        """The radix tree namespace of ``req``'s prefixes: None (shared by every request)
+        unless it has a cache salt or, under tenant isolation, a tenant."""
+        tenant = req.tenant if self.isolate_tenants else None
+        if tenant is None and req.cache_salt is None:
+            return None
+        return (tenant, req.cache_salt)
 
     @property
     def req_to_token(self) -> torch.Tensor:
@@ -58,7 +73,7 @@ class CacheManager:
             assert req.last_node is not None
             tree.touch(req.last_node)
             return
-        res = tree.match_prefix(req.fill_ids, end)
+        res = tree.match_prefix(req.fill_ids, end, self.namespace_of(req))
         req.prefix_indices, req.last_node = res.indices, res.last_node
         req.match_version, req.match_len = tree.version, end
 
@@ -94,9 +109,10 @@ class CacheManager:
             return
         row, n = req.req_pool_idx, req.kv_len
         slots = self.req_to_token[row, :n].clone()
-        cached = self.tree.insert(req.fill_ids, slots, n)
+        namespace = self.namespace_of(req)
+        cached = self.tree.insert(req.fill_ids, slots, n, namespace)
         self._free_duplicates(slots, len(req.prefix_indices), cached)
-        res = self.tree.match_prefix(req.fill_ids, n)
+        res = self.tree.match_prefix(req.fill_ids, n, namespace)
         assert len(res.indices) == n, "the tree must hold what was just inserted"
         self.req_to_token[row, :n] = res.indices
         self.tree.dec_lock_ref(req.last_node)
@@ -112,7 +128,7 @@ class CacheManager:
         if self.disabled:
             self.kv_pool.free(slots)
         else:
-            cached = self.tree.insert(req.fill_ids, slots, n)
+            cached = self.tree.insert(req.fill_ids, slots, n, self.namespace_of(req))
             self._free_duplicates(slots, len(req.prefix_indices), cached)
             self.tree.dec_lock_ref(req.last_node)
         self.req_to_token_pool.free(row)

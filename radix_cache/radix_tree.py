@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +19,16 @@ _MATCH_CHUNK = 64
 
 
 class TreeNode:
-    __slots__ = ("id", "children", "parent", "key", "value", "lock_ref", "last_access_time")
+    __slots__ = (
+        "id",
+        "children",
+        "parent",
+        "key",
+        "value",
+        "lock_ref",
+        "last_access_time",
+        "namespace",
+    )
 
     def __init__(
         self,
@@ -35,6 +44,7 @@ class TreeNode:
         self.value = value
         self.lock_ref = 0
         self.last_access_time = last_access_time
+        self.namespace: Hashable = None  # set on a namespace's root only
 
     def __repr__(self) -> str:
         head = self.key[:8]
@@ -45,7 +55,7 @@ class TreeNode:
 @dataclass(slots=True)
 class MatchResult:
     indices: torch.Tensor  # int64 [prefix_len]: KV slots of the matched prefix
-    last_node: TreeNode  # deepest matched node; the root when nothing matched
+    last_node: TreeNode  # deepest matched node; a root when nothing matched
 
 
 def _key_match(node_key: list[int], key: list[int], start: int, end: int) -> int:
@@ -78,6 +88,13 @@ class RadixCache:
       tokens, an ``evict`` that frees some, ``reset``). While it is unchanged an earlier
       ``match_prefix`` result stays exact: same slots, and its ``last_node`` still ends at the
       match (a split puts a new node above it, never below).
+    - Namespaces: every prefix lives in one namespace, ``None`` (the shared tree under
+      ``root``) or any other hashable (a tenant and its cache salt, say), which has its own
+      root. ``match_prefix`` and ``insert`` stay inside the caller's namespace, so what one
+      namespace cached is never a hit in another, however equal the tokens. A namespace's
+      root holds no tokens and no slots, has no parent, stays locked like ``root``, and
+      exists only while it has children (``evict`` drops it when its last leaf goes), so
+      client-chosen namespaces cost nothing once their entries are evicted.
 
     With ``disable=True`` nothing is ever stored: matches are empty and ``insert`` keeps
     nothing (the caller frees all its slots itself).
@@ -93,34 +110,52 @@ class RadixCache:
     def reset(self) -> None:
         """Drops every cached prefix and frees its slots. Only valid when nothing is locked."""
         assert self._protected == 0, f"reset with {self._protected} locked tokens in use"
-        values = [node.value for node in self._nodes() if node is not self.root]
+        values = [node.value for node in self._nodes() if node.parent is not None]
         if values:
             self.kv_pool.free(torch.cat(values))
         self.version += 1
         self._init_root()
 
     def _init_root(self) -> None:
-        self.root = TreeNode([], self._empty, last_access_time=next(_access_clock))
-        self.root.lock_ref = 1
+        self.root = self._new_root(None)
+        self._ns_roots: dict[Hashable, TreeNode] = {}
         self._evictable = 0
         self._protected = 0
 
-    def match_prefix(self, key: Sequence[int], end: int | None = None) -> MatchResult:
-        """The longest cached prefix of ``key[:end]`` (``end`` spares the caller a slice). A
-        match ending inside a node splits it, so ``last_node`` covers exactly the match. The
-        result is not locked: lock ``last_node`` before the slots can be evicted (before the
-        next ``evict``)."""
-        if self.disable:
+    def _new_root(self, namespace: Hashable) -> TreeNode:
+        root = TreeNode([], self._empty, last_access_time=next(_access_clock))
+        root.lock_ref = 1
+        root.namespace = namespace
+        return root
+
+    def _root_of(self, namespace: Hashable) -> TreeNode | None:
+        return self.root if namespace is None else self._ns_roots.get(namespace)
+
+    def match_prefix(
+        self, key: Sequence[int], end: int | None = None, namespace: Hashable = None
+    ) -> MatchResult:
+        """The longest prefix of ``key[:end]`` (``end`` spares the caller a slice) cached in
+        ``namespace``. A match ending inside a node splits it, so ``last_node`` covers exactly
+        the match (``root`` when the namespace holds nothing). The result is not locked: lock
+        ``last_node`` before the slots can be evicted (before the next ``evict``)."""
+        root = None if self.disable else self._root_of(namespace)
+        if root is None:
             return MatchResult(self._empty, self.root)
         key = key if isinstance(key, list) else list(key)
-        node, pos, values = self._walk(key, len(key) if end is None else min(end, len(key)))
+        node, pos, values = self._walk(root, key, len(key) if end is None else min(end, len(key)))
         indices = torch.cat(values) if values else self._empty
         return MatchResult(indices, node)
 
-    def insert(self, key: Sequence[int], value: torch.Tensor, end: int | None = None) -> int:
-        """Caches ``value[t]`` as the KV slot of ``key[t]`` for the tokens of ``key[:end]``
-        (``end`` spares the caller a slice); returns how many leading tokens of them were
-        already cached before the call.
+    def insert(
+        self,
+        key: Sequence[int],
+        value: torch.Tensor,
+        end: int | None = None,
+        namespace: Hashable = None,
+    ) -> int:
+        """Caches ``value[t]`` as the KV slot of ``key[t]`` in ``namespace`` for the tokens of
+        ``key[:end]`` (``end`` spares the caller a slice); returns how many leading tokens of
+        them were already cached there before the call.
 
         The tree keeps (a copy of) ``value[returned:]`` and from then on owns those slots. For
         the already cached positions the tree keeps its own slots; the caller's slots there
@@ -132,10 +167,13 @@ class RadixCache:
         end = len(key) if end is None else min(end, len(key))
         if len(value) != end:
             raise ValueError(f"insert: value has {len(value)} slots for {end} tokens")
-        if self.disable:
+        if self.disable or end == 0:
             return 0
         key = key if isinstance(key, list) else list(key)
-        node, pos, _ = self._walk(key, end)
+        root = self._root_of(namespace)
+        if root is None:
+            root = self._ns_roots[namespace] = self._new_root(namespace)
+        node, pos, _ = self._walk(root, key, end)
         if pos < end:
             leaf = TreeNode(key[pos:end], value[pos:].clone(), node, node.last_access_time)
             node.children[key[pos]] = leaf
@@ -143,11 +181,13 @@ class RadixCache:
             self.version += 1
         return pos
 
-    def _walk(self, key: list[int], end: int) -> tuple[TreeNode, int, list[torch.Tensor]]:
-        # deepest node matching a prefix of key[:end] (split to end exactly there), the matched
-        # length and the matched nodes' values; refreshes access times on the path
+    def _walk(
+        self, root: TreeNode, key: list[int], end: int
+    ) -> tuple[TreeNode, int, list[torch.Tensor]]:
+        # deepest node below root matching a prefix of key[:end] (split to end exactly there),
+        # the matched length and the matched nodes' values; refreshes access times on the path
         now = next(_access_clock)
-        node = self.root
+        node = root
         node.last_access_time = now
         pos = 0
         values: list[torch.Tensor] = []
@@ -191,7 +231,7 @@ class RadixCache:
     def inc_lock_ref(self, node: TreeNode) -> int:
         """Locks ``node`` and its ancestors; returns the change in evictable size (<= 0)."""
         delta = 0
-        while node is not self.root:
+        while node.parent is not None:
             if node.lock_ref == 0:
                 n = len(node.key)
                 self._evictable -= n
@@ -204,7 +244,7 @@ class RadixCache:
     def dec_lock_ref(self, node: TreeNode) -> int:
         """Undoes one ``inc_lock_ref(node)``; returns the change in evictable size (>= 0)."""
         delta = 0
-        while node is not self.root:
+        while node.parent is not None:
             assert node.lock_ref > 0, f"dec_lock_ref below zero at {node}"
             if node.lock_ref == 1:
                 n = len(node.key)
@@ -234,8 +274,12 @@ class RadixCache:
             del parent.children[node.key[0]]
             freed.append(node.value)
             evicted += len(node.key)
-            if not parent.children and parent.lock_ref == 0 and parent is not self.root:
+            if parent.children:
+                continue
+            if parent.lock_ref == 0:
                 heapq.heappush(heap, (parent.last_access_time, parent.id, parent))
+            elif parent.parent is None and parent is not self.root:
+                del self._ns_roots[parent.namespace]
         self._evictable -= evicted
         if freed:
             self.kv_pool.free(torch.cat(freed))
@@ -252,8 +296,16 @@ class RadixCache:
         """Tokens (= slots) held by the tree."""
         return self._evictable + self._protected
 
+    def num_namespaces(self) -> int:
+        """Namespaces holding at least one prefix, besides the shared one."""
+        return len(self._ns_roots)
+
+    def roots(self) -> list[TreeNode]:
+        """``root`` and every namespace's root (parentless, permanently locked, no tokens)."""
+        return [self.root, *self._ns_roots.values()]
+
     def _nodes(self) -> list[TreeNode]:
-        out, stack = [], [self.root]
+        out, stack = [], self.roots()
         while stack:
             node = stack.pop()
             out.append(node)
@@ -278,7 +330,11 @@ class RadixCache:
                 assert child.key[0] == first, f"{child} filed under token {first}"
                 assert child.parent is node, f"{child}: wrong parent"
                 child_locks += child.lock_ref
-            if node is self.root:
+            if node.parent is None:
+                assert not node.key and node.lock_ref >= 1, f"{node}: a root must stay locked"
+                if node is not self.root:
+                    assert self._ns_roots.get(node.namespace) is node, f"{node}: stray root"
+                    assert node.children, f"{node}: empty namespace kept"
                 continue
             assert node.lock_ref >= child_locks, f"{node}: fewer locks than its children hold"
             values.append(node.value)
@@ -310,7 +366,7 @@ class RadixCache:
         self.check_invariant(num_in_use=0)
 
     def pretty_print(self) -> None:
-        stack = [(self.root, 0)]
+        stack = [(root, 0) for root in self.roots()]
         while stack:
             node, depth = stack.pop()
             print("  " * depth + repr(node))
@@ -319,6 +375,6 @@ class RadixCache:
 
     def __repr__(self) -> str:
         return (
-            f"RadixCache(nodes={len(self._nodes()) - 1}, evictable={self._evictable}, "
+            f"RadixCache(nodes={len(self._nodes()) - len(self.roots())}, evictable={self._evictable}, "
             f"protected={self._protected}, disable={self.disable})"
         )

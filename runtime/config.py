@@ -21,12 +21,24 @@ QUANTIZATIONS = (
     "int8",
     "int4",
 )  # = runtime.model.models.quant_linear.QUANTIZATIONS (no torch here)
+CACHE_ISOLATIONS = ("tenant", "global")
 
 _NONE = type(None)
 
 
-def _opt(default: Any, types: tuple[type, ...], help: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"types": types, "help": help, "choices": choices})
+def _opt(
+    default: Any,
+    types: tuple[type, ...],
+    help: str,
+    choices: tuple | None = None,
+    secret: bool = False,
+) -> Any:
+    # a secret (an API key) stays out of repr, so printing or logging a config never shows it
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"types": types, "help": help, "choices": choices},
+    )
 
 
 @dataclass(slots=True)
@@ -90,6 +102,14 @@ class EngineConfig:
     )
     num_threads: int | None = _opt(None, (int, _NONE), "torch CPU threads")
     disable_radix_cache: bool = _opt(False, (bool,), "no prefix reuse between requests")
+    cache_isolation: str | None = _opt(
+        None,
+        (str, _NONE),
+        "tenant: a cached prefix is reused only by its own tenant (API key); global: by anyone "
+        "(default: tenant when the server has more than one API key, else global). A request's "
+        "cache_salt always scopes its reuse",
+        choices=CACHE_ISOLATIONS,
+    )
     grammar_compile_timeout: float = _opt(
         60.0, (float, int), "seconds a regex / JSON schema may take to compile"
     )
@@ -142,6 +162,8 @@ class EngineConfig:
         _choice(self, "load_format", LOAD_FORMATS)
         if self.quantization is not None:
             _choice(self, "quantization", QUANTIZATIONS)
+        if self.cache_isolation is not None:
+            _choice(self, "cache_isolation", CACHE_ISOLATIONS)
         for name in ("max_total_tokens", "context_length", "num_threads"):
             if getattr(self, name) is not None:
                 _at_least(self, name, 1)
@@ -160,7 +182,17 @@ class ServerArgs:
 
     host: str = _opt("127.0.0.1", (str,), "address to bind")
     port: int = _opt(30000, (int,), "port to bind")
-    api_key: str | None = _opt(None, (str, _NONE), "required as 'Authorization: Bearer KEY'")
+    api_key: str | None = _opt(
+        None,
+        (str, _NONE),
+        "required as 'Authorization: Bearer KEY' (tenant 'default')",
+        secret=True,
+    )
+    api_key_file: str | None = _opt(
+        None,
+        (str, _NONE),
+        "API keys, one tenant each: a JSON object {name: key} or lines 'name: key'",
+    )
     in_process: bool = _opt(False, (bool,), "run the engine on a thread of the server")
     served_model_name: str | None = _opt(None, (str, _NONE), "the model name clients use")
     log_level: str = _opt("warning", (str,), "uvicorn log level")

@@ -25,6 +25,10 @@ class GenerateReq:
     input_ids: list
     sampling_params: dict
     stream: bool = False
+    # the caller's tenant (the server's name for its API key) and vLLM-style cache salt; the
+    # radix cache shares prefixes only within one (tenant, cache_salt)
+    tenant: str | None = None
+    cache_salt: str | None = None
 
 
 @dataclass(slots=True)
@@ -137,8 +141,9 @@ class Pong:
     info: dict = field(default_factory=dict)
 
 
-_TYPES: list[tuple[type, tuple[type, ...]]] = [
-    (GenerateReq, (str, list, dict, bool)),
+_OPT_STR = (str, type(None))
+_TYPES: list[tuple[type, tuple[Any, ...]]] = [
+    (GenerateReq, (str, list, dict, bool, _OPT_STR, _OPT_STR)),
     (AbortReq, (str,)),
     (FlushCacheReq, ()),
     (StatsReq, ()),
@@ -198,7 +203,9 @@ def decode(data: bytes) -> Message:
         ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok:
             name = fields(cls)[i].name
-            raise MessageError(f"{tag}.{name} must be {want.__name__}, got {type(value).__name__}")
+            wants = want if isinstance(want, tuple) else (want,)
+            kind = " or ".join(w.__name__ for w in wants)
+            raise MessageError(f"{tag}.{name} must be {kind}, got {type(value).__name__}")
     if cls is BatchOut:
         return BatchOut(_decode_outputs(values[0]))
     return cls(*values)

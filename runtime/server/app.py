@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,40 +15,23 @@ from fastapi.responses import JSONResponse, Response
 from plait.runtime.chat_template import chat_template_of
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.limits import ModelLimits
+from plait.runtime.server.auth import ApiKeys, AuthMiddleware
 from plait.runtime.server.http_body import native_calls
 from plait.runtime.server.openai_api import add_openai_routes
 from plait.runtime.server.streams import (
     SSE_DONE,
     GenerateBackend,
     ServerState,
-    error_body,
     exception_body,
     final_chunks,
     first_chunks,
     merged_chunks,
     read_json,
+    request_scope,
     sse,
     streaming_response,
     submit_calls,
 )
-
-
-class ApiKeyMiddleware:
-    """Every route but /health needs ``Authorization: Bearer KEY`` (401 otherwise)."""
-
-    def __init__(self, app: Any, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and scope["path"] != "/health":
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                body = error_body("missing or wrong API key", None, 401, "authentication_error")
-                await JSONResponse(body, status_code=401)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
 
 # ---- the app -----------------------------------------------------------------------------------
 
@@ -62,7 +44,14 @@ def create_app(
     vocab_size: int,
     api_key: str | None = None,
     served_names: set[str] | None = None,
+    api_keys: ApiKeys | None = None,
 ) -> FastAPI:
+    """The app over ``backend``. With keys (``api_key``: one, tenant ``default``; ``api_keys``:
+    named ones) every route but ``/health`` needs one, and requests run as its tenant."""
+    if api_key is not None:
+        if api_keys is not None:
+            raise ValueError("give api_key or api_keys, not both")
+        api_keys = ApiKeys.load(api_key)
     state = ServerState(
         backend,
         ModelLimits(vocab_size, context_len, backend.info["kv_total"], tokenizer),
@@ -84,8 +73,7 @@ def create_app(
     for kind in (InvalidRequestError, WorkerDiedError, TimeoutError):
         app.add_exception_handler(kind, on_known_error)
 
-    if api_key is not None:
-        app.add_middleware(ApiKeyMiddleware, api_key=api_key)
+    app.add_middleware(AuthMiddleware, keys=api_keys)
 
     @app.get("/health")
     async def health() -> Response:
@@ -130,7 +118,7 @@ def create_app(
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream", "must be a boolean")
-        streams = submit_calls(state, calls)
+        streams = submit_calls(state, calls, request_scope(request, body))
         if not stream:
             finals = await final_chunks(request, streams)
             if finals is None:

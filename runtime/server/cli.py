@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI
 
 from plait.runtime.config import ServerArgs
 from plait.runtime.server.app import create_app
+from plait.runtime.server.auth import ApiKeys
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +36,10 @@ def build_app(args: ServerArgs) -> tuple[FastAPI, Callable[[], None]]:
         DEFAULT_MODEL_NAME if model is None else model.rstrip("/").split("/")[-1]
     )
     served = {model} if model else set()
+    keys = ApiKeys.load(args.api_key, args.api_key_file)
+    if args.engine.cache_isolation is None:
+        isolation = "tenant" if keys is not None and len(keys.tenants) > 1 else "global"
+        args = replace(args, engine=replace(args.engine, cache_isolation=isolation))
     backend: Any
     if args.in_process:
         from plait.runtime.server.engine_thread import EngineThread
@@ -70,7 +76,7 @@ def build_app(args: ServerArgs) -> tuple[FastAPI, Callable[[], None]]:
         name,
         info["context_len"],
         info["vocab_size"],
-        api_key=args.api_key,
+        api_keys=keys,
         served_names=served,
     )
     return app, stop

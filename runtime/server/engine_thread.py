@@ -51,6 +51,8 @@ class EngineThread:
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
+        tenant: str | None = None,
+        cache_salt: str | None = None,
     ) -> RequestHandle:
         """Sends one verified request (``n == 1``); the core checks it again on admission."""
         rid = rid or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -64,7 +66,10 @@ class EngineThread:
             handle.push(e)
             return handle
         out = OutputStream(rid, sampling_params, self.tokenizer, self._token_text)
-        self._inbox.put(("submit", (rid, list(input_ids), sampling_params, stream, handle, out)))
+        scope = (tenant, cache_salt)
+        self._inbox.put(
+            ("submit", (rid, list(input_ids), sampling_params, stream, scope, handle, out))
+        )
         return handle
 
     def abort(self, rid: str) -> None:
@@ -116,7 +121,7 @@ class EngineThread:
             except queue.Empty:
                 return
             if kind == "submit":
-                arg[4].push(WorkerDiedError(str(err)))
+                arg[5].push(WorkerDiedError(str(err)))
             elif isinstance(arg, Future):
                 arg.set_exception(WorkerDiedError(str(err)))
 
@@ -134,9 +139,9 @@ class EngineThread:
 
     def _handle(self, kind: str, arg: Any) -> None:
         if kind == "submit":
-            rid, ids, params, stream, handle, out = arg
+            rid, ids, params, stream, (tenant, salt), handle, out = arg
             try:
-                self.core.add_request(rid, ids, params, stream)
+                self.core.add_request(rid, ids, params, stream, tenant, salt)
             except InvalidRequestError as e:
                 handle.push(e)
                 return

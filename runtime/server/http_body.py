@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.limits import ModelLimits, check_input_ids
+from plait.runtime.limits import ModelLimits, check_cache_scope, check_input_ids
 from plait.runtime.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
 from plait.runtime.server.tool_calls import (
     ToolRequest,
@@ -53,6 +53,21 @@ class GenerateCall:
     sampling_params: SamplingParams
     n: int = 1
     rid: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class CacheScope:
+    """Whose cached prefixes a request may reuse: its tenant (the API key's name, never a body
+    field) and its ``cache_salt`` (vLLM's field: requests share prefixes only with equal salts)."""
+
+    tenant: str | None = None
+    cache_salt: str | None = None
+
+
+def cache_salt_of(body: dict[str, Any]) -> str | None:
+    salt = get(body, "cache_salt", str)
+    check_cache_scope(None, salt)
+    return salt
 
 
 def require_object(body: Any) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from plait.runtime.server.streams import (
     first_chunks,
     merged_chunks,
     read_json,
+    request_scope,
     sse,
     streaming_response,
     submit_calls,
@@ -189,7 +190,7 @@ async def _respond(
     created = int(time.time())
     model = body.get("model") or state.model_name
     head = {"id": rid, "object": fmt.object, "created": created, "model": model}
-    streams = submit_calls(state, calls)
+    streams = submit_calls(state, calls, request_scope(request, body))
     if not stream:
         finals = await final_chunks(request, streams)
         if finals is None:

@@ -16,7 +16,7 @@ from plait.runtime.client.generate_args import expand_n
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.limits import ModelLimits
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.server.http_body import GenerateCall, require_object
+from plait.runtime.server.http_body import CacheScope, GenerateCall, cache_salt_of, require_object
 from plait.runtime.server.metrics import RequestTimer, ServerMetrics
 
 
@@ -38,6 +38,8 @@ class GenerateBackend(Protocol):
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
+        tenant: str | None = None,
+        cache_salt: str | None = None,
     ) -> Any: ...
 
     def abort(self, rid: str) -> None: ...
@@ -78,14 +80,29 @@ class Stream:
         return chunk
 
 
-def submit_calls(state: ServerState, calls: list[GenerateCall]) -> list[Stream]:
-    """Submits ``n`` requests per call (``expand_n``: seed + j for choice j), in order."""
+def request_scope(request: Request, body: dict[str, Any]) -> CacheScope:
+    """The caller's tenant (set by ``AuthMiddleware``) and the body's ``cache_salt``."""
+    return CacheScope(getattr(request.state, "plait_tenant", None), cache_salt_of(body))
+
+
+def submit_calls(
+    state: ServerState, calls: list[GenerateCall], scope: CacheScope = CacheScope()
+) -> list[Stream]:
+    """Submits ``n`` requests per call (``expand_n``: seed + j for choice j), in order, in
+    the caller's cache ``scope``."""
     streams: list[Stream] = []
     try:
         for call in calls:
             params = call.sampling_params.copy(n=call.n)
             for sub in expand_n(call.rid, call.input_ids, params):
-                handle = state.backend.submit(sub.input_ids, sub.params, rid=sub.rid, stream=True)
+                handle = state.backend.submit(
+                    sub.input_ids,
+                    sub.params,
+                    rid=sub.rid,
+                    stream=True,
+                    tenant=scope.tenant,
+                    cache_salt=scope.cache_salt,
+                )
                 streams.append(Stream(handle, state.metrics))
     except BaseException:
         cancel_all(streams)

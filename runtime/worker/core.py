@@ -16,7 +16,7 @@ from plait.radix_cache.cache_manager import CacheManager
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.limits import ModelLimits
+from plait.runtime.limits import ModelLimits, check_cache_scope
 from plait.runtime.messages import ReqOutput
 from plait.runtime.model.loader import LoadedModel, kv_pool_tokens, load_model
 from plait.runtime.model.model_runner import ModelRunner
@@ -68,7 +68,12 @@ class EngineCore:
         )
         rows = config.scheduler.max_running_requests + _EXTRA_ROWS
         req_pool = ReqToTokenPool(rows, m.context_len + _EXTRA_ROWS, m.device)
-        self.cache = CacheManager(req_pool, kv_pool, disable_radix_cache=config.disable_radix_cache)
+        self.cache = CacheManager(
+            req_pool,
+            kv_pool,
+            disable_radix_cache=config.disable_radix_cache,
+            isolate_tenants=config.cache_isolation == "tenant",
+        )
         attn = make_attention_backend(config.attention_backend, m.config, m.device)
         self.runner = ModelRunner(m.model, kv_pool, attn)
         stop_checker = StopChecker(m.tokenizer, m.eos_token_ids, m.context_len)
@@ -93,16 +98,31 @@ class EngineCore:
     # ---- requests -------------------------------------------------------------------------
 
     def add_request(
-        self, rid: str, input_ids: list[int], params: SamplingParams, stream: bool = False
+        self,
+        rid: str,
+        input_ids: list[int],
+        params: SamplingParams,
+        stream: bool = False,
+        tenant: str | None = None,
+        cache_salt: str | None = None,
     ) -> None:
         """Queues one sequence whose params (``n == 1``) and ids the caller checked with
-        ``check_request`` at its boundary; raises InvalidRequestError for a bad or live rid."""
+        ``check_request`` at its boundary; raises InvalidRequestError for a bad or live rid or
+        a bad ``tenant`` / ``cache_salt`` (which scope its prefix-cache reuse)."""
         if not isinstance(rid, str) or not rid:
             raise InvalidRequestError("rid", "must be a non-empty string")
         if self.scheduler.find(rid) is not None:
             raise InvalidRequestError("rid", f"{rid!r} is already running")
+        check_cache_scope(tenant, cache_salt)
         assert params.n == 1, "callers expand n"
-        req = Req(rid=rid, input_ids=list(input_ids), sampling_params=params, stream=stream)
+        req = Req(
+            rid=rid,
+            input_ids=list(input_ids),
+            sampling_params=params,
+            stream=stream,
+            tenant=tenant,
+            cache_salt=cache_salt,
+        )
         self.scheduler.add_request(req)
 
     def abort(self, rid: str) -> bool:

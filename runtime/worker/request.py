@@ -55,6 +55,10 @@ class Req:
     sampling_params: SamplingParams
     stream: bool = False
     output_ids: list[int] = field(default_factory=list)
+    # who asked (the API key's name) and the client's cache salt: the radix cache shares
+    # prefixes only between requests with equal salts (and, isolating tenants, equal tenants)
+    tenant: str | None = None
+    cache_salt: str | None = None
 
     req_pool_idx: int | None = None
     prefix_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 
 from plait.radix_cache.cache_manager import CacheManager
 from plait.radix_cache.radix_tree import TreeNode
@@ -43,28 +43,29 @@ class SchedulePolicy:
             return self._matched_in_order(waiting, deferred), deferred
         for req in waiting:
             self.kv.match(req)
-        seen: set[tuple[int, ...]] = set()
+        seen: set[tuple[Hashable, tuple[int, ...]]] = set()
         deferred.update(id(req) for req in waiting if self._is_duplicate(req, seen))
         if self.policy == "lpm":
             return sorted(waiting, key=lambda r: -len(r.prefix_indices)), deferred
         return _dfs_weight(waiting, self.kv.tree.root), deferred
 
     def _matched_in_order(self, waiting: list[Req], deferred: set[int]) -> Iterator[Req]:
-        seen: set[tuple[int, ...]] = set()
+        seen: set[tuple[Hashable, tuple[int, ...]]] = set()
         for req in waiting:
             self.kv.match(req)
             if self._is_duplicate(req, seen):
                 deferred.add(id(req))
             yield req
 
-    def _is_duplicate(self, req: Req, seen: set[tuple[int, ...]]) -> bool:
-        """Whether a request earlier in the queue shares ``req``'s first tokens, none of which
-        are cached yet; records ``req``'s head in ``seen`` otherwise."""
+    def _is_duplicate(self, req: Req, seen: set[tuple[Hashable, tuple[int, ...]]]) -> bool:
+        """Whether a request earlier in the queue shares ``req``'s first tokens and cache
+        namespace (it would reuse nothing from another's), none of which are cached yet;
+        records ``req``'s head in ``seen`` otherwise."""
         if self.kv.disabled:
             return False
         if len(req.prefix_indices) >= _IN_BATCH_PREFIX or req.max_prefix_len < _IN_BATCH_PREFIX:
             return False
-        head = tuple(req.fill_ids[:_IN_BATCH_PREFIX])
+        head = (self.kv.namespace_of(req), tuple(req.fill_ids[:_IN_BATCH_PREFIX]))
         if head in seen:
             return True
         seen.add(head)
@@ -72,11 +73,13 @@ class SchedulePolicy:
 
 
 def _dfs_weight(waiting: list[Req], root: TreeNode) -> list[Req]:
-    """Visits the tree heaviest subtree first (weight = waiting requests below a node), so
-    requests that share a prefix run back to back while it is still cached."""
+    """Visits the tree (every namespace's subtree in turn) heaviest subtree first (weight =
+    waiting requests below a node), so requests that share a prefix run back to back while it
+    is still cached."""
     at_node: dict[int, list[Req]] = defaultdict(list)
     weight: dict[int, int] = defaultdict(int)
     children: dict[int, list[TreeNode]] = defaultdict(list)
+    roots: dict[int, TreeNode] = {}
     for req in waiting:
         node = req.last_node or root
         at_node[id(node)].append(req)
@@ -84,12 +87,13 @@ def _dfs_weight(waiting: list[Req], root: TreeNode) -> list[Req]:
             weight[id(node)] += 1
             parent = node.parent
             if parent is None:
+                roots.setdefault(id(node), node)
                 break
             if weight[id(node)] == 1:
                 children[id(parent)].append(node)
             node = parent
     out: list[Req] = []
-    stack = [root]
+    stack = list(reversed(roots.values()))
     while stack:
         node = stack.pop()
         out.extend(at_node[id(node)])

@@ -93,3 +93,24 @@ SMOLLM2_CHAT_TEMPLATE = (
     "message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
     "{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# the prompt-cache audit's server (tests/e2e/test_cache_audit.py): two tenants
+AUDIT_KEYS = {"victim": "victim-key-3f9a1c", "attacker": "attacker-key-77b2e0"}
+AUDIT_VOCAB = 2048
+
+
+@pytest.fixture(scope="session")
+def audit_server(tmp_path_factory) -> Iterator[tuple[str, Path, dict[str, str], int]]:
+    """(URL, log file, tenant -> key, vocabulary size) of a server with the tenants
+    ``AUDIT_KEYS`` (so ``--cache-isolation`` defaults to tenant), on random weights of a small
+    llama (``write_audit_model``)."""
+    from plait.bench.cache_audit import write_audit_model
+
+    root = tmp_path_factory.mktemp("audit")
+    write_audit_model(root / "model", AUDIT_VOCAB)
+    keys = root / "keys.json"
+    keys.write_text(json.dumps(AUDIT_KEYS))
+    log = root / "server.log"
+    args = ["--model", str(root / "model"), "--load-format", "dummy"]
+    args += ["--max-total-tokens", "65536", "--api-key-file", str(keys), "--log-level", "info"]
+    for url in start_server(log, *args):
+        yield url, log, AUDIT_KEYS, AUDIT_VOCAB

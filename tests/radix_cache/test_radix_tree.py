@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import pytest
@@ -16,29 +17,32 @@ def make_cache(size: int = 64, disable: bool = False) -> RadixCache:
     return RadixCache(TokenToKVPool(size, 1, 1, 1, torch.float32), disable=disable)
 
 
-def path_key(node: TreeNode) -> list[int]:
-    """Tokens from the root down to ``node``, checking each node is still attached."""
+def path_key(node: TreeNode, namespace: Hashable = None) -> list[int]:
+    """Tokens from the root down to ``node``, checking each node is still attached and the
+    root is ``namespace``'s."""
     parts = []
     while node.parent is not None:
         assert node.parent.children[node.key[0]] is node, f"{node} is detached"
         parts.append(node.key)
         node = node.parent
+    if parts:
+        assert node.namespace == namespace, f"under {node.namespace!r}, not {namespace!r}"
     return [t for part in reversed(parts) for t in part]
 
 
-def cache_seq(cache: RadixCache, key: list[int]) -> torch.Tensor:
+def cache_seq(cache: RadixCache, key: list[int], namespace: Hashable = None) -> torch.Tensor:
     """What the engine does for a finished request: match, allocate the rest, insert, free
     duplicates. Returns the tree's slots for ``key``."""
-    m = cache.match_prefix(key)
+    m = cache.match_prefix(key, namespace=namespace)
     cache.inc_lock_ref(m.last_node)
     prefix_len = len(m.indices)
     own = cache.kv_pool.alloc(len(key) - prefix_len)
     assert own is not None
     value = torch.cat((m.indices, own))
-    new_len = cache.insert(key, value)
+    new_len = cache.insert(key, value, namespace=namespace)
     cache.kv_pool.free(value[prefix_len:new_len])
     cache.dec_lock_ref(m.last_node)
-    return cache.match_prefix(key).indices
+    return cache.match_prefix(key, namespace=namespace).indices
 
 
 def free_set(cache: RadixCache) -> set[int]:
@@ -228,8 +232,43 @@ def test_check_invariant_reports_leaks_and_corruption() -> None:
         cache.check_invariant()
 
 
+def test_namespaces_share_nothing_but_share_within() -> None:
+    cache = make_cache()
+    a = cache_seq(cache, [1, 2, 3, 4, 5], namespace=("a", None))
+    for other in [None, ("b", None), ("a", "salt")]:
+        m = cache.match_prefix([1, 2, 3, 4, 5], namespace=other)
+        assert len(m.indices) == 0 and m.last_node is cache.root
+    m = cache.match_prefix([1, 2, 3, 9], namespace=("a", None))
+    assert m.indices.tolist() == a[:3].tolist()
+    # the same tokens in another namespace get slots of their own
+    b = cache_seq(cache, [1, 2, 3, 4, 5], namespace=("b", None))
+    assert not set(a.tolist()) & set(b.tolist())
+    assert cache.total_size() == 10 and cache.num_namespaces() == 2
+    assert cache.insert([1, 2, 3], a[:3], namespace=("a", None)) == 3
+    cache.check_idle()
+
+
+def test_a_namespace_is_dropped_with_its_last_entry() -> None:
+    cache = make_cache(size=16)
+    cache_seq(cache, [1, 2, 3], namespace="t1")
+    m = cache.match_prefix([1, 2, 3, 4], namespace="t1")
+    cache.inc_lock_ref(m.last_node)
+    cache_seq(cache, [4, 5], namespace="t2")
+    assert cache.evict(100) == 2  # t1's prefix is locked
+    assert cache.num_namespaces() == 1
+    cache.dec_lock_ref(m.last_node)
+    assert cache.evict(100) == 3 and cache.num_namespaces() == 0
+    cache.check_idle()
+    assert cache.kv_pool.available_size() == 16
+    cache_seq(cache, [1, 2], namespace="t1")  # a new root for the namespace
+    cache.reset()
+    assert cache.num_namespaces() == 0 and cache.total_size() == 0
+    cache.check_idle()
+
+
 @dataclass
 class Running:
+    namespace: Hashable
     key: list[int]
     prefix_len: int
     value: torch.Tensor  # [len(key)]: the matched prefix's slots, then the request's own
@@ -238,34 +277,38 @@ class Running:
 
 POOL_SIZE = 40
 keys = st.lists(st.integers(0, 3), max_size=10)
+namespaces = st.sampled_from([None, "tenant-a", ("tenant-b", "salt")])
 
 
 class RadixCacheMachine(RuleBasedStateMachine):
     """Drives the cache the way the engine does, against a reference map from every cached
-    prefix to the slot of its last token."""
+    (namespace, prefix) to the slot of its last token."""
 
     def __init__(self) -> None:
         super().__init__()
         self.cache = make_cache(size=POOL_SIZE)
         self.pool = self.cache.kv_pool
-        self.ref: dict[tuple[int, ...], int] = {}
+        self.ref: dict[tuple[Hashable, tuple[int, ...]], int] = {}
         self.running: list[Running] = []
-        self.locks: list[tuple[TreeNode, list[int], list[int]]] = []
+        self.locks: list[tuple[TreeNode, Hashable, list[int], list[int]]] = []
 
     def in_use(self) -> int:
         return sum(len(r.key) - r.prefix_len for r in self.running)
 
-    def cached_len(self, key: list[int]) -> int:
+    def cached_len(self, ns: Hashable, key: list[int]) -> int:
         n = 0
-        while n < len(key) and tuple(key[: n + 1]) in self.ref:
+        while n < len(key) and (ns, tuple(key[: n + 1])) in self.ref:
             n += 1
         return n
 
-    def match(self, key: list[int]) -> tuple[TreeNode, list[int]]:
-        m = self.cache.match_prefix(key)
-        n = self.cached_len(key)
-        assert m.indices.tolist() == [self.ref[tuple(key[: i + 1])] for i in range(n)]
-        assert path_key(m.last_node) == key[:n]
+    def slots(self, ns: Hashable, key: list[int]) -> list[int]:
+        return [self.ref[ns, tuple(key[: i + 1])] for i in range(len(key))]
+
+    def match(self, ns: Hashable, key: list[int]) -> tuple[TreeNode, list[int]]:
+        m = self.cache.match_prefix(key, namespace=ns)
+        n = self.cached_len(ns, key)
+        assert m.indices.tolist() == self.slots(ns, key[:n])
+        assert path_key(m.last_node, ns) == key[:n]
         return m.last_node, m.indices.tolist()
 
     def lock(self, node: TreeNode) -> None:
@@ -289,11 +332,13 @@ class RadixCacheMachine(RuleBasedStateMachine):
         assert len(gone) == evicted, "evict freed slots the tree did not hold"
         for p in gone:
             del self.ref[p]
-        assert all(len(p) == 1 or p[:-1] in self.ref for p in self.ref), "evicted an inner node"
+        assert all(len(p) == 1 or (ns, p[:-1]) in self.ref for ns, p in self.ref), (
+            "evicted an inner node"
+        )
 
-    @rule(key=keys)
-    def start_request(self, key: list[int]) -> None:
-        node, prefix = self.match(key)
+    @rule(ns=namespaces, key=keys)
+    def start_request(self, ns: Hashable, key: list[int]) -> None:
+        node, prefix = self.match(ns, key)
         self.lock(node)
         need = len(key) - len(prefix)
         if self.pool.available_size() < need:
@@ -303,36 +348,36 @@ class RadixCacheMachine(RuleBasedStateMachine):
             self.unlock(node)
             return
         value = torch.cat((torch.tensor(prefix, dtype=torch.int64), own))
-        self.running.append(Running(key, len(prefix), value, node))
+        self.running.append(Running(ns, key, len(prefix), value, node))
 
     @precondition(lambda self: self.running)
     @rule(i=st.integers(0, 99))
     def finish_request(self, i: int) -> None:
         req = self.running.pop(i % len(self.running))
-        expected = self.cached_len(req.key)
+        expected = self.cached_len(req.namespace, req.key)
         assert expected >= req.prefix_len, "a locked prefix was evicted"
-        new_len = self.cache.insert(req.key, req.value)
+        new_len = self.cache.insert(req.key, req.value, namespace=req.namespace)
         assert new_len == expected
         self.pool.free(req.value[req.prefix_len : new_len])
         for j in range(new_len, len(req.key)):
-            self.ref[tuple(req.key[: j + 1])] = int(req.value[j])
+            self.ref[req.namespace, tuple(req.key[: j + 1])] = int(req.value[j])
         self.unlock(req.last_node)
 
-    @rule(key=keys)
-    def lock_prefix(self, key: list[int]) -> None:
-        node, prefix = self.match(key)
+    @rule(ns=namespaces, key=keys)
+    def lock_prefix(self, ns: Hashable, key: list[int]) -> None:
+        node, prefix = self.match(ns, key)
         self.lock(node)
-        self.locks.append((node, key[: len(prefix)], prefix))
+        self.locks.append((node, ns, key[: len(prefix)], prefix))
 
     @precondition(lambda self: self.locks)
     @rule(i=st.integers(0, 99))
     def unlock_prefix(self, i: int) -> None:
-        node, _, _ = self.locks.pop(i % len(self.locks))
+        node, _, _, _ = self.locks.pop(i % len(self.locks))
         self.unlock(node)
 
-    @rule(key=keys)
-    def match_prefix(self, key: list[int]) -> None:
-        self.match(key)
+    @rule(ns=namespaces, key=keys)
+    def match_prefix(self, ns: Hashable, key: list[int]) -> None:
+        self.match(ns, key)
 
     @rule(n=st.integers(0, POOL_SIZE + 5))
     def evict_tokens(self, n: int) -> None:
@@ -349,6 +394,8 @@ class RadixCacheMachine(RuleBasedStateMachine):
     def accounting_holds(self) -> None:
         self.cache.check_invariant(num_in_use=self.in_use())
         assert self.cache.total_size() == len(self.ref)
+        # a namespace's root lives exactly as long as it caches something
+        assert self.cache.num_namespaces() == len({ns for ns, _ in self.ref if ns is not None})
         if not self.running and not self.locks:
             self.cache.check_idle()
 
@@ -356,13 +403,13 @@ class RadixCacheMachine(RuleBasedStateMachine):
     def locked_prefixes_stay_cached(self) -> None:
         free = free_set(self.cache)
         held = [
-            (r.last_node, r.key[: r.prefix_len], r.value[: r.prefix_len].tolist())
+            (r.last_node, r.namespace, r.key[: r.prefix_len], r.value[: r.prefix_len].tolist())
             for r in self.running
         ]
-        for node, key, slots in held + self.locks:
+        for node, ns, key, slots in held + self.locks:
             assert node.lock_ref > 0
-            assert path_key(node) == key
-            assert [self.ref[tuple(key[: i + 1])] for i in range(len(key))] == slots
+            assert path_key(node, ns) == key
+            assert self.slots(ns, key) == slots
             assert not free & set(slots)
 
 

@@ -100,8 +100,22 @@ def test_every_message_round_trips(msg):
         (msgpack.packb({"tag": "PingReq"}), "array"),
         (msgpack.packb(["Pickle", 1]), "unknown message tag 'Pickle'"),
         (msgpack.packb(["AbortReq"]), "AbortReq takes 1 fields, got 0"),
-        (msgpack.packb(["GenerateReq", 5, [1], {}, False]), "GenerateReq.rid must be str"),
-        (msgpack.packb(["GenerateReq", "r", [1], {}, 1]), "GenerateReq.stream must be bool"),
+        (
+            msgpack.packb(["GenerateReq", 5, [1], {}, False, None, None]),
+            "GenerateReq.rid must be str",
+        ),
+        (
+            msgpack.packb(["GenerateReq", "r", [1], {}, 1, None, None]),
+            "GenerateReq.stream must be bool",
+        ),
+        (
+            msgpack.packb(["GenerateReq", "r", [1], {}, False, 7, None]),
+            "GenerateReq.tenant must be str or NoneType, got int",
+        ),
+        (
+            msgpack.packb(["GenerateReq", "r", [1], {}, False, None, ["s"]]),
+            "GenerateReq.cache_salt must be str or NoneType, got list",
+        ),
         (msgpack.packb(["BatchOut", {}]), "BatchOut.outputs must be list"),
         (msgpack.packb(["BatchOut", [["r", 0, [1]]]]), "a ReqOutput takes 13 fields"),
         (
@@ -143,6 +157,16 @@ def test_a_bad_request_gets_an_error_naming_its_field(sock, params, field):
     _send(sock, m.GenerateReq("bad", [5, 6], params, False))
     err = _recv(sock)
     assert err == m.ErrorOut("bad", field, err.message, "invalid_request")
+
+
+def test_a_bad_tenant_or_cache_salt_is_rejected_by_name(sock):
+    for tenant, salt, field in [("", None, "tenant"), (None, "s" * 1000, "cache_salt")]:
+        _send(sock, m.GenerateReq("scope", [5, 6], {}, False, tenant, salt))
+        err = _recv(sock)
+        assert err == m.ErrorOut("scope", field, err.message, "invalid_request")
+    _send(sock, m.GenerateReq("ok", [5, 6, 7], {"max_new_tokens": 2}, False, "t", "salt"))
+    (out,) = _until_finished(sock, "ok")
+    assert len(out.new_ids) == 2
 
 
 def test_bad_token_ids_are_rejected(sock):
