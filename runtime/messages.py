@@ -21,10 +21,16 @@ class MessageError(ValueError):
 
 @dataclass(slots=True)
 class GenerateReq:
+    """``priority``: larger is more urgent (SGLang's default direction; the worker's
+    ``schedule_low_priority_values_first`` flips it); None is the default class. ``tenant``:
+    who sent it, for fair sharing between tenants; None is the anonymous tenant."""
+
     rid: str
     input_ids: list
     sampling_params: dict
     stream: bool = False
+    priority: int | None = None
+    tenant: str | None = None
 
 
 @dataclass(slots=True)
@@ -137,8 +143,11 @@ class Pong:
     info: dict = field(default_factory=dict)
 
 
-_TYPES: list[tuple[type, tuple[type, ...]]] = [
-    (GenerateReq, (str, list, dict, bool)),
+_INT_OR_NONE = (int, type(None))
+_STR_OR_NONE = (str, type(None))
+# per message: each field's type (or tuple of types)
+_TYPES: list[tuple[type, tuple[type | tuple[type, ...], ...]]] = [
+    (GenerateReq, (str, list, dict, bool, _INT_OR_NONE, _STR_OR_NONE)),
     (AbortReq, (str,)),
     (FlushCacheReq, ()),
     (StatsReq, ()),
@@ -198,7 +207,9 @@ def decode(data: bytes) -> Message:
         ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok:
             name = fields(cls)[i].name
-            raise MessageError(f"{tag}.{name} must be {want.__name__}, got {type(value).__name__}")
+            kinds = want if isinstance(want, tuple) else (want,)
+            need = " or ".join(k.__name__ for k in kinds)
+            raise MessageError(f"{tag}.{name} must be {need}, got {type(value).__name__}")
     if cls is BatchOut:
         return BatchOut(_decode_outputs(values[0]))
     return cls(*values)

@@ -51,6 +51,8 @@ class EngineThread:
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
+        priority: int | None = None,
+        tenant: str | None = None,
     ) -> RequestHandle:
         """Sends one verified request (``n == 1``); the core checks it again on admission."""
         rid = rid or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -64,7 +66,8 @@ class EngineThread:
             handle.push(e)
             return handle
         out = OutputStream(rid, sampling_params, self.tokenizer, self._token_text)
-        self._inbox.put(("submit", (rid, list(input_ids), sampling_params, stream, handle, out)))
+        req = (rid, list(input_ids), sampling_params, stream, priority, tenant)
+        self._inbox.put(("submit", (req, handle, out)))
         return handle
 
     def abort(self, rid: str) -> None:
@@ -116,7 +119,7 @@ class EngineThread:
             except queue.Empty:
                 return
             if kind == "submit":
-                arg[4].push(WorkerDiedError(str(err)))
+                arg[1].push(WorkerDiedError(str(err)))
             elif isinstance(arg, Future):
                 arg.set_exception(WorkerDiedError(str(err)))
 
@@ -134,9 +137,10 @@ class EngineThread:
 
     def _handle(self, kind: str, arg: Any) -> None:
         if kind == "submit":
-            rid, ids, params, stream, handle, out = arg
+            req, handle, out = arg
+            rid = req[0]
             try:
-                self.core.add_request(rid, ids, params, stream)
+                self.core.add_request(*req)
             except InvalidRequestError as e:
                 handle.push(e)
                 return

@@ -21,6 +21,7 @@ from plait.runtime.server.http_body import (
     completion_prompts,
     get,
     openai_params,
+    sched_fields,
 )
 from plait.runtime.server.streams import (
     SSE_DONE,
@@ -58,7 +59,8 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         _ask_logprobs(params, top_k)
         if echo and top_k is not None:
             params.logprob_start_len = 0  # a logprob for every prompt token
-        calls = [GenerateCall(ids, params.copy(), n) for ids in prompts]
+        priority, tenant = sched_fields(body)
+        calls = [GenerateCall(ids, params.copy(), n, None, priority, tenant) for ids in prompts]
         echoes = None
         if echo:
             texts = _prompt_texts(body["prompt"], prompts, state)
@@ -75,9 +77,8 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         params, n = openai_params(body, state.limits, default_max_tokens=256)
         apply_response_format(body, params)
         _ask_logprobs(params, top_k)
-        return await _respond(
-            request, body, state, [GenerateCall(ids, params, n)], _ChatFormat(top_k)
-        )
+        call = GenerateCall(ids, params, n, None, *sched_fields(body))
+        return await _respond(request, body, state, [call], _ChatFormat(top_k))
 
 
 def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list[str]:

@@ -38,6 +38,8 @@ class GenerateBackend(Protocol):
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
+        priority: int | None = None,
+        tenant: str | None = None,
     ) -> Any: ...
 
     def abort(self, rid: str) -> None: ...
@@ -84,8 +86,15 @@ def submit_calls(state: ServerState, calls: list[GenerateCall]) -> list[Stream]:
     try:
         for call in calls:
             params = call.sampling_params.copy(n=call.n)
-            for sub in expand_n(call.rid, call.input_ids, params):
-                handle = state.backend.submit(sub.input_ids, sub.params, rid=sub.rid, stream=True)
+            for sub in expand_n(call.rid, call.input_ids, params, call.priority, call.tenant):
+                handle = state.backend.submit(
+                    sub.input_ids,
+                    sub.params,
+                    rid=sub.rid,
+                    stream=True,
+                    priority=sub.priority,
+                    tenant=sub.tenant,
+                )
                 streams.append(Stream(handle, state.metrics))
     except BaseException:
         cancel_all(streams)

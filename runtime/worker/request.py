@@ -55,6 +55,8 @@ class Req:
     sampling_params: SamplingParams
     stream: bool = False
     output_ids: list[int] = field(default_factory=list)
+    priority: int | None = None  # larger is more urgent (runtime.sched_fields)
+    tenant: str | None = None
 
     req_pool_idx: int | None = None
     prefix_indices: torch.Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.int64))
@@ -70,6 +72,12 @@ class Req:
 
     created_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
+    # scheduling state (worker.schedule_policy): the sjf length score, computed once; the
+    # scheduler step at which the request joined the queue; the scheduler step of its first
+    # admission (None while it has never run)
+    length_score: float | None = None
+    queued_step: int = 0
+    admitted_step: int | None = None
     grammar: Any = None  # constrained.GrammarState of a regex / json_schema request
     error: Exception | None = None  # set when the request failed alone (reported, never run)
 

@@ -105,7 +105,9 @@ class Worker:
             if params.n != 1:
                 raise InvalidRequestError("n", "the worker takes n == 1; the client expands n")
             check_request(params, msg.input_ids, "input_ids", self.limits)
-            self.core.add_request(msg.rid, msg.input_ids, params, msg.stream)
+            self.core.add_request(
+                msg.rid, msg.input_ids, params, msg.stream, msg.priority, msg.tenant
+            )
         except InvalidRequestError as e:
             self._send(identity, m.ErrorOut(msg.rid, e.field, e.message, "invalid_request"))
             return
