@@ -72,12 +72,13 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         body = await read_json(request)
         check_model(body, state.served_names)
         _reject_unsupported(body)
+        priority, tenant = sched_fields(body)
         top_k = chat_logprobs(body)
         ids = chat_prompt(body, state.limits)
         params, n = openai_params(body, state.limits, default_max_tokens=256)
         apply_response_format(body, params)
         _ask_logprobs(params, top_k)
-        call = GenerateCall(ids, params, n, None, *sched_fields(body))
+        call = GenerateCall(ids, params, n, None, priority, tenant)
         return await _respond(request, body, state, [call], _ChatFormat(top_k))
 
 
