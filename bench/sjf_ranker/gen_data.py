@@ -4,7 +4,7 @@ Runs SmolLM2-135M-Instruct (greedy, chat template) over ``make_prompts`` and wri
 line per prompt: ``{"prompt", "family", "input_ids", "output_len", "finish"}``. ``input_ids``
 are the templated prompt's token ids, exactly what the scheduler sees for a waiting request.
 
-    PYTHONPATH=... python -m plait.bench.sjf_ranker.gen_data --n 200 --max-new-tokens 96 --chunk 40
+    PYTHONPATH=... python -m plait.bench.sjf_ranker.gen_data --n 40 --max-new-tokens 96 --chunk 40
 """
 
 from __future__ import annotations
