@@ -11,7 +11,7 @@ two rates; every policy sees the same arrivals.
 Fairness: two tenants, A sending 10x B's load, fcfs vs the VTC fair policy; per-tenant
 latency and service (weighted tokens) over time.
 
-    PYTHONPATH=... python -m plait.bench.bench_scheduling [--requests 40]
+    PYTHONPATH=... python -m plait.bench.bench_scheduling [--requests 60 --rates 0.1 0.2]
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def summarize(timings: dict[str, Timing], wall: float) -> dict[str, float]:
 def run_policy(model: Path, policy: str, jobs: list[tuple[Arrival, dict]], ranker: LengthRanker,
                max_running: int) -> dict[str, float]:  # fmt: skip
     base = "sjf" if policy.startswith("sjf") else policy
-    eng = Engine(model, max_total_tokens=16384, schedule_policy=base,
+    eng = Engine(model, max_total_tokens=16384, schedule_policy=base, num_threads=1,
                  max_running_requests=max_running, enable_mixed_chunk=False)  # fmt: skip
     if base == "sjf":
         by_rid = {
@@ -129,7 +129,7 @@ def fairness(model: Path, n_light: int, max_running: int, seed: int) -> dict[str
             jobs.append(Arrival(rng.randrange(span), f"{tenant}{i}", ids, p, tenant=tenant))
     out = {}
     for fair in (False, True):
-        eng = Engine(model, max_total_tokens=16384, schedule_policy="fcfs",
+        eng = Engine(model, max_total_tokens=16384, schedule_policy="fcfs", num_threads=1,
                      max_running_requests=max_running, enable_mixed_chunk=False,
                      enable_fair_scheduling=fair)  # fmt: skip
         served = {"A": 0, "B": 0}
@@ -158,9 +158,9 @@ def fairness(model: Path, n_light: int, max_running: int, seed: int) -> dict[str
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--requests", type=int, default=40)
+    ap.add_argument("--requests", type=int, default=60)
     ap.add_argument("--max-running", type=int, default=4)
-    ap.add_argument("--rates", type=float, nargs="+", default=[0.05, 0.1])
+    ap.add_argument("--rates", type=float, nargs="+", default=[0.1, 0.2])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     rows = [json.loads(x) for x in DATA.read_text().splitlines() if x]

@@ -6,7 +6,7 @@ unknown tag, a wrong field count or a field of the wrong type with ``MessageErro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -201,7 +201,9 @@ def decode(data: bytes) -> Message:
     if tag not in _BY_TAG:
         raise MessageError(f"unknown message tag {tag!r}")
     cls, types = _BY_TAG[tag]
-    if len(values) != len(types):
+    # trailing fields with defaults may be left out (a sender from before they existed)
+    required = sum(1 for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+    if not required <= len(values) <= len(types):
         raise MessageError(f"{tag} takes {len(types)} fields, got {len(values)}")
     for i, (value, want) in enumerate(zip(values, types)):
         ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))

@@ -33,15 +33,14 @@ def run_to_idle(core: EngineCore, limit: int = 2000) -> None:
     raise AssertionError("the engine did not go idle")
 
 
+def fcfs_core(model: Path, **opts) -> EngineCore:
+    """An fcfs engine's core with priority scheduling on (unless ``opts`` say otherwise)."""
+    opts = {"max_total_tokens": 2048, "enable_priority_scheduling": True, **opts}
+    return Engine(model, schedule_policy="fcfs", **opts).core
+
+
 def test_a_high_priority_request_starts_before_a_full_queue_of_low_ones(tiny_model_dir):
-    eng = Engine(
-        tiny_model_dir("llama"),
-        max_total_tokens=2048,
-        schedule_policy="fcfs",
-        max_running_requests=2,
-        enable_priority_scheduling=True,
-    )
-    core = eng.core
+    core = fcfs_core(tiny_model_dir("llama"), max_running_requests=2)
     for i in range(6):
         core.add_request(f"low{i}", prompt(i), params(4), priority=0)
     core.add_request("high", prompt(9), params(4), priority=5)
@@ -53,15 +52,13 @@ def test_a_high_priority_request_starts_before_a_full_queue_of_low_ones(tiny_mod
     # inside one class, the base policy's (arrival) order
     lows = [admitted[f"low{i}"] for i in range(6)]
     assert lows == sorted(lows) and lows[-1] > lows[0]
-    eng.check_idle()
+    core.check_idle()
 
 
 def test_without_priority_scheduling_the_field_is_carried_but_not_used(tiny_model_dir):
-    eng = Engine(
-        tiny_model_dir("llama"), max_total_tokens=2048, schedule_policy="fcfs",
-        max_running_requests=1,
-    )  # fmt: skip
-    core = eng.core
+    core = fcfs_core(
+        tiny_model_dir("llama"), max_running_requests=1, enable_priority_scheduling=False
+    )
     for i in range(3):
         core.add_request(f"low{i}", prompt(i), params(3), priority=0)
     core.add_request("high", prompt(9), params(3), priority=5)
@@ -72,15 +69,9 @@ def test_without_priority_scheduling_the_field_is_carried_but_not_used(tiny_mode
 
 
 def test_low_values_first_flips_the_direction(tiny_model_dir):
-    eng = Engine(
-        tiny_model_dir("llama"),
-        max_total_tokens=2048,
-        schedule_policy="fcfs",
-        max_running_requests=1,
-        enable_priority_scheduling=True,
-        schedule_low_priority_values_first=True,
+    core = fcfs_core(
+        tiny_model_dir("llama"), max_running_requests=1, schedule_low_priority_values_first=True
     )
-    core = eng.core
     core.add_request("a", prompt(1), params(2), priority=3)
     core.add_request("b", prompt(2), params(2), priority=-1)
     core.add_request("c", prompt(3), params(2))  # None ranks as 0
@@ -113,8 +104,7 @@ def test_preemption_retracts_a_lower_priority_request_and_loses_nothing(tiny_mod
         opts = dict(max_total_tokens=180, max_running_requests=8)
     expected = solo_outputs(model, jobs)
 
-    eng = Engine(model, schedule_policy="fcfs", enable_priority_scheduling=True, **opts)
-    core = eng.core
+    core = fcfs_core(model, **opts)
     for rid in ("low0", "low1"):
         ids, n = jobs[rid]
         core.add_request(rid, ids, params(n), priority=0)
@@ -132,19 +122,13 @@ def test_preemption_retracts_a_lower_priority_request_and_loses_nothing(tiny_mod
     assert any(r.retractions for rid, r in reqs.items() if rid != "high")
     run_to_idle(core)
     assert {rid: r.output_ids for rid, r in reqs.items()} == expected
-    eng.check_idle()
+    core.check_idle()
 
 
 def test_preemption_respects_the_threshold(tiny_model_dir):
-    eng = Engine(
-        tiny_model_dir("llama"),
-        max_total_tokens=2048,
-        schedule_policy="fcfs",
-        max_running_requests=1,
-        enable_priority_scheduling=True,
-        priority_scheduling_preemption_threshold=10,
+    core = fcfs_core(
+        tiny_model_dir("llama"), max_running_requests=1, priority_scheduling_preemption_threshold=10
     )
-    core = eng.core
     core.add_request("low", prompt(0), params(20), priority=0)
     core.step()
     core.add_request("mid", prompt(1), params(2), priority=10)  # not more than 10 above

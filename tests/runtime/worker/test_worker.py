@@ -68,6 +68,7 @@ def _stats(sock) -> dict:
 
 ALL = [
     m.GenerateReq("r1", [1, 2, 3], {"max_new_tokens": 4, "stop": ["x"]}, True),
+    m.GenerateReq("r2", [1], {}, False, priority=-3, tenant="team-a"),
     m.AbortReq("r1"),
     m.FlushCacheReq(),
     m.StatsReq(),
@@ -102,6 +103,11 @@ def test_every_message_round_trips(msg):
         (msgpack.packb(["AbortReq"]), "AbortReq takes 1 fields, got 0"),
         (msgpack.packb(["GenerateReq", 5, [1], {}, False]), "GenerateReq.rid must be str"),
         (msgpack.packb(["GenerateReq", "r", [1], {}, 1]), "GenerateReq.stream must be bool"),
+        (
+            msgpack.packb(["GenerateReq", "r", [1], {}, False, "hi", None]),
+            "GenerateReq.priority must be int or NoneType",
+        ),
+        (msgpack.packb(["GenerateReq", "r", [1], {}, False, 1, 2]), "GenerateReq.tenant must be"),
         (msgpack.packb(["BatchOut", {}]), "BatchOut.outputs must be list"),
         (msgpack.packb(["BatchOut", [["r", 0, [1]]]]), "a ReqOutput takes 13 fields"),
         (
