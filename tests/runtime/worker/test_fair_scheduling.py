@@ -49,7 +49,7 @@ def mean_latency(timings, tenant: str) -> float:
 
 def test_a_light_tenant_keeps_near_its_solo_latency_behind_a_tenfold_heavier_one(tiny_model_dir):
     model = tiny_model_dir("llama")
-    solo = mean_latency(run_arrivals(engine(model, True).core, arrivals(0, 1)), "B")
+    solo = mean_latency(run_arrivals(engine(model, True).core, arrivals(0, 2)), "B")
 
     eng = engine(model, True)
     fair_gaps: list[float] = []
@@ -60,8 +60,8 @@ def test_a_light_tenant_keeps_near_its_solo_latency_behind_a_tenfold_heavier_one
         if backlogged == {"A", "B"}:
             fair_gaps.append(abs(counters["A"] - counters["B"]))
 
-    fair = run_arrivals(eng.core, arrivals(10, 1), on_tick=gap)
-    fcfs = run_arrivals(engine(model, False).core, arrivals(10, 1))
+    fair = run_arrivals(eng.core, arrivals(20, 2), on_tick=gap)
+    fcfs = run_arrivals(engine(model, False).core, arrivals(20, 2))
     eng.check_idle()
 
     assert mean_latency(fair, "B") <= LATENCY_FACTOR * solo
