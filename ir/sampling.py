@@ -34,9 +34,18 @@ class GenParams:
     top_logprobs_num: int | None = None
     regex: str | None = None
     json_schema: str | None = None
+    # scheduling, not sampling (runtime.sched_fields): request-level fields of the native API
+    priority: int | None = None
+    tenant: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    _REQUEST_LEVEL = ("return_logprob", "logprob_start_len", "top_logprobs_num")
+    _REQUEST_LEVEL = (
+        "return_logprob",
+        "logprob_start_len",
+        "top_logprobs_num",
+        "priority",
+        "tenant",
+    )
 
     def merge(self, defaults: GenParams) -> GenParams:
         """This record with every unset field taken from ``defaults``."""

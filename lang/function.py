@@ -16,6 +16,7 @@ from plait.lang.api import _default, as_backend, global_config
 from plait.lang.state import ProgramState
 from plait.runtime.interp.backend import Backend
 from plait.runtime.interp.interpreter import StreamExecutor
+from plait.runtime.sched_fields import check_priority, check_tenant
 
 _PREFIX_NODES = (ConstantText, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd)
 
@@ -77,6 +78,8 @@ class SglFunction:
         logprob_start_len: int | None = None,
         top_logprobs_num: int | None = None,
         return_text_in_logprobs: bool | None = None,
+        priority: int | None = None,
+        tenant: str | None = None,
         stream: bool = False,
         backend: Any = None,
         use_thread: bool = True,
@@ -106,6 +109,8 @@ class SglFunction:
         logprob_start_len: int | None = None,
         top_logprobs_num: int | None = None,
         return_text_in_logprobs: bool | None = None,
+        priority: int | None = None,
+        tenant: str | None = None,
         backend: Any = None,
         num_threads: int | str = "auto",
         progress_bar: bool = False,
@@ -262,6 +267,8 @@ def _sampling_defaults(args: dict[str, Any]) -> GenParams:
         return_logprob=args["return_logprob"],
         logprob_start_len=args["logprob_start_len"],
         top_logprobs_num=args["top_logprobs_num"],
+        priority=check_priority(args["priority"]),
+        tenant=check_tenant(args["tenant"]),
     )
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
 
-SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
+SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight", "sjf", "random")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 LOAD_FORMATS = ("auto", "dummy")
@@ -61,6 +61,31 @@ class SchedulerConfig:
     )
     min_new_token_ratio: float = _opt(0.1, (float, int), "the reservation's floor")
     new_token_ratio_decay: float = _opt(0.001, (float, int), "reservation decay per decode step")
+    # SGLang's names and direction: larger priority values run first unless flipped
+    enable_priority_scheduling: bool = _opt(
+        False, (bool,), "order the queue by request priority first; preempt lower priorities"
+    )
+    schedule_low_priority_values_first: bool = _opt(
+        False, (bool,), "smaller priority values are more urgent (default: larger ones)"
+    )
+    priority_scheduling_preemption_threshold: int = _opt(
+        10, (int,), "a waiting request preempts a running one only if this much more urgent"
+    )
+    disable_priority_preemption: bool = _opt(
+        False, (bool,), "priority orders the queue but never retracts a running request"
+    )
+    enable_fair_scheduling: bool = _opt(
+        False, (bool,), "virtual token counters (VTC): least-served backlogged tenant first"
+    )
+    fair_input_weight: float = _opt(1.0, (float, int), "VTC cost of one prompt token computed")
+    fair_output_weight: float = _opt(2.0, (float, int), "VTC cost of one generated token")
+    sjf_ranker_path: str | None = _opt(
+        None, (str, _NONE), "sjf: the length ranker (.npz; none: the one shipped)"
+    )
+    sjf_starvation_steps: int = _opt(
+        256, (int,), "sjf/random: a request queued this many steps is promoted ahead"
+    )
+    schedule_seed: int = _opt(0, (int,), "seed of the random policy")
 
     def validate(self) -> None:
         _choice(self, "schedule_policy", SCHEDULE_POLICIES)
@@ -68,6 +93,11 @@ class SchedulerConfig:
             _at_least(self, "chunked_prefill_size", 1)
         _at_least(self, "max_prefill_tokens", 1)
         _at_least(self, "max_running_requests", 1)
+        _at_least(self, "priority_scheduling_preemption_threshold", 0)
+        _at_least(self, "sjf_starvation_steps", 1)
+        for name in ("fair_input_weight", "fair_output_weight"):
+            if getattr(self, name) < 0:
+                raise InvalidRequestError(name, f"must be >= 0, got {getattr(self, name)}")
         for name in ("init_new_token_ratio", "min_new_token_ratio", "new_token_ratio_decay"):
             value = getattr(self, name)
             if not 0 <= value <= 1:

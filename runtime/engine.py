@@ -59,16 +59,19 @@ class Engine(TextAPI):
         top_logprobs_num: int | None = None,
         stream: bool = False,
         rid: str | list[str] | None = None,
+        priority: int | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]] | Iterator[dict[str, Any]]:
         """Runs every request to completion (or, with ``stream``, yields chunks as they come).
 
         A single prompt with ``n == 1`` returns one dict; otherwise a list, ``n`` consecutive
         entries per prompt. Streaming chunks carry ``index`` (the position in that list),
-        ``text`` (cumulative) and ``delta``.
+        ``text`` (cumulative) and ``delta``. ``priority`` (larger is more urgent) and ``tenant``
+        steer scheduling (``plait.runtime.sched_fields``).
         """
         single, subs = self._parse(
             prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
-            top_logprobs_num, rid,
+            top_logprobs_num, rid, priority, tenant,
         )  # fmt: skip
         streams = self._add(subs, stream)
         if stream:
@@ -105,7 +108,9 @@ class Engine(TextAPI):
         try:
             for sub in subs:
                 rid = sub.rid or f"req-{next(self._rid_counter)}-{uuid.uuid4().hex[:8]}"
-                self.core.add_request(rid, sub.input_ids, sub.params, stream)
+                self.core.add_request(
+                    rid, sub.input_ids, sub.params, stream, sub.priority, sub.tenant
+                )
                 streams.append(OutputStream(rid, sub.params, self.tokenizer, self._token_text))
         except BaseException:
             for s in streams:

@@ -7,6 +7,7 @@ from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.sched_fields import MAX_TENANT_CHARS, check_tenant
 
 
 @dataclass(slots=True, frozen=True)
@@ -21,25 +22,14 @@ class ModelLimits:
 
 
 # a tenant name or cache salt is an opaque label; bounded so one cannot bloat the tree's keys
-MAX_CACHE_SCOPE_CHARS = 256
+MAX_CACHE_SCOPE_CHARS = MAX_TENANT_CHARS
 
 
 def check_cache_scope(tenant: Any, cache_salt: Any) -> None:
     """Raises InvalidRequestError unless ``tenant`` and ``cache_salt`` are each None or a
     non-empty valid-Unicode string of at most ``MAX_CACHE_SCOPE_CHARS`` characters."""
-    for name, value in (("tenant", tenant), ("cache_salt", cache_salt)):
-        if value is None:
-            continue
-        if not isinstance(value, str):
-            raise InvalidRequestError(name, f"must be a string, got {type(value).__name__}")
-        if not 0 < len(value) <= MAX_CACHE_SCOPE_CHARS:
-            raise InvalidRequestError(
-                name, f"must have 1 to {MAX_CACHE_SCOPE_CHARS} characters, got {len(value)}"
-            )
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidRequestError(name, "must be valid Unicode (a lone surrogate)") from None
+    check_tenant(tenant, "tenant")
+    check_tenant(cache_salt, "cache_salt")
 
 
 def check_request(params: SamplingParams, ids: list[int], field: str, limits: ModelLimits) -> None:

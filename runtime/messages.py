@@ -6,7 +6,7 @@ unknown tag, a wrong field count or a field of the wrong type with ``MessageErro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 import msgpack
@@ -21,10 +21,15 @@ class MessageError(ValueError):
 
 @dataclass(slots=True)
 class GenerateReq:
+    """``priority``: larger is more urgent (SGLang's default direction; the worker's
+    ``schedule_low_priority_values_first`` flips it); None is the default class. ``tenant``:
+    who sent it, for fair sharing between tenants; None is the anonymous tenant."""
+
     rid: str
     input_ids: list
     sampling_params: dict
     stream: bool = False
+    priority: int | None = None
     # the caller's tenant (the server's name for its API key) and vLLM-style cache salt; the
     # radix cache shares prefixes only within one (tenant, cache_salt)
     tenant: str | None = None
@@ -141,9 +146,11 @@ class Pong:
     info: dict = field(default_factory=dict)
 
 
-_OPT_STR = (str, type(None))
-_TYPES: list[tuple[type, tuple[Any, ...]]] = [
-    (GenerateReq, (str, list, dict, bool, _OPT_STR, _OPT_STR)),
+_INT_OR_NONE = (int, type(None))
+_STR_OR_NONE = (str, type(None))
+# per message: each field's type (or tuple of types)
+_TYPES: list[tuple[type, tuple[type | tuple[type, ...], ...]]] = [
+    (GenerateReq, (str, list, dict, bool, _INT_OR_NONE, _STR_OR_NONE, _STR_OR_NONE)),
     (AbortReq, (str,)),
     (FlushCacheReq, ()),
     (StatsReq, ()),
@@ -197,15 +204,17 @@ def decode(data: bytes) -> Message:
     if tag not in _BY_TAG:
         raise MessageError(f"unknown message tag {tag!r}")
     cls, types = _BY_TAG[tag]
-    if len(values) != len(types):
+    # trailing fields with defaults may be left out (a sender from before they existed)
+    required = sum(1 for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING)
+    if not required <= len(values) <= len(types):
         raise MessageError(f"{tag} takes {len(types)} fields, got {len(values)}")
     for i, (value, want) in enumerate(zip(values, types)):
         ok = isinstance(value, want) and (want is bool or not isinstance(value, bool))
         if not ok:
             name = fields(cls)[i].name
-            wants = want if isinstance(want, tuple) else (want,)
-            kind = " or ".join(w.__name__ for w in wants)
-            raise MessageError(f"{tag}.{name} must be {kind}, got {type(value).__name__}")
+            kinds = want if isinstance(want, tuple) else (want,)
+            need = " or ".join(k.__name__ for k in kinds)
+            raise MessageError(f"{tag}.{name} must be {need}, got {type(value).__name__}")
     if cls is BatchOut:
         return BatchOut(_decode_outputs(values[0]))
     return cls(*values)

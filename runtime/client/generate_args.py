@@ -9,6 +9,7 @@ from typing import Any
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import ModelLimits, check_request
 from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.sched_fields import check_priority, check_tenant
 
 SamplingArg = SamplingParams | dict[str, Any] | None
 
@@ -20,18 +21,28 @@ class SubRequest:
     rid: str | None  # None: the submitter names it
     input_ids: list[int]
     params: SamplingParams
+    priority: int | None = None  # see runtime.sched_fields
+    tenant: str | None = None
 
 
-def expand_n(rid: str | None, input_ids: list[int], params: SamplingParams) -> list[SubRequest]:
+def expand_n(
+    rid: str | None,
+    input_ids: list[int],
+    params: SamplingParams,
+    priority: int | None = None,
+    tenant: str | None = None,
+) -> list[SubRequest]:
     """The ``n`` samples of one prompt: sample j has rid ``{rid}-{j}`` and seed ``seed + j``
     (with ``n == 1`` the rid and seed are unchanged). ``params`` is not modified."""
     if params.n == 1:
-        return [SubRequest(rid, input_ids, params)]
+        return [SubRequest(rid, input_ids, params, priority, tenant)]
     return [
         SubRequest(
             None if rid is None else f"{rid}-{j}",
             input_ids,
             params.copy(n=1, seed=None if params.seed is None else params.seed + j),
+            priority,
+            tenant,
         )
         for j in range(params.n)
     ]
@@ -45,13 +56,17 @@ def parse_generate_args(
     logprob_start_len: int | None = None,
     top_logprobs_num: int | None = None,
     rid: str | list[str] | None = None,
+    priority: int | None = None,
+    tenant: str | None = None,
     *,
     encode: Callable[[str], list[int]],
     limits: ModelLimits,
 ) -> tuple[bool, list[SubRequest]]:
     """Validates one ``generate`` call (the public API's boundary: the only check a request
     gets on this side) and expands it into sequences, ``n`` consecutive ones per prompt.
-    Returns whether the call was one bare prompt with ``n == 1``, and the sequences."""
+    Returns whether the call was one bare prompt with ``n == 1``, and the sequences.
+    ``priority`` and ``tenant`` apply to every sequence of the call."""
+    priority, tenant = check_priority(priority), check_tenant(tenant)
     if (prompt is None) == (input_ids is None):
         raise InvalidRequestError("prompt", "give exactly one of prompt and input_ids")
     if prompt is not None:
@@ -83,7 +98,7 @@ def parse_generate_args(
     for i, (ids, p) in enumerate(zip(token_lists, params)):
         p.set_logprob_options(return_logprob, logprob_start_len, top_logprobs_num)
         check_request(p, ids, field, limits)
-        subs += expand_n(rids[i] if rids else None, ids, p)
+        subs += expand_n(rids[i] if rids else None, ids, p, priority, tenant)
     return single and params[0].n == 1, subs
 
 

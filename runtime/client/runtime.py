@@ -56,11 +56,14 @@ class Runtime(TextAPI):
         logprob_start_len: int | None = None,
         top_logprobs_num: int | None = None,
         rid: str | list[str] | None = None,
+        priority: int | None = None,
+        tenant: str | None = None,
     ) -> dict[str, Any] | list[dict[str, Any]]:
-        """A single prompt with ``n == 1`` gives one dict, otherwise a list (``n`` per prompt)."""
+        """A single prompt with ``n == 1`` gives one dict, otherwise a list (``n`` per prompt).
+        ``priority`` (larger is more urgent) and ``tenant``: see ``runtime.sched_fields``."""
         single, handles = self._submit(
             False, prompt, sampling_params, input_ids, return_logprob, logprob_start_len,
-            top_logprobs_num, rid,
+            top_logprobs_num, rid, priority, tenant,
         )  # fmt: skip
         try:
             outs = [self._as_dict(h.result()) for h in handles]
@@ -94,7 +97,12 @@ class Runtime(TextAPI):
     ) -> RequestHandle:
         """Submits one sequence (``n == 1``) of token ids; sampling_params may be a dict."""
         params = to_params(sampling_params)
-        _, subs = self._parse(sampling_params=params, input_ids=list(input_ids))
+        _, subs = self._parse(
+            sampling_params=params,
+            input_ids=list(input_ids),
+            priority=kw.get("priority"),
+            tenant=kw.get("tenant"),
+        )
         if len(subs) != 1:
             raise InvalidRequestError("n", "submit takes n == 1")
         return self.client.submit(subs[0].input_ids, subs[0].params, **kw)
@@ -137,7 +145,11 @@ class Runtime(TextAPI):
         handles: list[RequestHandle] = []
         try:
             for sub in subs:
-                handles.append(self.client.submit(sub.input_ids, sub.params, sub.rid, stream))
+                handles.append(
+                    self.client.submit(
+                        sub.input_ids, sub.params, sub.rid, stream, sub.priority, sub.tenant
+                    )
+                )
         except BaseException:
             for h in handles:
                 h.cancel()

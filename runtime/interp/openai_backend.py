@@ -34,6 +34,9 @@ _EXTENSION_FIELDS = {
     "min_new_tokens": "min_tokens",
     "ignore_eos": "ignore_eos",
     "stop_token_ids": "stop_token_ids",
+    # plait's and SGLang's scheduling extensions
+    "priority": "priority",
+    "tenant": "tenant",
 }
 
 

@@ -51,6 +51,7 @@ class EngineThread:
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
+        priority: int | None = None,
         tenant: str | None = None,
         cache_salt: str | None = None,
     ) -> RequestHandle:
@@ -66,10 +67,8 @@ class EngineThread:
             handle.push(e)
             return handle
         out = OutputStream(rid, sampling_params, self.tokenizer, self._token_text)
-        scope = (tenant, cache_salt)
-        self._inbox.put(
-            ("submit", (rid, list(input_ids), sampling_params, stream, scope, handle, out))
-        )
+        req = (rid, list(input_ids), sampling_params, stream, priority, tenant, cache_salt)
+        self._inbox.put(("submit", (req, handle, out)))
         return handle
 
     def abort(self, rid: str) -> None:
@@ -121,7 +120,7 @@ class EngineThread:
             except queue.Empty:
                 return
             if kind == "submit":
-                arg[5].push(WorkerDiedError(str(err)))
+                arg[1].push(WorkerDiedError(str(err)))
             elif isinstance(arg, Future):
                 arg.set_exception(WorkerDiedError(str(err)))
 
@@ -139,9 +138,10 @@ class EngineThread:
 
     def _handle(self, kind: str, arg: Any) -> None:
         if kind == "submit":
-            rid, ids, params, stream, (tenant, salt), handle, out = arg
+            req, handle, out = arg
+            rid = req[0]
             try:
-                self.core.add_request(rid, ids, params, stream, tenant, salt)
+                self.core.add_request(*req)
             except InvalidRequestError as e:
                 handle.push(e)
                 return

@@ -13,6 +13,7 @@ from typing import Any
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import ModelLimits, check_cache_scope, check_input_ids
 from plait.runtime.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
+from plait.runtime.sched_fields import check_priority, check_tenant
 from plait.runtime.server.tool_calls import (
     ToolRequest,
     check_tool_calls,
@@ -53,6 +54,14 @@ class GenerateCall:
     sampling_params: SamplingParams
     n: int = 1
     rid: str | None = None
+    priority: int | None = None  # see runtime.sched_fields
+    tenant: str | None = None
+
+
+def sched_fields(body: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The body's ``priority`` and ``tenant`` (native fields; extension fields on the OpenAI
+    routes, as in SGLang), checked."""
+    return check_priority(body.get("priority")), check_tenant(body.get("tenant"))
 
 
 @dataclass(slots=True, frozen=True)
@@ -169,6 +178,7 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
     return_logprob = get(body, "return_logprob", bool)
     logprob_start_len = get(body, "logprob_start_len", int)
     top_logprobs_num = get(body, "top_logprobs_num", int)
+    priority, tenant = sched_fields(body)
 
     calls = []
     for i, (ids, raw) in enumerate(zip(prompts, raw_params)):
@@ -180,7 +190,7 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
             raise InvalidRequestError("sampling_params", str(e)) from None
         params.set_logprob_options(return_logprob, logprob_start_len, top_logprobs_num)
         params, n = finish_params(params, limits.vocab_size)
-        calls.append(GenerateCall(ids, params, n, rids[i] if rids else None))
+        calls.append(GenerateCall(ids, params, n, rids[i] if rids else None, priority, tenant))
     return single and calls[0].n == 1, calls
 
 

@@ -6,6 +6,8 @@ import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # stats() key (worker and in-process backend alike) -> gauge name, help
@@ -44,7 +46,11 @@ class ServerMetrics:
             registry=r,
         )
 
+        self.scheduling = SchedulingCollector()
+        r.register(self.scheduling)
+
     def update_from_stats(self, stats: dict[str, Any]) -> None:
+        self.scheduling.stats = stats
         for key, gauge in self.gauges.items():
             value = stats.get(key)
             if isinstance(value, (int, float)):
@@ -52,6 +58,41 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class SchedulingCollector(Collector):
+    """The worker's scheduling series, from its latest stats record: queue time (submission to
+    first admission) per policy, priority and tenant, and each tenant's service counter (the
+    fair policy's virtual tokens)."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, Any] = {}
+
+    def collect(self) -> Any:
+        qt = self.stats.get("queue_time")
+        policy = str(self.stats.get("schedule_policy", ""))
+        hist = HistogramMetricFamily(
+            "plait:queue_time_seconds",
+            "from submission to first admission on the worker",
+            labels=["policy", "priority", "tenant"],
+        )
+        if isinstance(qt, dict):
+            bounds = [str(b) for b in qt.get("buckets", [])] + ["+Inf"]
+            for s in qt.get("series", []):
+                running, buckets = 0, []
+                for bound, count in zip(bounds, s["counts"]):
+                    running += count
+                    buckets.append((bound, running))
+                hist.add_metric([policy, s["priority"], s["tenant"]], buckets, s["sum"])
+        yield hist
+        service = GaugeMetricFamily(
+            "plait:tenant_service_tokens",
+            "virtual tokens served per tenant (weighted prompt + generated tokens)",
+            labels=["tenant"],
+        )
+        for tenant, value in (self.stats.get("tenant_service") or {}).items():
+            service.add_metric([tenant], value)
+        yield service
 
 
 class RequestTimer:

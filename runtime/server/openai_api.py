@@ -22,6 +22,7 @@ from plait.runtime.server.http_body import (
     get,
     openai_extensions,
     openai_params,
+    sched_fields,
 )
 from plait.runtime.server.openai_fields import check_fields
 from plait.runtime.server.openai_formats import ChatFormat, CompletionFormat
@@ -67,7 +68,10 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
             params.return_logprob = True  # to rank the candidates
         if echo and top_k is not None:
             params.logprob_start_len = 0  # a logprob for every prompt token
-        calls = [GenerateCall(ids, params.copy(), best_of) for ids in prompts]
+        priority, tenant = sched_fields(body)
+        calls = [
+            GenerateCall(ids, params.copy(), best_of, None, priority, tenant) for ids in prompts
+        ]
         echoes = None
         if echo:
             texts = _prompt_texts(body["prompt"], prompts, state)
@@ -80,6 +84,7 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         body = await read_json(request)
         check_model(body, state.served_names)
         check_fields(body, chat=True, extensions=openai_extensions())
+        priority, tenant = sched_fields(body)
         top_k = chat_logprobs(body)
         tools = tool_request(body)
         ids = chat_prompt(body, state.limits, tools)
@@ -88,8 +93,8 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
         if tools is not None:
             constrain(tools, params)
         _ask_logprobs(params, top_k)
-        calls = [GenerateCall(ids, params, n)]
-        return await _respond(request, body, state, calls, ChatFormat(top_k, tools))
+        call = GenerateCall(ids, params, n, None, priority, tenant)
+        return await _respond(request, body, state, [call], ChatFormat(top_k, tools))
 
 
 def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list[str]:

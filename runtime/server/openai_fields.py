@@ -61,6 +61,10 @@ _HANDLED = (
     "logprobs",
     "max_tokens",
     "response_format",
+    # plait's extensions: scheduling (runtime.sched_fields) and vLLM's prefix-cache salt
+    "priority",
+    "tenant",
+    "cache_salt",
 )
 _HANDLED_COMPLETION = ("prompt", "echo", "best_of", "suffix")
 _HANDLED_CHAT = (

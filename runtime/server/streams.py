@@ -38,6 +38,7 @@ class GenerateBackend(Protocol):
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
+        priority: int | None = None,
         tenant: str | None = None,
         cache_salt: str | None = None,
     ) -> Any: ...
@@ -94,13 +95,15 @@ def submit_calls(
     try:
         for call in calls:
             params = call.sampling_params.copy(n=call.n)
-            for sub in expand_n(call.rid, call.input_ids, params):
+            for sub in expand_n(call.rid, call.input_ids, params, call.priority, call.tenant):
                 handle = state.backend.submit(
                     sub.input_ids,
                     sub.params,
                     rid=sub.rid,
                     stream=True,
-                    tenant=scope.tenant,
+                    priority=sub.priority,
+                    # the API key's tenant wins: a body field never picks another's cache
+                    tenant=scope.tenant if scope.tenant is not None else sub.tenant,
                     cache_salt=scope.cache_salt,
                 )
                 streams.append(Stream(handle, state.metrics))

@@ -21,6 +21,7 @@ from plait.runtime.messages import ReqOutput
 from plait.runtime.model.loader import LoadedModel, kv_pool_tokens, load_model
 from plait.runtime.model.model_runner import ModelRunner
 from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.sched_fields import check_priority
 from plait.runtime.worker.request import Req
 from plait.runtime.worker.scheduler import Scheduler
 from plait.runtime.worker.stop import StopChecker
@@ -103,12 +104,13 @@ class EngineCore:
         input_ids: list[int],
         params: SamplingParams,
         stream: bool = False,
+        priority: int | None = None,
         tenant: str | None = None,
         cache_salt: str | None = None,
     ) -> None:
         """Queues one sequence whose params (``n == 1``) and ids the caller checked with
-        ``check_request`` at its boundary; raises InvalidRequestError for a bad or live rid or
-        a bad ``tenant`` / ``cache_salt`` (which scope its prefix-cache reuse)."""
+        ``check_request`` at its boundary; raises InvalidRequestError for a bad or live rid,
+        priority, or a bad ``tenant`` / ``cache_salt`` (which scope its prefix-cache reuse)."""
         if not isinstance(rid, str) or not rid:
             raise InvalidRequestError("rid", "must be a non-empty string")
         if self.scheduler.find(rid) is not None:
@@ -120,6 +122,7 @@ class EngineCore:
             input_ids=list(input_ids),
             sampling_params=params,
             stream=stream,
+            priority=check_priority(priority),
             tenant=tenant,
             cache_salt=cache_salt,
         )
@@ -198,6 +201,10 @@ class EngineCore:
             "forward_count": st.forward_count,
             "mixed_forward_count": st.mixed_forward_count,
             "retractions": st.retractions,
+            "preemptions": st.preemptions,
+            "schedule_policy": sched.policy.policy,
+            "queue_time": st.queue_times.to_dict(),
+            "tenant_service": dict(sched.fair.counters) if sched.fair is not None else {},
             "errors": st.errors,
             "kv_idle_ok": idle_ok,
             "uptime_s": time.monotonic() - st.started,

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.messages import ReqOutput
+from plait.runtime.worker.queue_times import QueueTimes
 from plait.runtime.worker.request import Req
 
 
@@ -21,7 +22,9 @@ class SchedulerStats:
     forward_count: int = 0
     mixed_forward_count: int = 0
     retractions: int = 0
+    preemptions: int = 0  # retractions to admit a more urgent request (priority scheduling)
     started: float = field(default=0.0)
+    queue_times: QueueTimes = field(default_factory=QueueTimes)
 
 
 def take_output(req: Req) -> ReqOutput | None:

@@ -55,6 +55,7 @@ class Req:
     sampling_params: SamplingParams
     stream: bool = False
     output_ids: list[int] = field(default_factory=list)
+    priority: int | None = None  # larger is more urgent (runtime.sched_fields)
     # who asked (the API key's name) and the client's cache salt: the radix cache shares
     # prefixes only between requests with equal salts (and, isolating tenants, equal tenants)
     tenant: str | None = None
@@ -74,6 +75,12 @@ class Req:
 
     created_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
+    # scheduling state (worker.schedule_policy): the sjf length score, computed once; the
+    # scheduler step at which the request joined the queue; the scheduler step of its first
+    # admission (None while it has never run)
+    length_score: float | None = None
+    queued_step: int = 0
+    admitted_step: int | None = None
     grammar: Any = None  # constrained.GrammarState of a regex / json_schema request
     error: Exception | None = None  # set when the request failed alone (reported, never run)
 

@@ -12,14 +12,16 @@ from plait.runtime.config import SchedulerConfig
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.messages import ReqOutput
 from plait.runtime.model.model_runner import ModelRunner
+from plait.runtime.worker.length_ranker import LengthRanker
 from plait.runtime.worker.output import SchedulerStats, take_output
 from plait.runtime.worker.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
 from plait.runtime.worker.request import FinishReason, Req
 from plait.runtime.worker.sampler import Sampler
 from plait.runtime.worker.sampling_batch import SamplingBatch
 from plait.runtime.worker.schedule_batch import prepare_decode, prepare_extend
-from plait.runtime.worker.schedule_policy import SchedulePolicy
+from plait.runtime.worker.schedule_policy import PriorityOrder, RankerScorer, SchedulePolicy
 from plait.runtime.worker.stop import StopChecker
+from plait.runtime.worker.tenant_fairness import VirtualTokenCounters, tenant_of
 
 # Retraction keeps this many decode steps of room for the requests that stay.
 RETRACT_DECODE_STEPS = 20
@@ -33,7 +35,10 @@ class Scheduler:
     every running request also decodes one token in each prefill forward, its token counted
     in the chunk budget; no request is dropped: under memory pressure the least-advanced
     running request is retracted to the front of the queue, its computed KV handed to the
-    radix tree.
+    radix tree. With priority scheduling, a waiting request more urgent than running ones (by
+    more than the threshold) that cannot be admitted retracts the least urgent of them the
+    same way, so nothing is lost. ``step_count`` counts steps; latencies in tests and the
+    scheduling benchmark are measured in it.
     """
 
     def __init__(
@@ -49,7 +54,28 @@ class Scheduler:
         self.stop_checker = stop_checker
         self.vocab_size = vocab_size
         self.config = config
-        self.policy = SchedulePolicy(config.schedule_policy, kv)
+        self.fair = (
+            VirtualTokenCounters(config.fair_input_weight, config.fair_output_weight)
+            if config.enable_fair_scheduling
+            else None
+        )
+        scorer = None
+        if config.schedule_policy == "sjf":
+            scorer = RankerScorer(LengthRanker.load(config.sjf_ranker_path))
+        self.policy = SchedulePolicy(
+            config.schedule_policy,
+            kv,
+            priority=(
+                PriorityOrder(config.schedule_low_priority_values_first)
+                if config.enable_priority_scheduling
+                else None
+            ),
+            fair=self.fair,
+            scorer=scorer,
+            starvation_steps=config.sjf_starvation_steps,
+            seed=config.schedule_seed,
+        )
+        self.step_count = 0
         self.sampler = Sampler()
         self.grammar: GrammarBackend | None = None  # set by the engine when it has a tokenizer
         self.eos_ids = sorted(stop_checker.eos_token_ids)
@@ -71,6 +97,9 @@ class Scheduler:
         assert req.rid not in self.live, "a live rid is refused before it gets here"
         self.live[req.rid] = req
         self.stats.prompt_tokens += len(req.input_ids)
+        req.queued_step = self.step_count
+        if self.fair is not None:
+            self.fair.on_arrival(req, {tenant_of(r) for r in self.waiting})
         if self.grammar is None and grammar_key(req) is not None:
             err = InvalidRequestError(
                 "regex", "constrained decoding needs a model with a tokenizer"
@@ -163,6 +192,7 @@ class Scheduler:
         return outputs
 
     def _step(self) -> list[Req]:
+        self.step_count += 1
         touched, self.aborted = self.aborted, []
         if self.grammar is not None:
             touched += self._constrained_step()
@@ -191,6 +221,7 @@ class Scheduler:
 
     def _schedule_prefill(self, mixed_decodes: int = 0) -> list[Req]:
         cfg = self.config
+        self._preempt_for_priority()
         if self.chunked_req is None and (
             not self.waiting or len(self.running) >= cfg.max_running_requests
         ):
@@ -205,7 +236,7 @@ class Scheduler:
         )
         if self.chunked_req is not None:
             adder.add_chunked(self.chunked_req)
-        ordered, deferred = self.policy.order(self.waiting)
+        ordered, deferred = self.policy.order(self.waiting, self.step_count)
         for req in ordered:
             if id(req) in deferred:
                 continue
@@ -216,7 +247,60 @@ class Scheduler:
         admitted = {id(r) for r in adder.can_run}
         self.waiting = [r for r in self.waiting if id(r) not in admitted]
         self.chunked_req = adder.new_chunked_req
+        self._on_admitted(adder.can_run)
         return adder.can_run
+
+    def _on_admitted(self, reqs: list[Req]) -> None:
+        """Records first admissions (queue time) and charges prefill work to tenants."""
+        now = None
+        for req in reqs:
+            if req.admitted_step is None:
+                req.admitted_step = self.step_count
+                now = now or time.monotonic()
+                self.stats.queue_times.observe(req.priority, req.tenant, now - req.created_time)
+            if self.fair is not None:
+                self.fair.on_prefill(req, req.extend_len)
+
+    def _preempt_for_priority(self) -> None:
+        """Retracts running requests, least urgent first (then least advanced), while the most
+        urgent waiting request is more urgent than them by more than the threshold and cannot
+        be admitted (the running batch is full, or memory is short). Retraction hands their KV
+        to the radix tree and requeues them with their outputs: nothing is lost."""
+        order, cfg = self.policy.priority, self.config
+        if order is None or cfg.disable_priority_preemption or not self.waiting:
+            return
+        top = max(self.waiting, key=order.urgency)  # the earliest among the most urgent
+        bar = order.urgency(top) - cfg.priority_scheduling_preemption_threshold
+        victims = sorted(
+            (r for r in self.running if order.urgency(r) < bar),
+            key=lambda r: (order.urgency(r), len(r.output_ids)),
+        )
+        if not victims:
+            return
+        self.kv.match(top)
+        retracted: list[Req] = []
+        while victims and not self._fits(top):
+            victim = victims.pop(0)
+            self.kv.release(victim)
+            victim.retractions += 1
+            retracted.append(victim)
+            self.running = [r for r in self.running if r is not victim]
+        self.stats.retractions += len(retracted)
+        self.stats.preemptions += len(retracted)
+        self.waiting.extend(retracted)
+
+    def _fits(self, req: Req) -> bool:
+        """Whether admission could take ``req`` now: a free running slot, and room for its
+        extend and decode reservation (its whole cached prefix counted as newly locked, so
+        the estimate errs towards retracting)."""
+        busy = len(self.running) + (self.chunked_req is not None)
+        if busy >= self.config.max_running_requests:
+            return False
+        adder = PrefillAdder(
+            self.kv, self.running, self.new_token_ratio, self.config.max_prefill_tokens, None
+        )
+        decode_room = min(req.remaining_new_tokens(), CLIP_MAX_NEW_TOKENS)
+        return req.seq_len + decode_room <= adder.rem_total
 
     def _run_extend(self, prefills: list[Req], decodes: list[Req]) -> list[Req]:
         """One forward over prefill chunks and, mixed in, one decode token per running request
@@ -298,6 +382,9 @@ class Scheduler:
         if want_logprobs:
             lps = res.logprobs.tolist()
             tops = _top_pairs(res.top_logprobs, res.top_logprob_ids)
+        if self.fair is not None:
+            for req in reqs:
+                self.fair.on_decode(req)
         for i, req in enumerate(reqs):
             req.append_output(ids[i])
             if req.output_logprobs is not None:

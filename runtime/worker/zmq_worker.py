@@ -106,7 +106,13 @@ class Worker:
                 raise InvalidRequestError("n", "the worker takes n == 1; the client expands n")
             check_request(params, msg.input_ids, "input_ids", self.limits)
             self.core.add_request(
-                msg.rid, msg.input_ids, params, msg.stream, msg.tenant, msg.cache_salt
+                msg.rid,
+                msg.input_ids,
+                params,
+                msg.stream,
+                msg.priority,
+                msg.tenant,
+                msg.cache_salt,
             )
         except InvalidRequestError as e:
             self._send(identity, m.ErrorOut(msg.rid, e.field, e.message, "invalid_request"))

@@ -328,3 +328,19 @@ def test_streaming_readers_wait_for_the_program_body(scripted):
     assert st["x"] == "<2>"
     st = slow.run(backend=be, stream=True)
     assert st.text() == "a<2>b<2>"
+
+
+def test_run_and_run_batch_carry_priority_and_tenant_to_every_gen(scripted):
+    @sgl.function
+    def ask(s, q):
+        s += q + sgl.gen("a", max_tokens=3)
+
+    be = scripted()
+    ask.run(q="x?", priority=7, tenant="team-a", backend=be)
+    ask.run_batch([{"q": "y?"}, {"q": "z?"}], priority=-1, backend=be, num_threads=1)
+    sent = [call[2] for call in be.calls if call[0] == "generate"]
+    assert [(p.priority, p.tenant) for p in sent] == [(7, "team-a"), (-1, None), (-1, None)]
+    assert sent[0].request_fields() == {"priority": 7, "tenant": "team-a"}
+    with pytest.raises(InvalidRequestError) as e:
+        ask.run(q="x?", priority="urgent", backend=be)
+    assert e.value.field == "priority"

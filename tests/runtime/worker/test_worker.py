@@ -68,6 +68,7 @@ def _stats(sock) -> dict:
 
 ALL = [
     m.GenerateReq("r1", [1, 2, 3], {"max_new_tokens": 4, "stop": ["x"]}, True),
+    m.GenerateReq("r2", [1], {}, False, priority=-3, tenant="team-a"),
     m.AbortReq("r1"),
     m.FlushCacheReq(),
     m.StatsReq(),
@@ -100,20 +101,15 @@ def test_every_message_round_trips(msg):
         (msgpack.packb({"tag": "PingReq"}), "array"),
         (msgpack.packb(["Pickle", 1]), "unknown message tag 'Pickle'"),
         (msgpack.packb(["AbortReq"]), "AbortReq takes 1 fields, got 0"),
+        (msgpack.packb(["GenerateReq", 5, [1], {}, False]), "GenerateReq.rid must be str"),
+        (msgpack.packb(["GenerateReq", "r", [1], {}, 1]), "GenerateReq.stream must be bool"),
         (
-            msgpack.packb(["GenerateReq", 5, [1], {}, False, None, None]),
-            "GenerateReq.rid must be str",
+            msgpack.packb(["GenerateReq", "r", [1], {}, False, "hi", None]),
+            "GenerateReq.priority must be int or NoneType",
         ),
+        (msgpack.packb(["GenerateReq", "r", [1], {}, False, 1, 2]), "GenerateReq.tenant must be"),
         (
-            msgpack.packb(["GenerateReq", "r", [1], {}, 1, None, None]),
-            "GenerateReq.stream must be bool",
-        ),
-        (
-            msgpack.packb(["GenerateReq", "r", [1], {}, False, 7, None]),
-            "GenerateReq.tenant must be str or NoneType, got int",
-        ),
-        (
-            msgpack.packb(["GenerateReq", "r", [1], {}, False, None, ["s"]]),
+            msgpack.packb(["GenerateReq", "r", [1], {}, False, None, None, ["s"]]),
             "GenerateReq.cache_salt must be str or NoneType, got list",
         ),
         (msgpack.packb(["BatchOut", {}]), "BatchOut.outputs must be list"),
@@ -161,10 +157,10 @@ def test_a_bad_request_gets_an_error_naming_its_field(sock, params, field):
 
 def test_a_bad_tenant_or_cache_salt_is_rejected_by_name(sock):
     for tenant, salt, field in [("", None, "tenant"), (None, "s" * 1000, "cache_salt")]:
-        _send(sock, m.GenerateReq("scope", [5, 6], {}, False, tenant, salt))
+        _send(sock, m.GenerateReq("scope", [5, 6], {}, False, None, tenant, salt))
         err = _recv(sock)
         assert err == m.ErrorOut("scope", field, err.message, "invalid_request")
-    _send(sock, m.GenerateReq("ok", [5, 6, 7], {"max_new_tokens": 2}, False, "t", "salt"))
+    _send(sock, m.GenerateReq("ok", [5, 6, 7], {"max_new_tokens": 2}, False, None, "t", "salt"))
     (out,) = _until_finished(sock, "ok")
     assert len(out.new_ids) == 2
 
