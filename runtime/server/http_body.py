@@ -134,10 +134,10 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
     if rids is not None and (
         not isinstance(rids, list)
         or len(rids) != len(prompts)
-        or not all(isinstance(r, str) for r in rids)
+        or not all(isinstance(r, str) and r for r in rids)
     ):
         raise InvalidRequestError(
-            "rid", f"must be a string or one string per prompt ({len(prompts)})"
+            "rid", f"must be a non-empty string or one per prompt ({len(prompts)})"
         )
     return_logprob = get(body, "return_logprob", bool)
     logprob_start_len = get(body, "logprob_start_len", int)
@@ -283,7 +283,10 @@ def chat_prompt(body: dict[str, Any], limits: ModelLimits) -> list[int]:
                     raise InvalidRequestError(
                         f"messages[{i}].content", "only text parts are supported"
                     )
-                parts.append(str(part.get("text", "")))
+                text = part.get("text", "")
+                if not isinstance(text, str):
+                    raise InvalidRequestError(f"messages[{i}].content", "text must be a string")
+                parts.append(text)
             content = "".join(parts)
         if content is None and role == "assistant":
             content = ""

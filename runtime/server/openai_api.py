@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -48,36 +49,46 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = await read_json(request)
-        check_model(body, state.served_names)
-        _reject_unsupported(body)
-        echo = get(body, "echo", bool, False)
-        top_k = completion_logprobs(body)
-        prompts = completion_prompts(body, state.limits)
-        params, n = openai_params(body, state.limits, default_max_tokens=16)
-        apply_response_format(body, params)
-        _ask_logprobs(params, top_k)
-        if echo and top_k is not None:
-            params.logprob_start_len = 0  # a logprob for every prompt token
-        calls = [GenerateCall(ids, params.copy(), n) for ids in prompts]
-        echoes = None
-        if echo:
-            texts = _prompt_texts(body["prompt"], prompts, state)
-            echoes = [text for text, call in zip(texts, calls) for _ in range(call.n)]
-        return await _respond(request, body, state, calls, _CompletionFormat(top_k, echoes))
+        calls, fmt = await asyncio.to_thread(_completion_calls, body, state)  # tokenizes
+        return await _respond(request, body, state, calls, fmt)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await read_json(request)
-        check_model(body, state.served_names)
-        _reject_unsupported(body)
-        top_k = chat_logprobs(body)
-        ids = chat_prompt(body, state.limits)
-        params, n = openai_params(body, state.limits, default_max_tokens=256)
-        apply_response_format(body, params)
-        _ask_logprobs(params, top_k)
-        return await _respond(
-            request, body, state, [GenerateCall(ids, params, n)], _ChatFormat(top_k)
-        )
+        calls, fmt = await asyncio.to_thread(_chat_calls, body, state)  # tokenizes
+        return await _respond(request, body, state, calls, fmt)
+
+
+def _completion_calls(
+    body: dict[str, Any], state: ServerState
+) -> tuple[list[GenerateCall], _CompletionFormat]:
+    check_model(body, state.served_names)
+    _reject_unsupported(body)
+    echo = get(body, "echo", bool, False)
+    top_k = completion_logprobs(body)
+    prompts = completion_prompts(body, state.limits)
+    params, n = openai_params(body, state.limits, default_max_tokens=16)
+    apply_response_format(body, params)
+    _ask_logprobs(params, top_k)
+    if echo and top_k is not None:
+        params.logprob_start_len = 0  # a logprob for every prompt token
+    calls = [GenerateCall(ids, params.copy(), n) for ids in prompts]
+    echoes = None
+    if echo:
+        texts = _prompt_texts(body["prompt"], prompts, state)
+        echoes = [text for text, call in zip(texts, calls) for _ in range(call.n)]
+    return calls, _CompletionFormat(top_k, echoes)
+
+
+def _chat_calls(body: dict[str, Any], state: ServerState) -> tuple[list[GenerateCall], _ChatFormat]:
+    check_model(body, state.served_names)
+    _reject_unsupported(body)
+    top_k = chat_logprobs(body)
+    ids = chat_prompt(body, state.limits)
+    params, n = openai_params(body, state.limits, default_max_tokens=256)
+    apply_response_format(body, params)
+    _ask_logprobs(params, top_k)
+    return [GenerateCall(ids, params, n)], _ChatFormat(top_k)
 
 
 def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list[str]:
