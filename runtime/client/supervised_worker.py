@@ -23,9 +23,9 @@ _WATCH_S = 0.1  # how often the supervisor looks at a live worker (its heartbeat
 
 @dataclass(slots=True, frozen=True)
 class RestartPolicy:
-    """A dead worker is replaced after ``min(base_s * 2**(k-1), cap_s)`` seconds, where ``k``
-    counts the deaths in a row of workers that lived less than ``stable_s``; ``restart=False``
-    leaves it dead."""
+    """A dead worker is replaced at once the first time, then after ``min(base_s * 2**(k-2),
+    cap_s)`` seconds, where ``k`` counts the deaths in a row of workers that lived less than
+    ``stable_s`` (a crash loop); ``restart=False`` leaves it dead."""
 
     restart: bool = True
     base_s: float = 0.5
@@ -33,7 +33,9 @@ class RestartPolicy:
     stable_s: float = 30.0
 
     def delay(self, quick_deaths: int) -> float:
-        return 0.0 if quick_deaths <= 0 else min(self.base_s * 2 ** (quick_deaths - 1), self.cap_s)
+        if quick_deaths <= 1:
+            return 0.0
+        return min(self.base_s * 2 ** (quick_deaths - 2), self.cap_s)
 
 
 class SupervisedWorker:
@@ -160,12 +162,12 @@ class SupervisedWorker:
                     self._client = None
                     if not self._closing.is_set():
                         self.status = "restarting" if self.policy.restart else "dead"
+                        self.restarts += self.policy.restart
                     self._cond.notify_all()
                 client.close(WorkerDiedError(reason))  # its pending requests fail now
                 worker.stop(timeout=2.0)
                 if self._closing.is_set() or not self.policy.restart:
                     return
-                self.restarts += 1
                 lived = died_at - started
                 quick_deaths = 0 if lived >= self.policy.stable_s else quick_deaths + 1
                 self._closing.wait(self.policy.delay(quick_deaths))

@@ -295,6 +295,13 @@ def chat_prompt(body: dict[str, Any], limits: ModelLimits) -> list[int]:
         clean.append({"role": role, "content": content})
     if limits.tokenizer is None:
         raise InvalidRequestError("messages", "the model has no tokenizer")
-    text = limits.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=True)
+    if getattr(limits.tokenizer, "chat_template", None) is None:
+        raise InvalidRequestError("messages", "the model has no chat template; use /v1/completions")
+    try:
+        text = limits.tokenizer.apply_chat_template(
+            clean, tokenize=False, add_generation_prompt=True
+        )
+    except Exception as e:  # the template's own checks (role order, say) speak to the client
+        raise InvalidRequestError("messages", f"the chat template rejected them: {e}") from None
     ids = limits.tokenizer.encode(text, add_special_tokens=False)
     return check_prompt_ids(ids, "messages", limits)

@@ -66,8 +66,8 @@ def _completion_calls(
     _reject_unsupported(body)
     echo = get(body, "echo", bool, False)
     top_k = completion_logprobs(body)
-    prompts = completion_prompts(body, state.limits)
     params, n = openai_params(body, state.limits, default_max_tokens=16)
+    prompts = completion_prompts(body, state.limits)  # tokenizing last: cheap checks first
     apply_response_format(body, params)
     _ask_logprobs(params, top_k)
     if echo and top_k is not None:
@@ -84,8 +84,8 @@ def _chat_calls(body: dict[str, Any], state: ServerState) -> tuple[list[Generate
     check_model(body, state.served_names)
     _reject_unsupported(body)
     top_k = chat_logprobs(body)
-    ids = chat_prompt(body, state.limits)
     params, n = openai_params(body, state.limits, default_max_tokens=256)
+    ids = chat_prompt(body, state.limits)  # tokenizing last: cheap checks first
     apply_response_format(body, params)
     _ask_logprobs(params, top_k)
     return [GenerateCall(ids, params, n)], _ChatFormat(top_k)
