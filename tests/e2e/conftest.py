@@ -83,6 +83,7 @@ def tiny_server(tmp_path_factory, tiny_lm_dir) -> Iterator[str]:
 # Small limits, so the robustness tests reach each of them with small requests.
 ROBUST_FLAGS = (
     "--max-total-tokens", "4096",
+    "--context-length", "160",  # bounds every generation, junk lengths included
     "--max-request-bytes", "65536",
     "--max-sequences-per-request", "16",
     "--max-concurrent-sequences", "256",
