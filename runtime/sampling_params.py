@@ -144,7 +144,10 @@ def _check_int(name: str, value: Any, lo: int, hi: int = INT64_MAX) -> None:
         raise InvalidRequestError(name, f"must be an integer, got {type(value).__name__}")
     if value < lo or value > hi:
         shown = str(value) if abs(value) < 10**30 else f"a {value.bit_length()}-bit integer"
-        raise InvalidRequestError(name, f"must be in [{lo}, {hi}], got {shown}")
+        bound = f">= {lo}" if hi == INT64_MAX else f"in [{lo}, {hi}]"
+        if value > hi == INT64_MAX:
+            bound = f"<= {INT64_MAX} (a 64-bit integer)"
+        raise InvalidRequestError(name, f"must be {bound}, got {shown}")
 
 
 def _check_float(name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> None:

@@ -12,7 +12,7 @@ import time
 
 import httpx
 
-HANG_GUARD_S = 60.0
+HANG_GUARD_S = 300.0  # a hang guard: a worker start takes minutes on a loaded 2-core box
 
 
 def metric(url: str, name: str) -> float:
