@@ -226,7 +226,34 @@ class ServerArgs:
     in_process: bool = _opt(False, (bool,), "run the engine on a thread of the server")
     served_model_name: str | None = _opt(None, (str, _NONE), "the model name clients use")
     log_level: str = _opt("warning", (str,), "uvicorn log level")
+    max_request_bytes: int = _opt(
+        8 * 1024 * 1024, (int,), "largest request body accepted (413 past it, before reading it)"
+    )
+    max_sequences_per_request: int = _opt(
+        64, (int,), "prompts x n one request may run (400 past it)"
+    )
+    max_concurrent_sequences: int = _opt(
+        1024, (int,), "sequences in flight on the server (429 with Retry-After past it)"
+    )
+    max_queued_tokens: int = _opt(
+        1_000_000, (int,), "prompt tokens in flight on the server (429 with Retry-After past it)"
+    )
+    request_timeout: float | None = _opt(
+        600.0, (float, int, _NONE), "seconds a request may run before it is aborted (504)"
+    )
+    shutdown_timeout: float = _opt(
+        3.0, (float, int), "seconds open requests get after SIGTERM / SIGINT before they are cut"
+    )
     engine: EngineConfig = field(default_factory=EngineConfig)
+
+    def validate(self) -> None:
+        for name in ("max_request_bytes", "max_sequences_per_request",
+                     "max_concurrent_sequences", "max_queued_tokens"):  # fmt: skip
+            _at_least(self, name, 1)
+        if self.request_timeout is not None and self.request_timeout <= 0:
+            raise InvalidRequestError("request_timeout", "must be > 0")
+        if self.shutdown_timeout < 0:
+            raise InvalidRequestError("shutdown_timeout", "must be >= 0")
 
     @classmethod
     def parser(cls) -> argparse.ArgumentParser:
@@ -249,7 +276,9 @@ class ServerArgs:
         ns = vars(cls.parser().parse_args(argv))
         given = {k: v for k, v in ns.items() if v is not None}
         server = {f.name: given.pop(f.name) for f in fields(cls) if f.name in given}
-        return cls(**server, engine=EngineConfig.from_kwargs(**given))
+        args = cls(**server, engine=EngineConfig.from_kwargs(**given))
+        args.validate()
+        return args
 
 
 # ---- helpers ----------------------------------------------------------------------------------

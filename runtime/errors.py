@@ -22,3 +22,15 @@ class ModelNotFoundError(FileNotFoundError):
 
 class WorkerDiedError(RuntimeError):
     """The worker process exited or stopped answering; every request it held has failed."""
+
+
+class RequestTooLargeError(InvalidRequestError):
+    """A request body is larger than the server accepts (HTTP 413); read no further."""
+
+
+class OverloadedError(RuntimeError):
+    """The server holds as much work as it admits; retry after ``retry_after`` seconds (429)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

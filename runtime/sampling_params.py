@@ -8,9 +8,14 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.valid_text import check_text
 
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
+# Every integer crosses the worker socket as a msgpack int64: a larger one is a 400 here, never
+# an encoding error on the client's I/O thread.
+INT64_MAX = 2**63 - 1
+_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "return_logprob")
 _GREEDY_EPS = 1e-6
 
 
@@ -114,10 +119,18 @@ class SamplingParams:
         _check_float("presence_penalty", self.presence_penalty, lo=-2.0, hi=2.0)
         _check_float("repetition_penalty", self.repetition_penalty, lo=0.0, hi=2.0, lo_open=True)
         if self.seed is not None:
-            _check_int("seed", self.seed, lo=0, hi=2**63 - 1)
+            _check_int("seed", self.seed, lo=0)
         _check_int("n", self.n, lo=1, hi=128)
+        for name in _BOOL_FIELDS:
+            if not isinstance(getattr(self, name), bool):
+                got = type(getattr(self, name)).__name__
+                raise InvalidRequestError(name, f"must be a boolean, got {got}")
         if not isinstance(self.stop, list) or not all(isinstance(s, str) and s for s in self.stop):
             raise InvalidRequestError("stop", "must be a non-empty string or a list of them")
+        for s in self.stop:
+            check_text("stop", s)
+        if not isinstance(self.stop_token_ids, list):
+            raise InvalidRequestError("stop_token_ids", "must be a list of token ids")
         for tid in self.stop_token_ids:
             _check_int("stop_token_ids", tid, lo=0, hi=vocab_size - 1)
         _check_int("logprob_start_len", self.logprob_start_len, lo=-1)
@@ -147,6 +160,8 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise InvalidRequestError(name, "must be a non-empty string")
+            if value is not None:
+                check_text(name, value)
         if self.regex is not None and self.json_schema is not None:
             raise InvalidRequestError("json_schema", "give at most one of regex and json_schema")
         # the spec itself is checked once, where it compiles (the worker's grammar backend);
@@ -161,12 +176,15 @@ def _token_id(key: Any) -> int | None:
     return None
 
 
-def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
+def _check_int(name: str, value: Any, lo: int, hi: int = INT64_MAX) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequestError(name, f"must be an integer, got {type(value).__name__}")
-    if value < lo or (hi is not None and value > hi):
-        bound = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise InvalidRequestError(name, f"must be {bound}, got {value}")
+    if value < lo or value > hi:
+        shown = str(value) if abs(value) < 10**30 else f"a {value.bit_length()}-bit integer"
+        bound = f">= {lo}" if hi == INT64_MAX else f"in [{lo}, {hi}]"
+        if value > hi == INT64_MAX:
+            bound = f"<= {INT64_MAX} (a 64-bit integer)"
+        raise InvalidRequestError(name, f"must be {bound}, got {shown}")
 
 
 def _check_float(name: str, value: Any, lo: float, hi: float, lo_open: bool = False) -> None:

@@ -10,6 +10,7 @@ from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import ModelLimits, check_request
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.sched_fields import check_priority, check_tenant
+from plait.runtime.valid_text import check_text
 
 SamplingArg = SamplingParams | dict[str, Any] | None
 
@@ -76,6 +77,8 @@ def parse_generate_args(
             raise InvalidRequestError("prompt", "must be a string or a non-empty list of strings")
         if any(p == "" for p in prompts):
             raise InvalidRequestError("prompt", "must not be empty")
+        for p in prompts:
+            check_text("prompt", p)
         token_lists = [encode(p) for p in prompts]
         field = "prompt"
     else:
@@ -94,6 +97,9 @@ def parse_generate_args(
     rids = [rid] if isinstance(rid, str) else rid
     if rids is not None and len(rids) != count:
         raise InvalidRequestError("rid", f"needs one id per prompt ({count})")
+    for r in rids or ():
+        if not check_text("rid", r):
+            raise InvalidRequestError("rid", "must not be empty")
     subs: list[SubRequest] = []
     for i, (ids, p) in enumerate(zip(token_lists, params)):
         p.set_logprob_options(return_logprob, logprob_start_len, top_logprobs_num)

@@ -30,10 +30,19 @@ class RequestHandle:
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._aqueue: asyncio.Queue | None = None
+        self._on_done: list[Callable[[], None]] = []
 
     @property
     def done(self) -> bool:
         return self._final is not None or self._error is not None
+
+    def add_done_callback(self, fn: Callable[[], None]) -> None:
+        """Calls ``fn()`` once, when the final chunk or the error arrives (at once if done)."""
+        with self._cond:
+            if not self.done:
+                self._on_done.append(fn)
+                return
+        fn()
 
     def cancel(self) -> None:
         """Aborts the request; its last chunk then has finish_reason "abort"."""
@@ -82,9 +91,14 @@ class RequestHandle:
 
     def push(self, item: OutputChunk | BaseException) -> None:
         """Delivers the next chunk or the error that ends the request (one producer thread)."""
+        callbacks = self._push(item)
+        for fn in callbacks:
+            fn()
+
+    def _push(self, item: OutputChunk | BaseException) -> list[Callable[[], None]]:
         with self._cond:
             if self.done:
-                return
+                return []
             if isinstance(item, BaseException):
                 self._error = item
             elif item.finished:
@@ -97,6 +111,10 @@ class RequestHandle:
             else:
                 self._items.append(item)
             self._cond.notify_all()
+            if not self.done:
+                return []
+            callbacks, self._on_done = self._on_done, []
+            return callbacks
 
 
 def record_error(rid: str, field: str, message: str, kind: str) -> BaseException:
@@ -110,7 +128,8 @@ def record_error(rid: str, field: str, message: str, kind: str) -> BaseException
 def deliver(live: dict[str, tuple[RequestHandle, OutputStream]], out: ReqOutput) -> None:
     """Routes one record to its request: a chunk through the request's ``OutputStream``, or
     the error that ends it. A final record or an error removes the request from ``live``;
-    a record for a request no longer in ``live`` (its consumer left) is dropped."""
+    a record for a request no longer in ``live`` (its consumer left) is dropped. A record this
+    request cannot read fails it alone: the caller's thread never sees the exception."""
     entry = live.get(out.rid)
     if entry is None:
         return
@@ -121,4 +140,14 @@ def deliver(live: dict[str, tuple[RequestHandle, OutputStream]], out: ReqOutput)
         return
     if out.finish_reason is not None:
         del live[out.rid]
-    handle.push(stream.feed(out))
+    try:
+        chunk = stream.feed(out)
+    except Exception as e:  # this request fails alone; the thread delivering serves on
+        live.pop(out.rid, None)
+        if out.finish_reason is None:
+            handle.cancel()  # its KV is freed on the worker
+        handle.push(
+            RuntimeError(f"request {out.rid} failed reading its output: {type(e).__name__}")
+        )
+        return
+    handle.push(chunk)

@@ -9,12 +9,12 @@ from typing import Any
 from plait.runtime.client.generate_args import SamplingArg, to_params
 from plait.runtime.client.handle import RequestHandle
 from plait.runtime.client.runtime_client import RuntimeClient
+from plait.runtime.client.supervised_worker import RestartPolicy, SupervisedWorker
 from plait.runtime.client.text_api import TextAPI
 from plait.runtime.config import EngineConfig
-from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import ModelLimits
-from plait.runtime.tokenizer import load_tokenizer
-from plait.runtime.worker.process import WorkerProcess, start_worker
+from plait.runtime.worker.process import WorkerProcess
 
 # With the process handle at hand, death is seen at once; the ping only catches a hung worker.
 HEARTBEAT_TIMEOUT_S = 30.0
@@ -25,25 +25,37 @@ class Runtime(TextAPI):
 
     ``generate`` returns what ``Engine.generate`` returns; it is thread-safe, and concurrent
     callers are batched together by the worker. The worker stops on ``shutdown`` (or ``with``
-    exit) and by itself when this process dies. After the worker dies every call raises
-    ``WorkerDiedError``.
+    exit) and by itself when this process dies. When the worker dies, the requests it held fail
+    with ``WorkerDiedError`` at once and a new worker is started (``restart_worker=False``: every
+    later call raises ``WorkerDiedError``); calls made while it starts raise ``WorkerDiedError``,
+    ``wait_ready`` waits for it.
     """
 
-    def __init__(self, model_path: str | Path | None = None, **options: Any) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, *, restart_worker: bool = True, **options: Any
+    ) -> None:
         self.config = EngineConfig.from_kwargs(model_path, **options)
-        self.worker: WorkerProcess = start_worker(config=self.config)
-        self.model_path = Path(self.worker.info["model_path"])  # the resolved HF directory
-        try:
-            self.tokenizer = load_tokenizer(self.model_path)
-            self.client = RuntimeClient(
-                self.worker.endpoint,
-                self.tokenizer,
-                is_alive=self.worker.is_alive,
-                heartbeat_timeout=HEARTBEAT_TIMEOUT_S,
-            )
-        except BaseException:
-            self.worker.stop()
-            raise
+        self.supervisor = SupervisedWorker(
+            self.config,
+            heartbeat_timeout=HEARTBEAT_TIMEOUT_S,
+            policy=RestartPolicy(restart=restart_worker),
+        )
+        self.model_path = Path(self.supervisor.info["model_path"])  # the resolved HF directory
+        self.tokenizer = self.supervisor.tokenizer
+
+    @property
+    def client(self) -> RuntimeClient:
+        """The client of the worker serving now; WorkerDiedError while none does."""
+        return self.supervisor.client
+
+    @property
+    def worker(self) -> WorkerProcess | None:
+        """The worker process serving now (or the one that just died)."""
+        return self.supervisor.worker
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Waits until a worker serves (after a restart); False if none does in ``timeout``."""
+        return self.supervisor.wait_ready(timeout)
 
     # ---- generation -----------------------------------------------------------------------
 
@@ -122,13 +134,7 @@ class Runtime(TextAPI):
     # ---- lifetime -------------------------------------------------------------------------
 
     def shutdown(self) -> None:
-        if self.worker.is_alive() and not self.client.dead:
-            try:
-                self.client.shutdown_worker()
-            except (WorkerDiedError, RuntimeError):
-                pass
-        self.client.close()
-        self.worker.stop()
+        self.supervisor.close()
 
     def __enter__(self) -> Runtime:
         return self
@@ -158,11 +164,8 @@ class Runtime(TextAPI):
 
     @property
     def limits(self) -> ModelLimits:
-        info = self.client.info
+        info = self.supervisor.info
         return ModelLimits(info["vocab_size"], info["context_len"], info["kv_total"])
 
     def _live(self) -> None:
         self.client.check_alive()
-        if not self.worker.is_alive():
-            code = self.worker.proc.returncode
-            raise WorkerDiedError(f"the worker process exited with code {code}")

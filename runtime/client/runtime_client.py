@@ -12,6 +12,7 @@ import collections
 import itertools
 import os
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -65,6 +66,7 @@ class RuntimeClient:
         self._lock = threading.Lock()
         self._dead: BaseException | None = None
         self._closed = False
+        self._close_error: Exception | None = None
         self._rid_counter = itertools.count()
         self._token_text = TokenTextCache(tokenizer)
         self._thread = threading.Thread(target=self._io_loop, name="plait-client-io", daemon=True)
@@ -110,9 +112,12 @@ class RuntimeClient:
         """Asks the worker to exit (its pending requests are dropped)."""
         self._post(("send", m.ShutdownReq(), None))
 
-    def close(self) -> None:
+    def close(self, error: Exception | None = None) -> None:
+        """Stops the I/O thread; pending requests fail with ``error`` (default: "the client
+        was closed")."""
         if self._closed:
             return
+        self._close_error = error
         self._closed = True
         self._wake()
         self._thread.join(timeout=5)
@@ -146,7 +151,9 @@ class RuntimeClient:
         self._outbox.put(item)
         self._wake()
         if self._dead is not None or self._closed:  # the I/O thread may be gone already
-            self._fail_outbox(self._dead or RuntimeError("the client was closed"))
+            self._fail_outbox(
+                self._dead or self._close_error or RuntimeError("the client was closed")
+            )
 
     def _wake(self) -> None:
         try:
@@ -179,7 +186,11 @@ class RuntimeClient:
                         data = sock.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    msg = m.decode(data)
+                    try:
+                        msg = m.decode(data)
+                    except m.MessageError as e:  # a frame we cannot read names no request
+                        print(f"plait client: dropped a bad frame: {e}", file=sys.stderr)
+                        continue
                     if isinstance(msg, m.Pong) and ping_sent is not None:
                         ping_sent = None
                     self._dispatch(msg)
@@ -200,7 +211,7 @@ class RuntimeClient:
             self._die(f"client I/O thread failed: {type(e).__name__}: {e}")
         finally:
             if self._dead is None:
-                self._fail_pending(RuntimeError("the client was closed"))
+                self._fail_pending(self._close_error or RuntimeError("the client was closed"))
             sock.close(0)
             ctx.term()
 
@@ -210,13 +221,29 @@ class RuntimeClient:
                 kind, msg, extra = self._outbox.get_nowait()
             except queue.Empty:
                 return
+            try:
+                data = m.encode(msg)
+            except Exception as e:  # one unencodable request fails alone; the thread serves on
+                self._fail_item(kind, extra, InvalidRequestError("request", _unencodable(e)))
+                continue
             if kind == "generate":
+                if msg.rid in self._pending:  # a second request must never orphan the first
+                    err = InvalidRequestError("rid", f"{msg.rid!r} is already in flight")
+                    self._fail_item(kind, extra, err)
+                    continue
                 self._pending[msg.rid] = extra
             elif kind == "call":
                 reply, fut = extra
                 # pings from the health check also answer with Pong; keep ours in order
                 self._waiters[reply].append(fut)
-            sock.send(m.encode(msg))
+            sock.send(data)
+
+    @staticmethod
+    def _fail_item(kind: str, extra: Any, err: Exception) -> None:
+        if kind == "generate":
+            extra[0].push(err)
+        elif kind == "call":
+            extra[1].set_exception(err)
 
     def _dispatch(self, msg: m.Message) -> None:
         if isinstance(msg, m.BatchOut):
@@ -232,7 +259,8 @@ class RuntimeClient:
                 waiters.popleft().set_result(msg)
 
     def _die(self, reason: str) -> None:
-        self._dead = WorkerDiedError(f"{reason} ({self.endpoint})")
+        # the endpoint (a socket path) stays out: this message reaches HTTP clients
+        self._dead = WorkerDiedError(reason)
         self._fail_pending(self._dead)
 
     def _fail_pending(self, err: Exception) -> None:
@@ -248,15 +276,18 @@ class RuntimeClient:
         self._fail_outbox(err)
 
     def _fail_outbox(self, err: Exception) -> None:
-        def fresh() -> Exception:
-            return type(err)(str(err))
-
         while True:
             try:
                 kind, _msg, extra = self._outbox.get_nowait()
             except queue.Empty:
                 break
-            if kind == "generate":
-                extra[0].push(fresh())
-            elif kind == "call":
-                extra[1].set_exception(fresh())
+            self._fail_item(kind, extra, type(err)(str(err)))
+
+
+def _unencodable(e: Exception) -> str:
+    """Why a request could not cross the socket, without the message's contents."""
+    if isinstance(e, OverflowError):
+        return "an integer does not fit in 64 bits"
+    if isinstance(e, UnicodeEncodeError):
+        return "a string is not valid Unicode (a lone UTF-16 surrogate)"
+    return f"cannot be sent to the worker ({type(e).__name__})"

@@ -13,8 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from plait.runtime.chat_template import chat_template_of
-from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.errors import InvalidRequestError, OverloadedError, WorkerDiedError
 from plait.runtime.limits import ModelLimits
+from plait.runtime.server.admission import HttpLimits
 from plait.runtime.server.auth import ApiKeys, AuthMiddleware
 from plait.runtime.server.http_body import native_calls
 from plait.runtime.server.openai_api import add_openai_routes
@@ -23,6 +24,7 @@ from plait.runtime.server.streams import (
     GenerateBackend,
     ServerState,
     exception_body,
+    exception_headers,
     final_chunks,
     first_chunks,
     merged_chunks,
@@ -45,6 +47,7 @@ def create_app(
     api_key: str | None = None,
     served_names: set[str] | None = None,
     api_keys: ApiKeys | None = None,
+    http: HttpLimits | None = None,
 ) -> FastAPI:
     """The app over ``backend``. With keys (``api_key``: one, tenant ``default``; ``api_keys``:
     named ones) every route but ``/health`` needs one, and requests run as its tenant."""
@@ -57,26 +60,28 @@ def create_app(
         ModelLimits(vocab_size, context_len, backend.info["kv_total"], tokenizer),
         model_name,
         {model_name} | (served_names or set()),
+        http=http or HttpLimits(),
     )
     app = FastAPI(title="plait", docs_url=None, redoc_url=None)
     app.state.plait = state
 
-    @app.exception_handler(Exception)
     async def on_error(_request: Request, e: Exception) -> JSONResponse:
         status, body = exception_body(e)
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=exception_headers(e))
 
-    async def on_known_error(_request: Request, e: Exception) -> JSONResponse:
-        status, body = exception_body(e)
-        return JSONResponse(body, status_code=status)
-
-    for kind in (InvalidRequestError, WorkerDiedError, TimeoutError):
-        app.add_exception_handler(kind, on_known_error)
+    # Exception (the catch-all) answers 500 without internals; the rest name what went wrong
+    for kind in (Exception, InvalidRequestError, OverloadedError, WorkerDiedError, TimeoutError):
+        app.add_exception_handler(kind, on_error)
 
     app.add_middleware(AuthMiddleware, keys=api_keys)
 
     @app.get("/health")
     async def health() -> Response:
+        """200 while the worker answers; 503 ``{"status": "restarting"}`` while a supervised
+        worker is being replaced, 503 with the error otherwise."""
+        if getattr(backend, "status", "ready") == "restarting":
+            body = {"status": "restarting", "restarts": backend.restarts}
+            return JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
         try:
             await asyncio.to_thread(backend.stats, 5)
         except Exception as e:
@@ -109,12 +114,13 @@ def create_app(
             state.metrics.update_from_stats(await asyncio.to_thread(backend.stats, 5))
         except Exception:
             pass  # a dead worker still gets its last counters scraped
+        state.metrics.update_server(backend, state.gate)
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:
         body = await read_json(request)
-        single, calls = native_calls(body, state.limits)
+        single, calls = await asyncio.to_thread(native_calls, body, state.limits)  # tokenizes
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream", "must be a boolean")

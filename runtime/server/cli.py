@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from plait.runtime.config import ServerArgs
+from plait.runtime.server.admission import HttpLimits
 from plait.runtime.server.app import create_app
 from plait.runtime.server.auth import ApiKeys
 
@@ -29,7 +30,6 @@ def build_app(args: ServerArgs) -> tuple[FastAPI, Callable[[], None]]:
     """Starts the model side (a worker process, or with ``in_process`` an engine on a thread)
     and the app over it; returns the app and a callable that stops the model side."""
     from plait.runtime.model.model_source import DEFAULT_MODEL_NAME
-    from plait.runtime.tokenizer import load_tokenizer
 
     model = args.engine.model_path
     name = args.served_model_name or (
@@ -50,24 +50,13 @@ def build_app(args: ServerArgs) -> tuple[FastAPI, Callable[[], None]]:
         tokenizer = core.tokenizer
         stop = backend.close
     else:
-        from plait.runtime.client.runtime_client import RuntimeClient
-        from plait.runtime.worker.process import start_worker
+        from plait.runtime.client.supervised_worker import SupervisedWorker
 
-        worker = start_worker(config=args.engine)
-        try:
-            tokenizer = load_tokenizer(worker.info["model_path"])
-            # a CPU step over a large batch can take seconds; a dead process is caught at once
-            # by is_alive, so the ping only needs to catch a hung worker
-            backend = RuntimeClient(
-                worker.endpoint, tokenizer, is_alive=worker.is_alive, heartbeat_timeout=60.0
-            )
-        except BaseException:
-            worker.stop()
-            raise
-
-        def stop() -> None:
-            backend.close()
-            worker.stop()
+        # a CPU step over a large batch can take seconds; a dead process is caught at once
+        # by its exit, so the ping only needs to catch a hung worker
+        backend = SupervisedWorker(args.engine, heartbeat_timeout=60.0)
+        tokenizer = backend.tokenizer
+        stop = backend.close
 
     info = backend.info
     app = create_app(
@@ -78,6 +67,13 @@ def build_app(args: ServerArgs) -> tuple[FastAPI, Callable[[], None]]:
         info["vocab_size"],
         api_keys=keys,
         served_names=served,
+        http=HttpLimits(
+            max_request_bytes=args.max_request_bytes,
+            max_sequences_per_request=args.max_sequences_per_request,
+            max_concurrent_sequences=args.max_concurrent_sequences,
+            max_queued_tokens=args.max_queued_tokens,
+            request_timeout=args.request_timeout,
+        ),
     )
     return app, stop
 
@@ -89,6 +85,14 @@ def serve(argv: list[str] | None = None) -> None:
     app, stop = build_app(args)
     print(f"plait: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+        # SIGTERM / SIGINT: uvicorn stops accepting, gives open requests shutdown_timeout
+        # seconds (a stream that never ends is cut), then the worker is stopped below
+        uvicorn.run(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=args.shutdown_timeout,
+        )
     finally:
         stop()

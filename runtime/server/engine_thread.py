@@ -130,11 +130,21 @@ class EngineThread:
         except queue.Empty:
             return
         while True:
-            self._handle(*item)
+            try:
+                self._handle(*item)
+            except Exception as e:  # one message fails alone; the engine thread serves on
+                self._fail_item(*item, RuntimeError(f"internal error: {type(e).__name__}"))
             try:
                 item = self._inbox.get_nowait()
             except queue.Empty:
                 return
+
+    @staticmethod
+    def _fail_item(kind: str, arg: Any, err: Exception) -> None:
+        if kind == "submit":
+            arg[4].push(err)
+        elif isinstance(arg, Future) and not arg.done():
+            arg.set_exception(err)
 
     def _handle(self, kind: str, arg: Any) -> None:
         if kind == "submit":

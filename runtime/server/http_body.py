@@ -170,10 +170,10 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
     if rids is not None and (
         not isinstance(rids, list)
         or len(rids) != len(prompts)
-        or not all(isinstance(r, str) for r in rids)
+        or not all(isinstance(r, str) and r for r in rids)
     ):
         raise InvalidRequestError(
-            "rid", f"must be a string or one string per prompt ({len(prompts)})"
+            "rid", f"must be a non-empty string or one per prompt ({len(prompts)})"
         )
     return_logprob = get(body, "return_logprob", bool)
     logprob_start_len = get(body, "logprob_start_len", int)
@@ -311,12 +311,17 @@ def chat_prompt(
     clean = [_chat_message(i, m) for i, m in enumerate(messages)]
     if limits.tokenizer is None:
         raise InvalidRequestError("messages", "the model has no tokenizer")
+    if getattr(limits.tokenizer, "chat_template", None) is None:
+        raise InvalidRequestError("messages", "the model has no chat template; use /v1/completions")
     native = template_reads_tools(limits.tokenizer)
     conversation, definitions = prompt_messages(clean, tools, native)
     extra = {"tools": definitions} if definitions else {}
-    text = limits.tokenizer.apply_chat_template(
-        conversation, tokenize=False, add_generation_prompt=True, **extra
-    )
+    try:
+        text = limits.tokenizer.apply_chat_template(
+            conversation, tokenize=False, add_generation_prompt=True, **extra
+        )
+    except Exception as e:  # the template's own checks (role order, say) speak to the client
+        raise InvalidRequestError("messages", f"the chat template rejected them: {e}") from None
     ids = limits.tokenizer.encode(text, add_special_tokens=False)
     return check_prompt_ids(ids, "messages", limits)
 
@@ -332,7 +337,10 @@ def _chat_message(i: int, m: Any) -> dict[str, Any]:
         for part in content:
             if not isinstance(part, dict) or part.get("type") != "text":
                 raise InvalidRequestError(f"messages[{i}].content", "only text parts are supported")
-            parts.append(str(part.get("text", "")))
+            text = part.get("text", "")
+            if not isinstance(text, str):
+                raise InvalidRequestError(f"messages[{i}].content", "text must be a string")
+            parts.append(text)
         content = "".join(parts)
     if content is None and role == "assistant":
         content = ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -54,47 +55,57 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = await read_json(request)
-        check_model(body, state.served_names)
-        check_fields(body, chat=False, extensions=openai_extensions())
-        _check_suffix(body)
-        echo = get(body, "echo", bool, False)
-        top_k = completion_logprobs(body)
-        prompts = completion_prompts(body, state.limits)
-        params, n = openai_params(body, state.limits, default_max_tokens=16)
-        best_of = _best_of(body, n)
-        apply_response_format(body, params)
-        _ask_logprobs(params, top_k)
-        if best_of > n:
-            params.return_logprob = True  # to rank the candidates
-        if echo and top_k is not None:
-            params.logprob_start_len = 0  # a logprob for every prompt token
-        priority, tenant = sched_fields(body)
-        calls = [
-            GenerateCall(ids, params.copy(), best_of, None, priority, tenant) for ids in prompts
-        ]
-        echoes = None
-        if echo:
-            texts = _prompt_texts(body["prompt"], prompts, state)
-            echoes = [text for text, _ in zip(texts, calls) for _ in range(n)]
-        fmt = CompletionFormat(top_k, echoes)
-        return await _respond(request, body, state, calls, fmt, keep=n)
+        calls, fmt, keep = await asyncio.to_thread(_completion_calls, body, state)  # tokenizes
+        return await _respond(request, body, state, calls, fmt, keep=keep)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await read_json(request)
-        check_model(body, state.served_names)
-        check_fields(body, chat=True, extensions=openai_extensions())
-        priority, tenant = sched_fields(body)
-        top_k = chat_logprobs(body)
-        tools = tool_request(body)
-        ids = chat_prompt(body, state.limits, tools)
-        params, n = openai_params(body, state.limits, default_max_tokens=256)
-        apply_response_format(body, params)
-        if tools is not None:
-            constrain(tools, params)
-        _ask_logprobs(params, top_k)
-        call = GenerateCall(ids, params, n, None, priority, tenant)
-        return await _respond(request, body, state, [call], ChatFormat(top_k, tools))
+        calls, fmt = await asyncio.to_thread(_chat_calls, body, state)  # tokenizes
+        return await _respond(request, body, state, calls, fmt)
+
+
+def _completion_calls(
+    body: dict[str, Any], state: ServerState
+) -> tuple[list[GenerateCall], CompletionFormat, int]:
+    """The calls of a completion request, its format, and how many choices to keep per prompt
+    (``n`` of ``best_of``)."""
+    check_model(body, state.served_names)
+    check_fields(body, chat=False, extensions=openai_extensions())
+    _check_suffix(body)
+    echo = get(body, "echo", bool, False)
+    top_k = completion_logprobs(body)
+    params, n = openai_params(body, state.limits, default_max_tokens=16)
+    best_of = _best_of(body, n)
+    priority, tenant = sched_fields(body)
+    prompts = completion_prompts(body, state.limits)  # tokenizing last: cheap checks first
+    apply_response_format(body, params)
+    _ask_logprobs(params, top_k)
+    if best_of > n:
+        params.return_logprob = True  # to rank the candidates
+    if echo and top_k is not None:
+        params.logprob_start_len = 0  # a logprob for every prompt token
+    calls = [GenerateCall(ids, params.copy(), best_of, None, priority, tenant) for ids in prompts]
+    echoes = None
+    if echo:
+        texts = _prompt_texts(body["prompt"], prompts, state)
+        echoes = [text for text, _ in zip(texts, calls) for _ in range(n)]
+    return calls, CompletionFormat(top_k, echoes), n
+
+
+def _chat_calls(body: dict[str, Any], state: ServerState) -> tuple[list[GenerateCall], ChatFormat]:
+    check_model(body, state.served_names)
+    check_fields(body, chat=True, extensions=openai_extensions())
+    priority, tenant = sched_fields(body)
+    top_k = chat_logprobs(body)
+    tools = tool_request(body)
+    params, n = openai_params(body, state.limits, default_max_tokens=256)
+    ids = chat_prompt(body, state.limits, tools)  # tokenizing last: cheap checks first
+    apply_response_format(body, params)
+    if tools is not None:
+        constrain(tools, params)
+    _ask_logprobs(params, top_k)
+    return [GenerateCall(ids, params, n, None, priority, tenant)], ChatFormat(top_k, tools)
 
 
 def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list[str]:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import time
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -13,11 +16,20 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from plait.runtime.client.generate_args import expand_n
-from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.errors import (
+    InvalidRequestError,
+    OverloadedError,
+    RequestTooLargeError,
+    WorkerDiedError,
+)
 from plait.runtime.limits import ModelLimits
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.server.http_body import CacheScope, GenerateCall, cache_salt_of, require_object
+from plait.runtime.server.admission import AdmissionGate, HttpLimits
+from plait.runtime.server.http_body import CacheScope, GenerateCall, cache_salt_of
+from plait.runtime.server.json_body import check_declared_size, parse_body, read_limited
 from plait.runtime.server.metrics import RequestTimer, ServerMetrics
+
+log = logging.getLogger("plait.server")
 
 
 class GenerateBackend(Protocol):
@@ -57,25 +69,42 @@ class ServerState:
     model_name: str
     served_names: set[str]
     metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    http: HttpLimits = field(default_factory=HttpLimits)
+    gate: AdmissionGate = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gate = AdmissionGate(self.http)
 
 
 # ---- running requests ------------------------------------------------------------------------
 
 
 class Stream:
-    """One submitted choice: its handle, iterated with timing."""
+    """One submitted choice: its handle, iterated with timing, cancelled past its deadline
+    (``request_timeout``: a TimeoutError ends it)."""
 
-    def __init__(self, handle: Any, metrics: ServerMetrics) -> None:
+    def __init__(self, handle: Any, metrics: ServerMetrics, timeout: float | None) -> None:
         self.handle = handle
         self.timer = RequestTimer(metrics)
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
         self._it = handle.__aiter__()
         self.last: Any = None
 
     async def next(self) -> Any:
         try:
-            chunk = await self._it.__anext__()
+            if self.deadline is None:
+                chunk = await self._it.__anext__()
+            else:
+                left = max(self.deadline - time.monotonic(), 0.0)
+                chunk = await asyncio.wait_for(self._it.__anext__(), left)
         except StopAsyncIteration:
             return None
+        except asyncio.TimeoutError:
+            self.handle.cancel()
+            raise TimeoutError(
+                f"the request ran past the request timeout ({self.timeout} s)"
+            ) from None
         self.timer.on_chunk(chunk.output_ids, chunk.finished, chunk.meta_info)
         self.last = chunk
         return chunk
@@ -90,23 +119,37 @@ def submit_calls(
     state: ServerState, calls: list[GenerateCall], scope: CacheScope = CacheScope()
 ) -> list[Stream]:
     """Submits ``n`` requests per call (``expand_n``: seed + j for choice j), in order, in
-    the caller's cache ``scope``."""
+    the caller's cache ``scope``, once the request fits the per-request fan-out (400) and the
+    server's load limits (429)."""
+    gate = state.gate
+    gate.check_fan_out(sum(call.n for call in calls))
+    rids = [f"{call.rid}-{j}" if call.n > 1 else call.rid for call in calls if call.rid
+            for j in range(call.n)]  # fmt: skip
+    if len(set(rids)) != len(rids):
+        raise InvalidRequestError("rid", "must be unique within a request")
     streams: list[Stream] = []
     try:
         for call in calls:
             params = call.sampling_params.copy(n=call.n)
+            tokens = len(call.input_ids)
             for sub in expand_n(call.rid, call.input_ids, params, call.priority, call.tenant):
-                handle = state.backend.submit(
-                    sub.input_ids,
-                    sub.params,
-                    rid=sub.rid,
-                    stream=True,
-                    priority=sub.priority,
-                    # the API key's tenant wins: a body field never picks another's cache
-                    tenant=scope.tenant if scope.tenant is not None else sub.tenant,
-                    cache_salt=scope.cache_salt,
-                )
-                streams.append(Stream(handle, state.metrics))
+                gate.admit(1, tokens)
+                try:
+                    handle = state.backend.submit(
+                        sub.input_ids,
+                        sub.params,
+                        rid=sub.rid,
+                        stream=True,
+                        priority=sub.priority,
+                        # the API key's tenant wins: a body field never picks another's cache
+                        tenant=scope.tenant if scope.tenant is not None else sub.tenant,
+                        cache_salt=scope.cache_salt,
+                    )
+                except BaseException:
+                    gate.release(1, tokens)
+                    raise
+                handle.add_done_callback(lambda t=tokens: gate.release(1, t))
+                streams.append(Stream(handle, state.metrics, state.http.request_timeout))
     except BaseException:
         cancel_all(streams)
         raise
@@ -200,22 +243,39 @@ def error_body(message: str, param: str | None, status: int, kind: str) -> dict[
 
 
 def exception_body(e: BaseException) -> tuple[int, dict[str, Any]]:
+    """The status and OpenAI-style error body of an exception. Messages name the field and the
+    limit; internals (tracebacks, socket paths, exception reprs) go to the server log only."""
+    if isinstance(e, RequestTooLargeError):
+        return 413, error_body(e.message, e.field, 413, "invalid_request_error")
     if isinstance(e, InvalidRequestError):
         return 400, error_body(e.message, e.field, 400, "invalid_request_error")
+    if isinstance(e, OverloadedError):
+        return 429, error_body(str(e), None, 429, "rate_limit_error")
     if isinstance(e, WorkerDiedError):
         return 503, error_body(f"the model worker is unavailable: {e}", None, 503, "server_error")
     if isinstance(e, TimeoutError):
-        return 504, error_body(f"the model worker did not answer: {e}", None, 504, "server_error")
-    return 500, error_body(f"internal error: {e!r}", None, 500, "server_error")
+        return 504, error_body(f"timed out: {e}", None, 504, "server_error")
+    incident = uuid.uuid4().hex[:12]
+    log.error("internal error %s", incident, exc_info=e)
+    message = f"internal error (incident {incident}; details in the server log)"
+    return 500, error_body(message, None, 500, "server_error")
+
+
+def exception_headers(e: BaseException) -> dict[str, str]:
+    if isinstance(e, OverloadedError):
+        return {"Retry-After": str(max(1, round(e.retry_after)))}
+    if isinstance(e, WorkerDiedError):
+        return {"Retry-After": "1"}
+    return {}
 
 
 async def read_json(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    try:
-        body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidRequestError("body", f"malformed JSON: {e}") from None
-    return require_object(body)
+    """The body as a JSON object, within the server's size and nesting limits (413 / 400),
+    read in chunks and parsed off the event loop."""
+    limits: HttpLimits = request.app.state.plait.http
+    check_declared_size(request.headers.get("content-length"), limits.max_request_bytes)
+    raw = await read_limited(request.stream(), limits.max_request_bytes)
+    return await asyncio.to_thread(parse_body, raw, limits.max_json_depth)
 
 
 def streaming_response(gen: AsyncIterator[str]) -> StreamingResponse:

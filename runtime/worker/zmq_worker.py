@@ -6,6 +6,7 @@ Started by ``start_worker`` (``python -m plait.runtime.worker``), which writes t
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import sys
@@ -21,6 +22,7 @@ from plait.runtime.limits import check_request
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
+_PR_SET_PDEATHSIG = 1
 # How long an idle worker blocks in poll before it checks its parent and signals again.
 IDLE_POLL_MS = 50
 
@@ -78,7 +80,13 @@ class Worker:
             except m.MessageError as e:
                 self._send(identity, m.ErrorOut("", "message", str(e), "invalid_request"))
                 continue
-            self._handle(identity, msg)
+            try:
+                self._handle(identity, msg)
+            except Exception as e:  # one message fails alone; the loop serves on
+                traceback.print_exc(file=sys.stderr)
+                rid = getattr(msg, "rid", "")
+                self._send(identity, m.ErrorOut(rid if isinstance(rid, str) else "", "",
+                                                _describe(e), "internal"))  # fmt: skip
 
     def _handle(self, identity: bytes, msg: m.Message) -> None:
         if isinstance(msg, m.GenerateReq):
@@ -141,7 +149,14 @@ class Worker:
 
     def _send(self, identity: bytes, msg: m.Message) -> None:
         try:
-            self.sock.send_multipart([identity, m.encode(msg)], zmq.NOBLOCK)
+            data = m.encode(msg)
+        except Exception:  # a record we cannot encode: its request must still end
+            traceback.print_exc(file=sys.stderr)
+            data = m.encode(
+                m.ErrorOut(getattr(msg, "rid", ""), "", "unencodable reply", "internal")
+            )
+        try:
+            self.sock.send_multipart([identity, data], zmq.NOBLOCK)
         except zmq.ZMQError:
             pass  # that client is gone or not reading; its requests still finish
 
@@ -150,11 +165,23 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def die_with_parent(parent: int) -> None:
+    """The kernel kills this process when the thread that started it exits (Linux
+    ``PR_SET_PDEATHSIG``), whatever the worker is doing (a step, a compile holding the GIL);
+    elsewhere the loop's parent check is the only guard."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os._exit(1)
+
+
 def main() -> None:
     """Reads the ``StartWorker`` message from stdin, loads the model, serves until told."""
     if len(sys.argv) != 3 or sys.argv[1] != "--endpoint":
         sys.exit("usage: python -m plait.runtime.worker --endpoint ENDPOINT < StartWorker frame")
     parent = os.getppid()
+    die_with_parent(parent)
     msg = m.decode(sys.stdin.buffer.read())
     if not isinstance(msg, m.StartWorker):
         sys.exit(f"expected a StartWorker message on stdin, got {type(msg).__name__}")

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -23,9 +24,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(log: Path, *args: str, timeout: float = 240) -> Iterator[str]:
-    """Yields the base URL of ``python -m plait.runtime.server ARGS`` once /health answers;
-    stops the process afterwards."""
+@dataclass
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen
+
+
+def serve_process(log: Path, *args: str, timeout: float = 240) -> Iterator[ServerProcess]:
+    """Yields ``python -m plait.runtime.server ARGS`` (its URL and process) once /health
+    answers; stops the process afterwards."""
     port = free_port()
     cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port), *args]
     with open(log, "wb") as out:
@@ -44,7 +51,7 @@ def start_server(log: Path, *args: str, timeout: float = 240) -> Iterator[str]:
             if time.monotonic() > deadline:
                 pytest.fail(f"server did not come up: {log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield url
+        yield ServerProcess(url, proc)
     finally:
         proc.terminate()
         try:
@@ -52,6 +59,13 @@ def start_server(log: Path, *args: str, timeout: float = 240) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def start_server(log: Path, *args: str, timeout: float = 240) -> Iterator[str]:
+    """Yields the base URL of ``python -m plait.runtime.server ARGS`` once /health answers;
+    stops the process afterwards."""
+    for server in serve_process(log, *args, timeout=timeout):
+        yield server.url
 
 
 @pytest.fixture(scope="session")
@@ -114,3 +128,90 @@ def audit_server(tmp_path_factory) -> Iterator[tuple[str, Path, dict[str, str], 
     args += ["--max-total-tokens", "65536", "--api-key-file", str(keys), "--log-level", "info"]
     for url in start_server(log, *args):
         yield url, log, AUDIT_KEYS, AUDIT_VOCAB
+
+
+# Small limits, so the robustness tests reach each of them with small requests.
+ROBUST_FLAGS = (
+    "--max-total-tokens", "4096",
+    "--context-length", "160",  # bounds every generation, junk lengths included
+    "--max-request-bytes", "65536",
+    "--max-sequences-per-request", "16",
+    "--max-concurrent-sequences", "256",
+    "--request-timeout", "60",
+)  # fmt: skip
+
+
+CHATML_JINJA = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def robust_server(tmp_path_factory, tiny_lm_dir) -> Iterator[ServerProcess]:
+    """A server process on the tiny model (with a ChatML template, for the chat route) and
+    small input limits; the tests of bad input, fuzz, soak and worker restarts share it: each
+    leaves it serving."""
+    import shutil
+
+    from plait.runtime.tokenizer import load_tokenizer
+
+    model = tmp_path_factory.mktemp("tiny-chat-lm")
+    shutil.copytree(tiny_lm_dir, model, dirs_exist_ok=True)
+    tokenizer = load_tokenizer(model)
+    tokenizer.chat_template = CHATML_JINJA
+    tokenizer.save_pretrained(model)
+    log = tmp_path_factory.mktemp("robust_server") / "server.log"
+    yield from serve_process(log, "--model", str(model), *ROBUST_FLAGS)
+
+
+def live_children(pid: int) -> list[int]:
+    """The pids of ``pid``'s children that have not exited (zombies excluded), from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def procs():
+    """``procs.children(pid)`` and ``procs.alive(pid)``: process checks by pid."""
+
+    class Procs:
+        children = staticmethod(live_children)
+        alive = staticmethod(pid_alive)
+
+    return Procs
+
+
+@pytest.fixture
+def spawn_tiny_server(tmp_path, tiny_lm_dir):
+    """``spawn_tiny_server(*flags)`` starts a server process of the test's own on the tiny
+    model (a test that stops or kills it); whatever is left is stopped at teardown."""
+    started = []
+
+    def spawn(*flags: str) -> ServerProcess:
+        log = tmp_path / f"server-{len(started)}.log"
+        gen = serve_process(log, "--model", str(tiny_lm_dir), "--max-total-tokens", "2048", *flags)
+        started.append(gen)
+        return next(gen)
+
+    yield spawn
+    for gen in started:
+        gen.close()

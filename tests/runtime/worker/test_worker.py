@@ -147,6 +147,14 @@ def test_garbage_is_answered_with_an_error_and_the_worker_keeps_serving(sock):
         ({"temperature": -1}, "temperature"),
         ({"bogus": 1}, "bogus"),
         ({"n": 2}, "n"),
+        # wrong types and 64-bit overflows reach the socket from any client
+        ({"skip_special_tokens": None}, "skip_special_tokens"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+        ({"stop_token_ids": 5}, "stop_token_ids"),
+        ({"stop": [1]}, "stop"),
+        ({"max_new_tokens": "8"}, "max_new_tokens"),
+        ({"top_k": 2**64 - 1}, "top_k"),
+        ({"regex": ["a"]}, "regex"),
     ],
 )
 def test_a_bad_request_gets_an_error_naming_its_field(sock, params, field):

@@ -59,7 +59,7 @@ def test_a_silent_worker_is_declared_dead_by_the_heartbeat(tiny_model_dir):
 
 
 def test_runtime_raises_worker_died_after_the_worker_dies(tiny_model_dir):
-    rt = plait.Runtime(tiny_model_dir("llama"), max_total_tokens=512)
+    rt = plait.Runtime(tiny_model_dir("llama"), max_total_tokens=512, restart_worker=False)
     try:
         out = rt.generate(
             input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 3, "ignore_eos": True}
@@ -71,3 +71,29 @@ def test_runtime_raises_worker_died_after_the_worker_dies(tiny_model_dir):
             rt.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 3})
     finally:
         rt.shutdown()
+
+
+def test_runtime_replaces_a_dead_worker_and_serves_again(tiny_model_dir):
+    """In-flight requests fail at once with WorkerDiedError; a new worker serves after."""
+    rt = plait.Runtime(tiny_model_dir("llama"), max_total_tokens=512)
+    try:
+        first = rt.worker
+        handle = rt.submit([5, 6, 7], {"max_new_tokens": 400, **GREEDY}, stream=True)
+        next(iter(handle))
+        os.kill(first.pid, signal.SIGKILL)
+        with pytest.raises(WorkerDiedError):
+            handle.result(timeout=10)
+        assert rt.wait_ready(timeout=60)
+        assert rt.worker.pid != first.pid and rt.supervisor.restarts == 1
+        out = rt.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 3, **GREEDY})
+        assert len(out["output_ids"]) == 3
+    finally:
+        rt.shutdown()
+    assert not rt.worker.is_alive()
+
+
+def test_a_crash_loop_backs_off_exponentially_up_to_a_cap():
+    from plait.runtime.client.supervised_worker import RestartPolicy
+
+    p = RestartPolicy(base_s=0.5, cap_s=30.0)
+    assert [p.delay(k) for k in range(10)] == [0, 0, 0.5, 1, 2, 4, 8, 16, 30, 30]

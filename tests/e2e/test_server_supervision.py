@@ -1,0 +1,88 @@
+"""A worker SIGKILLed under 32 streams: every stream ends at once (an error event, or its
+output if it had finished), /health says "restarting", and a new worker serves within seconds
+without restarting the server; the restart is counted in /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+
+import httpx
+
+HANG_GUARD_S = 300.0  # a hang guard: a worker start takes minutes on a loaded 2-core box
+
+
+def metric(url: str, name: str) -> float:
+    for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+def wait_healthy(url: str) -> list[object]:
+    """Polls /health until 200; returns what it answered before."""
+    seen: list[object] = []
+    deadline = time.monotonic() + HANG_GUARD_S
+    while (r := httpx.get(f"{url}/health", timeout=30)).status_code != 200:
+        seen.append(r.json())
+        assert time.monotonic() < deadline, f"no worker after {HANG_GUARD_S} s: {seen[-3:]}"
+    return seen
+
+
+async def _stream(c: httpx.AsyncClient, url: str, i: int, started: asyncio.Event) -> list:
+    body = {
+        "text": f"Stream {i}:",
+        "stream": True,
+        "sampling_params": {"max_new_tokens": 120, "ignore_eos": True},  # all 32 fit the KV pool
+    }
+    events: list = []
+    async with c.stream("POST", f"{url}/generate", json=body) as r:
+        assert r.status_code == 200
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                data = line[len("data: ") :]
+                events.append((time.monotonic(), data if data == "[DONE]" else json.loads(data)))
+                started.set()
+    return events
+
+
+def test_a_killed_worker_fails_its_streams_and_a_new_one_serves(robust_server, procs):
+    url, server = robust_server.url, robust_server.proc
+    wait_healthy(url)
+    (worker,) = procs.children(server.pid)
+    restarts = metric(url, "plait:worker_restarts")
+
+    async def run() -> tuple[float, list]:
+        async with httpx.AsyncClient(timeout=HANG_GUARD_S) as c:
+            started = [asyncio.Event() for _ in range(32)]
+            tasks = [asyncio.ensure_future(_stream(c, url, i, e)) for i, e in enumerate(started)]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), HANG_GUARD_S)
+            os.kill(worker, signal.SIGKILL)
+            killed = time.monotonic()
+            return killed, await asyncio.wait_for(asyncio.gather(*tasks), HANG_GUARD_S)
+
+    killed, streams = asyncio.run(run())
+    errors = 0
+    for events in streams:
+        assert events[-1][1] == "[DONE]"  # every stream ended
+        last = events[-2][1]
+        if "error" in last:
+            errors += 1
+            assert last["error"]["code"] == 503 and "worker" in last["error"]["message"]
+            assert "ipc://" not in last["error"]["message"]
+        else:  # it finished before the kill
+            assert last["meta_info"]["finish_reason"]["type"] == "length"
+            assert events[-2][0] <= killed
+    assert errors >= 1
+
+    seen = wait_healthy(url)
+    assert {"status": "restarting", "restarts": restarts + 1} in seen, seen[:3]
+    assert metric(url, "plait:worker_restarts") == restarts + 1
+    (new_worker,) = procs.children(server.pid)
+    assert new_worker != worker and not procs.alive(worker)
+    r = httpx.post(f"{url}/generate", json={"text": "Hi", "sampling_params": {"max_new_tokens": 3,
+                   "ignore_eos": True}}, timeout=60)  # fmt: skip
+    assert r.status_code == 200 and len(r.json()["output_ids"]) == 3
