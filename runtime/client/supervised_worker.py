@@ -101,8 +101,13 @@ class SupervisedWorker:
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
+        priority: int | None = None,
+        tenant: str | None = None,
+        cache_salt: str | None = None,
     ) -> RequestHandle:
-        return self.client.submit(input_ids, sampling_params, rid, stream)
+        return self.client.submit(
+            input_ids, sampling_params, rid, stream, priority, tenant, cache_salt
+        )
 
     def abort(self, rid: str) -> None:
         client = self._client
