@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
 
+try:
+    import re._parser as sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover
+    import sre_parse  # type: ignore[no-redef]
+
 MAX_TOP_LOGPROBS = 20
+MAX_STOP_REGEX_COUNT = 32  # SGLang's limits on stop_regex
+MAX_STOP_REGEX_LEN = 256
 _GREEDY_EPS = 1e-6
+# SGLang's SamplingParams field names that are another name for one of ours
+_ALIASES = {"sampling_seed": "seed"}
 
 
 @dataclass(slots=True)
@@ -19,7 +30,15 @@ class SamplingParams:
 
     ``temperature == 0`` means greedy (it becomes top-k 1). ``top_k == -1`` means the whole
     vocabulary. ``seed`` makes the sample depend only on (seed, token position), never on the
-    batch the request happens to run in.
+    batch the request happens to run in. ``max_new_tokens == 0`` computes the prompt into the
+    prefix cache (and its logprobs when asked) and samples nothing.
+
+    The fields are SGLang's (``sampling_seed`` is accepted for ``seed``): ``stop_regex`` stops
+    where the output's tail matches a regex (Python ``re``); ``no_stop_trim`` keeps the matched
+    stop string, stop regex text or stop token in the text; ``stream_interval`` streams a chunk
+    every that many tokens; ``custom_params`` is the payload of SGLang's custom logit
+    processors, which plait does not run (as SGLang ignores it without one);
+    ``beam_width`` above 1 and ``watermark`` are refused by name.
     """
 
     max_new_tokens: int = 128
@@ -35,8 +54,15 @@ class SamplingParams:
     n: int = 1
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    stop_regex: list[str] = field(default_factory=list)
+    no_stop_trim: bool = False
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    stream_interval: int | None = None
+    custom_params: dict[str, Any] | None = None
+    beam_width: int | None = None
+    watermark: Any = None
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
@@ -46,25 +72,30 @@ class SamplingParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
         """Builds params from a plain dict (API or socket), rejecting unknown keys by name."""
-        d = dict(d or {})
         known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
+        for key in d or {}:
+            if key not in known and key not in _ALIASES:
                 raise InvalidRequestError(key, "unknown sampling parameter")
-        if isinstance(d.get("stop"), str):
-            d["stop"] = [d["stop"]]
-        if d.get("stop") is None:
-            d.pop("stop", None)
-        if d.get("stop_token_ids") is None:
-            d.pop("stop_token_ids", None)
+        # null means "the default" for every field, as in SGLang
+        d = {k: v for k, v in (d or {}).items() if v is not None}
+        for alias, name in _ALIASES.items():
+            if alias in d:
+                value = d.pop(alias)
+                if d.get(name, value) != value:
+                    raise InvalidRequestError(alias, f"conflicts with {name}")
+                d[name] = value
+        for name in ("stop", "stop_regex"):
+            if isinstance(d.get(name), str):
+                d[name] = [d[name]]
+        if isinstance(d.get("stop_token_ids"), (set, tuple)):
+            d["stop_token_ids"] = list(d["stop_token_ids"])
         if isinstance(d.get("json_schema"), dict):
             d["json_schema"] = json.dumps(d["json_schema"])
         return cls(**d)
 
     def copy(self, **changes: Any) -> SamplingParams:
-        return replace(
-            self, stop=list(self.stop), stop_token_ids=list(self.stop_token_ids), **changes
-        )
+        lists = {k: list(getattr(self, k)) for k in ("stop", "stop_token_ids", "stop_regex")}
+        return replace(self, **(lists | changes))
 
     def set_logprob_options(
         self,
@@ -86,7 +117,7 @@ class SamplingParams:
 
     def verify(self, vocab_size: int) -> None:
         """Raises InvalidRequestError naming the first field outside its range."""
-        _check_int("max_new_tokens", self.max_new_tokens, lo=1)
+        _check_int("max_new_tokens", self.max_new_tokens, lo=0)
         _check_int("min_new_tokens", self.min_new_tokens, lo=0)
         if self.min_new_tokens > self.max_new_tokens:
             raise InvalidRequestError(
@@ -111,7 +142,22 @@ class SamplingParams:
             _check_int("stop_token_ids", tid, lo=0, hi=vocab_size - 1)
         _check_int("logprob_start_len", self.logprob_start_len, lo=-1)
         _check_int("top_logprobs_num", self.top_logprobs_num, lo=0, hi=MAX_TOP_LOGPROBS)
+        self._verify_sglang_fields()
         self._verify_constraint()
+
+    def _verify_sglang_fields(self) -> None:
+        for name in ("no_stop_trim", "ignore_eos", "skip_special_tokens"):
+            _check_bool(name, getattr(self, name))
+        _check_bool("spaces_between_special_tokens", self.spaces_between_special_tokens)
+        check_stop_regex(self.stop_regex)
+        if self.stream_interval is not None:
+            _check_int("stream_interval", self.stream_interval, lo=1)
+        if self.custom_params is not None and not isinstance(self.custom_params, dict):
+            raise InvalidRequestError("custom_params", "must be an object")
+        if self.beam_width is not None:
+            _check_int("beam_width", self.beam_width, lo=1, hi=1)  # no beam search here
+        if self.watermark is not None:
+            raise InvalidRequestError("watermark", "watermarking is not supported")
 
     def _verify_constraint(self) -> None:
         for name in ("regex", "json_schema"):
@@ -122,6 +168,37 @@ class SamplingParams:
             raise InvalidRequestError("json_schema", "give at most one of regex and json_schema")
         # the spec itself is checked once, where it compiles (the worker's grammar backend);
         # its error names the field and reaches the caller as this request's error
+
+
+def check_stop_regex(patterns: Any) -> None:
+    """``stop_regex``: at most 32 Python regexes of at most 256 characters, each compiling."""
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise InvalidRequestError("stop_regex", "must be a non-empty string or a list of them")
+    if len(patterns) > MAX_STOP_REGEX_COUNT:
+        raise InvalidRequestError(
+            "stop_regex", f"at most {MAX_STOP_REGEX_COUNT} patterns, got {len(patterns)}"
+        )
+    for p in patterns:
+        if len(p) > MAX_STOP_REGEX_LEN:
+            raise InvalidRequestError(
+                "stop_regex", f"a pattern is at most {MAX_STOP_REGEX_LEN} characters long"
+            )
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise InvalidRequestError("stop_regex", f"invalid regex {p!r}: {e}") from None
+
+
+@lru_cache(maxsize=1024)
+def regex_width(pattern: str) -> int:
+    """The most characters ``pattern`` can match, capped at ``MAX_STOP_REGEX_LEN`` (unbounded
+    repeats count as the cap), as SGLang bounds its stop-regex scan."""
+    return min(sre_parse.parse(pattern).getwidth()[1], MAX_STOP_REGEX_LEN)
+
+
+def _check_bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise InvalidRequestError(name, f"must be a boolean, got {type(value).__name__}")
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int | None = None) -> None:
