@@ -146,12 +146,16 @@ def run_tests(module: types.ModuleType, way: str, only: list[str] | None) -> lis
         if name in SKIPS[way]:
             outcomes.append(Outcome(name, "skipped", SKIPS[way][name]))
             continue
+        t0 = time.monotonic()
         try:
             getattr(module, name)(**CALL_KWARGS.get(name, {}))
         except BaseException as e:  # noqa: BLE001 - every failure is classified
             outcomes.append(classify(name, e, path))
         else:
             outcomes.append(Outcome(name, "pass"))
+        # progress on stderr, one line per test: a run cut short still shows what it did
+        line = {**asdict(outcomes[-1]), "seconds": round(time.monotonic() - t0, 1)}
+        print(json.dumps(line), file=sys.stderr, flush=True)
     return outcomes
 
 
