@@ -245,7 +245,11 @@ def run_sglang(url: str, only: list[str] | None) -> list[Outcome]:
     from sglang.test import test_programs
 
     # SmolLM2's template is ChatML, which SGLang's name matching does not guess
-    sgl.set_default_backend(sgl.RuntimeEndpoint(url, chat_template_name="chatml"))
+    endpoint = sgl.RuntimeEndpoint(url, chat_template_name="chatml")
+    # SGLang's suite passes an sgl.Runtime (a server it launches), whose .endpoint is this
+    # RuntimeEndpoint; test_gen_min_new_tokens reads default_backend.endpoint
+    endpoint.endpoint = endpoint
+    sgl.set_default_backend(endpoint)
     return run_tests(test_programs, "sglang", only)
 
 
