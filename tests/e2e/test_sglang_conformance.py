@@ -67,9 +67,3 @@ def test_sglang_programs_through_sglangs_client_against_plait_serve(sglang_wheel
     outcomes = _run("--way", "sglang", "--url", plait_server)
     skipped = {"test_image_qa", "test_completion_speculative", "test_chat_completion_speculative"}
     _check(outcomes, skipped)
-
-
-def test_examples_through_sglangs_client_against_plait_serve(sglang_wheel, plait_server):
-    outcomes = _run("--way", "examples", "--url", plait_server)
-    assert len(outcomes) >= 5
-    assert all(o["kind"] == "pass" for o in outcomes), outcomes
