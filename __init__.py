@@ -12,9 +12,11 @@ from plait.lang.api import (
     gen,
     gen_int,
     gen_string,
+    get_server_info,
     global_config,
     image,
     select,
+    separate_reasoning,
     set_default_backend,
     system,
     system_begin,
@@ -39,7 +41,21 @@ from plait.runtime.sampling_params import SamplingParams
 
 __version__ = "0.1.0"
 
+# SGLang's runtime names, loaded on first use (the frontend stays torch-free)
+_LAZY = {"Engine": "plait.runtime.engine", "ServerArgs": "plait.runtime.config"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
 __all__ = [
+    "Engine",
     "REGEX_BOOL",
     "REGEX_FLOAT",
     "REGEX_INT",
@@ -51,6 +67,7 @@ __all__ = [
     "Runtime",
     "RuntimeEndpoint",
     "SamplingParams",
+    "ServerArgs",
     "SglFunction",
     "WorkerDiedError",
     "__version__",
@@ -62,10 +79,12 @@ __all__ = [
     "gen",
     "gen_int",
     "gen_string",
+    "get_server_info",
     "global_config",
     "greedy_token_selection",
     "image",
     "select",
+    "separate_reasoning",
     "set_default_backend",
     "system",
     "system_begin",

@@ -251,6 +251,22 @@ class CommitLazy(Node):
     __slots__ = ()
 
 
+class SeparateReasoning(Node):
+    """After the gens / selects named ``names`` ran: split each value's reasoning (the
+    model's think markers, per ``model_type``) into ``<name>_reasoning_content``; the value
+    and the text keep only the answer."""
+
+    __slots__ = ("model_type", "names")
+
+    def __init__(self, model_type: str | None, names: list[str]) -> None:
+        super().__init__()
+        self.model_type = model_type
+        self.names = names
+
+    def _fields(self) -> dict[str, Any]:
+        return {"model_type": self.model_type, "names": self.names}
+
+
 class Image(Node):
     __slots__ = ("path",)
 

@@ -20,6 +20,8 @@ class GenParams:
     min_new_tokens: int | None = None
     stop: list[str] | None = None
     stop_token_ids: list[int] | None = None
+    stop_regex: list[str] | None = None
+    n: int | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None

@@ -7,9 +7,9 @@ Where plait differs:
   (SGLang's RuntimeEndpoint asserts temperature 0).
 - ``join("concate_and_append")`` appends the forks' texts and recomputes them (no KV-cache
   concatenation); the resulting text is the same.
-- ``gen(n>1)``, ``run_batch(generator_style=True)``, ``image`` and ``video`` raise; the
-  ``num_api_spec_tokens`` of ``@function(...)`` is accepted and has no effect.
-- A streamed gen (``run(stream=True)``) has an empty ``get_meta_info``.
+- ``run_batch(generator_style=True)``, ``image`` and ``video`` raise.
+- Logprob entries always carry the token text (``return_text_in_logprobs`` is on).
+- ``separate_reasoning`` also splits streamed gens (SGLang skips them).
 - A node that fails raises its own exception type from ``run`` (and from ``s[...]``,
   ``s.text()``), with notes naming the node and the program line that added it.
 """

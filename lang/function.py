@@ -22,8 +22,9 @@ _PREFIX_NODES = (ConstantText, RoleBegin, RoleEnd, VarScopeBegin, VarScopeEnd)
 
 
 def function(func: Callable[..., Any] | None = None, num_api_spec_tokens: int | None = None) -> Any:
-    """``@function`` or ``@function(num_api_spec_tokens=...)`` (accepted; API speculative
-    execution is not implemented, the program runs normally)."""
+    """``@function`` or ``@function(num_api_spec_tokens=N)``: with N, SGLang's API speculative
+    execution (``runtime.interp.speculation``): a gen asks for N tokens at once and the gens
+    and text after it are matched against them before another request is sent."""
     if func is None:
         return lambda f: SglFunction(f, num_api_spec_tokens=num_api_spec_tokens)
     return SglFunction(func, num_api_spec_tokens=num_api_spec_tokens)
@@ -65,8 +66,10 @@ class SglFunction:
         self,
         *args: Any,
         max_new_tokens: int = 128,
+        n: int = 1,
         stop: str | list[str] | None = None,
         stop_token_ids: list[int] | None = None,
+        stop_regex: str | list[str] | None = None,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = -1,
@@ -96,8 +99,10 @@ class SglFunction:
         batch_kwargs: list[dict[str, Any]],
         *,
         max_new_tokens: int = 128,
+        n: int = 1,
         stop: str | list[str] | None = None,
         stop_token_ids: list[int] | None = None,
+        stop_regex: str | list[str] | None = None,
         temperature: float = 1.0,
         top_p: float = 1.0,
         top_k: int = -1,
@@ -216,7 +221,9 @@ def _run_program(
     defaults: GenParams,
     stream: bool,
 ) -> ProgramState:
-    executor = StreamExecutor(backend, arguments, defaults, stream=stream)
+    executor = StreamExecutor(
+        backend, arguments, defaults, stream=stream, num_api_spec_tokens=program.num_api_spec_tokens
+    )
     state = ProgramState(executor)
 
     def body() -> None:
@@ -252,11 +259,13 @@ def _swallow(fn: Callable[[], None]) -> Callable[[], None]:
 
 
 def _sampling_defaults(args: dict[str, Any]) -> GenParams:
-    stop = args["stop"]
+    stop, stop_regex = args["stop"], args["stop_regex"]
     return GenParams(
         max_new_tokens=args["max_new_tokens"],
+        n=args["n"],
         stop=[stop] if isinstance(stop, str) else stop,
         stop_token_ids=args["stop_token_ids"],
+        stop_regex=[stop_regex] if isinstance(stop_regex, str) else stop_regex,
         temperature=args["temperature"],
         top_p=args["top_p"],
         top_k=args["top_k"],

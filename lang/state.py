@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from plait.ir.nodes import (
@@ -16,6 +18,7 @@ from plait.lang.html import state_to_html
 from plait.runtime.interp.interpreter import StreamExecutor
 
 JOIN_MODES = ("gather_variable", "concate_and_append")
+_DONE = object()
 
 
 class ProgramState(RoleScopes):
@@ -59,10 +62,22 @@ class ProgramState(RoleScopes):
         self.stream_executor.set_var(name, value)
 
     def get_meta_info(self, name: str) -> dict[str, Any]:
-        """The server's meta_info of the gen / select that set ``name`` (empty when it was
-        streamed)."""
+        """The server's meta_info of the gen / select that set ``name`` (streamed: the last
+        chunk's, whose token counts and logprob lists cover the whole output)."""
         self.get_var(name)
         return self.stream_executor.meta_info.get(name, {})
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.stream_executor.variables
+
+    @contextmanager
+    def copy(self, position_ids_offset: Any = None) -> Iterator[ProgramState]:
+        """``with s.copy() as c:`` a one-branch fork, joined (variables gathered) on exit."""
+        group = self.fork(1, position_ids_offset)
+        try:
+            yield group[0]
+        finally:
+            group.join()
 
     def text(self) -> str:
         self.sync()
@@ -85,9 +100,43 @@ class ProgramState(RoleScopes):
     def text_iter(self, var_name: str | None = None) -> Iterator[str]:
         """Text as it is generated (``run(stream=True)``): the whole text, or one variable's.
         The chunks join to ``text()`` / ``s[var_name]``. Without streaming, one chunk."""
+        for chunk, _ in self._chunks(var_name):
+            yield chunk
+
+    async def text_async_iter(
+        self, var_name: str | None = None, return_meta_data: bool = False
+    ) -> AsyncIterator[Any]:
+        """``text_iter`` for asyncio. With ``return_meta_data`` (and ``var_name``) each item is
+        ``(chunk, meta_info)`` as SGLang yields it: the output logprob lists hold only the
+        entries since the previous item; ``completion_tokens`` and
+        ``output_token_logprobs_length`` count the whole output so far."""
+        loop = asyncio.get_running_loop()
+        chunks = self._chunks(var_name)
+        sent_logprobs = 0
+        while True:
+            item = await loop.run_in_executor(None, next, chunks, _DONE)
+            if item is _DONE:
+                return
+            chunk, meta = item
+            if not return_meta_data:
+                yield chunk
+                continue
+            meta = dict(meta)
+            lps = meta.get("output_token_logprobs")
+            if lps is not None:
+                meta["output_token_logprobs_length"] = len(lps)
+                for key in ("output_token_logprobs", "output_top_logprobs"):
+                    if key in meta:
+                        meta[key] = meta[key][sent_logprobs:]
+                sent_logprobs = len(lps)
+            yield chunk, meta
+
+    def _chunks(self, var_name: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``text_iter``'s chunks, each with the variable's meta_info as of that chunk."""
         ex = self.stream_executor
         if not ex.stream:
-            yield self.text() if var_name is None else self.get_var(var_name)
+            value = self.text() if var_name is None else self.get_var(var_name)
+            yield value, self._meta_now(var_name)
             return
         sent = 0
         while True:
@@ -95,15 +144,21 @@ class ProgramState(RoleScopes):
                 ex.cond.wait_for(lambda n=sent: _has_news(ex, var_name, n), timeout=1.0)
                 source = ex.text if var_name is None else ex.variables.get(var_name, "")
                 chunk = source[sent:]
+                meta = self._meta_now(var_name)
                 done = ex.error is not None or (
                     ex.finished if var_name is None else _var_finished(ex, var_name)
                 )
             if chunk:
                 sent += len(chunk)
-                yield chunk
+                yield chunk, meta
             if done:
                 ex.raise_error()
                 return
+
+    def _meta_now(self, var_name: str | None) -> dict[str, Any]:
+        if var_name is None:
+            return {}
+        return self.stream_executor.meta_info.get(var_name, {})
 
     # ---- display --------------------------------------------------------------------------
 

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields, replace
+from functools import lru_cache
 from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.valid_text import check_text
+
+try:
+    import re._parser as sre_parse  # Python >= 3.11
+except ImportError:  # pragma: no cover
+    import sre_parse  # type: ignore[no-redef]
 
 MAX_TOP_LOGPROBS = 20
 MAX_LOGIT_BIAS = 100.0  # OpenAI's range for logit_bias values: [-100, 100]
 # Every integer crosses the worker socket as a msgpack int64: a larger one is a 400 here, never
 # an encoding error on the client's I/O thread.
 INT64_MAX = 2**63 - 1
-_BOOL_FIELDS = ("ignore_eos", "skip_special_tokens", "return_logprob")
+_BOOL_FIELDS = (
+    "ignore_eos",
+    "skip_special_tokens",
+    "return_logprob",
+    "no_stop_trim",
+    "spaces_between_special_tokens",
+)
+MAX_STOP_REGEX_COUNT = 32  # SGLang's limits on stop_regex
+MAX_STOP_REGEX_LEN = 256
 _GREEDY_EPS = 1e-6
+# SGLang's SamplingParams field names that are another name for one of ours
+_ALIASES = {"sampling_seed": "seed"}
 
 
 @dataclass(slots=True)
@@ -25,7 +42,15 @@ class SamplingParams:
 
     ``temperature == 0`` means greedy (it becomes top-k 1). ``top_k == -1`` means the whole
     vocabulary. ``seed`` makes the sample depend only on (seed, token position), never on the
-    batch the request happens to run in.
+    batch the request happens to run in. ``max_new_tokens == 0`` computes the prompt into the
+    prefix cache (and its logprobs when asked) and samples nothing.
+
+    The fields are SGLang's (``sampling_seed`` is accepted for ``seed``): ``stop_regex`` stops
+    where the output's tail matches a regex (Python ``re``); ``no_stop_trim`` keeps the matched
+    stop string, stop regex text or stop token in the text; ``stream_interval`` streams a chunk
+    every that many tokens; ``custom_params`` is the payload of SGLang's custom logit
+    processors, which plait does not run (as SGLang ignores it without one);
+    ``beam_width`` above 1 and ``watermark`` are refused by name.
     """
 
     max_new_tokens: int = 128
@@ -41,8 +66,15 @@ class SamplingParams:
     n: int = 1
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
+    stop_regex: list[str] = field(default_factory=list)
+    no_stop_trim: bool = False
     ignore_eos: bool = False
     skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    stream_interval: int | None = None
+    custom_params: dict[str, Any] | None = None
+    beam_width: int | None = None
+    watermark: Any = None
     return_logprob: bool = False
     logprob_start_len: int = -1
     top_logprobs_num: int = 0
@@ -55,17 +87,23 @@ class SamplingParams:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
         """Builds params from a plain dict (API or socket), rejecting unknown keys by name."""
-        d = dict(d or {})
         known = {f.name for f in fields(cls)}
-        for key in d:
-            if key not in known:
+        for key in d or {}:
+            if key not in known and key not in _ALIASES:
                 raise InvalidRequestError(key, "unknown sampling parameter")
-        if isinstance(d.get("stop"), str):
-            d["stop"] = [d["stop"]]
-        if d.get("stop") is None:
-            d.pop("stop", None)
-        if d.get("stop_token_ids") is None:
-            d.pop("stop_token_ids", None)
+        # null means "the default" for every field, as in SGLang
+        d = {k: v for k, v in (d or {}).items() if v is not None}
+        for alias, name in _ALIASES.items():
+            if alias in d:
+                value = d.pop(alias)
+                if d.get(name, value) != value:
+                    raise InvalidRequestError(alias, f"conflicts with {name}")
+                d[name] = value
+        for name in ("stop", "stop_regex"):
+            if isinstance(d.get(name), str):
+                d[name] = [d[name]]
+        if isinstance(d.get("stop_token_ids"), (set, tuple)):
+            d["stop_token_ids"] = list(d["stop_token_ids"])
         if isinstance(d.get("json_schema"), dict):
             d["json_schema"] = json.dumps(d["json_schema"])
         if isinstance(d.get("logit_bias"), dict):  # int keys from Python callers
@@ -73,14 +111,9 @@ class SamplingParams:
         return cls(**d)
 
     def copy(self, **changes: Any) -> SamplingParams:
+        lists = {k: list(getattr(self, k)) for k in ("stop", "stop_token_ids", "stop_regex")}
         bias = None if self.logit_bias is None else dict(self.logit_bias)
-        return replace(
-            self,
-            stop=list(self.stop),
-            stop_token_ids=list(self.stop_token_ids),
-            logit_bias=bias,
-            **changes,
-        )
+        return replace(self, **(lists | {"logit_bias": bias} | changes))
 
     def set_logprob_options(
         self,
@@ -102,7 +135,7 @@ class SamplingParams:
 
     def verify(self, vocab_size: int) -> None:
         """Raises InvalidRequestError naming the first field outside its range."""
-        _check_int("max_new_tokens", self.max_new_tokens, lo=1)
+        _check_int("max_new_tokens", self.max_new_tokens, lo=0)
         _check_int("min_new_tokens", self.min_new_tokens, lo=0)
         if self.min_new_tokens > self.max_new_tokens:
             raise InvalidRequestError(
@@ -136,6 +169,7 @@ class SamplingParams:
         _check_int("logprob_start_len", self.logprob_start_len, lo=-1)
         _check_int("top_logprobs_num", self.top_logprobs_num, lo=0, hi=MAX_TOP_LOGPROBS)
         self._verify_logit_bias(vocab_size)
+        self._verify_sglang_fields()
         self._verify_constraint()
 
     def _verify_logit_bias(self, vocab_size: int) -> None:
@@ -154,6 +188,17 @@ class SamplingParams:
     def logit_bias_items(self) -> list[tuple[int, float]]:
         """``logit_bias`` as (token id, bias) pairs; call after ``verify``."""
         return [(int(k), float(v)) for k, v in (self.logit_bias or {}).items()]
+
+    def _verify_sglang_fields(self) -> None:
+        check_stop_regex(self.stop_regex)
+        if self.stream_interval is not None:
+            _check_int("stream_interval", self.stream_interval, lo=1)
+        if self.custom_params is not None and not isinstance(self.custom_params, dict):
+            raise InvalidRequestError("custom_params", "must be an object")
+        if self.beam_width is not None:
+            _check_int("beam_width", self.beam_width, lo=1, hi=1)  # no beam search here
+        if self.watermark is not None:
+            raise InvalidRequestError("watermark", "watermarking is not supported")
 
     def _verify_constraint(self) -> None:
         for name in ("regex", "json_schema"):
@@ -174,6 +219,33 @@ def _token_id(key: Any) -> int | None:
     if isinstance(key, str) and key.strip().isdigit():
         return int(key)
     return None
+
+
+def check_stop_regex(patterns: Any) -> None:
+    """``stop_regex``: at most 32 Python regexes of at most 256 characters, each compiling."""
+    if not isinstance(patterns, list) or not all(isinstance(p, str) and p for p in patterns):
+        raise InvalidRequestError("stop_regex", "must be a non-empty string or a list of them")
+    if len(patterns) > MAX_STOP_REGEX_COUNT:
+        raise InvalidRequestError(
+            "stop_regex", f"at most {MAX_STOP_REGEX_COUNT} patterns, got {len(patterns)}"
+        )
+    for p in patterns:
+        check_text("stop_regex", p)
+        if len(p) > MAX_STOP_REGEX_LEN:
+            raise InvalidRequestError(
+                "stop_regex", f"a pattern is at most {MAX_STOP_REGEX_LEN} characters long"
+            )
+        try:
+            re.compile(p)
+        except re.error as e:
+            raise InvalidRequestError("stop_regex", f"invalid regex {p!r}: {e}") from None
+
+
+@lru_cache(maxsize=1024)
+def regex_width(pattern: str) -> int:
+    """The most characters ``pattern`` can match, capped at ``MAX_STOP_REGEX_LEN`` (unbounded
+    repeats count as the cap), as SGLang bounds its stop-regex scan."""
+    return min(sre_parse.parse(pattern).getwidth()[1], MAX_STOP_REGEX_LEN)
 
 
 def _check_int(name: str, value: Any, lo: int, hi: int = INT64_MAX) -> None:

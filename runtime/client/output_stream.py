@@ -9,7 +9,7 @@ from typing import Any
 
 from plait.runtime.client.detokenizer import IncrementalDetokenizer, StopHoldBack, final_text
 from plait.runtime.messages import ReqOutput
-from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.sampling_params import SamplingParams, regex_width
 
 TokenText = Callable[[int], "str | None"]
 
@@ -78,7 +78,7 @@ class OutputStream:
         self.finished = False
         self.meta: dict[str, Any] = {"id": rid}
         self._detok = self._new_detokenizer()
-        self._hold = StopHoldBack(params.stop)
+        self._hold = self._new_hold_back()
         self._out_lp: list[tuple] | None = None
         self._out_top: list[list[tuple]] | None = None
         if params.return_logprob:
@@ -101,15 +101,13 @@ class OutputStream:
         if self.tokenizer is None:
             delta = ""
         elif finished:
-            text = final_text(
-                self.tokenizer, self.output_ids, self.params.skip_special_tokens, out.finish_reason
-            )
+            text = final_text(self.tokenizer, self.output_ids, self.params, out.finish_reason)
             delta = text[len(self.text) :] if text.startswith(self.text) else text
             self.text = text
         else:
             if rolled_back:
                 self._detok = self._new_detokenizer()
-                self._hold = StopHoldBack(self.params.stop)
+                self._hold = self._new_hold_back()
                 self.text = ""
                 delta = self._hold.push(self._detok.feed(self.output_ids))
             else:
@@ -140,4 +138,13 @@ class OutputStream:
     def _new_detokenizer(self) -> IncrementalDetokenizer | None:
         if self.tokenizer is None:
             return None
-        return IncrementalDetokenizer(self.tokenizer, self.params.skip_special_tokens)
+        p = self.params
+        return IncrementalDetokenizer(
+            self.tokenizer, p.skip_special_tokens, p.spaces_between_special_tokens
+        )
+
+    def _new_hold_back(self) -> StopHoldBack:
+        p = self.params
+        if p.no_stop_trim:
+            return StopHoldBack([])
+        return StopHoldBack(p.stop, max((regex_width(r) for r in p.stop_regex), default=0))

@@ -14,6 +14,7 @@ from plait.runtime.client.text_api import TextAPI
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import ModelLimits
+from plait.runtime.token_usage import TokenUsage
 from plait.runtime.worker.process import WorkerProcess
 
 # With the process handle at hand, death is seen at once; the ping only catches a hung worker.
@@ -42,6 +43,7 @@ class Runtime(TextAPI):
         )
         self.model_path = Path(self.supervisor.info["model_path"])  # the resolved HF directory
         self.tokenizer = self.supervisor.tokenizer
+        self.token_usage = TokenUsage()  # what programs' gens on this runtime used
 
     @property
     def client(self) -> RuntimeClient:
@@ -130,6 +132,27 @@ class Runtime(TextAPI):
     def stats(self) -> dict[str, Any]:
         self._live()
         return self.client.stats()
+
+    # ---- SGLang's Runtime surface: ``rt.endpoint`` is the object that answers these ----------
+
+    @property
+    def endpoint(self) -> Runtime:
+        return self
+
+    def get_model_name(self) -> str:
+        return str(self.model_path)
+
+    def get_server_info(self) -> dict[str, Any]:
+        """What SGLang's ``/server_info`` reports that applies here: the model, its limits and
+        the worker's live counters."""
+        info = self.client.info
+        return {
+            "model_path": str(self.model_path),
+            "context_length": info["context_len"],
+            "max_total_num_tokens": info["kv_total"],
+            "vocab_size": info["vocab_size"],
+            "internal_states": [self.stats()],
+        }
 
     # ---- lifetime -------------------------------------------------------------------------
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from plait.ir.sampling import GenParams
+from plait.runtime.token_usage import TokenUsage
 
 
 @dataclass(slots=True)
@@ -65,6 +66,37 @@ class Backend(ABC):
     def generate_stream(self, prompt: str, params: GenParams) -> Iterator[str]:
         """Yields text deltas of one continuation; their concatenation is ``generate``'s text.
         Closing the iterator early aborts the request."""
+
+    def generate_n(self, prompt: str, params: GenParams) -> list[GenResult]:
+        """``params.n`` continuations of ``prompt`` (sample j seeded ``seed + j`` when a seed
+        is set); a backend over a model server sends them as one request."""
+        n = params.n or 1
+        return [
+            self.generate(
+                prompt,
+                replace(params, n=1, seed=None if params.seed is None else params.seed + j),
+            )
+            for j in range(n)
+        ]
+
+    def generate_stream_meta(
+        self, prompt: str, params: GenParams
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``generate_stream`` with the request's ``meta_info`` so far after each delta
+        (cumulative: token counts and logprob lists cover the whole output up to that delta);
+        a backend without one gives empty dicts. A delta may be empty when tokens came but no
+        text yet (a held-back stop-string prefix, a partial character)."""
+        for delta in self.generate_stream(prompt, params):
+            yield delta, {}
+
+    @property
+    def token_usage(self) -> TokenUsage:
+        """Prompt and completion tokens of every gen run on this backend (SGLang's
+        ``backend.token_usage``)."""
+        usage = self.__dict__.get("_token_usage")
+        if usage is None:
+            usage = self.__dict__.setdefault("_token_usage", TokenUsage())
+        return usage
 
     @abstractmethod
     def select(

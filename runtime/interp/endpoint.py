@@ -57,9 +57,22 @@ class RuntimeEndpoint(Backend):
         out = self._generate({"text": prompt, **_request(params)})
         return GenResult(out["text"], out["meta_info"])
 
+    def generate_n(self, prompt: str, params: GenParams) -> list[GenResult]:
+        outs = self._generate({"text": prompt, **_request(params)})
+        outs = outs if isinstance(outs, list) else [outs]
+        return [GenResult(o["text"], o["meta_info"]) for o in outs]
+
     def generate_stream(self, prompt: str, params: GenParams) -> Iterator[str]:
+        for delta, _ in self.generate_stream_meta(prompt, params):
+            if delta:
+                yield delta
+
+    def generate_stream_meta(
+        self, prompt: str, params: GenParams
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         body = {"text": prompt, **_request(params), "stream": True}
         sent = ""
+        meta: dict[str, Any] = {}
         try:
             with self.client.stream("POST", "/generate", json=body) as r:
                 if r.status_code != 200:
@@ -77,8 +90,8 @@ class RuntimeEndpoint(Backend):
                     text = event["text"]
                     delta = text[len(sent) :] if text.startswith(sent) else text
                     sent = text
-                    if delta:
-                        yield delta
+                    meta = _accumulate(meta, event["meta_info"])
+                    yield delta, meta
         except httpx.TransportError as e:
             raise ConnectionError(f"{self.base_url}: {e}") from e
 
@@ -126,14 +139,14 @@ class RuntimeEndpoint(Backend):
     # ---- SGLang's extras ----------------------------------------------------------------
 
     def get_model_name(self) -> str:
-        return self.model_info["model_path"]
+        return self.model_info.get("served_model_name") or self.model_info["model_path"]
 
     @property
     def default_system_prompt(self) -> str | None:
         return self.chat_template.default_system_prompt if self.chat_template else None
 
     def get_server_info(self) -> dict[str, Any]:
-        return dict(self.model_info)
+        return self._call("GET", "/server_info").json()
 
     # ---- HTTP ---------------------------------------------------------------------------
 
@@ -148,6 +161,16 @@ class RuntimeEndpoint(Backend):
         if check:
             _raise_for(r)
         return r
+
+
+def _accumulate(meta: dict[str, Any], event: dict[str, Any]) -> dict[str, Any]:
+    """The cumulative meta_info after one streamed event, whose output logprob lists hold only
+    the entries new since the previous event (SGLang's streaming protocol)."""
+    out = dict(event)
+    for key in ("output_token_logprobs", "output_top_logprobs"):
+        if key in event:
+            out[key] = [*meta.get(key, []), *event[key]]
+    return out
 
 
 def _request(params: GenParams) -> dict[str, Any]:

@@ -33,12 +33,15 @@ from plait.ir.nodes import (
     RoleBegin,
     RoleEnd,
     Select,
+    SeparateReasoning,
     VarScopeBegin,
     VarScopeEnd,
     Video,
 )
 from plait.ir.sampling import GenParams
+from plait.lang.reasoning import markers_for, split_reasoning
 from plait.runtime.interp.backend import Backend
+from plait.runtime.interp.speculation import Speculation
 
 _END = object()
 _PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,8 +68,12 @@ class StreamExecutor:
         arguments: dict[str, Any],
         default_params: GenParams,
         stream: bool = False,
+        num_api_spec_tokens: int | None = None,
     ) -> None:
         self.backend = backend
+        self.speculation = (
+            Speculation(backend, num_api_spec_tokens) if num_api_spec_tokens else None
+        )
         self.arguments = arguments
         self.default_params = default_params
         self.stream = stream
@@ -207,6 +214,8 @@ class StreamExecutor:
             self._scope_start[node.name] = len(self.text)
         elif isinstance(node, VarScopeEnd):
             self.set_var(node.name, self.text[self._scope_start.pop(node.name) :])
+        elif isinstance(node, SeparateReasoning):
+            self._separate_reasoning(node)
         elif isinstance(node, CommitLazy):
             self.backend.cache_prefix(self.text)
         elif isinstance(node, ConcateAndAppend):
@@ -219,7 +228,9 @@ class StreamExecutor:
         else:
             raise TypeError(f"the interpreter cannot execute {node!r}")
 
-    def _fill(self, text: str) -> None:
+    def _fill(self, text: str, generated: bool = False) -> None:
+        if self.speculation is not None and not generated:
+            self.speculation.fill(text)
         with self.cond:
             self.text += text
             self.cond.notify_all()
@@ -238,22 +249,40 @@ class StreamExecutor:
             params.stop = [params.stop]
         start = len(self.text)
         name = node.name
-        if self.stream and not params.return_logprob:
+        meta: dict[str, Any] = {}
+        if self.stream:
             if name is not None:
                 with self.cond:
                     self.variables[name] = ""
-            for delta in self.backend.generate_stream(self.text, params):
-                with self.cond:
+                    self.meta_info[name] = meta
+            for delta, meta in self.backend.generate_stream_meta(self.text, params):
+                with self.cond:  # text and meta_info change together: readers pair them
                     self.text += delta
                     if name is not None:
                         self.variables[name] += delta
+                        self.meta_info[name] = meta
                     self.cond.notify_all()
-            meta: dict[str, Any] = {}
             value = self.text[start:]
+        elif (
+            params.n or 1
+        ) > 1:  # SGLang: the variable is the list, the text goes on with the first
+            results = self.backend.generate_n(self.text, params)
+            for r in results:
+                self.backend.token_usage.add(r.meta_info)
+            self._fill(results[0].text, generated=True)
+            if name is not None:
+                self.meta_info[name] = results[0].meta_info
+                self.set_var(name, [r.text for r in results])
+            self.spans.append(GenSpan(start, len(self.text), name))
+            return
+        elif self.speculation is not None:
+            value, meta = self.speculation.gen(self.text, params)
+            self._fill(value, generated=True)
         else:
             result = self.backend.generate(self.text, params)
             value, meta = result.text, result.meta_info
-            self._fill(value)
+            self._fill(value, generated=True)
+        self.backend.token_usage.add(meta)
         self.spans.append(GenSpan(start, len(self.text), name, meta.get("output_token_logprobs")))
         if name is not None:
             self.meta_info[name] = meta
@@ -292,6 +321,19 @@ class StreamExecutor:
             self.messages.append({"role": role, "content": content})
         self.cur_role = None
 
+    def _separate_reasoning(self, node: SeparateReasoning) -> None:
+        markers = markers_for(node.model_type)
+        for name in node.names:
+            value = self.variables[name]
+            reasoning, answer = split_reasoning(value, markers)
+            with self.cond:
+                if self.cur_role is not None:  # SGLang: the open message keeps the answer only
+                    self.text = self.text[: self.cur_role_begin] + answer
+                elif self.text.endswith(value):
+                    self.text = self.text[: len(self.text) - len(value)] + answer
+            self.set_var(name, answer)
+            self.set_var(reasoning_name(name), reasoning)
+
     def _concate_and_append(self, node: ConcateAndAppend) -> None:
         pieces = []
         for executor in node.states:
@@ -313,7 +355,13 @@ def _names_set_by(node: Node) -> list[str]:
         return [node.name]
     if isinstance(node, VarScopeEnd):
         return [node.name]
+    if isinstance(node, SeparateReasoning):
+        return [reasoning_name(n) for n in node.names]
     return []
+
+
+def reasoning_name(name: str) -> str:
+    return f"{name}_reasoning_content"
 
 
 def _program_line() -> tuple[str, int, str] | None:

@@ -196,6 +196,8 @@ class OpenAI(Backend):
                 extra[target] = value
         if params.regex is not None:
             raise InvalidRequestError("regex", "the OpenAI API has no regex constraint")
+        if params.stop_regex:
+            raise InvalidRequestError("stop_regex", "the OpenAI API has no stop_regex")
         if params.json_schema is not None:
             schema = json.loads(params.json_schema)
             kw["response_format"] = {

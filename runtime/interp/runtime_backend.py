@@ -12,6 +12,7 @@ from plait.runtime.client.runtime import Runtime
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.interp.backend import Backend, ChoiceResult, GenResult, RoleMarkers
 from plait.runtime.interp.select import select_choice
+from plait.runtime.token_usage import TokenUsage
 
 _GREEDY_ONE = {"max_new_tokens": 1, "temperature": 0.0}
 
@@ -46,6 +47,11 @@ class RuntimeBackend(Backend):
         out = self.runtime.generate(prompt, params.to_native(), **params.request_fields())
         return GenResult(out["text"], out["meta_info"])
 
+    def generate_n(self, prompt: str, params: GenParams) -> list[GenResult]:
+        outs = self.runtime.generate(prompt, params.to_native(), **params.request_fields())
+        outs = outs if isinstance(outs, list) else [outs]
+        return [GenResult(o["text"], o["meta_info"]) for o in outs]
+
     def generate_stream(self, prompt: str, params: GenParams) -> Iterator[str]:
         chunks = self.runtime.generate_stream(prompt, params.to_native(), **params.request_fields())
         try:
@@ -54,6 +60,20 @@ class RuntimeBackend(Backend):
                     yield chunk["delta"]
         finally:
             chunks.close()
+
+    def generate_stream_meta(
+        self, prompt: str, params: GenParams
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        chunks = self.runtime.generate_stream(prompt, params.to_native(), **params.request_fields())
+        try:
+            for chunk in chunks:
+                yield chunk["delta"], snapshot(chunk["meta_info"])
+        finally:
+            chunks.close()
+
+    @property
+    def token_usage(self) -> TokenUsage:
+        return self.runtime.token_usage
 
     def select(
         self, prompt: str, choices: list[str], temperature: float, choices_method: Any
@@ -94,4 +114,18 @@ class RuntimeBackend(Backend):
             self.runtime.shutdown()
 
     def get_model_name(self) -> str:
-        return str(self.runtime.model_path)
+        return self.runtime.get_model_name()
+
+    def get_server_info(self) -> dict[str, Any]:
+        return self.runtime.get_server_info()
+
+
+def snapshot(meta: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a streamed chunk's meta_info whose lists stop growing with the stream: the
+    output lists cut to the chunk's ``completion_tokens`` (the stream may have run ahead)."""
+    n = meta.get("completion_tokens", 0)
+    out = {k: list(v) if isinstance(v, list) else v for k, v in meta.items()}
+    for key in ("output_token_logprobs", "output_top_logprobs"):
+        if key in out:
+            out[key] = out[key][:n]
+    return out

@@ -19,6 +19,12 @@ from plait.runtime.server.admission import HttpLimits
 from plait.runtime.server.auth import ApiKeys, AuthMiddleware
 from plait.runtime.server.http_body import native_calls
 from plait.runtime.server.openai_api import add_openai_routes
+from plait.runtime.server.sglang_native import (
+    NativeStream,
+    add_sglang_routes,
+    model_info,
+    native_out,
+)
 from plait.runtime.server.streams import (
     SSE_DONE,
     GenerateBackend,
@@ -90,18 +96,13 @@ def create_app(
         return Response(status_code=200)
 
     chat_template = chat_template_of(tokenizer).to_dict()
+    info = model_info(state, backend.info.get("model_path"), context_len, vocab_size, chat_template)
 
     @app.get("/get_model_info")
-    async def model_info() -> dict[str, Any]:
-        return {
-            "model_path": model_name,
-            "context_length": context_len,
-            "vocab_size": vocab_size,
-            "is_generation": True,
-            "chat_template": chat_template,
-        }
+    async def get_model_info() -> dict[str, Any]:
+        return info
 
-    @app.post("/flush_cache")
+    @app.api_route("/flush_cache", methods=["GET", "POST"])
     async def flush_cache() -> Response:
         ok = await asyncio.to_thread(backend.flush_cache, 10)
         if ok:
@@ -125,20 +126,24 @@ def create_app(
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream", "must be a boolean")
         streams = submit_calls(state, calls, request_scope(request, body))
+        per_stream = [call for call in calls for _ in range(call.n)]  # submit_calls' order
         if not stream:
             finals = await final_chunks(request, streams)
             if finals is None:
                 return Response(status_code=499)
-            outs = [native_out(c) for c in finals]
+            outs = [native_out(c, s.return_text_in_logprobs) for c, s in zip(finals, per_stream)]
             return JSONResponse(outs[0] if single else outs)
         firsts = await first_chunks(streams)
+        shapers = [NativeStream(call) for call in per_stream]
 
         async def events() -> AsyncIterator[str]:
             async for i, chunk in merged_chunks(streams, firsts):
                 if isinstance(chunk, Exception):
                     yield sse(exception_body(chunk)[1])
                     continue
-                out = native_out(chunk)
+                out = shapers[i].event(chunk)
+                if out is None:
+                    continue
                 if not single:
                     out["index"] = i
                 yield sse(out)
@@ -146,9 +151,6 @@ def create_app(
 
         return streaming_response(events())
 
+    add_sglang_routes(app, state, info)
     add_openai_routes(app, state)
     return app
-
-
-def native_out(chunk: Any) -> dict[str, Any]:
-    return {"text": chunk.text, "output_ids": chunk.output_ids, "meta_info": chunk.meta_info}

@@ -56,6 +56,7 @@ class GenerateCall:
     rid: str | None = None
     priority: int | None = None  # see runtime.sched_fields
     tenant: str | None = None
+    return_text_in_logprobs: bool = True  # SGLang's default is False; plait always sent text
 
 
 def sched_fields(body: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -175,9 +176,13 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
         raise InvalidRequestError(
             "rid", f"must be a non-empty string or one per prompt ({len(prompts)})"
         )
-    return_logprob = get(body, "return_logprob", bool)
-    logprob_start_len = get(body, "logprob_start_len", int)
-    top_logprobs_num = get(body, "top_logprobs_num", int)
+    check_unsupported(body)
+    count = len(prompts)
+    return_logprob = per_prompt(body, "return_logprob", bool, count)
+    logprob_start_len = per_prompt(body, "logprob_start_len", int, count)
+    top_logprobs_num = per_prompt(body, "top_logprobs_num", int, count)
+    with_text = get(body, "return_text_in_logprobs", bool, True)
+    get(body, "log_metrics", bool)  # SGLang's switch for its own metrics; the value is checked
     priority, tenant = sched_fields(body)
 
     calls = []
@@ -188,10 +193,44 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
             params = SamplingParams.from_dict(raw)
         except TypeError as e:
             raise InvalidRequestError("sampling_params", str(e)) from None
-        params.set_logprob_options(return_logprob, logprob_start_len, top_logprobs_num)
+        params.set_logprob_options(return_logprob[i], logprob_start_len[i], top_logprobs_num[i])
         params, n = finish_params(params, limits.vocab_size)
-        calls.append(GenerateCall(ids, params, n, rids[i] if rids else None, priority, tenant))
+        rid = rids[i] if rids else None
+        calls.append(GenerateCall(ids, params, n, rid, priority, tenant, with_text))
     return single and calls[0].n == 1, calls
+
+
+# SGLang's GenerateReqInput fields that need what plait does not have: refused when set.
+_UNSUPPORTED = {
+    "input_embeds": "input embeddings are not supported; send text or input_ids",
+    "image_data": "the model is text-only",
+    "video_data": "the model is text-only",
+    "audio_data": "the model is text-only",
+    "lora_path": "LoRA adapters are not supported",
+    "lora_id": "LoRA adapters are not supported",
+    "session_id": "sessions are not supported",
+    "session_params": "sessions are not supported",
+    "custom_logit_processor": "custom logit processors are not supported",
+    "token_ids_logprob": "logprobs of chosen token ids are not supported",
+    "return_hidden_states": "hidden states are not returned",
+    "bootstrap_host": "prefill/decode disaggregation is not supported",
+}
+
+
+def check_unsupported(body: dict[str, Any]) -> None:
+    for name, why in _UNSUPPORTED.items():
+        if body.get(name) not in (None, False, [], {}):
+            raise InvalidRequestError(name, why)
+
+
+def per_prompt(body: dict[str, Any], name: str, kind: type, count: int) -> list[Any]:
+    """A request-level field given once or as one value per prompt (SGLang takes both)."""
+    value = body.get(name)
+    if isinstance(value, list):
+        if len(value) != count:
+            raise InvalidRequestError(name, f"needs one value per prompt ({count})")
+        return [get({name: v}, name, kind) for v in value]
+    return [get(body, name, kind)] * count
 
 
 # ---- OpenAI ------------------------------------------------------------------------------------
@@ -208,6 +247,9 @@ def openai_params(
     max_tokens = get(body, "max_completion_tokens", int)
     if max_tokens is None:
         max_tokens = get(body, "max_tokens", int)
+    if max_tokens is not None and max_tokens < 1:  # OpenAI's floor; /generate takes 0
+        name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        raise InvalidRequestError(name, f"must be >= 1, got {max_tokens}")
     d["max_new_tokens"] = default_max_tokens if max_tokens is None else max_tokens
     stop = body.get("stop")
     if stop is not None:

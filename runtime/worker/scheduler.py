@@ -310,13 +310,16 @@ class Scheduler:
         reqs = prefills + decodes
         batch = prepare_extend(reqs, self.kv, self.device)
         sampling: list[Req] = []
+        prefilled: list[Req] = []  # max_new_tokens == 0: the prompt is cached, nothing sampled
         sample_index: list[int] = []
         prompt_index: list[int] = []
         prompt_spans: list[tuple[Req, int, int]] = []  # (req, first input index t, count)
         offset = 0
         for req in reqs:
             end = req.kv_len + req.extend_len
-            if end == req.seq_len:
+            if end == req.seq_len and req.sampling_params.max_new_tokens == 0:
+                prefilled.append(req)
+            elif end == req.seq_len:
                 sampling.append(req)
                 sample_index.append(offset + req.extend_len - 1)
             if req.input_logprobs is not None and not req.output_ids:
@@ -337,8 +340,11 @@ class Scheduler:
             self.kv.cache_unfinished(req)
         if out.prompt_logits is not None:
             self._record_prompt_logprobs(out.prompt_logits, prompt_spans)
+        for req in prefilled:
+            req.finished_reason = FinishReason("length", matched=None)
+            self.kv.release(req)
         if not sampling:
-            return []
+            return prefilled
         self._sample(sampling, out.next_token_logits)
         self._finish(sampling)
         self.running = [r for r in self.running if not r.finished]
@@ -346,7 +352,7 @@ class Scheduler:
         if decodes:
             self.stats.mixed_forward_count += 1
             self._decay_new_token_ratio()
-        return sampling
+        return sampling + prefilled
 
     def _run_decode(self) -> list[Req]:
         out_of_room = self._ensure_decode_room()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from plait.runtime.sampling_params import regex_width
 from plait.runtime.worker.request import FinishReason, Req
 
 # Extra tokens decoded around a stop string, for tokens that split characters.
@@ -36,6 +38,10 @@ class StopChecker:
                 matched = self._stop_string(req)
                 if matched is not None:
                     return FinishReason("stop", matched=matched)
+            if p.stop_regex and self.tokenizer is not None:
+                matched = self._stop_regex(req)
+                if matched is not None:
+                    return FinishReason("stop", matched=matched)
         if n >= p.max_new_tokens:
             return FinishReason("length", matched=None)
         if req.seq_len >= self.context_len:
@@ -49,4 +55,16 @@ class StopChecker:
         for s in stops:
             if s in tail:
                 return s
+        return None
+
+    def _stop_regex(self, req: Req) -> str | None:
+        """The text a ``stop_regex`` pattern matches in the output's tail (a match first appears
+        when its last token arrives, so it lies within the pattern's longest width)."""
+        patterns = req.sampling_params.stop_regex
+        window = max(regex_width(p) for p in patterns) + _STOP_TAIL_SLACK
+        tail = self.tokenizer.decode(req.output_ids[-window:], skip_special_tokens=False)
+        for p in patterns:
+            m = re.search(p, tail)
+            if m is not None and m.group(0):
+                return m.group(0)
         return None

@@ -27,8 +27,7 @@ def _serves(engine: Engine) -> None:
 @pytest.mark.parametrize(
     "params, field, limit",
     [
-        ({"max_new_tokens": 0}, "max_new_tokens", ">= 1"),
-        ({"max_new_tokens": -1}, "max_new_tokens", ">= 1"),
+        ({"max_new_tokens": -1}, "max_new_tokens", ">= 0"),
         ({"max_new_tokens": "5"}, "max_new_tokens", "integer"),
         ({"max_new_tokens": 4, "min_new_tokens": 5}, "min_new_tokens", "max_new_tokens (4)"),
         ({"top_p": 0}, "top_p", "(0.0, 1.0]"),

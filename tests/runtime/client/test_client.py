@@ -110,7 +110,7 @@ def test_logprobs_accumulate_across_stream_chunks(client):
 def test_a_bad_request_raises_naming_the_field_and_the_next_succeeds(client):
     # the client sends what its caller verified; the worker checks again at its socket
     with pytest.raises(InvalidRequestError) as info:
-        client.submit([5, 6], SamplingParams(max_new_tokens=0)).result(10)
+        client.submit([5, 6], SamplingParams(max_new_tokens=-1)).result(10)
     assert info.value.field == "max_new_tokens"
     with pytest.raises(InvalidRequestError, match="input_ids"):
         client.submit([5, 100_000], SamplingParams()).result(10)
@@ -227,7 +227,7 @@ def test_runtime_chat_template_and_bad_requests(runtime):
     text = runtime.apply_chat_template([{"role": "user", "content": "Hi"}])
     assert "Hi" in text
     with pytest.raises(InvalidRequestError, match="max_new_tokens"):
-        runtime.generate("Hi", {"max_new_tokens": 0})
+        runtime.generate("Hi", {"max_new_tokens": -1})
     with pytest.raises(InvalidRequestError, match="prompt"):
         runtime.generate("")
     again = runtime.generate("Hi", {"max_new_tokens": 2, "ignore_eos": True})

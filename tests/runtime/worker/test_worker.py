@@ -143,7 +143,7 @@ def test_garbage_is_answered_with_an_error_and_the_worker_keeps_serving(sock):
 @pytest.mark.parametrize(
     "params, field",
     [
-        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
         ({"temperature": -1}, "temperature"),
         ({"bogus": 1}, "bogus"),
         ({"n": 2}, "n"),

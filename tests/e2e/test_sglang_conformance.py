@@ -1,0 +1,69 @@
+"""SGLang's own frontend test programs (sglang/test/test_programs.py, from the pinned sglang
+wheel, read at run time) on the default model, two ways: through ``import plait as sgl``, and
+through SGLang's real client (``sglang.RuntimeEndpoint``) against ``plait serve``; and every
+example program through SGLang's client. No test may fail on the API; content asserts a 135M
+model cannot meet are counted apart (``bench/sglang_conformance.py`` classifies and prints the
+table). Skipped, with the reason, when the wheel cannot be downloaded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from plait.bench.sglang_conformance import (
+    SGLANG_VERSION,
+    SglangUnavailable,
+    fetch_sglang,
+)
+
+pytestmark = pytest.mark.slow
+
+# Programs whose checks do not depend on what the model writes: each must pass both ways.
+CONTENT_FREE = [
+    "test_mt_bench",
+    "test_select",
+    "test_stream",
+    "test_stream_logprobs",
+    "test_regex",
+    "test_chat_completion_speculative",
+    "test_gen_min_new_tokens",
+    "test_parallel_decoding",
+]
+
+
+@pytest.fixture(scope="module")
+def sglang_wheel():
+    try:
+        return fetch_sglang()
+    except SglangUnavailable as e:
+        pytest.skip(f"sglang {SGLANG_VERSION} wheel unavailable: {e}")
+
+
+def _run(*args: str) -> list[dict]:
+    cmd = [sys.executable, "-m", "plait.bench.sglang_conformance", *args, "--json"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=3000)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _check(outcomes: list[dict], expect_skipped: set[str]) -> None:
+    by = {o["test"]: o for o in outcomes}
+    api = [o for o in outcomes if o["kind"] == "api_failure"]
+    assert not api, json.dumps(api, indent=1)
+    assert {n for n, o in by.items() if o["kind"] == "skipped"} == expect_skipped
+    assert len(by) == 19  # every test of test_programs.py ran or was skipped by name
+    for name in CONTENT_FREE:
+        assert by[name]["kind"] in ("pass", "skipped"), by[name]
+
+
+def test_sglang_programs_through_import_plait_as_sgl(sglang_wheel):
+    _check(_run("--way", "plait"), {"test_image_qa"})
+
+
+def test_sglang_programs_through_sglangs_client_against_plait_serve(sglang_wheel, plait_server):
+    outcomes = _run("--way", "sglang", "--url", plait_server)
+    skipped = {"test_image_qa", "test_completion_speculative", "test_chat_completion_speculative"}
+    _check(outcomes, skipped)
