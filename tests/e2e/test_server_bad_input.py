@@ -38,7 +38,7 @@ def _sp(**params) -> dict:
 # (route, JSON body, the field the 400 names)
 CASES = [
     # wrong types: each of these once killed the client's I/O thread
-    ("/generate", _sp(skip_special_tokens=None), "skip_special_tokens"),
+    ("/generate", _sp(skip_special_tokens="no"), "skip_special_tokens"),
     ("/generate", _sp(ignore_eos="yes"), "ignore_eos"),
     ("/generate", _sp(stop_token_ids=5), "stop_token_ids"),
     ("/generate", _sp(stop=[1]), "stop"),
@@ -184,3 +184,11 @@ def test_errors_do_not_expose_sockets_or_internals(url):
     for path, body in [("/generate", {"text": 5}), ("/v1/completions", {"prompt": None})]:
         text = httpx.post(f"{url}{path}", json=body, timeout=60).text
         assert "ipc://" not in text and "Traceback" not in text and "/tmp/" not in text
+
+
+def test_a_null_field_means_its_default_and_the_server_serves_on(url):
+    """The issue's first reproducer, ``skip_special_tokens: null``, once disabled the server;
+    SGLang's client sends null for every field it leaves unset, so null is the default."""
+    r = httpx.post(f"{url}/generate", json=_sp(skip_special_tokens=None), timeout=60)
+    assert r.status_code == 200, r.text
+    _still_serves(url)

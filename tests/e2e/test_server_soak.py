@@ -23,7 +23,7 @@ CLIENTS = 8
 HANG_GUARD_S = 60.0
 BAD = [
     ("/generate", {"text": "Hi", "sampling_params": {"max_new_tokens": 10**30}}),
-    ("/generate", {"text": "Hi", "sampling_params": {"skip_special_tokens": None}}),
+    ("/generate", {"text": "Hi", "sampling_params": {"skip_special_tokens": "no"}}),
     ("/v1/completions", {"prompt": "Hi", "n": 99}),
     ("/v1/chat/completions", {"messages": [{"role": "robot", "content": "Hi"}]}),
 ]

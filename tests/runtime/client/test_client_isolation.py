@@ -97,7 +97,7 @@ def engine(tiny_lm_dir):
 BAD_CALLS = [
     ({"prompt": "Hi", "sampling_params": {"max_new_tokens": 10**30}}, "max_new_tokens"),
     ({"prompt": "Hi", "sampling_params": {"top_k": 10**30}}, "top_k"),
-    ({"prompt": "Hi", "sampling_params": {"skip_special_tokens": None}}, "skip_special_tokens"),
+    ({"prompt": "Hi", "sampling_params": {"skip_special_tokens": "no"}}, "skip_special_tokens"),
     ({"prompt": "Hi\ud800"}, "prompt"),
     ({"prompt": "Hi", "sampling_params": {"stop": ["\udc00"]}}, "stop"),
     ({"prompt": "Hi", "rid": "\ud800"}, "rid"),

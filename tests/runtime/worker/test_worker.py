@@ -148,7 +148,7 @@ def test_garbage_is_answered_with_an_error_and_the_worker_keeps_serving(sock):
         ({"bogus": 1}, "bogus"),
         ({"n": 2}, "n"),
         # wrong types and 64-bit overflows reach the socket from any client
-        ({"skip_special_tokens": None}, "skip_special_tokens"),
+        ({"skip_special_tokens": "no"}, "skip_special_tokens"),
         ({"ignore_eos": "yes"}, "ignore_eos"),
         ({"stop_token_ids": 5}, "stop_token_ids"),
         ({"stop": [1]}, "stop"),
