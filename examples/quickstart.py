@@ -31,6 +31,12 @@ QUESTIONS = [
 ]
 
 
+def counters(runtime: object) -> dict | None:
+    """The worker's token counters: plait's backends have them, SGLang's RuntimeEndpoint not."""
+    stats = getattr(runtime, "stats", None)
+    return stats() if stats is not None else None
+
+
 def main(runtime: sgl.Runtime | None = None) -> None:
     owned = runtime is None
     if owned:
@@ -45,36 +51,39 @@ def main(runtime: sgl.Runtime | None = None) -> None:
             print(f"{m['role']:>9}: {m['content']}")
 
         # a batch: the programs run concurrently and the worker batches their requests
-        before = runtime.stats()
+        before = counters(runtime)
         t0 = time.perf_counter()
         states = multi_turn_question.run_batch(
             [{"question_1": a, "question_2": b} for a, b in QUESTIONS], temperature=0
         )
         elapsed = time.perf_counter() - t0
-        after = runtime.stats()
+        after = counters(runtime)
         for (q1, q2), st in zip(QUESTIONS, states):
             print(f"\n### {q1}\n{st['answer_1'].strip()}\n### {q2}\n{st['answer_2'].strip()}")
-        tokens = after["generation_tokens"] - before["generation_tokens"]
-        prompt = after["prompt_tokens"] - before["prompt_tokens"]
-        hit = (after["cached_tokens"] - before["cached_tokens"]) / max(prompt, 1)
-        print(
-            f"\nbatch of {len(states)} programs: {tokens} tokens in {elapsed:.2f}s = "
-            f"{tokens / elapsed:.1f} tokens/s, prefix cache hit rate {hit:.0%}"
-        )
+        if before and after:
+            tokens = after["generation_tokens"] - before["generation_tokens"]
+            prompt = after["prompt_tokens"] - before["prompt_tokens"]
+            hit = (after["cached_tokens"] - before["cached_tokens"]) / max(prompt, 1)
+            print(
+                f"\nbatch of {len(states)} programs: {tokens} tokens in {elapsed:.2f}s = "
+                f"{tokens / elapsed:.1f} tokens/s, prefix cache hit rate {hit:.0%}"
+            )
 
         # streaming: the second answer as it is generated
         print(f"\n### streaming: {QUESTIONS[1][1]}")
-        before = runtime.stats()
+        before = counters(runtime)
         t0 = time.perf_counter()
         state = multi_turn_question.run(*QUESTIONS[1], temperature=0, stream=True)
         for chunk in state.text_iter("answer_2"):
             print(chunk, end="", flush=True)
         elapsed = time.perf_counter() - t0
-        tokens = runtime.stats()["generation_tokens"] - before["generation_tokens"]
-        print(
-            f"\n\none program (two turns), streamed: {tokens} tokens in {elapsed:.2f}s = "
-            f"{tokens / elapsed:.1f} tokens/s"
-        )
+        after = counters(runtime)
+        if before and after:
+            tokens = after["generation_tokens"] - before["generation_tokens"]
+            print(
+                f"\n\none program (two turns), streamed: {tokens} tokens in {elapsed:.2f}s = "
+                f"{tokens / elapsed:.1f} tokens/s"
+            )
     finally:
         if owned:
             runtime.shutdown()

@@ -7,6 +7,7 @@ table). Skipped, with the reason, when the wheel cannot be downloaded."""
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -49,21 +50,46 @@ def _run(*args: str) -> list[dict]:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def _check(outcomes: list[dict], expect_skipped: set[str]) -> None:
+# Programs whose asserts a 135M model cannot meet: CI leaves them to bench/sglang_conformance.py
+# (the full table of all 19, both ways, in bench/RESULTS.md), to keep this test's share of the
+# suite near three minutes.
+MODEL_QUALITY = [
+    "test_few_shot_qa",
+    "test_decode_int",
+    "test_expert_answer",
+    "test_react",
+    "test_parallel_encoding",
+]
+
+
+def _program_names(wheel: tuple) -> list[str]:
+    """The test functions of the wheel's test_programs.py, read without importing it."""
+    source = (wheel[0] / "sglang" / "test" / "test_programs.py").read_text()
+    return [
+        node.name
+        for node in ast.parse(source).body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    ]
+
+
+def _check(outcomes: list[dict], expect_skipped: set[str], count: int = 19) -> None:
     by = {o["test"]: o for o in outcomes}
     api = [o for o in outcomes if o["kind"] == "api_failure"]
     assert not api, json.dumps(api, indent=1)
     assert {n for n, o in by.items() if o["kind"] == "skipped"} == expect_skipped
-    assert len(by) == 19  # every test of test_programs.py ran or was skipped by name
+    assert len(by) == count  # every test asked for ran or was skipped by name
     for name in CONTENT_FREE:
         assert by[name]["kind"] in ("pass", "skipped"), by[name]
 
 
 def test_sglang_programs_through_import_plait_as_sgl(sglang_wheel):
-    _check(_run("--way", "plait"), {"test_image_qa"})
+    names = [n for n in _program_names(sglang_wheel) if n not in MODEL_QUALITY]
+    outcomes = _run("--way", "plait", "--tests", ",".join(names))
+    _check(outcomes, {"test_image_qa"}, count=19 - len(MODEL_QUALITY))
 
 
 def test_sglang_programs_through_sglangs_client_against_plait_serve(sglang_wheel, plait_server):
-    outcomes = _run("--way", "sglang", "--url", plait_server)
+    names = [n for n in _program_names(sglang_wheel) if n not in MODEL_QUALITY]
+    outcomes = _run("--way", "sglang", "--url", plait_server, "--tests", ",".join(names))
     skipped = {"test_image_qa", "test_completion_speculative", "test_chat_completion_speculative"}
-    _check(outcomes, skipped)
+    _check(outcomes, skipped, count=19 - len(MODEL_QUALITY))
