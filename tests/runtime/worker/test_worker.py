@@ -290,7 +290,7 @@ def test_shutdown_request_and_sigterm_stop_the_worker(tiny_model_dir):
                 s.connect(w.endpoint)
                 s.send(m.encode(m.ShutdownReq()))
                 s.close(linger=1000)
-            assert w.proc.wait(5) == 0
+            assert w.proc.wait(30) == 0  # a hang guard: a loaded box can take seconds
         finally:
             w.stop()
 
@@ -315,7 +315,7 @@ def test_the_worker_exits_when_its_parent_dies(tiny_model_dir):
         assert not _gone(worker_pid, within=0.3)
         parent.kill()
         parent.wait()
-        assert _gone(worker_pid, within=5)
+        assert _gone(worker_pid, within=30)  # a hang guard, not a speed test
     finally:
         parent.kill()
 
