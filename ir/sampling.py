@@ -34,6 +34,7 @@ class GenParams:
     top_logprobs_num: int | None = None
     regex: str | None = None
     json_schema: str | None = None
+    ebnf: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     _REQUEST_LEVEL = ("return_logprob", "logprob_start_len", "top_logprobs_num")

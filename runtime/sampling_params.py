@@ -42,6 +42,12 @@ class SamplingParams:
     top_logprobs_num: int = 0
     regex: str | None = None  # the whole output must match (outlines / Rust regex syntax)
     json_schema: str | None = None  # JSON text of a schema the output must validate against
+    ebnf: str | None = None  # a grammar in xgrammar's EBNF (GBNF-like) the output must match
+    # JSON text, SGLang's {"type": "structural_tag", "structures": [{"begin", "schema", "end"}],
+    # "triggers": [...]}: free text, but after a trigger the structure's schema applies
+    structural_tag: str | None = None
+
+    CONSTRAINTS = ("regex", "json_schema", "ebnf", "structural_tag")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
@@ -57,8 +63,9 @@ class SamplingParams:
             d.pop("stop", None)
         if d.get("stop_token_ids") is None:
             d.pop("stop_token_ids", None)
-        if isinstance(d.get("json_schema"), dict):
-            d["json_schema"] = json.dumps(d["json_schema"])
+        for name in ("json_schema", "structural_tag"):
+            if isinstance(d.get(name), dict):
+                d[name] = json.dumps(d[name])
         return cls(**d)
 
     def copy(self, **changes: Any) -> SamplingParams:
@@ -79,6 +86,10 @@ class SamplingParams:
             self.logprob_start_len = logprob_start_len
         if top_logprobs_num is not None:
             self.top_logprobs_num = top_logprobs_num
+
+    @property
+    def is_constrained(self) -> bool:
+        return any(getattr(self, name) is not None for name in self.CONSTRAINTS)
 
     @property
     def is_greedy(self) -> bool:
@@ -114,12 +125,17 @@ class SamplingParams:
         self._verify_constraint()
 
     def _verify_constraint(self) -> None:
-        for name in ("regex", "json_schema"):
+        given = []
+        for name in self.CONSTRAINTS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise InvalidRequestError(name, "must be a non-empty string")
-        if self.regex is not None and self.json_schema is not None:
-            raise InvalidRequestError("json_schema", "give at most one of regex and json_schema")
+            if value is not None:
+                given.append(name)
+        if len(given) > 1:
+            raise InvalidRequestError(
+                given[-1], f"give at most one of {', '.join(self.CONSTRAINTS)}, got {given}"
+            )
         # the spec itself is checked once, where it compiles (the worker's grammar backend);
         # its error names the field and reaches the caller as this request's error
 

@@ -193,6 +193,8 @@ class OpenAI(Backend):
                 extra[target] = value
         if params.regex is not None:
             raise InvalidRequestError("regex", "the OpenAI API has no regex constraint")
+        if params.ebnf is not None:
+            raise InvalidRequestError("ebnf", "the OpenAI API has no grammar constraint")
         if params.json_schema is not None:
             schema = json.loads(params.json_schema)
             kw["response_format"] = {
