@@ -33,6 +33,7 @@ class CompileProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self.starts = 0
+        self.killed: list[int] = []  # pids this object killed (and reaped)
 
     @property
     def pid(self) -> int | None:
@@ -60,7 +61,9 @@ class CompileProcess:
 
     def kill(self) -> None:
         if self._proc is not None:
-            self._proc.kill()
+            if self._proc.poll() is None:
+                self._proc.kill()
+                self.killed.append(self._proc.pid)
             self._proc.wait(5)
             self._proc = None
         if self._conn is not None:
@@ -81,7 +84,10 @@ class CompileProcess:
         proc = subprocess.Popen(cmd, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)
-        send, conn = Connection(to_child_w, readable=False), Connection(from_child_r, writable=False)
+        send, conn = (
+            Connection(to_child_w, readable=False),
+            Connection(from_child_r, writable=False),
+        )
         self._proc, self._conn, self._send = proc, conn, send
         self.starts += 1
         send.send_bytes(pickle.dumps((self.backend, self.vocab, self.memory_limit_mb)))

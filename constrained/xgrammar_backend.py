@@ -20,37 +20,47 @@ from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
 from plait.runtime.errors import InvalidRequestError
 
-# Formats xgrammar 0.2.9 turns into a grammar (checked by feeding it a violating string); any
-# other format would be ignored, so it is refused.
+# Formats xgrammar 0.2.9 turns into a grammar (checked by feeding it a violating string).
 FORMATS = frozenset(
     "email date time date-time duration ipv4 ipv6 hostname uuid uri uri-reference "
     "uri-template json-pointer relative-json-pointer".split()
 )
+# JSON Schema's own formats: one of these that xgrammar would ignore is refused. Other names
+# ("semver", "int32") are annotations no validator checks, and pass.
+# Tokens the compile process walks through each new grammar (see ``_probe``).
+PROBE_STEPS = 16
+STANDARD_FORMATS = FORMATS | {"idn-email", "idn-hostname", "iri", "iri-reference", "regex"}
 # Keywords xgrammar ignores or only approximates (it accepts instances that violate them).
 _IGNORED = {
-    "not": "negation",
-    "if": "conditionals",
-    "then": "conditionals",
-    "else": "conditionals",
-    "contains": "array containment",
-    "minContains": "array containment",
-    "maxContains": "array containment",
-    "dependentRequired": "property dependencies",
-    "dependentSchemas": "property dependencies",
-    "dependencies": "property dependencies",
-    "unevaluatedItems": "unevaluated items",
+    "not": "negation is not supported",
+    "if": "conditionals are not supported",
+    "then": "conditionals are not supported",
+    "else": "conditionals are not supported",
+    "contains": "array containment is not supported",
+    "minContains": "array containment is not supported",
+    "maxContains": "array containment is not supported",
+    "dependentRequired": "property dependencies are not supported",
+    "dependentSchemas": "property dependencies are not supported",
+    "dependencies": "property dependencies are not supported",
+    "unevaluatedItems": "unevaluated items are not supported",
+    "maxDigits": "an outlines-only keyword; use minimum / maximum",
+    "minDigits": "an outlines-only keyword; use minimum / maximum",
+    "maxDigitsInteger": "an outlines-only keyword; use minimum / maximum",
+    "minDigitsInteger": "an outlines-only keyword; use minimum / maximum",
+    "maxDigitsFraction": "an outlines-only keyword; use minimum / maximum",
+    "minDigitsFraction": "an outlines-only keyword; use minimum / maximum",
 }
 
 
 def refuse(keyword: str, value: Any, node: dict[str, Any]) -> str | None:
     """Why xgrammar would not enforce ``keyword: value`` exactly (None: it does)."""
     if keyword in _IGNORED:
-        return f"{_IGNORED[keyword]} is not supported"
+        return _IGNORED[keyword]
     if keyword == "uniqueItems" and value is True:
         return "item uniqueness is not supported"
     if keyword == "allOf" and isinstance(value, list) and len(value) > 1:
         return "intersections of several schemas are not supported"
-    if keyword == "format" and value not in FORMATS:
+    if keyword == "format" and value in STANDARD_FORMATS and value not in FORMATS:
         return f"format {value!r} is not one of {sorted(FORMATS)}"
     if keyword == "$ref" and isinstance(value, str) and not value.startswith("#"):
         return "only local references ('#...') are resolved"
@@ -87,6 +97,7 @@ class XGrammarCompiler(GrammarCompiler):
             compiled = self._compile(self._compiler, key)
         if warnings:
             raise InvalidRequestError(key.field, _inexact(key, warnings))
+        _probe(compiled, self.info.vocab_size)
         return compiled.serialize_json().encode()
 
     def load(self, key: GrammarKey, payload: bytes) -> CompiledGrammar:
@@ -112,6 +123,22 @@ class XGrammarCompiler(GrammarCompiler):
             return _wrap(key, lambda: c.compile_grammar(key.spec))
         assert key.kind == "structural_tag", key.kind
         return _wrap(key, lambda: c.compile_structural_tag(*structural_tag_args(key.spec)))
+
+
+def _probe(compiled: xgr.CompiledGrammar, vocab_size: int, steps: int = PROBE_STEPS) -> None:
+    """Walks a few tokens (the lowest allowed id each time). xgrammar defers work to the
+    matcher (for some nested repeats under the memory cap, all of it): a grammar whose first
+    masks are slow fails here, inside the time limit, not in the serving process."""
+    m = xgr.GrammarMatcher(compiled)
+    mask = xgr.allocate_token_bitmask(1, vocab_size)
+    stops = set(compiled.tokenizer_info.stop_token_ids)
+    for _ in range(steps):
+        m.fill_next_token_bitmask(mask, 0)
+        bits = np.unpackbits(mask.numpy().view(np.uint8), count=vocab_size, bitorder="little")
+        allowed = [int(t) for t in np.flatnonzero(bits[:4096] if bits[:4096].any() else bits)]
+        token = next((t for t in allowed if t not in stops), None)
+        if token is None or not m.accept_token(token):
+            return
 
 
 def structural_tag_args(spec: str) -> tuple[Any, ...]:
@@ -141,7 +168,9 @@ def structural_tag_args(spec: str) -> tuple[Any, ...]:
             check_schema(schema, "xgrammar", refuse)
         except InvalidRequestError as e:
             raise InvalidRequestError("structural_tag", f"structures[{i}]: {e.message}") from None
-        tags.append(xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(schema), end=s["end"]))
+        tags.append(
+            xgr.StructuralTagItem(begin=s["begin"], schema=json.dumps(schema), end=s["end"])
+        )
     if not all(isinstance(t, str) and t for t in triggers):
         raise InvalidRequestError("structural_tag", "triggers must be non-empty strings")
     return tags, triggers
