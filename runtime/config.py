@@ -17,7 +17,7 @@ SCHEDULE_POLICIES = ("lpm", "fcfs", "dfs-weight")
 DTYPES = ("float32", "bfloat16", "float16")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 LOAD_FORMATS = ("auto", "dummy")
-GRAMMAR_BACKENDS = ("xgrammar", "outlines", "llguidance")
+GRAMMAR_BACKENDS = ("xgrammar", "outlines")
 
 _NONE = type(None)
 

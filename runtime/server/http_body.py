@@ -29,6 +29,8 @@ _OPENAI_SAMPLING = {
     "ignore_eos": "ignore_eos",
     "stop_token_ids": "stop_token_ids",
     "skip_special_tokens": "skip_special_tokens",
+    "regex": "regex",
+    "ebnf": "ebnf",
 }
 _CHAT_ROLES = {"system", "user", "assistant", "tool", "developer"}
 
