@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from plait.constrained.compile_process import START_TIMEOUT
 from plait.constrained.grammar import CompiledGrammar
 from plait.constrained.grammar_cache import GrammarCache
 from plait.constrained.grammar_state import GrammarState, Jump
@@ -82,7 +83,10 @@ class GrammarBackend:
         if fut.done() and fut.exception() is None:
             self._attach(req, fut.result())
             return True
-        self.waiting.append(_Waiting(req, key, fut, time.monotonic() + self.compile_timeout))
+        # the compile process enforces the limit itself; this is a hang guard that also allows
+        # for starting that process (importing the library under load takes a while)
+        deadline = time.monotonic() + self.compile_timeout + START_TIMEOUT
+        self.waiting.append(_Waiting(req, key, fut, deadline))
         return False
 
     def poll(self) -> tuple[list[Req], list[Req]]:

@@ -9,6 +9,11 @@ from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
 
+# Keywords that never constrain an instance.
+ANNOTATIONS = frozenset(
+    "title description default examples $comment deprecated readOnly writeOnly "
+    "contentEncoding contentMediaType contentSchema".split()
+)
 TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
 
 # keyword -> how its value holds subschemas: one schema, a list, or a name -> schema map

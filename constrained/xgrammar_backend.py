@@ -16,6 +16,7 @@ import xgrammar as xgr
 
 from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, GrammarMatcher
 from plait.constrained.schema_check import check_schema, parse_schema
+from plait.constrained.schema_rewrite import NON_VALIDATING, distribute_alternatives
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
 from plait.runtime.errors import InvalidRequestError
@@ -58,6 +59,10 @@ def refuse(keyword: str, value: Any, node: dict[str, Any]) -> str | None:
         return _IGNORED[keyword]
     if keyword == "uniqueItems" and value is True:
         return "item uniqueness is not supported"
+    if keyword in ("anyOf", "oneOf", "allOf", "$ref") and any(
+        k not in NON_VALIDATING and k != keyword for k in node
+    ):
+        return "xgrammar drops the keywords next to it"
     if keyword == "allOf" and isinstance(value, list) and len(value) > 1:
         return "intersections of several schemas are not supported"
     if keyword == "format" and value in STANDARD_FORMATS and value not in FORMATS:
@@ -105,7 +110,7 @@ class XGrammarCompiler(GrammarCompiler):
 
     def _compile(self, c: xgr.GrammarCompiler, key: GrammarKey) -> xgr.CompiledGrammar:
         if key.kind == "json":
-            schema = parse_schema(key.spec)
+            schema = distribute_alternatives(parse_schema(key.spec))
             check_schema(schema, self.name, refuse)
             return _wrap(
                 key,
@@ -165,6 +170,7 @@ def structural_tag_args(spec: str) -> tuple[Any, ...]:
         if not isinstance(schema, (dict, bool)):
             raise InvalidRequestError("structural_tag", f"structures[{i}].schema must be a schema")
         try:
+            schema = distribute_alternatives(schema)
             check_schema(schema, "xgrammar", refuse)
         except InvalidRequestError as e:
             raise InvalidRequestError("structural_tag", f"structures[{i}]: {e.message}") from None
