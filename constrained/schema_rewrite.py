@@ -1,4 +1,4 @@
-"""Exact rewrites that let a backend enforce more: ``S + anyOf/oneOf [A, B]`` becomes
+"""Exact rewrites that let the xgrammar backend enforce more: ``S + anyOf/oneOf [A, B]`` becomes
 ``anyOf/oneOf [S + A, S + B]`` (xgrammar would otherwise drop the siblings ``S``)."""
 
 from __future__ import annotations
@@ -68,5 +68,6 @@ def _merge(s: dict[str, Any], branch: Any, keyword: str, path: str) -> Any:
 
 
 def _refuse(keyword: str, path: str, why: str) -> None:
-    msg = f"keyword {keyword!r} at {path} cannot be combined with its siblings exactly ({why})"
+    msg = f"keyword {keyword!r} at {path} cannot be enforced by the xgrammar grammar backend: "
+    msg += f"it cannot be combined with its siblings exactly ({why})"
     raise InvalidRequestError("json_schema", msg)

@@ -37,6 +37,12 @@ XGRAMMAR_REFUSED = [
     ("multipleOf", {"type": "number", "multipleOf": 0.5}, "#"),
     ("$ref", {"$ref": "https://example.com/schema.json"}, "#"),
     ("maxDigits", {"type": "integer", "maxDigits": 3}, "#"),
+    ("$ref", {"$defs": {"a": {"type": "integer"}}, "$ref": "#/$defs/a", "minimum": 3}, "#"),
+    (
+        "anyOf",
+        {"type": "object", "additionalProperties": False, "anyOf": [{"properties": {"x": {}}}]},
+        "#/anyOf/0",
+    ),
     (
         "oneOf",
         {
