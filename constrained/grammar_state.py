@@ -38,7 +38,7 @@ class GrammarState:
         self.stop_ids = sorted(set(vocab.stop_ids) | set(extra_stop_ids))
         self.extra_stop_ids = [t for t in extra_stop_ids if t not in vocab.stop_ids]
         self.pending: list[bytes] = [b""]
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.done = False
 
     @property

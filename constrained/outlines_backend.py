@@ -163,7 +163,7 @@ class OutlinesMatcher(GrammarMatcher):
         self.states: list[int] = [grammar.initial_state]
         self.char_states: list[int | None] = [jm.initial if jm is not None else None]
         self.pending: list[bytes] = [b""]
-        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
 
     def fill_bitmask(self, bitmask: torch.Tensor, index: int) -> None:
         bitmask[index].numpy()[:] = self.g.bitmask(self.states[-1])
