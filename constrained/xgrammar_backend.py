@@ -188,6 +188,8 @@ def _wrap(key: GrammarKey, compile_: Any, what: str = "cannot be compiled") -> x
     except InvalidRequestError:
         raise
     except Exception as e:  # xgrammar raises RuntimeError / ValueError with its parser's text
+        if "bad_alloc" in str(e):  # C++ allocation failure: the compile process's memory cap
+            raise MemoryError(str(e)) from None
         raise InvalidRequestError(key.field, f"{what}: {_first_line(e)}") from None
 
 
