@@ -1,4 +1,6 @@
-"""Constrained decoding: regex / JSON schema to an FSM index, vocabulary masks, jump-forward."""
+"""Constrained decoding: regex / JSON schema / EBNF / structural tags compiled by a grammar backend
+(xgrammar by default, outlines-core selectable) in a killable process; vocabulary bitmasks,
+jump-forward, fail-closed schema checks."""
 
 from plait.constrained.typed import (
     REGEX_BOOL,

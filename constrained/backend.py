@@ -1,4 +1,5 @@
-"""The scheduler's view of constrained decoding: compile, wait, mask, advance, jump."""
+"""The scheduler's view of constrained decoding: compile, wait, mask, advance, jump; the same
+for every grammar backend."""
 
 from __future__ import annotations
 
@@ -10,22 +11,20 @@ from typing import Any
 
 import torch
 
-from plait.constrained.compiler import CompiledGrammar, GrammarKey
+from plait.constrained.compile_process import START_TIMEOUT
+from plait.constrained.grammar import CompiledGrammar
 from plait.constrained.grammar_cache import GrammarCache
 from plait.constrained.grammar_state import GrammarState, Jump
 from plait.constrained.mask import MaskBuilder, VocabMask
+from plait.constrained.spec import GrammarKey
+from plait.constrained.spec import grammar_key as params_grammar_key
 from plait.constrained.vocabulary import build_vocabulary
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.worker.request import FinishReason, Req
 
 
 def grammar_key(req: Req) -> GrammarKey | None:
-    p = req.sampling_params
-    if p.regex is not None:
-        return GrammarKey("regex", p.regex)
-    if p.json_schema is not None:
-        return GrammarKey("json", p.json_schema)
-    return None
+    return params_grammar_key(req.sampling_params)
 
 
 @dataclass(slots=True)
@@ -40,8 +39,10 @@ class GrammarBackend:
     """Gives constrained requests their grammar before they are scheduled.
 
     Invariants: a constrained request reaches the waiting queue only with ``req.grammar`` set;
-    one whose spec is invalid or does not compile within ``compile_timeout`` seconds finishes
-    with ``req.error`` set (an InvalidRequestError naming the field) and never runs.
+    one whose spec is invalid, cannot be enforced exactly by ``backend`` or does not compile
+    within ``compile_timeout`` seconds (the compile process is then killed) finishes with
+    ``req.error`` set (an InvalidRequestError naming the field) and never runs. Only the
+    ``CompiledGrammar`` / ``GrammarMatcher`` interface is used here: no library specifics.
     """
 
     def __init__(
@@ -53,12 +54,18 @@ class GrammarBackend:
         compile_timeout: float = 60.0,
         cache_dir: Path | None = None,
         jump_forward: bool = True,
+        backend: str = "xgrammar",
+        memory_limit_mb: int = 4096,
     ) -> None:
         self.vocab_size = vocab_size
         self.compile_timeout = compile_timeout
         self.jump_forward = jump_forward
         self.cache = GrammarCache(
-            lambda: build_vocabulary(tokenizer, eos_token_ids, vocab_size), cache_dir
+            lambda: build_vocabulary(tokenizer, eos_token_ids, vocab_size),
+            cache_dir,
+            backend=backend,
+            timeout=lambda: self.compile_timeout,
+            memory_limit_mb=memory_limit_mb,
         )
         self.waiting: list[_Waiting] = []
         self.masks = MaskBuilder()
@@ -76,7 +83,10 @@ class GrammarBackend:
         if fut.done() and fut.exception() is None:
             self._attach(req, fut.result())
             return True
-        self.waiting.append(_Waiting(req, key, fut, time.monotonic() + self.compile_timeout))
+        # the compile process enforces the limit itself; this is a hang guard that also allows
+        # for starting that process (importing the library under load takes a while)
+        deadline = time.monotonic() + self.compile_timeout + START_TIMEOUT
+        self.waiting.append(_Waiting(req, key, fut, deadline))
         return False
 
     def poll(self) -> tuple[list[Req], list[Req]]:
@@ -120,7 +130,9 @@ class GrammarBackend:
         return None
 
     def _attach(self, req: Req, grammar: CompiledGrammar) -> None:
-        req.grammar = GrammarState(grammar, list(req.sampling_params.stop_token_ids))
+        req.grammar = GrammarState(
+            grammar, self.cache.vocab(), list(req.sampling_params.stop_token_ids)
+        )
 
     @staticmethod
     def _fail(req: Req, err: InvalidRequestError) -> None:
@@ -131,7 +143,8 @@ class GrammarBackend:
 
     def batch_mask(self, reqs: list[Req], device: torch.device) -> VocabMask | None:
         """The mask of this step's constrained rows; None (no cost) when there are none."""
-        return self.masks.build([r.grammar for r in reqs], self.vocab_size, device)
+        del device  # the bitmask is filled on the CPU; VocabMask.apply moves what it needs
+        return self.masks.build([r.grammar for r in reqs], self.vocab_size)
 
     @staticmethod
     def accept(reqs: list[Req]) -> None:
@@ -142,7 +155,7 @@ class GrammarBackend:
 
     @staticmethod
     def eos_token_id(req: Req) -> int:
-        return req.grammar.grammar.eos_token_id
+        return req.grammar.vocab.eos_token_id
 
     def try_jump(self, req: Req) -> Jump | None:
         """The jump for a running request (state committed), or None. Not for requests that

@@ -1,28 +1,29 @@
-"""Compiled grammars keyed by (kind, spec, vocabulary): once per process, on disk across restarts,
-compiled on a thread pool so the scheduler loop never waits for one."""
+"""Compiled grammars keyed by (backend, kind, spec, vocabulary): compiled once in a killable
+process, kept in a bounded LRU in memory and a bounded directory on disk."""
 
 from __future__ import annotations
 
 import hashlib
 import os
-import pickle
+import queue
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from importlib.metadata import version
 from pathlib import Path
 
-from plait.constrained.compiler import (
-    JSON_WHITESPACE,
-    CompiledGrammar,
-    GrammarKey,
-    compile_grammar,
-)
-from plait.constrained.jump_forward import JumpForwardMap
+from plait.constrained.backends import library_version, make_compiler
+from plait.constrained.compile_process import CompileProcess
+from plait.constrained.grammar import CompiledGrammar, GrammarCompiler
+from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
 
-_FORMAT = f"1-oc{version('outlines_core')}-ie{version('interegular')}-ws{JSON_WHITESPACE!r}"
+# Bounds of the in-memory LRU (entries, and the bytes the grammars report holding).
+MAX_CACHED_GRAMMARS = 512
+MAX_CACHED_BYTES = 512 << 20
+# Payload files kept on disk per cache directory; the oldest go first.
+MAX_DISK_ENTRIES = 256
 
 
 def default_cache_dir() -> Path:
@@ -34,23 +35,40 @@ class GrammarCache:
     """``get`` returns a future of the compiled grammar for a key; equal keys share one
     compilation. A compilation that fails (InvalidRequestError) is not cached.
 
-    ``vocab`` is built lazily on a pool thread by ``make_vocab`` (it takes ~0.4 s), so an engine
-    that never sees a constrained request never pays for it. ``cache_dir`` None disables the
-    disk cache. Files on disk are written by this cache only (pickle; the directory is the
-    user's own cache).
+    ``make_vocab`` runs lazily on a pool thread (it takes ~0.4 s), so an engine that never sees
+    a constrained request never pays for it. Compiles run in ``workers`` child processes
+    (``isolate``; in-thread otherwise, for benchmarks), each killed past ``timeout()`` seconds
+    and capped at ``memory_limit_mb``. ``cache_dir`` None disables the disk cache; files there
+    are written by this cache only.
     """
 
     def __init__(
         self,
         make_vocab: Callable[[], TokenVocabulary],
         cache_dir: Path | None,
-        max_workers: int = 2,
+        *,
+        backend: str = "xgrammar",
+        timeout: Callable[[], float] = lambda: 60.0,
+        memory_limit_mb: int = 4096,
+        workers: int = 2,
+        isolate: bool = True,
     ) -> None:
         self._make_vocab = make_vocab
         self._vocab: TokenVocabulary | None = None
+        self._compiler: GrammarCompiler | None = None
+        self.backend = backend
         self.cache_dir = cache_dir
-        self._pool = ThreadPoolExecutor(max_workers, thread_name_prefix="plait-grammar")
-        self._futures: dict[GrammarKey, Future[CompiledGrammar]] = {}
+        self.timeout = timeout
+        self.memory_limit_mb = memory_limit_mb
+        self.isolate = isolate
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="plait-grammar")
+        self._procs: queue.SimpleQueue[CompileProcess | None] = queue.SimpleQueue()
+        self._all_procs: list[CompileProcess] = []
+        for _ in range(workers):
+            self._procs.put(None)  # started on first use
+        self._done: OrderedDict[GrammarKey, Future[CompiledGrammar]] = OrderedDict()
+        self._inflight: dict[GrammarKey, Future[CompiledGrammar]] = {}
+        self._bytes = 0
         self._lock = threading.Lock()
         self.disk_hits = 0
         self.compiles = 0
@@ -59,71 +77,115 @@ class GrammarCache:
         with self._lock:
             if self._vocab is None:
                 self._vocab = self._make_vocab()
+                self._compiler = make_compiler(self.backend, self._vocab)
             return self._vocab
+
+    @property
+    def compiler(self) -> GrammarCompiler:
+        self.vocab()
+        assert self._compiler is not None
+        return self._compiler
 
     def get(self, key: GrammarKey) -> Future[CompiledGrammar]:
         with self._lock:
-            fut = self._futures.get(key)
-            if fut is None or (fut.done() and fut.exception() is not None):
-                fut = self._futures[key] = self._pool.submit(self._load_or_compile, key)
+            fut = self._done.get(key)
+            if fut is not None:
+                self._done.move_to_end(key)
+                return fut
+            fut = self._inflight.get(key)
+            if fut is None:
+                fut = self._inflight[key] = self._pool.submit(self._load_or_compile, key)
+                fut.add_done_callback(lambda f, k=key: self._settle(k, f))
             return fut
 
     def compile_now(self, key: GrammarKey) -> CompiledGrammar:
         """Synchronous ``get`` (benchmarks, tests)."""
         return self.get(key).result()
 
+    def __len__(self) -> int:
+        return len(self._done)
+
     def clear_memory(self) -> None:
         """Forgets the in-process entries (the disk cache stays)."""
         with self._lock:
-            self._futures = {k: f for k, f in self._futures.items() if not f.done()}
+            self._done.clear()
+            self._bytes = 0
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        for p in self._all_procs:
+            p.kill()
+
+    def _settle(self, key: GrammarKey, fut: Future[CompiledGrammar]) -> None:
+        with self._lock:
+            self._inflight.pop(key, None)
+            if fut.cancelled() or fut.exception() is not None:
+                return
+            self._done[key] = fut
+            self._bytes += fut.result().memory_bytes
+            while len(self._done) > MAX_CACHED_GRAMMARS or (
+                self._bytes > MAX_CACHED_BYTES and len(self._done) > 1
+            ):
+                _, old = self._done.popitem(last=False)
+                self._bytes -= old.result().memory_bytes
 
     def _load_or_compile(self, key: GrammarKey) -> CompiledGrammar:
         vocab = self.vocab()
         path = self._path(key, vocab)
         if path is not None and path.exists():
-            loaded = self._load(path, key, vocab)
-            if loaded is not None:
+            try:
+                grammar = self.compiler.load(key, _read_entry(path, key))
                 self.disk_hits += 1
-                return loaded
-        grammar = compile_grammar(key, vocab)
+                return grammar
+            except Exception:  # noqa: BLE001 - unreadable or stale: compile and overwrite
+                pass
+        payload = self._compile_payload(key, vocab)
         self.compiles += 1
+        grammar = self.compiler.load(key, payload)
         if path is not None:
-            self._store(path, grammar)
+            _write_entry(path, key, payload)
         return grammar
+
+    def _compile_payload(self, key: GrammarKey, vocab: TokenVocabulary) -> bytes:
+        if not self.isolate:
+            return self.compiler.compile_payload(key)
+        proc = self._procs.get()
+        if proc is None:
+            proc = CompileProcess(self.backend, vocab, self.memory_limit_mb)
+            with self._lock:
+                self._all_procs.append(proc)
+        try:
+            return proc.compile(key, self.timeout())
+        finally:
+            self._procs.put(proc)
 
     def _path(self, key: GrammarKey, vocab: TokenVocabulary) -> Path | None:
         if self.cache_dir is None:
             return None
-        h = hashlib.sha256(f"{_FORMAT}\0{vocab.fingerprint}\0{key.kind}\0{key.spec}".encode())
-        return self.cache_dir / f"{h.hexdigest()[:32]}.pkl"
+        fmt = f"2-{self.backend}-{library_version(self.backend)}"
+        h = hashlib.sha256(f"{fmt}\0{vocab.fingerprint}\0{key.kind}\0{key.spec}".encode())
+        return self.cache_dir / f"{h.hexdigest()[:32]}.grammar"
 
-    def _load(self, path: Path, key: GrammarKey, vocab: TokenVocabulary) -> CompiledGrammar | None:
-        try:
-            with open(path, "rb") as f:
-                saved = pickle.load(f)
-            if saved["kind"] != key.kind or saved["spec"] != key.spec:
-                return None  # a hash collision or a foreign file: compile instead
-            jump_map: JumpForwardMap | None = saved["jump_map"]
-            return CompiledGrammar(key, saved["regex"], saved["index"], jump_map, vocab)
-        except Exception:
-            return None  # unreadable or stale: compile and overwrite
 
-    def _store(self, path: Path, grammar: CompiledGrammar) -> None:
-        saved = {
-            "kind": grammar.key.kind,
-            "spec": grammar.key.spec,
-            "regex": grammar.regex,
-            "index": grammar.index,
-            "jump_map": grammar.jump_map,
-        }
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(saved, f, protocol=pickle.HIGHEST_PROTOCOL)
-            os.replace(tmp, path)
-        except OSError:
-            pass  # a read-only cache directory only costs recompilation
+def _read_entry(path: Path, key: GrammarKey) -> bytes:
+    data = path.read_bytes()
+    header = f"{key.kind}\0{key.spec}\0".encode()
+    if not data.startswith(header):
+        raise ValueError("a hash collision or a foreign file")
+    return data[len(header) :]
+
+
+def _write_entry(path: Path, key: GrammarKey, payload: bytes) -> None:
+    """Atomic write; then the directory is trimmed to ``MAX_DISK_ENTRIES`` (oldest first)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(f"{key.kind}\0{key.spec}\0".encode())
+            f.write(payload)
+        os.replace(tmp, path)
+        entries = sorted(path.parent.glob("*.grammar"), key=lambda p: p.stat().st_mtime)
+        for old in entries[: max(0, len(entries) - MAX_DISK_ENTRIES)]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only or shared cache directory only costs recompilation

@@ -1,4 +1,4 @@
-"""The batched vocabulary mask of one sampling step, for the constrained rows only."""
+"""The batched vocabulary mask of one sampling step: a packed bitmask, filled by the grammars."""
 
 from __future__ import annotations
 
@@ -12,61 +12,49 @@ from plait.constrained.grammar_state import GrammarState
 
 @dataclass(slots=True)
 class VocabMask:
-    """``disallowed`` (bool ``[B, V]``): True where a row's token is not allowed; rows of
-    unconstrained requests are all False, so their logits pass through bit for bit."""
+    """``bitmask`` (int32 ``[B, ceil(V/32)]``, CPU): bit ``i % 32`` of word ``i // 32`` of a
+    row set iff token ``i`` is allowed; rows of unconstrained requests are all ones, so their
+    logits pass through bit for bit."""
 
-    disallowed: torch.Tensor
+    bitmask: torch.Tensor
+
+    def disallowed(self, vocab_size: int) -> np.ndarray:
+        """bool ``[B, vocab_size]``, True where a token is not allowed."""
+        bits = np.unpackbits(
+            self.bitmask.numpy().view(np.uint8), axis=1, count=vocab_size, bitorder="little"
+        )
+        return bits == 0
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """A masked copy of ``logits`` (``[B, V]``)."""
+        banned = self.disallowed(logits.shape[-1])
         if logits.device.type == "cpu" and logits.dtype == torch.float32:
             # numpy runs this single-threaded: at these sizes torch's thread pool costs more
             # than the work (milliseconds when the cores are shared)
             out = logits.numpy().copy()
-            np.copyto(out, -np.inf, where=self.disallowed.numpy())
+            np.copyto(out, -np.inf, where=banned)
             return torch.from_numpy(out)
-        return torch.where(self.disallowed, float("-inf"), logits)
+        mask = torch.from_numpy(banned).to(logits.device, non_blocking=True)
+        return torch.where(mask, float("-inf"), logits)
 
 
 class MaskBuilder:
-    """Stacks each row's cached per-state mask (a shared all-False row for unconstrained
-    rows) into one reused buffer."""
+    """Fills one reused bitmask buffer: each constrained row by its grammar, the others with
+    all bits set."""
 
     def __init__(self) -> None:
-        self._buf = np.empty((0, 0), dtype=np.bool_)
-        self._only_stops: dict[tuple[int, ...], torch.Tensor] = {}
-        self._none: torch.Tensor | None = None
+        self._buf = torch.empty((0, 0), dtype=torch.int32)
 
-    def build(
-        self, states: list[GrammarState | None], vocab_size: int, device: torch.device
-    ) -> VocabMask | None:
+    def build(self, states: list[GrammarState | None], vocab_size: int) -> VocabMask | None:
         if all(s is None for s in states):
             return None
-        if self._none is None or self._none.numel() != vocab_size:
-            self._none = torch.zeros(vocab_size, dtype=torch.bool)
-        rows = [self._none if s is None else self._row(s) for s in states]
-        n = len(rows)
-        if self._buf.shape[0] < n or self._buf.shape[1] != vocab_size:
-            self._buf = np.empty((max(n, 2 * self._buf.shape[0]), vocab_size), dtype=np.bool_)
+        n, words = len(states), (vocab_size + 31) // 32
+        if self._buf.shape[0] < n or self._buf.shape[1] != words:
+            self._buf = torch.empty((max(n, 2 * self._buf.shape[0]), words), dtype=torch.int32)
         out = self._buf[:n]
-        np.stack([r.numpy() for r in rows], out=out)  # single-threaded, see VocabMask.apply
-        return VocabMask(torch.from_numpy(out).to(device, non_blocking=True))
-
-    def _row(self, gs: GrammarState) -> torch.Tensor:
-        g = gs.grammar
-        if gs.done:
-            return self._stops_only(g.vocab.size, g.vocab.stop_ids + gs.extra_stop_ids)
-        mask = g.disallowed(gs.state)
-        if gs.extra_stop_ids and g.is_final(gs.state):
-            mask = mask.clone()
-            mask[gs.extra_stop_ids] = False
-        return mask
-
-    def _stops_only(self, vocab_size: int, ids: list[int]) -> torch.Tensor:
-        key = tuple(sorted(set(ids)))
-        mask = self._only_stops.get(key)
-        if mask is None:
-            mask = torch.ones(vocab_size, dtype=torch.bool)
-            mask[list(key)] = False
-            self._only_stops[key] = mask
-        return mask
+        for i, s in enumerate(states):
+            if s is None:
+                out[i] = -1
+            else:
+                s.fill_bitmask(out, i)
+        return VocabMask(out)

@@ -1,4 +1,4 @@
-"""The model's tokenizer as an outlines-core Vocabulary: every ordinary token as its raw bytes."""
+"""The model's tokenizer seen as bytes: every ordinary token as the exact bytes it outputs."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import json
 import re
 from dataclasses import dataclass
 from typing import Any
-
-from outlines_core import Vocabulary
 
 _SPM_SPACE = "\u2581"
 _SPM_BYTE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
@@ -31,21 +29,21 @@ BYTE_DECODER = {c: b for b, c in _bytes_to_unicode().items()}
 
 @dataclass(slots=True)
 class TokenVocabulary:
-    """The tokenizer seen as bytes.
+    """The tokenizer seen as bytes; backends build their own vocabulary objects from it.
 
     Invariants: ``token_bytes[i]`` is the exact bytes token ``i`` contributes to the output
-    (None for special tokens, the EOS ids and ids the tokenizer does not have); ``vocabulary``
-    holds exactly the ids with bytes; ``eos_token_id`` is outlines' single EOS and
-    ``stop_ids`` every id that ends a constrained request (all EOS ids), allowed only in
-    accepting states. ``fingerprint`` identifies the mapping, for cache keys.
+    (None for special tokens, the EOS ids and ids the tokenizer does not have; ``len`` is the
+    model's logits dimension or more); ``eos_token_id`` is the single EOS of backends that
+    take one and ``stop_ids`` every id that ends a constrained request (all EOS ids), allowed
+    only where the grammar may end. ``fingerprint`` identifies the mapping, for cache keys.
+    ``tokenizer`` (jump-forward retokenization) is None in the compile process.
     """
 
     token_bytes: list[bytes | None]
-    vocabulary: Vocabulary
     eos_token_id: int
     stop_ids: list[int]
     fingerprint: str
-    tokenizer: Any
+    tokenizer: Any = None
 
     @property
     def size(self) -> int:
@@ -54,6 +52,10 @@ class TokenVocabulary:
     def decode_bytes(self, ids: list[int]) -> bytes:
         tb = self.token_bytes
         return b"".join(tb[i] or b"" for i in ids)
+
+    def without_tokenizer(self) -> TokenVocabulary:
+        """A copy to send to the compile process (tokenizers need not pickle)."""
+        return TokenVocabulary(self.token_bytes, self.eos_token_id, self.stop_ids, self.fingerprint)
 
 
 def build_vocabulary(
@@ -86,24 +88,13 @@ def build_vocabulary(
             b = _byte_level_bytes(s)
         else:
             b = _sentencepiece_bytes(s)
-        if b:  # an empty token can never advance the FSM
+        if b:  # an empty token can never advance a grammar
             token_bytes[i] = b
-    mapping: dict[bytes, list[int]] = {}
-    for i, b in enumerate(token_bytes):
-        if b is not None:
-            mapping.setdefault(b, []).append(i)
     h = hashlib.sha256()
     h.update(json.dumps([eos, eos_ids, len(token_bytes)]).encode())
     for b in token_bytes:
         h.update(b"\xff" if b is None else len(b).to_bytes(2, "little") + b)
-    return TokenVocabulary(
-        token_bytes=token_bytes,
-        vocabulary=Vocabulary(eos, mapping),
-        eos_token_id=eos,
-        stop_ids=eos_ids,
-        fingerprint=h.hexdigest()[:16],
-        tokenizer=tokenizer,
-    )
+    return TokenVocabulary(token_bytes, eos, eos_ids, h.hexdigest()[:16], tokenizer)
 
 
 def _is_byte_level(tokenizer: Any, vocab: dict[str, int]) -> bool:

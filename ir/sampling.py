@@ -36,6 +36,7 @@ class GenParams:
     top_logprobs_num: int | None = None
     regex: str | None = None
     json_schema: str | None = None
+    ebnf: str | None = None
     # scheduling, not sampling (runtime.sched_fields): request-level fields of the native API
     priority: int | None = None
     tenant: str | None = None

@@ -135,6 +135,7 @@ def gen(
     choices_method: ChoicesSamplingMethod | None = None,
     regex: str | None = None,
     json_schema: str | None = None,
+    ebnf: str | None = None,
     *,
     max_new_tokens: int | None = None,
     repetition_penalty: float | None = None,
@@ -169,6 +170,7 @@ def gen(
         top_logprobs_num=top_logprobs_num,
         regex=regex,
         json_schema=json_schema,
+        ebnf=ebnf,
     )
     return Gen(name, params, dtype)
 

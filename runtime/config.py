@@ -22,6 +22,7 @@ QUANTIZATIONS = (
     "int4",
 )  # = runtime.model.models.quant_linear.QUANTIZATIONS (no torch here)
 CACHE_ISOLATIONS = ("tenant", "global")
+GRAMMAR_BACKENDS = ("xgrammar", "outlines")
 
 _NONE = type(None)
 
@@ -147,6 +148,12 @@ class EngineConfig:
         "default", (str, _NONE), "where compiled grammars persist ('default': the plait cache)"
     )
     disable_jump_forward: bool = _opt(False, (bool,), "decode forced text token by token")
+    grammar_backend: str = _opt(
+        "xgrammar", (str,), "library that compiles and enforces constraints", GRAMMAR_BACKENDS
+    )
+    grammar_compile_memory_mb: int = _opt(
+        4096, (int,), "address-space cap (MiB) of each grammar compile process"
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
 
     @classmethod
@@ -201,6 +208,8 @@ class EngineConfig:
             raise InvalidRequestError(
                 "mem_fraction_static", f"must be in (0, 1], got {self.mem_fraction_static}"
             )
+        _choice(self, "grammar_backend", GRAMMAR_BACKENDS)
+        _at_least(self, "grammar_compile_memory_mb", 64)
         if self.grammar_compile_timeout <= 0:
             raise InvalidRequestError("grammar_compile_timeout", "must be > 0")
         self.scheduler.validate()

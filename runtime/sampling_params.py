@@ -83,6 +83,12 @@ class SamplingParams:
     # token id (decimal string, SGLang's and OpenAI's shape: JSON keys are strings) -> a value
     # added to that token's logit before sampling, in [-100, 100]
     logit_bias: dict[str, float] | None = None
+    ebnf: str | None = None  # a grammar in xgrammar's EBNF (GBNF-like) the output must match
+    # JSON text, SGLang's {"type": "structural_tag", "structures": [{"begin", "schema", "end"}],
+    # "triggers": [...]}: free text, but after a trigger the structure's schema applies
+    structural_tag: str | None = None
+
+    CONSTRAINTS = ("regex", "json_schema", "ebnf", "structural_tag")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> SamplingParams:
@@ -104,8 +110,9 @@ class SamplingParams:
                 d[name] = [d[name]]
         if isinstance(d.get("stop_token_ids"), (set, tuple)):
             d["stop_token_ids"] = list(d["stop_token_ids"])
-        if isinstance(d.get("json_schema"), dict):
-            d["json_schema"] = json.dumps(d["json_schema"])
+        for name in ("json_schema", "structural_tag"):
+            if isinstance(d.get(name), dict):
+                d[name] = json.dumps(d[name])
         if isinstance(d.get("logit_bias"), dict):  # int keys from Python callers
             d["logit_bias"] = {str(k): v for k, v in d["logit_bias"].items()}
         return cls(**d)
@@ -128,6 +135,10 @@ class SamplingParams:
             self.logprob_start_len = logprob_start_len
         if top_logprobs_num is not None:
             self.top_logprobs_num = top_logprobs_num
+
+    @property
+    def is_constrained(self) -> bool:
+        return any(getattr(self, name) is not None for name in self.CONSTRAINTS)
 
     @property
     def is_greedy(self) -> bool:
@@ -201,14 +212,18 @@ class SamplingParams:
             raise InvalidRequestError("watermark", "watermarking is not supported")
 
     def _verify_constraint(self) -> None:
-        for name in ("regex", "json_schema"):
+        given = []
+        for name in self.CONSTRAINTS:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise InvalidRequestError(name, "must be a non-empty string")
             if value is not None:
                 check_text(name, value)
-        if self.regex is not None and self.json_schema is not None:
-            raise InvalidRequestError("json_schema", "give at most one of regex and json_schema")
+                given.append(name)
+        if len(given) > 1:
+            raise InvalidRequestError(
+                given[-1], f"give at most one of {', '.join(self.CONSTRAINTS)}, got {given}"
+            )
         # the spec itself is checked once, where it compiles (the worker's grammar backend);
         # its error names the field and reaches the caller as this request's error
 

@@ -198,6 +198,8 @@ class OpenAI(Backend):
             raise InvalidRequestError("regex", "the OpenAI API has no regex constraint")
         if params.stop_regex:
             raise InvalidRequestError("stop_regex", "the OpenAI API has no stop_regex")
+        if params.ebnf is not None:
+            raise InvalidRequestError("ebnf", "the OpenAI API has no grammar constraint")
         if params.json_schema is not None:
             schema = json.loads(params.json_schema)
             kw["response_format"] = {

@@ -37,6 +37,8 @@ _OPENAI_SAMPLING = {
     "stop_token_ids": "stop_token_ids",
     "skip_special_tokens": "skip_special_tokens",
     "logit_bias": "logit_bias",
+    "regex": "regex",
+    "ebnf": "ebnf",
 }
 _CHAT_ROLES = {"system", "user", "assistant", "tool", "developer"}
 

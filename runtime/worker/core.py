@@ -94,6 +94,8 @@ class EngineCore:
             compile_timeout=c.grammar_compile_timeout,
             cache_dir=None if cache_dir is None else Path(cache_dir),
             jump_forward=not c.disable_jump_forward,
+            backend=c.grammar_backend,
+            memory_limit_mb=c.grammar_compile_memory_mb,
         )
 
     # ---- requests -------------------------------------------------------------------------

@@ -135,7 +135,7 @@ class SamplingBatchInfo:
         ban_ids: list[int] = []
         for i, (p, n) in enumerate(zip(params, output_lens)):
             # a grammar decides itself where EOS may come; banning it could leave no token
-            if n < p.min_new_tokens and p.regex is None and p.json_schema is None:
+            if n < p.min_new_tokens and not p.is_constrained:
                 banned = set(eos_token_ids) | set(p.stop_token_ids)
                 ban_rows += [i] * len(banned)
                 ban_ids += banned

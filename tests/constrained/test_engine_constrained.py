@@ -21,8 +21,8 @@ WORDS = ["name", "city", "score", "tags", "level", "owner", "color", "size", "id
 
 
 def random_schema(rng: random.Random, depth: int = 0) -> dict:
-    """An object schema mixing the features outlines turns into regexes: nested objects,
-    bounded arrays, enums, optional fields, numbers, integers, booleans, patterned strings."""
+    """An object schema mixing the features grammar backends enforce: nested objects, bounded
+    arrays, enums, optional fields, bounded numbers and integers, booleans, patterned strings."""
     props: dict[str, dict] = {}
     for key in rng.sample(WORDS, rng.randint(2, 4)):
         kind = rng.choice(
@@ -34,9 +34,9 @@ def random_schema(rng: random.Random, depth: int = 0) -> dict:
         elif kind == "pattern":
             props[key] = {"type": "string", "pattern": rng.choice([r"^[a-z]{1,6}$", r"^\d{3}$"])}
         elif kind == "integer":
-            props[key] = {"type": "integer", "maxDigits": 3}
+            props[key] = {"type": "integer", "minimum": -999, "maximum": 999}
         elif kind == "number":
-            props[key] = {"type": "number", "maxDigitsInteger": 2, "maxDigitsFraction": 2}
+            props[key] = {"type": "number", "minimum": -99, "maximum": 99}
         elif kind == "boolean":
             props[key] = {"type": "boolean"}
         elif kind == "enum":

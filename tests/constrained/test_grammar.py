@@ -8,10 +8,12 @@ import time
 
 import pytest
 
-from plait.constrained.compiler import GrammarKey, compile_grammar
+from plait.constrained.backends import make_compiler
 from plait.constrained.grammar_cache import GrammarCache
 from plait.constrained.grammar_state import GrammarState
 from plait.constrained.jump_forward import build_jump_forward_map
+from plait.constrained.mask import MaskBuilder
+from plait.constrained.spec import GrammarKey
 from plait.constrained.typed import REGEX_BOOL, REGEX_INT, REGEX_STR, dtype_to_regex
 from plait.constrained.vocabulary import build_vocabulary
 from plait.runtime.errors import InvalidRequestError
@@ -35,6 +37,13 @@ def vocab(tokenizer):
     return build_vocabulary(tokenizer, {0, 2}, 49152)
 
 
+@pytest.fixture(scope="module", params=["xgrammar", "outlines"])
+def compile_grammar(request, vocab):
+    """key -> compiled grammar with one backend, in this process."""
+    compiler = make_compiler(request.param, vocab)
+    return lambda key: compiler.load(key, compiler.compile_payload(key))
+
+
 def test_byte_level_vocabulary_maps_tokens_to_their_bytes(tokenizer, vocab):
     assert vocab.eos_token_id == 2 and vocab.stop_ids == [0, 2]
     for special in tokenizer.all_special_ids:
@@ -47,7 +56,7 @@ def test_byte_level_vocabulary_maps_tokens_to_their_bytes(tokenizer, vocab):
         text = tokenizer.decode([tid])
         if "\ufffd" not in text:
             assert vocab.token_bytes[tid] == text.encode(), tid
-    assert len(vocab.vocabulary) == 49152 - 17 + 1  # ordinary tokens, plus EOS
+    assert sum(b is not None for b in vocab.token_bytes) == 49152 - 17  # the ordinary tokens
 
 
 def test_sentencepiece_vocabulary_uses_spaces_and_byte_fallback():
@@ -66,41 +75,50 @@ def test_sentencepiece_vocabulary_uses_spaces_and_byte_fallback():
     assert v.token_bytes == [None, None, None, b"\n", b"\xe2", b" the", b"a"]
 
 
-def test_compiled_grammar_masks_and_accepts(vocab, tokenizer):
-    g = compile_grammar(GrammarKey("json", json.dumps(SCHEMA)), vocab)
-    gs = GrammarState(g, [])
+def _disallowed(gs: GrammarState):
+    return MaskBuilder().build([gs], 49152).disallowed(49152)[0]
+
+
+def test_compiled_grammar_masks_and_accepts(compile_grammar, vocab, tokenizer):
+    g = compile_grammar(GrammarKey("json", json.dumps(SCHEMA)))
+    gs = GrammarState(g, vocab, [])
     for t in tokenizer.encode('{"name":"Bob","age":31}', add_special_tokens=False):
-        assert not g.disallowed(gs.state)[t]
+        assert not _disallowed(gs)[t]
         gs.accept(t)
-    assert gs.is_terminal() and g.is_final(gs.state)
-    mask = g.disallowed(gs.state)
+    assert gs.is_terminal() and gs.matcher.can_end()
+    mask = _disallowed(gs)
     assert not mask[0] and not mask[2] and int((~mask).sum()) == 2  # only the stop ids
     gs.accept(2)
     assert gs.done
 
 
-def test_invalid_specs_raise_naming_the_field(vocab):
+def test_invalid_specs_raise_naming_the_field(compile_grammar):
     with pytest.raises(InvalidRequestError) as e:
-        compile_grammar(GrammarKey("regex", "(a"), vocab)
+        compile_grammar(GrammarKey("regex", "(a"))
     assert e.value.field == "regex"
     with pytest.raises(InvalidRequestError) as e:
-        compile_grammar(GrammarKey("json", '{"type": 5}'), vocab)
+        compile_grammar(GrammarKey("json", '{"type": 5}'))
     assert e.value.field == "json_schema"
 
 
-def test_cache_compiles_once_per_process_and_reloads_from_disk(vocab, tmp_path):
+@pytest.mark.parametrize("backend", ["xgrammar", "outlines"])
+def test_cache_compiles_once_per_process_and_reloads_from_disk(vocab, tmp_path, backend):
     key = GrammarKey("json", json.dumps(SCHEMA))
-    first = GrammarCache(lambda: vocab, tmp_path)
+    first = GrammarCache(lambda: vocab, tmp_path, backend=backend, isolate=False)
     a = first.compile_now(key)
     assert first.compile_now(key) is a and first.compiles == 1
-    second = GrammarCache(lambda: vocab, tmp_path)  # a new process, same disk
+    second = GrammarCache(lambda: vocab, tmp_path, backend=backend, isolate=False)  # restart
     t0 = time.perf_counter()
     b = second.compile_now(key)
     assert second.compiles == 0 and second.disk_hits == 1
-    assert b.regex == a.regex and b.jump_map is not None
-    assert b.jump_map.forced_string(b.jump_map.initial) == '{"name":"'
+    assert b.matcher().forced_string() == '{"name":"'
     assert time.perf_counter() - t0 < 5
-    other_vocab = GrammarCache(lambda: build_vocabulary(vocab.tokenizer, {2}, 49152), tmp_path)
+    other_vocab = GrammarCache(
+        lambda: build_vocabulary(vocab.tokenizer, {2}, 49152),
+        tmp_path,
+        backend=backend,
+        isolate=False,
+    )
     other_vocab.compile_now(key)
     assert other_vocab.compiles == 1  # the vocabulary is part of the key
     for c in (first, second, other_vocab):
@@ -119,9 +137,9 @@ def test_jump_forward_map_forces_fixed_text_only():
     assert build_jump_forward_map(r"\p{L}+") is None  # interegular cannot parse it: no jumps
 
 
-def test_jump_retokenizes_and_keeps_the_fsm_in_step(vocab, tokenizer):
-    g = compile_grammar(GrammarKey("json", json.dumps(SCHEMA)), vocab)
-    gs = GrammarState(g, [])
+def test_jump_retokenizes_and_keeps_the_fsm_in_step(compile_grammar, vocab, tokenizer):
+    g = compile_grammar(GrammarKey("json", json.dumps(SCHEMA)))
+    gs = GrammarState(g, vocab, [])
     jump = gs.try_jump([], allow_rollback=True, max_len=64)
     assert tokenizer.decode(jump.new_ids) == '{"name":"' and jump.keep == 0
     out = list(jump.new_ids)
@@ -134,7 +152,7 @@ def test_jump_retokenizes_and_keeps_the_fsm_in_step(vocab, tokenizer):
     out = out[: jump.keep] + jump.new_ids
     assert tokenizer.decode(out) == '{"name":"Bob","age":'
     assert out == tokenizer.encode('{"name":"Bob","age":', add_special_tokens=False)[-len(out) :]
-    assert len(gs.states) == len(out) + 1
+    assert gs.accepted == len(out)
     for t in tokenizer.encode("31}", add_special_tokens=False):
         gs.accept(t)
     assert gs.is_terminal()

@@ -1,0 +1,75 @@
+"""Fail closed: a JSON-schema keyword a backend would not enforce is an error naming the keyword
+and its path, checked before the backend ever sees the schema."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from plait.runtime.errors import InvalidRequestError
+
+# Keywords that never constrain an instance.
+ANNOTATIONS = frozenset(
+    "title description default examples $comment deprecated readOnly writeOnly "
+    "contentEncoding contentMediaType contentSchema".split()
+)
+TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
+
+# keyword -> how its value holds subschemas: one schema, a list, or a name -> schema map
+_ONE = ("additionalProperties", "additionalItems", "contains", "not", "if", "then", "else")
+_ONE += ("propertyNames", "unevaluatedProperties", "unevaluatedItems", "items")
+_LIST = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+# A refusal rule: (keyword, its value, the schema holding it) -> why it cannot be enforced, or
+# None. Keywords outside JSON Schema's vocabulary have no validation meaning and pass.
+Refusal = Callable[[str, Any, dict[str, Any]], "str | None"]
+
+
+def parse_schema(spec: str) -> dict[str, Any] | bool:
+    """The schema of a ``json_schema`` field; InvalidRequestError when it is not one."""
+    try:
+        schema = json.loads(spec)
+    except (TypeError, ValueError) as e:
+        raise InvalidRequestError("json_schema", f"is not valid JSON: {e}") from None
+    if not isinstance(schema, (dict, bool)):
+        raise InvalidRequestError("json_schema", "must be a JSON object (a JSON schema)")
+    return schema
+
+
+def check_schema(schema: dict[str, Any] | bool, backend: str, refuse: Refusal) -> None:
+    """Raises InvalidRequestError("json_schema", ...) at the first keyword ``refuse`` rejects
+    or the first malformed ``type``; walks every subschema, ``$defs`` included."""
+    for path, node in _subschemas(schema, "#"):
+        types = node.get("type")
+        for t in types if isinstance(types, list) else [types]:
+            if t is not None and t not in TYPES:
+                msg = f"invalid schema: type {t!r} at {path} is not a JSON Schema type"
+                raise InvalidRequestError("json_schema", msg)
+        for keyword, value in node.items():
+            why = refuse(keyword, value, node)
+            if why is not None:
+                msg = f"keyword {keyword!r} at {path} cannot be enforced by the {backend} "
+                raise InvalidRequestError("json_schema", msg + f"grammar backend ({why})")
+
+
+def _subschemas(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
+    if not isinstance(node, dict):
+        return
+    yield path, node
+    for key in _ONE:
+        if isinstance(node.get(key), dict):
+            yield from _subschemas(node[key], f"{path}/{key}")
+    for key in _LIST:
+        if isinstance(node.get(key), list):
+            for i, sub in enumerate(node[key]):
+                yield from _subschemas(sub, f"{path}/{key}/{i}")
+    for key in _MAP:
+        if isinstance(node.get(key), dict):
+            for name, sub in node[key].items():
+                yield from _subschemas(sub, f"{path}/{key}/{_escape(name)}")
+
+
+def _escape(name: str) -> str:
+    return name.replace("~", "~0").replace("/", "~1")

@@ -1,0 +1,139 @@
+"""Fail closed: every keyword a backend would not enforce is a compile error naming the keyword
+and its schema path; what compiles is enforced exactly (a byte-level vocabulary, no model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from plait.constrained.backends import make_compiler
+from plait.constrained.spec import GrammarKey
+from plait.constrained.vocabulary import TokenVocabulary
+from plait.runtime.errors import InvalidRequestError
+
+BYTES = TokenVocabulary([bytes([i]) for i in range(256)] + [None], 256, [256], "bytes")
+
+# (keyword, schema using it, its path in the error)
+XGRAMMAR_REFUSED = [
+    ("not", {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, "#/properties/a"),
+    ("if", {"if": {"type": "integer"}, "then": {"minimum": 3}}, "#"),
+    ("then", {"type": "integer", "then": {"minimum": 3}}, "#"),
+    ("else", {"type": "integer", "else": {"minimum": 3}}, "#"),
+    ("contains", {"type": "array", "contains": {"const": 5}}, "#"),
+    ("minContains", {"type": "array", "items": {"type": "integer"}, "minContains": 2}, "#"),
+    ("maxContains", {"type": "array", "items": {"type": "integer"}, "maxContains": 2}, "#"),
+    ("uniqueItems", {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "#"),
+    ("dependentRequired", {"type": "object", "dependentRequired": {"a": ["b"]}}, "#"),
+    ("dependentSchemas", {"type": "object", "dependentSchemas": {"a": {"required": ["b"]}}}, "#"),
+    (
+        "dependencies",
+        {"$defs": {"x": {"dependencies": {"a": ["b"]}}}, "$ref": "#/$defs/x"},
+        "#/$defs/x",
+    ),
+    ("unevaluatedItems", {"type": "array", "unevaluatedItems": False}, "#"),
+    ("allOf", {"allOf": [{"type": "integer"}, {"minimum": 3}]}, "#"),
+    ("format", {"type": "string", "format": "idn-email"}, "#"),
+    ("multipleOf", {"type": "number", "multipleOf": 0.5}, "#"),
+    ("$ref", {"$ref": "https://example.com/schema.json"}, "#"),
+    ("maxDigits", {"type": "integer", "maxDigits": 3}, "#"),
+    ("$ref", {"$defs": {"a": {"type": "integer"}}, "$ref": "#/$defs/a", "minimum": 3}, "#"),
+    (
+        "anyOf",
+        {"type": "object", "additionalProperties": False, "anyOf": [{"properties": {"x": {}}}]},
+        "#/anyOf/0",
+    ),
+    (
+        "oneOf",
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}},
+            "oneOf": [{"required": ["a"]}, {"required": ["b"]}],
+        },
+        "#",
+    ),
+    ("oneOf", {"items": {"oneOf": [{"type": "integer"}, {"type": "number"}]}}, "#/items"),
+]
+OUTLINES_REFUSED = [
+    ("minimum", {"type": "integer", "minimum": 3}, "#"),
+    (
+        "maximum",
+        {"type": "object", "properties": {"n": {"type": "number", "maximum": 3}}},
+        "#/properties/n",
+    ),
+    ("exclusiveMinimum", {"type": "integer", "exclusiveMinimum": 3}, "#"),
+    ("multipleOf", {"type": "integer", "multipleOf": 3}, "#"),
+    ("oneOf", {"oneOf": [{"type": "integer"}, {"type": "string"}]}, "#"),
+    (
+        "anyOf",
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}},
+            "anyOf": [{"required": ["a"]}],
+        },
+        "#",
+    ),
+    ("allOf", {"allOf": [{"type": "integer"}]}, "#"),
+    ("patternProperties", {"type": "object", "patternProperties": {"^a": {}}}, "#"),
+    ("minProperties", {"type": "object", "minProperties": 1}, "#"),
+    ("format", {"type": "string", "format": "ipv4"}, "#"),
+    ("not", {"not": {"type": "null"}}, "#"),
+]
+
+
+def _compile(backend: str, key: GrammarKey) -> bytes:
+    return make_compiler(backend, BYTES).compile_payload(key)
+
+
+@pytest.mark.parametrize(
+    ("backend", "keyword", "schema", "path"),
+    [("xgrammar", *case) for case in XGRAMMAR_REFUSED]
+    + [("outlines", *case) for case in OUTLINES_REFUSED],
+)
+def test_unenforceable_keyword_is_an_error_naming_it_and_its_path(backend, keyword, schema, path):
+    with pytest.raises(InvalidRequestError) as info:
+        _compile(backend, GrammarKey("json", json.dumps(schema)))
+    err = info.value
+    assert err.field == "json_schema"
+    assert f"keyword {keyword!r}" in err.message and path in err.message, err.message
+    assert backend in err.message
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "string", "format": "semver"},  # not a JSON Schema format: an annotation
+        {"type": "integer", "minimum": 3, "maximum": 7},
+        {"oneOf": [{"type": "integer"}, {"type": "string"}]},  # disjoint: exact
+        {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}},
+            "anyOf": [{"required": ["a"]}],
+        },
+        {"allOf": [{"type": "integer", "minimum": 3}]},
+        {"description": "any value"},
+    ],
+)
+def test_xgrammar_compiles_what_it_enforces(schema):
+    assert _compile("xgrammar", GrammarKey("json", json.dumps(schema)))
+
+
+@pytest.mark.parametrize(
+    ("field", "kind", "spec"),
+    [("ebnf", "ebnf", 'root ::= "a"'), ("structural_tag", "structural_tag", "{}")],
+)
+def test_outlines_refuses_grammar_kinds_it_lacks_naming_the_field(field, kind, spec):
+    with pytest.raises(InvalidRequestError) as info:
+        _compile("outlines", GrammarKey(kind, spec))
+    assert info.value.field == field and "outlines" in info.value.message
+
+
+def test_structural_tag_schema_is_checked_too():
+    tag = {
+        "type": "structural_tag",
+        "structures": [{"begin": "<f>", "schema": {"not": {"type": "null"}}, "end": "</f>"}],
+        "triggers": ["<f>"],
+    }
+    with pytest.raises(InvalidRequestError) as info:
+        _compile("xgrammar", GrammarKey("structural_tag", json.dumps(tag)))
+    assert info.value.field == "structural_tag" and "'not'" in info.value.message
