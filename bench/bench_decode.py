@@ -122,7 +122,9 @@ def main() -> None:
         rate = statistics.median(x["tok_s"] for x in results[c])
         fwd = statistics.median(x["forward_ms"] for x in results[c])
         same = "same" if results[c][0]["ids"] == ref_ids else "differ"
-        print(f"| {c[0]} | {c[2]} | {c[3]} | {rate:.1f} | {fwd:.1f} | {rate / first:.2f}x | {same} |")
+        print(
+            f"| {c[0]} | {c[2]} | {c[3]} | {rate:.1f} | {fwd:.1f} | {rate / first:.2f}x | {same} |"
+        )
 
 
 if __name__ == "__main__":
