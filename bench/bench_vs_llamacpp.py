@@ -9,6 +9,7 @@ the same GGUF. Four workloads:
 - ``distinct``: 32 concurrent requests sharing nothing (~250 tokens), 64 new tokens each;
 - ``multiturn``: 8 concurrent conversations x 4 turns (each turn's prompt is the conversation so
   far), 32 new tokens a turn.
+(Flags change these sizes for a smoke run; the defaults are the issue's.)
 
 Every repeat uses fresh prompts (a per-repeat header / seed), so neither server answers from a
 cache filled by an earlier repeat; within a workload, caching is each server's own business.
@@ -19,6 +20,8 @@ Needs ``bench/build_llama_server.sh`` run first (llama.cpp systems are skipped o
 
     python bench/bench_vs_llamacpp.py                       # everything, 3 repeats
     python bench/bench_vs_llamacpp.py --systems plait-f32,llama-F32 --workloads single --repeats 1
+    python bench/bench_vs_llamacpp.py --systems plait-bf16,llama-BF16 --repeats 1 --single-new 16 \
+        --batch-requests 4 --batch-new 8 --conversations 2 --turns 2 --turn-new 8   # smoke
 """
 
 from __future__ import annotations
@@ -183,11 +186,12 @@ async def run_workload(base: str, workload: str, rep: int, args: argparse.Namesp
     async with httpx.AsyncClient(base_url=base, timeout=3600) as client:
         if workload == "single":
             return await single(client, rep, args.single_new)
+        n, new = args.batch_requests, args.batch_new
         if workload == "shared":
-            return await batch(client, shared_prompts(rep), 64)
+            return await batch(client, shared_prompts(rep, n), new)
         if workload == "distinct":
-            return await batch(client, distinct_prompts(32, seed=1000 + rep), 64)
-        return await multiturn(client, rep, 8, 4, 32)
+            return await batch(client, distinct_prompts(n, seed=1000 + rep), new)
+        return await multiturn(client, rep, args.conversations, args.turns, args.turn_new)
 
 
 def step_bytes(precision: str, kind: str) -> int:
@@ -209,7 +213,13 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--single-new", type=int, default=128, help="tokens of the single stream")
+    ap.add_argument("--single-new", type=int, default=64, help="tokens of the single stream")
+    # the issue's sizes by default; smaller ones for a smoke run
+    ap.add_argument("--batch-requests", type=int, default=32, help="shared / distinct requests")
+    ap.add_argument("--batch-new", type=int, default=64, help="new tokens per batch request")
+    ap.add_argument("--conversations", type=int, default=8)
+    ap.add_argument("--turns", type=int, default=4)
+    ap.add_argument("--turn-new", type=int, default=32, help="new tokens per turn")
     ap.add_argument("--log-dir", default="/tmp/plait-vs-llamacpp")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args()

@@ -31,7 +31,7 @@ class ModelRunner:
         self.attn = attn
         self.device = next(model.parameters()).device
         self.threads: ThreadPolicy | None = None  # CPU: created at the first forward
-        # False: every multi-token forward uses the caller's count (for side-by-side benches)
+        # False: every forward uses the caller's count (for side-by-side benches)
         self.adaptive_threads = True
 
     @torch.inference_mode()
@@ -47,7 +47,7 @@ class ModelRunner:
             if self.threads is None or self.threads.candidates[-1] != threads:
                 self.threads = ThreadPolicy(threads)  # the caller's count is the ceiling
             use = self.threads.choose(batch.num_tokens)
-            if not self.adaptive_threads and batch.num_tokens > 1:
+            if not self.adaptive_threads:
                 use = threads
         if use != threads:
             torch.set_num_threads(use)

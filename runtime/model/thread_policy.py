@@ -8,14 +8,14 @@ quiet box 2 threads are faster for large forwards. No fixed count is right for b
 policy keeps, per forward size (a power-of-two bucket of tokens), an exponential moving
 average of seconds per forward for each candidate count, runs the faster one, and re-tries the
 other now and then (see ``ThreadPolicy``) so it follows the machine's load.
-Thread counts change speed only; the kernels give the same outputs at every count we use.
+Every size is learned, single-token decode steps included: a decode step streams its weights
+faster from two cores when both are free, and stalls on the barrier of every op when not.
+Thread counts change speed, and the float32 bits of attention: the matrix products give the
+same bits at 1 and 2 threads, but SDPA's CPU kernel sums long key ranges in a different order
+(differences of ~1e-7, measured; see bench/RESULTS.md, issue 15).
 """
 
 from __future__ import annotations
-
-# A forward of at most this many tokens always runs on one thread: its matrix-vector products
-# stream weights as fast from one core, and its many small ops skip waking the others.
-SINGLE_THREAD_MAX_TOKENS = 1
 
 
 class ThreadPolicy:
@@ -46,7 +46,7 @@ class ThreadPolicy:
         return max(num_tokens - 1, 0).bit_length()
 
     def choose(self, num_tokens: int) -> int:
-        if num_tokens <= SINGLE_THREAD_MAX_TOKENS or len(self.candidates) == 1:
+        if len(self.candidates) == 1:
             return 1
         b = self.bucket(num_tokens)
         untried = [t for t in self.candidates if (b, t) not in self._avg]
@@ -60,7 +60,7 @@ class ThreadPolicy:
         return best
 
     def record(self, num_tokens: int, threads: int, seconds: float) -> None:
-        if num_tokens <= SINGLE_THREAD_MAX_TOKENS or len(self.candidates) == 1:
+        if len(self.candidates) == 1:
             return
         b = self.bucket(num_tokens)
         tried_loser = all((b, t) in self._avg for t in self.candidates) and threads != self._best(b)

@@ -31,7 +31,12 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: dict[str, Any] | None) -
 
 
 class RotaryEmbedding(torch.nn.Module):
-    """The cos/sin table of RoPE in the non-interleaved (rotate-half) layout of Hugging Face Llama."""
+    """The cos/sin table of RoPE in the non-interleaved (rotate-half) layout of Hugging Face Llama.
+
+    ``sin`` holds the sine with its first half negated: rotate-half's sign, moved from the
+    activations to the table, so a rotation is a swap of halves and two products (see
+    ``apply_rotary``), with the same bits as Hugging Face's ``x * cos + rotate_half(x) * sin``.
+    """
 
     def __init__(
         self,
@@ -62,21 +67,19 @@ class RotaryEmbedding(torch.nn.Module):
         inv_freq = rope_inv_freq(self.head_dim, self.theta, self.scaling)
         freqs = torch.outer(torch.arange(self.max_positions, dtype=torch.float32), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1).to(self.cos.device)  # [P, D]
+        sin = emb.sin()
+        sin[:, : self.head_dim // 2].neg_()
         self.cos = emb.cos().to(self.cos.dtype)
-        self.sin = emb.sin().to(self.sin.dtype)
+        self.sin = sin.to(self.sin.dtype)
 
     def lookup(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin of shape [N, 1, D] for the batch's positions (shared by every layer)."""
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
-def apply_rotary(
-    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # q: [N, Hq, D], k: [N, Hkv, D], cos/sin: [N, 1, D]
-    return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotates ``x`` [N, H, D] (any heads: q and k together) by cos / signed sin [N, 1, D]."""
+    n, h, d = x.shape
+    swapped = x.reshape(n, h, 2, d // 2).flip(2).view(n, h, d)  # [x2, x1]
+    # [x2, x1] * [-s, s] == [-x2, x1] * [s, s] exactly: a sign flip rounds nothing
+    return x * cos + swapped * sin

@@ -14,9 +14,11 @@ def _run(policy: ThreadPolicy, tokens: int, cost: dict[int, float], steps: int) 
     return chosen
 
 
-def test_single_token_forwards_run_on_one_thread():
-    policy = ThreadPolicy(2)
-    assert policy.choose(1) == 1
+def test_single_token_decode_steps_are_learned_too():
+    quiet = ThreadPolicy(2, min_interval=4)
+    assert _run(quiet, 1, {1: 2.0, 2: 1.0}, 20)[2:].count(2) >= 14  # a quiet box: 2 threads
+    busy = ThreadPolicy(2, min_interval=4)
+    assert _run(busy, 1, {1: 1.0, 2: 5.0}, 20)[2:].count(1) >= 14  # a busy one: 1 thread
 
 
 def test_settles_on_the_faster_count_and_backs_off_retrying_the_other():
