@@ -13,6 +13,7 @@ from multiprocessing.connection import Connection
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.parent_death import die_with_parent
 
 # Seconds a fresh process may take to import its library and build the vocabulary.
 START_TIMEOUT = 300.0
@@ -21,7 +22,8 @@ START_TIMEOUT = 300.0
 class CompileProcess:
     """A lazily started child that compiles one key at a time with one backend.
 
-    Invariants: a ``compile`` that runs past its ``timeout`` or dies (memory cap, crash) kills
+    Invariants: the child dies with the thread that started it (``die_with_parent``: the
+    grammar cache's pool threads live until its shutdown); a ``compile`` that runs past its ``timeout`` or dies (memory cap, crash) kills
     the child and raises InvalidRequestError naming the key's field; the next ``compile``
     starts a fresh child. Not thread-safe: one caller at a time.
     """
@@ -80,7 +82,7 @@ class CompileProcess:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         cmd = [sys.executable, "-m", "plait.constrained.compile_process"]
-        cmd += [str(to_child_r), str(from_child_w)]
+        cmd += [str(to_child_r), str(from_child_w), str(os.getpid())]
         proc = subprocess.Popen(cmd, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)
@@ -134,6 +136,7 @@ def _cap_memory(limit_mb: int) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent(int(sys.argv[3]))  # a compile never outlives its worker
     _child_main(
         Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
     )

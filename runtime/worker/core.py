@@ -160,6 +160,12 @@ class EngineCore:
         """Drops every cached prefix; False (and nothing done) while requests are live."""
         return self.scheduler.flush_cache()
 
+    def shutdown(self) -> None:
+        """Kills the grammar compile processes (a compile in flight fails); the engine takes
+        no constrained request after this."""
+        if self.scheduler.grammar is not None:
+            self.scheduler.grammar.cache.shutdown()
+
     def check_idle(self) -> None:
         """Asserts the KV accounting invariant; call only when nothing is running."""
         assert self.scheduler.is_idle(), "engine is not idle"
