@@ -23,8 +23,9 @@ class CompileProcess:
     """A lazily started child that compiles one key at a time with one backend.
 
     Invariants: the child dies with the thread that started it (``die_with_parent``: the
-    grammar cache's pool threads live until its shutdown); a ``compile`` that runs past its ``timeout`` or dies (memory cap, crash) kills
-    the child and raises InvalidRequestError naming the key's field; the next ``compile``
+    grammar cache's pool threads live until its shutdown). A ``compile`` that runs past its
+    ``timeout``, dies (crash) or reaches the memory cap ends the child (its CPU and memory
+    with it) and raises InvalidRequestError naming the key's field; the next ``compile``
     starts a fresh child. Not thread-safe: one caller at a time.
     """
 
@@ -59,6 +60,8 @@ class CompileProcess:
         if status == "ok":
             return rest[0]
         field, message = rest
+        if status == "exhausted":  # the child exits; reap it now
+            self.kill()
         raise InvalidRequestError(field, message)
 
     def kill(self) -> None:
@@ -120,10 +123,12 @@ def _child_main(recv: Connection, conn: Connection) -> None:
             conn.send(("ok", compiler.compile_payload(key)))
         except InvalidRequestError as e:
             conn.send(("err", e.field, e.message))
-        except MemoryError:
-            msg = f"compilation failed: over the {limit_mb} MiB compile memory cap"
-            conn.send(("err", key.field, msg))
         except Exception as e:  # a library bug on one spec fails that spec only
+            if isinstance(e, MemoryError) or "bad_alloc" in str(e):
+                # the cap was reached: exit, so the memory the failed compile holds goes too
+                msg = f"compilation failed: over the {limit_mb} MiB compile memory cap"
+                conn.send(("exhausted", key.field, msg))
+                return
             conn.send(("err", key.field, f"compilation failed: {e!r}"))
 
 

@@ -5,8 +5,6 @@ kernel's parent-death signal). Checked by pid."""
 
 from __future__ import annotations
 
-import json
-import os
 import signal
 import socket
 import threading
@@ -50,56 +48,6 @@ def _hung_request(url: str) -> socket.socket:
     return s
 
 
-# a grammar bomb by size: xgrammar needs minutes for these 3000 patterned properties
-BOMB_SCHEMA = json.dumps(
-    {
-        "type": "object",
-        "properties": {
-            f"p{i}": {"type": "string", "pattern": "^[a-z]{1,40}[0-9]{1,40}$"} for i in range(3000)
-        },
-    }
-)
-
-
-def _cpu_ticks(pid: int) -> int:
-    """utime + stime of ``pid`` in clock ticks (0 once it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0
-    return int(fields[11]) + int(fields[12])
-
-
-def _post_quietly(url: str, body: dict) -> None:
-    try:
-        httpx.post(f"{url}/generate", json=body, timeout=GUARD_S * 4)
-    except httpx.HTTPError:
-        pass  # the server went away mid-request: expected
-
-
-def _bomb_compiling(url: str, procs, worker: int) -> tuple[threading.Thread, list[int]]:
-    """Starts both compile processes with two small schemas, then posts the bomb; returns
-    the bomb's request thread and the compile processes once one of them burns CPU on it."""
-    for i in range(2):  # the cache's two compile slots, each started by its first compile
-        schema = {"type": "object", "properties": {f"k{i}": {"type": "integer"}}}
-        body = {"text": "Go", "sampling_params": {"json_schema": json.dumps(schema),
-                                                  "max_new_tokens": 2}}  # fmt: skip
-        assert httpx.post(f"{url}/generate", json=body, timeout=GUARD_S * 4).status_code == 200
-    compilers = procs.children(worker)
-    assert len(compilers) == 2, compilers
-    idle = {pid: _cpu_ticks(pid) for pid in compilers}
-    body = {"text": "Go", "sampling_params": {"json_schema": BOMB_SCHEMA, "max_new_tokens": 2}}
-    bomb = threading.Thread(target=_post_quietly, args=(url, body), daemon=True)
-    bomb.start()
-    half_a_second = os.sysconf("SC_CLK_TCK") // 2
-    deadline = time.monotonic() + GUARD_S * 4
-    while all(_cpu_ticks(pid) - idle[pid] < half_a_second for pid in compilers):
-        assert time.monotonic() < deadline, "no compile process took up the bomb"
-        time.sleep(0.05)
-    return bomb, compilers
-
-
 def _all_gone(procs, worker: int, compilers: list[int]) -> None:
     assert _gone(procs, worker), "the worker outlived the server"
     for pid in compilers:
@@ -107,12 +55,15 @@ def _all_gone(procs, worker: int, compilers: list[int]) -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_the_server_and_its_worker_mid_work(spawn_tiny_server, procs, tmp_path, sig):
+def test_a_signal_stops_the_server_and_its_worker_mid_work(
+    spawn_tiny_server, procs, grammar_bomb, tmp_path, sig
+):
     server = spawn_tiny_server(
         "--shutdown-timeout", "2", "--grammar-cache-dir", str(tmp_path / "grammars")
     )
     (worker,) = procs.children(server.proc.pid)
-    bomb, compilers = _bomb_compiling(server.url, procs, worker)
+    compilers = grammar_bomb.warm(server.url, worker)
+    bomb = grammar_bomb.in_flight(server.url, compilers)
     started = threading.Event()
     stream = threading.Thread(target=_long_stream, args=(server.url, started), daemon=True)
     stream.start()
@@ -128,10 +79,13 @@ def test_a_signal_stops_the_server_and_its_worker_mid_work(spawn_tiny_server, pr
     bomb.join(GUARD_S)
 
 
-def test_a_killed_server_takes_its_worker_and_compiles_with_it(spawn_tiny_server, procs, tmp_path):
+def test_a_killed_server_takes_its_worker_and_compiles_with_it(
+    spawn_tiny_server, procs, grammar_bomb, tmp_path
+):
     server = spawn_tiny_server("--grammar-cache-dir", str(tmp_path / "grammars"))
     (worker,) = procs.children(server.proc.pid)
-    bomb, compilers = _bomb_compiling(server.url, procs, worker)
+    compilers = grammar_bomb.warm(server.url, worker)
+    bomb = grammar_bomb.in_flight(server.url, compilers)
     server.proc.kill()
     server.proc.wait(GUARD_S)
     _all_gone(procs, worker, compilers)
