@@ -102,8 +102,9 @@ class RuntimeClient:
     def abort(self, rid: str) -> None:
         self._post(("send", m.AbortReq(rid), None))
 
-    def flush_cache(self, timeout: float = 10) -> bool:
-        return self._call(m.FlushCacheReq(), m.FlushCacheOut, timeout).ok
+    def flush_cache(self, timeout: float = 10, tenant: str | None = None) -> bool:
+        """Every cached prefix, or with ``tenant`` under tenant isolation that tenant's."""
+        return self._call(m.FlushCacheReq(tenant), m.FlushCacheOut, timeout).ok
 
     def stats(self, timeout: float = 10) -> dict[str, Any]:
         return self._call(m.StatsReq(), m.StatsOut, timeout).stats

@@ -114,8 +114,8 @@ class SupervisedWorker:
         if client is not None:
             client.abort(rid)
 
-    def flush_cache(self, timeout: float = 10) -> bool:
-        return self.client.flush_cache(timeout)
+    def flush_cache(self, timeout: float = 10, tenant: str | None = None) -> bool:
+        return self.client.flush_cache(timeout, tenant)
 
     def stats(self, timeout: float = 10) -> dict[str, Any]:
         return self.client.stats(timeout)

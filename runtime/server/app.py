@@ -81,6 +81,13 @@ def create_app(
 
     app.add_middleware(AuthMiddleware, keys=api_keys)
 
+    def isolated_tenant(request: Request) -> str | None:
+        """The caller's tenant (its API key's name) when the prefix cache is isolated by
+        tenant, else None: the admin routes then act on, and show, everything."""
+        if backend.info.get("cache_isolation") != "tenant":
+            return None
+        return getattr(request.state, "plait_tenant", None)
+
     @app.get("/health")
     async def health() -> Response:
         """200 while the worker answers; 503 ``{"status": "restarting"}`` while a supervised
@@ -103,20 +110,26 @@ def create_app(
         return info
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
-    async def flush_cache() -> Response:
-        ok = await asyncio.to_thread(backend.flush_cache, 10)
+    async def flush_cache(request: Request) -> Response:
+        """Global isolation: every cached prefix, as SGLang (400 while requests run). Tenant
+        isolation: the caller's own prefixes only, always (another tenant's cache, and whether
+        it is running, stays invisible)."""
+        ok = await asyncio.to_thread(backend.flush_cache, 10, isolated_tenant(request))
         if ok:
             return Response("Cache flushed.\n", status_code=200)
         return Response("Cache not flushed: requests are running.\n", status_code=400)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        """Under tenant isolation the caller sees its own tenant's series (``ServerMetrics``)."""
         try:
             state.metrics.update_from_stats(await asyncio.to_thread(backend.stats, 5))
         except Exception:
             pass  # a dead worker still gets its last counters scraped
         state.metrics.update_server(backend, state.gate)
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(
+            state.metrics.render(isolated_tenant(request)), media_type="text/plain; version=0.0.4"
+        )
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:

@@ -74,8 +74,8 @@ class EngineThread:
     def abort(self, rid: str) -> None:
         self._inbox.put(("abort", rid))
 
-    def flush_cache(self, timeout: float = 10) -> bool:
-        return self._call("flush", timeout)
+    def flush_cache(self, timeout: float = 10, tenant: str | None = None) -> bool:
+        return self._call("flush", timeout, tenant)
 
     def stats(self, timeout: float = 10) -> dict[str, Any]:
         return self._call("stats", timeout)
@@ -85,11 +85,11 @@ class EngineThread:
         self._inbox.put(("stop", None))
         self._thread.join(timeout=10)
 
-    def _call(self, kind: str, timeout: float) -> Any:
+    def _call(self, kind: str, timeout: float, arg: Any = None) -> Any:
         if self._dead is not None:
             raise WorkerDiedError(f"engine thread died: {self._dead}")
         fut: Future[Any] = Future()
-        self._inbox.put((kind, fut))
+        self._inbox.put((kind, (fut, arg)))
         return fut.result(timeout)
 
     # ---- engine thread --------------------------------------------------------------------
@@ -159,8 +159,9 @@ class EngineThread:
         elif kind == "abort":
             self.core.abort(arg)  # the next step reports it with finish_reason "abort"
         elif kind == "flush":
-            arg.set_result(self.core.flush_cache())
+            fut, tenant = arg
+            fut.set_result(self.core.flush_cache(tenant))
         elif kind == "stats":
-            arg.set_result(self.core.stats())
+            arg[0].set_result(self.core.stats())
         elif kind == "stop":
             self._stopped = True

@@ -39,7 +39,9 @@ class GenerateBackend(Protocol):
     ``submit`` never blocks on generation; the handle yields ``OutputChunk``s (cumulative text)
     under ``async for``, the last one ``finished``, or raises ``InvalidRequestError`` /
     ``WorkerDiedError``; ``handle.cancel()`` aborts the request and frees its KV.
-    ``flush_cache`` and ``stats`` block for at most ``timeout`` seconds.
+    ``flush_cache`` and ``stats`` block for at most ``timeout`` seconds; ``flush_cache`` with
+    a ``tenant`` under tenant isolation (``info["cache_isolation"]``) drops only what that
+    tenant cached, and always succeeds.
     """
 
     info: dict[str, Any]  # vocab_size, context_len, kv_total, model_path
@@ -57,7 +59,7 @@ class GenerateBackend(Protocol):
 
     def abort(self, rid: str) -> None: ...
 
-    def flush_cache(self, timeout: float = 10) -> bool: ...
+    def flush_cache(self, timeout: float = 10, tenant: str | None = None) -> bool: ...
 
     def stats(self, timeout: float = 10) -> dict[str, Any]: ...
 
@@ -83,9 +85,11 @@ class Stream:
     """One submitted choice: its handle, iterated with timing, cancelled past its deadline
     (``request_timeout``: a TimeoutError ends it)."""
 
-    def __init__(self, handle: Any, metrics: ServerMetrics, timeout: float | None) -> None:
+    def __init__(
+        self, handle: Any, metrics: ServerMetrics, timeout: float | None, tenant: str | None
+    ) -> None:
         self.handle = handle
-        self.timer = RequestTimer(metrics)
+        self.timer = RequestTimer(metrics, tenant)
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self._it = handle.__aiter__()
@@ -149,7 +153,8 @@ def submit_calls(
                     gate.release(1, tokens)
                     raise
                 handle.add_done_callback(lambda t=tokens: gate.release(1, t))
-                streams.append(Stream(handle, state.metrics, state.http.request_timeout))
+                timeout = state.http.request_timeout
+                streams.append(Stream(handle, state.metrics, timeout, scope.tenant))
     except BaseException:
         cancel_all(streams)
         raise

@@ -156,9 +156,10 @@ class EngineCore:
     def limits(self) -> ModelLimits:
         return ModelLimits(self.vocab_size, self.context_len, self.kv_total, self.tokenizer)
 
-    def flush_cache(self) -> bool:
-        """Drops every cached prefix; False (and nothing done) while requests are live."""
-        return self.scheduler.flush_cache()
+    def flush_cache(self, tenant: str | None = None) -> bool:
+        """Drops every cached prefix; False (and nothing done) while requests are live. With
+        ``tenant`` under tenant isolation: only that tenant's, always (``Scheduler``)."""
+        return self.scheduler.flush_cache(tenant)
 
     def shutdown(self) -> None:
         """Kills the grammar compile processes (a compile in flight fails); the engine takes
@@ -180,6 +181,7 @@ class EngineCore:
             "has_tokenizer": self.tokenizer is not None,
             "model_path": str(self.loaded.path),
             "pid": os.getpid(),
+            "cache_isolation": "tenant" if self.cache.isolate_tenants else "global",
         }
 
     def stats(self) -> dict[str, Any]:

@@ -97,7 +97,7 @@ class Worker:
         elif isinstance(msg, m.StatsReq):
             self._send(identity, m.StatsOut(self.core.stats()))
         elif isinstance(msg, m.FlushCacheReq):
-            self._send(identity, m.FlushCacheOut(self.core.flush_cache()))
+            self._send(identity, m.FlushCacheOut(self.core.flush_cache(msg.tenant)))
         elif isinstance(msg, m.ShutdownReq):
             self.stopping = True
         else:
