@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 
 from plait.bench.cache_audit import PromptSource, run_audit, write_audit_model
+from plait.runtime.request_scope import RequestScope
 
 KEYS = {"victim": "bench-victim-key", "attacker": "bench-attacker-key"}
 
@@ -133,7 +134,7 @@ def part_throughput(args: argparse.Namespace, root: Path) -> None:
         start = time.perf_counter()
         for i, q in enumerate(questions):
             sp = SamplingParams.from_dict(params)
-            core.add_request(f"r{i}", system + q, sp, tenant=f"t{i % tenants}")
+            core.add_request(f"r{i}", system + q, sp, scope=RequestScope(tenant=f"t{i % tenants}"))
         while core.has_work:
             core.step()
         elapsed = time.perf_counter() - start

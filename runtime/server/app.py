@@ -33,6 +33,7 @@ from plait.runtime.server.streams import (
     exception_headers,
     final_chunks,
     first_chunks,
+    key_tenant,
     merged_chunks,
     read_json,
     request_scope,
@@ -68,6 +69,7 @@ def create_app(
         {model_name} | (served_names or set()),
         http=http or HttpLimits(),
     )
+    state.metrics.tenant_names = set(api_keys.tenants) if api_keys is not None else set()
     app = FastAPI(title="plait", docs_url=None, redoc_url=None)
     app.state.plait = state
 
@@ -86,7 +88,7 @@ def create_app(
         tenant, else None: the admin routes then act on, and show, everything."""
         if backend.info.get("cache_isolation") != "tenant":
             return None
-        return getattr(request.state, "plait_tenant", None)
+        return key_tenant(request)
 
     @app.get("/health")
     async def health() -> Response:

@@ -17,6 +17,7 @@ from plait.runtime.client.handle import RequestHandle, deliver
 from plait.runtime.client.output_stream import OutputStream, TokenTextCache
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.limits import check_request
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
@@ -51,9 +52,7 @@ class EngineThread:
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
-        priority: int | None = None,
-        tenant: str | None = None,
-        cache_salt: str | None = None,
+        scope: RequestScope = RequestScope(),
     ) -> RequestHandle:
         """Sends one verified request (``n == 1``); the core checks it again on admission."""
         rid = rid or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -67,7 +66,7 @@ class EngineThread:
             handle.push(e)
             return handle
         out = OutputStream(rid, sampling_params, self.tokenizer, self._token_text)
-        req = (rid, list(input_ids), sampling_params, stream, priority, tenant, cache_salt)
+        req = (rid, list(input_ids), sampling_params, stream, scope)
         self._inbox.put(("submit", (req, handle, out)))
         return handle
 

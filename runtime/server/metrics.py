@@ -72,7 +72,7 @@ class ServerMetrics:
     (latencies, token counts, hit rate, queue times, service) is that tenant's own, so no
     tenant observes another's hits; the load series (running, queued, KV usage, admission,
     worker) are shared, as every client feels the load anyway. Without, everything is global.
-    Tenants are the API keys' names (a bounded set), never a body field."""
+    Per-tenant views exist for the API keys' names only (``tenant_names``: a bounded set)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -97,12 +97,14 @@ class ServerMetrics:
         self.scheduling = SchedulingCollector()
         r.register(self.scheduling)
         self.all = RequestMetrics()
+        self.tenant_names: set[str] = set()  # the API keys' names: the only per-tenant views
         self.tenants: dict[str, RequestMetrics] = {}
         self._worker_hit_rate = 0.0
 
     def views(self, tenant: str | None) -> list[RequestMetrics]:
-        """Where a request of ``tenant`` (its API key's) is counted."""
-        if tenant is None:
+        """Where a request of ``tenant`` is counted: everywhere, and in its own view when it
+        is an API key's name."""
+        if tenant not in self.tenant_names:
             return [self.all]
         if tenant not in self.tenants:
             self.tenants[tenant] = RequestMetrics()

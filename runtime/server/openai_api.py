@@ -23,7 +23,6 @@ from plait.runtime.server.http_body import (
     get,
     openai_extensions,
     openai_params,
-    sched_fields,
 )
 from plait.runtime.server.openai_fields import check_fields
 from plait.runtime.server.openai_formats import ChatFormat, CompletionFormat
@@ -77,7 +76,6 @@ def _completion_calls(
     top_k = completion_logprobs(body)
     params, n = openai_params(body, state.limits, default_max_tokens=16)
     best_of = _best_of(body, n)
-    priority, tenant = sched_fields(body)
     prompts = completion_prompts(body, state.limits)  # tokenizing last: cheap checks first
     apply_response_format(body, params)
     _ask_logprobs(params, top_k)
@@ -85,7 +83,7 @@ def _completion_calls(
         params.return_logprob = True  # to rank the candidates
     if echo and top_k is not None:
         params.logprob_start_len = 0  # a logprob for every prompt token
-    calls = [GenerateCall(ids, params.copy(), best_of, None, priority, tenant) for ids in prompts]
+    calls = [GenerateCall(ids, params.copy(), best_of) for ids in prompts]
     echoes = None
     if echo:
         texts = _prompt_texts(body["prompt"], prompts, state)
@@ -96,7 +94,6 @@ def _completion_calls(
 def _chat_calls(body: dict[str, Any], state: ServerState) -> tuple[list[GenerateCall], ChatFormat]:
     check_model(body, state.served_names)
     check_fields(body, chat=True, extensions=openai_extensions())
-    priority, tenant = sched_fields(body)
     top_k = chat_logprobs(body)
     tools = tool_request(body)
     params, n = openai_params(body, state.limits, default_max_tokens=256)
@@ -105,7 +102,7 @@ def _chat_calls(body: dict[str, Any], state: ServerState) -> tuple[list[Generate
     if tools is not None:
         constrain(tools, params)
     _ask_logprobs(params, top_k)
-    return [GenerateCall(ids, params, n, None, priority, tenant)], ChatFormat(top_k, tools)
+    return [GenerateCall(ids, params, n)], ChatFormat(top_k, tools)
 
 
 def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list[str]:

@@ -19,6 +19,7 @@ from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import check_request
 from plait.runtime.parent_death import die_with_parent
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
@@ -112,15 +113,8 @@ class Worker:
             if params.n != 1:
                 raise InvalidRequestError("n", "the worker takes n == 1; the client expands n")
             check_request(params, msg.input_ids, "input_ids", self.limits)
-            self.core.add_request(
-                msg.rid,
-                msg.input_ids,
-                params,
-                msg.stream,
-                msg.priority,
-                msg.tenant,
-                msg.cache_salt,
-            )
+            scope = RequestScope(msg.priority, msg.tenant, msg.cache_salt)
+            self.core.add_request(msg.rid, msg.input_ids, params, msg.stream, scope)
         except InvalidRequestError as e:
             self._send(identity, m.ErrorOut(msg.rid, e.field, e.message, "invalid_request"))
             return
