@@ -6,61 +6,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    url: str
-    proc: subprocess.Popen
+from plait.runtime.server.launch import ServerProcess, ServerStartError, serve
 
 
 def serve_process(log: Path, *args: str, timeout: float = 240) -> Iterator[ServerProcess]:
     """Yields ``python -m plait.runtime.server ARGS`` (its URL and process) once /health
     answers; stops the process afterwards."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port), *args]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not come up: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield ServerProcess(url, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server = serve(*args, log=log, timeout=timeout)
+        with server as started:
+            yield started
+    except ServerStartError as e:
+        pytest.fail(str(e))
 
 
 def start_server(log: Path, *args: str, timeout: float = 240) -> Iterator[str]:
