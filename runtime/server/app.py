@@ -17,7 +17,7 @@ from plait.runtime.errors import InvalidRequestError, OverloadedError, WorkerDie
 from plait.runtime.limits import ModelLimits
 from plait.runtime.server.admission import HttpLimits
 from plait.runtime.server.auth import ApiKeys, AuthMiddleware
-from plait.runtime.server.http_body import native_calls
+from plait.runtime.server.http_body import native_calls, request_scope
 from plait.runtime.server.openai_api import add_openai_routes
 from plait.runtime.server.sglang_native import (
     NativeStream,
@@ -36,7 +36,6 @@ from plait.runtime.server.streams import (
     key_tenant,
     merged_chunks,
     read_json,
-    request_scope,
     sse,
     streaming_response,
     submit_calls,
@@ -140,7 +139,7 @@ def create_app(
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream", "must be a boolean")
-        streams = submit_calls(state, calls, request_scope(request, body))
+        streams = submit_calls(state, calls, request_scope(body, key_tenant(request)))
         per_stream = [call for call in calls for _ in range(call.n)]  # submit_calls' order
         if not stream:
             finals = await final_chunks(request, streams)

@@ -25,7 +25,6 @@ from plait.runtime.errors import (
 from plait.runtime.limits import ModelLimits
 from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.server import http_body
 from plait.runtime.server.admission import AdmissionGate, HttpLimits
 from plait.runtime.server.http_body import GenerateCall
 from plait.runtime.server.json_body import check_declared_size, parse_body, read_limited
@@ -114,13 +113,8 @@ class Stream:
         return chunk
 
 
-def request_scope(request: Request, body: dict[str, Any]) -> RequestScope:
-    """The body's scope fields, with the caller's tenant (its API key's name, set by
-    ``AuthMiddleware``) when it has one."""
-    return http_body.request_scope(body, key_tenant(request))
-
-
 def key_tenant(request: Request) -> str | None:
+    """The caller's tenant: its API key's name (set by ``AuthMiddleware``), None without keys."""
     return getattr(request.state, "plait_tenant", None)
 
 
