@@ -83,6 +83,7 @@ class EngineThread:
         self._stopped = True
         self._inbox.put(("stop", None))
         self._thread.join(timeout=10)
+        self.core.shutdown()  # its grammar compile processes
 
     def _call(self, kind: str, timeout: float, arg: Any = None) -> Any:
         if self._dead is not None:
