@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import threading
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from plait.bench.proc_tree import children, rss
 from plait.runtime.server.launch import serve
 
 # 800 patterned properties: minutes of xgrammar compile, 53 KB of JSON
@@ -29,29 +29,6 @@ BOMB = json.dumps(
         },
     }
 )
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            out.append(int(entry))
-    return out
-
-
-def rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except OSError:
-        return 0
 
 
 def tree_rss(worker: int) -> int:
