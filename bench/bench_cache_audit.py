@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,38 +27,21 @@ from pathlib import Path
 import httpx
 
 from plait.bench.cache_audit import PromptSource, run_audit, write_audit_model
+from plait.runtime.request_scope import RequestScope
+from plait.runtime.server.launch import serve
 
 KEYS = {"victim": "bench-victim-key", "attacker": "bench-attacker-key"}
 
 
 @contextmanager
 def server(root: Path, model_args: list[str], isolation: str) -> Iterator[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     keys = root / "keys.json"
     keys.write_text(json.dumps(KEYS))
-    cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port), *model_args]
-    cmd += ["--api-key-file", str(keys), "--cache-isolation", isolation]
-    cmd += ["--max-total-tokens", "65536"]
-    log = open(root / f"server-{isolation}.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.5)
-        else:
-            raise RuntimeError(f"server did not come up; see {root}")
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+    args = [*model_args, "--api-key-file", str(keys), "--cache-isolation", isolation]
+    args += ["--max-total-tokens", "65536"]
+    log = root / f"server-{isolation}.log"
+    with serve(*args, log=log, timeout=300, stop_timeout=30) as started:
+        yield started.url
 
 
 def part_audit(args: argparse.Namespace, root: Path) -> None:
@@ -133,7 +112,7 @@ def part_throughput(args: argparse.Namespace, root: Path) -> None:
         start = time.perf_counter()
         for i, q in enumerate(questions):
             sp = SamplingParams.from_dict(params)
-            core.add_request(f"r{i}", system + q, sp, tenant=f"t{i % tenants}")
+            core.add_request(f"r{i}", system + q, sp, scope=RequestScope(tenant=f"t{i % tenants}"))
         while core.has_work:
             core.step()
         elapsed = time.perf_counter() - start

@@ -20,25 +20,13 @@ import time
 
 import httpx
 
+from plait.bench.proc_tree import children
+
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                out.append(int(entry))
-    return out
 
 
 def _wait_healthy(url: str, start: float, timeout: float = 600) -> float:
@@ -82,7 +70,7 @@ def main() -> None:
             t = threading.Thread(target=_stream_until_error, args=(url, started, ended))
             t.start()
             started.wait(600)
-            (worker,) = _children(server.pid)
+            (worker,) = children(server.pid)
             killed = time.monotonic()
             os.kill(worker, signal.SIGKILL)
             healthy = _wait_healthy(url, killed)

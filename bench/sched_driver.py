@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
@@ -59,7 +60,8 @@ def run_arrivals(
     for tick in range(max_ticks):
         while i < len(pending) and pending[i].step <= tick:
             a = pending[i]
-            core.add_request(a.rid, a.input_ids, a.params, False, a.priority, a.tenant)
+            scope = RequestScope(a.priority, a.tenant)
+            core.add_request(a.rid, a.input_ids, a.params, False, scope)
             timings[a.rid] = Timing(tick, tenant=a.tenant)
             live[a.rid] = sched.find(a.rid)
             i += 1

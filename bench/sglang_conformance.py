@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -317,37 +316,11 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
 
 @contextmanager
 def plait_serve(max_total_tokens: int) -> Iterator[str]:
-    """``python -m plait.runtime.server`` on a free loopback port; yields its URL once /health
-    answers."""
-    import httpx
+    """``plait serve`` on a free loopback port; yields its URL once it serves."""
+    from plait.runtime.server.launch import serve
 
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port)]
-    proc = subprocess.Popen(
-        [*cmd, "--max-total-tokens", str(max_total_tokens)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"plait serve exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("plait serve did not come up")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with serve("--max-total-tokens", str(max_total_tokens), stop_timeout=30) as server:
+        yield server.url
 
 
 def both_ways(args: argparse.Namespace) -> None:

@@ -13,6 +13,7 @@ from multiprocessing.connection import Connection
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.parent_death import die_with_parent
 
 # Seconds a fresh process may take to import its library and build the vocabulary.
 START_TIMEOUT = 300.0
@@ -21,8 +22,10 @@ START_TIMEOUT = 300.0
 class CompileProcess:
     """A lazily started child that compiles one key at a time with one backend.
 
-    Invariants: a ``compile`` that runs past its ``timeout`` or dies (memory cap, crash) kills
-    the child and raises InvalidRequestError naming the key's field; the next ``compile``
+    Invariants: the child dies with the thread that started it (``die_with_parent``: the
+    grammar cache's pool threads live until its shutdown). A ``compile`` that runs past its
+    ``timeout``, dies (crash) or reaches the memory cap ends the child (its CPU and memory
+    with it) and raises InvalidRequestError naming the key's field; the next ``compile``
     starts a fresh child. Not thread-safe: one caller at a time.
     """
 
@@ -57,6 +60,8 @@ class CompileProcess:
         if status == "ok":
             return rest[0]
         field, message = rest
+        if status == "exhausted":  # the child exits; reap it now
+            self.kill()
         raise InvalidRequestError(field, message)
 
     def kill(self) -> None:
@@ -80,7 +85,7 @@ class CompileProcess:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         cmd = [sys.executable, "-m", "plait.constrained.compile_process"]
-        cmd += [str(to_child_r), str(from_child_w)]
+        cmd += [str(to_child_r), str(from_child_w), str(os.getpid())]
         proc = subprocess.Popen(cmd, pass_fds=(to_child_r, from_child_w), stdin=subprocess.DEVNULL)
         os.close(to_child_r)
         os.close(from_child_w)
@@ -118,10 +123,12 @@ def _child_main(recv: Connection, conn: Connection) -> None:
             conn.send(("ok", compiler.compile_payload(key)))
         except InvalidRequestError as e:
             conn.send(("err", e.field, e.message))
-        except MemoryError:
-            msg = f"compilation failed: over the {limit_mb} MiB compile memory cap"
-            conn.send(("err", key.field, msg))
         except Exception as e:  # a library bug on one spec fails that spec only
+            if isinstance(e, MemoryError) or "bad_alloc" in str(e):
+                # the cap was reached: exit, so the memory the failed compile holds goes too
+                msg = f"compilation failed: over the {limit_mb} MiB compile memory cap"
+                conn.send(("exhausted", key.field, msg))
+                return
             conn.send(("err", key.field, f"compilation failed: {e!r}"))
 
 
@@ -134,6 +141,7 @@ def _cap_memory(limit_mb: int) -> None:
 
 
 if __name__ == "__main__":
+    die_with_parent(int(sys.argv[3]))  # a compile never outlives its worker
     _child_main(
         Connection(int(sys.argv[1]), writable=False), Connection(int(sys.argv[2]), readable=False)
     )

@@ -11,17 +11,11 @@ model the conversation as messages, and scores ``select`` choices on a completio
 from __future__ import annotations
 
 import argparse
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
-import httpx
 from openai import OpenAI
 
 import plait as sgl
+from plait.runtime.server.launch import serve
 
 MODEL = "SmolLM2-135M-Instruct"
 
@@ -45,33 +39,6 @@ REVIEWS = [
     "I loved every minute of it, wonderful acting.",
     "Terrible plot, I walked out after twenty minutes.",
 ]
-
-
-@contextmanager
-def plait_server() -> Iterator[str]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"plait serve exited: {proc.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("plait serve did not come up")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(15)
 
 
 def run(base_url: str) -> None:
@@ -104,8 +71,8 @@ def main(base_url: str | None = None) -> None:
     if base_url is not None:
         run(base_url)
         return
-    with plait_server() as url:
-        run(url)
+    with serve() as server:  # `plait serve` on a free port, stopped afterwards
+        run(server.url)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,14 @@ class CacheManager:
         """Drops every cached prefix. Only valid when no request holds KV."""
         self.tree.reset()
 
+    def flush_tenant(self, tenant: str) -> int:
+        """Drops what ``tenant`` cached under tenant isolation (every salt of it) but the
+        prefixes its running requests hold; valid any time. Returns the tokens freed."""
+        assert self.isolate_tenants, "without tenant isolation prefixes have no tenant"
+        return self.tree.evict(
+            self.tree.total_size(), lambda ns: isinstance(ns, tuple) and ns[0] == tenant
+        )
+
     def check_idle(self) -> None:
         """Asserts the idle invariant: nothing locked, no rows in use, free + evictable == total."""
         assert self.req_to_token_pool.available_size() == self.req_to_token_pool.size, (

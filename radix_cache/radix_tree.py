@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -255,14 +255,18 @@ class RadixCache:
             node = node.parent
         return delta
 
-    def evict(self, num_tokens: int) -> int:
+    def evict(self, num_tokens: int, namespaces: Callable[[Hashable], bool] | None = None) -> int:
         """Frees least-recently-used unlocked leaves until ``num_tokens`` tokens are freed or
-        nothing evictable is left; returns the number of tokens freed (may exceed the ask)."""
+        nothing evictable is left; returns the number of tokens freed (may exceed the ask).
+        ``namespaces`` limits it to the namespaces it accepts."""
         if self.disable or num_tokens <= 0:
             return 0
+        roots = self.roots()
+        if namespaces is not None:
+            roots = [r for r in roots if namespaces(r.namespace)]
         heap = [
             (node.last_access_time, node.id, node)
-            for node in self._nodes()
+            for node in self._nodes(roots)
             if not node.children and node.lock_ref == 0
         ]
         heapq.heapify(heap)
@@ -304,8 +308,8 @@ class RadixCache:
         """``root`` and every namespace's root (parentless, permanently locked, no tokens)."""
         return [self.root, *self._ns_roots.values()]
 
-    def _nodes(self) -> list[TreeNode]:
-        out, stack = [], self.roots()
+    def _nodes(self, roots: list[TreeNode] | None = None) -> list[TreeNode]:
+        out, stack = [], self.roots() if roots is None else list(roots)
         while stack:
             node = stack.pop()
             out.append(node)

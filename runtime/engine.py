@@ -108,9 +108,7 @@ class Engine(TextAPI):
         try:
             for sub in subs:
                 rid = sub.rid or f"req-{next(self._rid_counter)}-{uuid.uuid4().hex[:8]}"
-                self.core.add_request(
-                    rid, sub.input_ids, sub.params, stream, sub.priority, sub.tenant
-                )
+                self.core.add_request(rid, sub.input_ids, sub.params, stream, sub.scope)
                 streams.append(OutputStream(rid, sub.params, self.tokenizer, self._token_text))
         except BaseException:
             for s in streams:

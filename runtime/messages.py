@@ -43,7 +43,9 @@ class AbortReq:
 
 @dataclass(slots=True)
 class FlushCacheReq:
-    pass
+    """``tenant`` None: every cached prefix (only when idle); else that tenant's only."""
+
+    tenant: str | None = None
 
 
 @dataclass(slots=True)
@@ -152,7 +154,7 @@ _STR_OR_NONE = (str, type(None))
 _TYPES: list[tuple[type, tuple[type | tuple[type, ...], ...]]] = [
     (GenerateReq, (str, list, dict, bool, _INT_OR_NONE, _STR_OR_NONE, _STR_OR_NONE)),
     (AbortReq, (str,)),
-    (FlushCacheReq, ()),
+    (FlushCacheReq, (_STR_OR_NONE,)),
     (StatsReq, ()),
     (PingReq, ()),
     (ShutdownReq, ()),

@@ -8,8 +8,8 @@ from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import ModelLimits, check_request
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.sched_fields import check_priority, check_tenant
 from plait.runtime.valid_text import check_text
 
 SamplingArg = SamplingParams | dict[str, Any] | None
@@ -22,31 +22,38 @@ class SubRequest:
     rid: str | None  # None: the submitter names it
     input_ids: list[int]
     params: SamplingParams
-    priority: int | None = None  # see runtime.sched_fields
-    tenant: str | None = None
+    scope: RequestScope = RequestScope()
 
 
 def expand_n(
     rid: str | None,
     input_ids: list[int],
     params: SamplingParams,
-    priority: int | None = None,
-    tenant: str | None = None,
+    scope: RequestScope = RequestScope(),
 ) -> list[SubRequest]:
     """The ``n`` samples of one prompt: sample j has rid ``{rid}-{j}`` and seed ``seed + j``
-    (with ``n == 1`` the rid and seed are unchanged). ``params`` is not modified."""
+    (with ``n == 1`` the rid and seed are unchanged). ``params`` is not modified. Check the
+    rids of all of a request's prompts together with ``check_unique_rids``."""
     if params.n == 1:
-        return [SubRequest(rid, input_ids, params, priority, tenant)]
+        return [SubRequest(rid, input_ids, params, scope)]
     return [
         SubRequest(
             None if rid is None else f"{rid}-{j}",
             input_ids,
             params.copy(n=1, seed=None if params.seed is None else params.seed + j),
-            priority,
-            tenant,
+            scope,
         )
         for j in range(params.n)
     ]
+
+
+def check_unique_rids(subs: list[SubRequest]) -> None:
+    """Raises InvalidRequestError unless the named sequences of one request (what
+    ``expand_n`` made of each prompt) have distinct rids: a prompt's ``{rid}-{j}`` may equal
+    another prompt's rid."""
+    rids = [s.rid for s in subs if s.rid is not None]
+    if len(set(rids)) != len(rids):
+        raise InvalidRequestError("rid", "must be unique within a request")
 
 
 def parse_generate_args(
@@ -67,7 +74,7 @@ def parse_generate_args(
     gets on this side) and expands it into sequences, ``n`` consecutive ones per prompt.
     Returns whether the call was one bare prompt with ``n == 1``, and the sequences.
     ``priority`` and ``tenant`` apply to every sequence of the call."""
-    priority, tenant = check_priority(priority), check_tenant(tenant)
+    scope = RequestScope(priority, tenant)
     if (prompt is None) == (input_ids is None):
         raise InvalidRequestError("prompt", "give exactly one of prompt and input_ids")
     if prompt is not None:
@@ -104,7 +111,8 @@ def parse_generate_args(
     for i, (ids, p) in enumerate(zip(token_lists, params)):
         p.set_logprob_options(return_logprob, logprob_start_len, top_logprobs_num)
         check_request(p, ids, field, limits)
-        subs += expand_n(rids[i] if rids else None, ids, p, priority, tenant)
+        subs += expand_n(rids[i] if rids else None, ids, p, scope)
+    check_unique_rids(subs)
     return single and params[0].n == 1, subs
 
 

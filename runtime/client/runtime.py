@@ -114,12 +114,12 @@ class Runtime(TextAPI):
         _, subs = self._parse(
             sampling_params=params,
             input_ids=list(input_ids),
-            priority=kw.get("priority"),
-            tenant=kw.get("tenant"),
+            priority=kw.pop("priority", None),
+            tenant=kw.pop("tenant", None),
         )
         if len(subs) != 1:
             raise InvalidRequestError("n", "submit takes n == 1")
-        return self.client.submit(subs[0].input_ids, subs[0].params, **kw)
+        return self.client.submit(subs[0].input_ids, subs[0].params, **kw, scope=subs[0].scope)
 
     def abort(self, rid: str) -> None:
         self._live()
@@ -175,9 +175,7 @@ class Runtime(TextAPI):
         try:
             for sub in subs:
                 handles.append(
-                    self.client.submit(
-                        sub.input_ids, sub.params, sub.rid, stream, sub.priority, sub.tenant
-                    )
+                    self.client.submit(sub.input_ids, sub.params, sub.rid, stream, sub.scope)
                 )
         except BaseException:
             for h in handles:

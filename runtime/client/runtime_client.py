@@ -27,6 +27,7 @@ from plait.runtime import messages as m
 from plait.runtime.client.handle import RequestHandle, deliver, record_error
 from plait.runtime.client.output_stream import OutputStream, TokenTextCache
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 
 PING_INTERVAL_S = 1.0
@@ -81,20 +82,18 @@ class RuntimeClient:
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
-        priority: int | None = None,
-        tenant: str | None = None,
-        cache_salt: str | None = None,
+        scope: RequestScope = RequestScope(),
     ) -> RequestHandle:
-        """Sends one request whose ``sampling_params`` (n == 1), ids, priority and tenant the
-        caller verified; the worker checks them again at its socket. ``tenant`` /
-        ``cache_salt`` scope its prefix-cache reuse."""
+        """Sends one request whose ``sampling_params`` (n == 1) and ids the caller verified;
+        the worker checks them, and the ``scope``, again at its socket."""
         if sampling_params.n != 1:
             raise InvalidRequestError("n", "submit takes n == 1; expand n with expand_n")
         rid = rid or f"c{next(self._rid_counter)}-{uuid.uuid4().hex[:12]}"
         handle = RequestHandle(rid, self.abort)
         out = OutputStream(rid, sampling_params, self.tokenizer, self._token_text)
+        params = asdict(sampling_params)
         msg = m.GenerateReq(
-            rid, list(input_ids), asdict(sampling_params), stream, priority, tenant, cache_salt
+            rid, list(input_ids), params, stream, scope.priority, scope.tenant, scope.cache_salt
         )
         self._post(("generate", msg, (handle, out)))
         return handle
@@ -102,8 +101,9 @@ class RuntimeClient:
     def abort(self, rid: str) -> None:
         self._post(("send", m.AbortReq(rid), None))
 
-    def flush_cache(self, timeout: float = 10) -> bool:
-        return self._call(m.FlushCacheReq(), m.FlushCacheOut, timeout).ok
+    def flush_cache(self, timeout: float = 10, tenant: str | None = None) -> bool:
+        """Every cached prefix, or with ``tenant`` under tenant isolation that tenant's."""
+        return self._call(m.FlushCacheReq(tenant), m.FlushCacheOut, timeout).ok
 
     def stats(self, timeout: float = 10) -> dict[str, Any]:
         return self._call(m.StatsReq(), m.StatsOut, timeout).stats

@@ -14,6 +14,7 @@ from plait.runtime.client.handle import RequestHandle
 from plait.runtime.client.runtime_client import RuntimeClient
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import WorkerDiedError
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.tokenizer import load_tokenizer
 from plait.runtime.worker.process import WorkerProcess, start_worker
@@ -101,21 +102,17 @@ class SupervisedWorker:
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
-        priority: int | None = None,
-        tenant: str | None = None,
-        cache_salt: str | None = None,
+        scope: RequestScope = RequestScope(),
     ) -> RequestHandle:
-        return self.client.submit(
-            input_ids, sampling_params, rid, stream, priority, tenant, cache_salt
-        )
+        return self.client.submit(input_ids, sampling_params, rid, stream, scope)
 
     def abort(self, rid: str) -> None:
         client = self._client
         if client is not None:
             client.abort(rid)
 
-    def flush_cache(self, timeout: float = 10) -> bool:
-        return self.client.flush_cache(timeout)
+    def flush_cache(self, timeout: float = 10, tenant: str | None = None) -> bool:
+        return self.client.flush_cache(timeout, tenant)
 
     def stats(self, timeout: float = 10) -> dict[str, Any]:
         return self.client.stats(timeout)

@@ -17,7 +17,7 @@ from plait.runtime.errors import InvalidRequestError, OverloadedError, WorkerDie
 from plait.runtime.limits import ModelLimits
 from plait.runtime.server.admission import HttpLimits
 from plait.runtime.server.auth import ApiKeys, AuthMiddleware
-from plait.runtime.server.http_body import native_calls
+from plait.runtime.server.http_body import native_calls, request_scope
 from plait.runtime.server.openai_api import add_openai_routes
 from plait.runtime.server.sglang_native import (
     NativeStream,
@@ -33,9 +33,9 @@ from plait.runtime.server.streams import (
     exception_headers,
     final_chunks,
     first_chunks,
+    key_tenant,
     merged_chunks,
     read_json,
-    request_scope,
     sse,
     streaming_response,
     submit_calls,
@@ -68,6 +68,7 @@ def create_app(
         {model_name} | (served_names or set()),
         http=http or HttpLimits(),
     )
+    state.metrics.tenant_names = set(api_keys.tenants) if api_keys is not None else set()
     app = FastAPI(title="plait", docs_url=None, redoc_url=None)
     app.state.plait = state
 
@@ -80,6 +81,13 @@ def create_app(
         app.add_exception_handler(kind, on_error)
 
     app.add_middleware(AuthMiddleware, keys=api_keys)
+
+    def isolated_tenant(request: Request) -> str | None:
+        """The caller's tenant (its API key's name) when the prefix cache is isolated by
+        tenant, else None: the admin routes then act on, and show, everything."""
+        if backend.info.get("cache_isolation") != "tenant":
+            return None
+        return key_tenant(request)
 
     @app.get("/health")
     async def health() -> Response:
@@ -103,20 +111,26 @@ def create_app(
         return info
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
-    async def flush_cache() -> Response:
-        ok = await asyncio.to_thread(backend.flush_cache, 10)
+    async def flush_cache(request: Request) -> Response:
+        """Global isolation: every cached prefix, as SGLang (400 while requests run). Tenant
+        isolation: the caller's own prefixes only, always (another tenant's cache, and whether
+        it is running, stays invisible)."""
+        ok = await asyncio.to_thread(backend.flush_cache, 10, isolated_tenant(request))
         if ok:
             return Response("Cache flushed.\n", status_code=200)
         return Response("Cache not flushed: requests are running.\n", status_code=400)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        """Under tenant isolation the caller sees its own tenant's series (``ServerMetrics``)."""
         try:
             state.metrics.update_from_stats(await asyncio.to_thread(backend.stats, 5))
         except Exception:
             pass  # a dead worker still gets its last counters scraped
         state.metrics.update_server(backend, state.gate)
-        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+        return Response(
+            state.metrics.render(isolated_tenant(request)), media_type="text/plain; version=0.0.4"
+        )
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:
@@ -125,7 +139,7 @@ def create_app(
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream", "must be a boolean")
-        streams = submit_calls(state, calls, request_scope(request, body))
+        streams = submit_calls(state, calls, request_scope(body, key_tenant(request)))
         per_stream = [call for call in calls for _ in range(call.n)]  # submit_calls' order
         if not stream:
             finals = await final_chunks(request, streams)

@@ -17,6 +17,7 @@ from plait.runtime.client.handle import RequestHandle, deliver
 from plait.runtime.client.output_stream import OutputStream, TokenTextCache
 from plait.runtime.errors import InvalidRequestError, WorkerDiedError
 from plait.runtime.limits import check_request
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
@@ -51,9 +52,7 @@ class EngineThread:
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
-        priority: int | None = None,
-        tenant: str | None = None,
-        cache_salt: str | None = None,
+        scope: RequestScope = RequestScope(),
     ) -> RequestHandle:
         """Sends one verified request (``n == 1``); the core checks it again on admission."""
         rid = rid or f"req-{next(self._ids)}-{uuid.uuid4().hex[:8]}"
@@ -67,15 +66,15 @@ class EngineThread:
             handle.push(e)
             return handle
         out = OutputStream(rid, sampling_params, self.tokenizer, self._token_text)
-        req = (rid, list(input_ids), sampling_params, stream, priority, tenant, cache_salt)
+        req = (rid, list(input_ids), sampling_params, stream, scope)
         self._inbox.put(("submit", (req, handle, out)))
         return handle
 
     def abort(self, rid: str) -> None:
         self._inbox.put(("abort", rid))
 
-    def flush_cache(self, timeout: float = 10) -> bool:
-        return self._call("flush", timeout)
+    def flush_cache(self, timeout: float = 10, tenant: str | None = None) -> bool:
+        return self._call("flush", timeout, tenant)
 
     def stats(self, timeout: float = 10) -> dict[str, Any]:
         return self._call("stats", timeout)
@@ -84,12 +83,13 @@ class EngineThread:
         self._stopped = True
         self._inbox.put(("stop", None))
         self._thread.join(timeout=10)
+        self.core.shutdown()  # its grammar compile processes
 
-    def _call(self, kind: str, timeout: float) -> Any:
+    def _call(self, kind: str, timeout: float, arg: Any = None) -> Any:
         if self._dead is not None:
             raise WorkerDiedError(f"engine thread died: {self._dead}")
         fut: Future[Any] = Future()
-        self._inbox.put((kind, fut))
+        self._inbox.put((kind, (fut, arg)))
         return fut.result(timeout)
 
     # ---- engine thread --------------------------------------------------------------------
@@ -159,8 +159,9 @@ class EngineThread:
         elif kind == "abort":
             self.core.abort(arg)  # the next step reports it with finish_reason "abort"
         elif kind == "flush":
-            arg.set_result(self.core.flush_cache())
+            fut, tenant = arg
+            fut.set_result(self.core.flush_cache(tenant))
         elif kind == "stats":
-            arg.set_result(self.core.stats())
+            arg[0].set_result(self.core.stats())
         elif kind == "stop":
             self._stopped = True

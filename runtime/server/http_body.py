@@ -7,13 +7,13 @@ server answers 400 before anything reaches the worker.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.limits import ModelLimits, check_cache_scope, check_input_ids
+from plait.runtime.limits import ModelLimits, check_input_ids
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import MAX_TOP_LOGPROBS, SamplingParams
-from plait.runtime.sched_fields import check_priority, check_tenant
 from plait.runtime.server.tool_calls import (
     ToolRequest,
     check_tool_calls,
@@ -56,30 +56,15 @@ class GenerateCall:
     sampling_params: SamplingParams
     n: int = 1
     rid: str | None = None
-    priority: int | None = None  # see runtime.sched_fields
-    tenant: str | None = None
     return_text_in_logprobs: bool = True  # SGLang's default is False; plait always sent text
 
 
-def sched_fields(body: dict[str, Any]) -> tuple[int | None, str | None]:
-    """The body's ``priority`` and ``tenant`` (native fields; extension fields on the OpenAI
-    routes, as in SGLang), checked."""
-    return check_priority(body.get("priority")), check_tenant(body.get("tenant"))
-
-
-@dataclass(slots=True, frozen=True)
-class CacheScope:
-    """Whose cached prefixes a request may reuse: its tenant (the API key's name, never a body
-    field) and its ``cache_salt`` (vLLM's field: requests share prefixes only with equal salts)."""
-
-    tenant: str | None = None
-    cache_salt: str | None = None
-
-
-def cache_salt_of(body: dict[str, Any]) -> str | None:
-    salt = get(body, "cache_salt", str)
-    check_cache_scope(None, salt)
-    return salt
+def request_scope(body: dict[str, Any], key_tenant: str | None) -> RequestScope:
+    """The body's ``priority``, ``tenant`` and ``cache_salt`` (native fields; extensions on
+    the OpenAI routes, as in SGLang and vLLM), read once per request. ``key_tenant`` (the API
+    key's name) wins over the body's ``tenant``: a body field never picks another's cache."""
+    scope = RequestScope(body.get("priority"), body.get("tenant"), body.get("cache_salt"))
+    return scope if key_tenant is None else replace(scope, tenant=key_tenant)
 
 
 def require_object(body: Any) -> dict[str, Any]:
@@ -185,8 +170,6 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
     top_logprobs_num = per_prompt(body, "top_logprobs_num", int, count)
     with_text = get(body, "return_text_in_logprobs", bool, True)
     get(body, "log_metrics", bool)  # SGLang's switch for its own metrics; the value is checked
-    priority, tenant = sched_fields(body)
-
     calls = []
     for i, (ids, raw) in enumerate(zip(prompts, raw_params)):
         if raw is not None and not isinstance(raw, dict):
@@ -198,7 +181,7 @@ def native_calls(body: dict[str, Any], limits: ModelLimits) -> tuple[bool, list[
         params.set_logprob_options(return_logprob[i], logprob_start_len[i], top_logprobs_num[i])
         params, n = finish_params(params, limits.vocab_size)
         rid = rids[i] if rids else None
-        calls.append(GenerateCall(ids, params, n, rid, priority, tenant, with_text))
+        calls.append(GenerateCall(ids, params, n, rid, with_text))
     return single and calls[0].n == 1, calls
 
 

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.server.http_body import (
     GenerateCall,
     apply_response_format,
@@ -23,7 +24,7 @@ from plait.runtime.server.http_body import (
     get,
     openai_extensions,
     openai_params,
-    sched_fields,
+    request_scope,
 )
 from plait.runtime.server.openai_fields import check_fields
 from plait.runtime.server.openai_formats import ChatFormat, CompletionFormat
@@ -33,9 +34,9 @@ from plait.runtime.server.streams import (
     exception_body,
     final_chunks,
     first_chunks,
+    key_tenant,
     merged_chunks,
     read_json,
-    request_scope,
     sse,
     streaming_response,
     submit_calls,
@@ -55,21 +56,25 @@ def add_openai_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         body = await read_json(request)
-        calls, fmt, keep = await asyncio.to_thread(_completion_calls, body, state)  # tokenizes
-        return await _respond(request, body, state, calls, fmt, keep=keep)
+        calls, fmt, keep, scope = await asyncio.to_thread(  # tokenizes
+            _completion_calls, body, state, key_tenant(request)
+        )
+        return await _respond(request, body, state, calls, scope, fmt, keep=keep)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
         body = await read_json(request)
-        calls, fmt = await asyncio.to_thread(_chat_calls, body, state)  # tokenizes
-        return await _respond(request, body, state, calls, fmt)
+        calls, fmt, scope = await asyncio.to_thread(  # tokenizes
+            _chat_calls, body, state, key_tenant(request)
+        )
+        return await _respond(request, body, state, calls, scope, fmt)
 
 
 def _completion_calls(
-    body: dict[str, Any], state: ServerState
-) -> tuple[list[GenerateCall], CompletionFormat, int]:
-    """The calls of a completion request, its format, and how many choices to keep per prompt
-    (``n`` of ``best_of``)."""
+    body: dict[str, Any], state: ServerState, caller_tenant: str | None
+) -> tuple[list[GenerateCall], CompletionFormat, int, RequestScope]:
+    """The calls of a completion request, its format, how many choices to keep per prompt
+    (``n`` of ``best_of``) and its scope."""
     check_model(body, state.served_names)
     check_fields(body, chat=False, extensions=openai_extensions())
     _check_suffix(body)
@@ -77,7 +82,7 @@ def _completion_calls(
     top_k = completion_logprobs(body)
     params, n = openai_params(body, state.limits, default_max_tokens=16)
     best_of = _best_of(body, n)
-    priority, tenant = sched_fields(body)
+    scope = request_scope(body, caller_tenant)
     prompts = completion_prompts(body, state.limits)  # tokenizing last: cheap checks first
     apply_response_format(body, params)
     _ask_logprobs(params, top_k)
@@ -85,18 +90,20 @@ def _completion_calls(
         params.return_logprob = True  # to rank the candidates
     if echo and top_k is not None:
         params.logprob_start_len = 0  # a logprob for every prompt token
-    calls = [GenerateCall(ids, params.copy(), best_of, None, priority, tenant) for ids in prompts]
+    calls = [GenerateCall(ids, params.copy(), best_of) for ids in prompts]
     echoes = None
     if echo:
         texts = _prompt_texts(body["prompt"], prompts, state)
         echoes = [text for text, _ in zip(texts, calls) for _ in range(n)]
-    return calls, CompletionFormat(top_k, echoes), n
+    return calls, CompletionFormat(top_k, echoes), n, scope
 
 
-def _chat_calls(body: dict[str, Any], state: ServerState) -> tuple[list[GenerateCall], ChatFormat]:
+def _chat_calls(
+    body: dict[str, Any], state: ServerState, caller_tenant: str | None
+) -> tuple[list[GenerateCall], ChatFormat, RequestScope]:
     check_model(body, state.served_names)
     check_fields(body, chat=True, extensions=openai_extensions())
-    priority, tenant = sched_fields(body)
+    scope = request_scope(body, caller_tenant)
     top_k = chat_logprobs(body)
     tools = tool_request(body)
     params, n = openai_params(body, state.limits, default_max_tokens=256)
@@ -105,7 +112,7 @@ def _chat_calls(body: dict[str, Any], state: ServerState) -> tuple[list[Generate
     if tools is not None:
         constrain(tools, params)
     _ask_logprobs(params, top_k)
-    return [GenerateCall(ids, params, n, None, priority, tenant)], ChatFormat(top_k, tools)
+    return [GenerateCall(ids, params, n)], ChatFormat(top_k, tools), scope
 
 
 def _prompt_texts(prompt: Any, ids: list[list[int]], state: ServerState) -> list[str]:
@@ -196,6 +203,7 @@ async def _respond(
     body: dict[str, Any],
     state: ServerState,
     calls: list[GenerateCall],
+    scope: RequestScope,
     fmt: CompletionFormat | ChatFormat,
     keep: int | None = None,
 ) -> Response:
@@ -206,7 +214,7 @@ async def _respond(
     created = int(time.time())
     model = body.get("model") or state.model_name
     head = {"id": rid, "object": fmt.object, "created": created, "model": model}
-    streams = submit_calls(state, calls, request_scope(request, body))
+    streams = submit_calls(state, calls, scope)
     if not stream:
         finals = await final_chunks(request, streams)
         if finals is None:

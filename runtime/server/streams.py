@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from fastapi import Request
 from fastapi.responses import StreamingResponse
 
-from plait.runtime.client.generate_args import expand_n
+from plait.runtime.client.generate_args import check_unique_rids, expand_n
 from plait.runtime.errors import (
     InvalidRequestError,
     OverloadedError,
@@ -23,9 +23,10 @@ from plait.runtime.errors import (
     WorkerDiedError,
 )
 from plait.runtime.limits import ModelLimits
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.server.admission import AdmissionGate, HttpLimits
-from plait.runtime.server.http_body import CacheScope, GenerateCall, cache_salt_of
+from plait.runtime.server.http_body import GenerateCall
 from plait.runtime.server.json_body import check_declared_size, parse_body, read_limited
 from plait.runtime.server.metrics import RequestTimer, ServerMetrics
 
@@ -39,7 +40,9 @@ class GenerateBackend(Protocol):
     ``submit`` never blocks on generation; the handle yields ``OutputChunk``s (cumulative text)
     under ``async for``, the last one ``finished``, or raises ``InvalidRequestError`` /
     ``WorkerDiedError``; ``handle.cancel()`` aborts the request and frees its KV.
-    ``flush_cache`` and ``stats`` block for at most ``timeout`` seconds.
+    ``flush_cache`` and ``stats`` block for at most ``timeout`` seconds; ``flush_cache`` with
+    a ``tenant`` under tenant isolation (``info["cache_isolation"]``) drops only what that
+    tenant cached, and always succeeds.
     """
 
     info: dict[str, Any]  # vocab_size, context_len, kv_total, model_path
@@ -50,14 +53,12 @@ class GenerateBackend(Protocol):
         sampling_params: SamplingParams,
         rid: str | None = None,
         stream: bool = False,
-        priority: int | None = None,
-        tenant: str | None = None,
-        cache_salt: str | None = None,
+        scope: RequestScope = RequestScope(),
     ) -> Any: ...
 
     def abort(self, rid: str) -> None: ...
 
-    def flush_cache(self, timeout: float = 10) -> bool: ...
+    def flush_cache(self, timeout: float = 10, tenant: str | None = None) -> bool: ...
 
     def stats(self, timeout: float = 10) -> dict[str, Any]: ...
 
@@ -83,9 +84,11 @@ class Stream:
     """One submitted choice: its handle, iterated with timing, cancelled past its deadline
     (``request_timeout``: a TimeoutError ends it)."""
 
-    def __init__(self, handle: Any, metrics: ServerMetrics, timeout: float | None) -> None:
+    def __init__(
+        self, handle: Any, metrics: ServerMetrics, timeout: float | None, tenant: str | None
+    ) -> None:
         self.handle = handle
-        self.timer = RequestTimer(metrics)
+        self.timer = RequestTimer(metrics, tenant)
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self._it = handle.__aiter__()
@@ -110,46 +113,40 @@ class Stream:
         return chunk
 
 
-def request_scope(request: Request, body: dict[str, Any]) -> CacheScope:
-    """The caller's tenant (set by ``AuthMiddleware``) and the body's ``cache_salt``."""
-    return CacheScope(getattr(request.state, "plait_tenant", None), cache_salt_of(body))
+def key_tenant(request: Request) -> str | None:
+    """The caller's tenant: its API key's name (set by ``AuthMiddleware``), None without keys."""
+    return getattr(request.state, "plait_tenant", None)
 
 
 def submit_calls(
-    state: ServerState, calls: list[GenerateCall], scope: CacheScope = CacheScope()
+    state: ServerState, calls: list[GenerateCall], scope: RequestScope = RequestScope()
 ) -> list[Stream]:
     """Submits ``n`` requests per call (``expand_n``: seed + j for choice j), in order, in
-    the caller's cache ``scope``, once the request fits the per-request fan-out (400) and the
+    the caller's ``scope``, once the request fits the per-request fan-out (400) and the
     server's load limits (429)."""
     gate = state.gate
     gate.check_fan_out(sum(call.n for call in calls))
-    rids = [f"{call.rid}-{j}" if call.n > 1 else call.rid for call in calls if call.rid
-            for j in range(call.n)]  # fmt: skip
-    if len(set(rids)) != len(rids):
-        raise InvalidRequestError("rid", "must be unique within a request")
+    subs = [
+        sub
+        for call in calls
+        for sub in expand_n(call.rid, call.input_ids, call.sampling_params.copy(n=call.n), scope)
+    ]
+    check_unique_rids(subs)
     streams: list[Stream] = []
     try:
-        for call in calls:
-            params = call.sampling_params.copy(n=call.n)
-            tokens = len(call.input_ids)
-            for sub in expand_n(call.rid, call.input_ids, params, call.priority, call.tenant):
-                gate.admit(1, tokens)
-                try:
-                    handle = state.backend.submit(
-                        sub.input_ids,
-                        sub.params,
-                        rid=sub.rid,
-                        stream=True,
-                        priority=sub.priority,
-                        # the API key's tenant wins: a body field never picks another's cache
-                        tenant=scope.tenant if scope.tenant is not None else sub.tenant,
-                        cache_salt=scope.cache_salt,
-                    )
-                except BaseException:
-                    gate.release(1, tokens)
-                    raise
-                handle.add_done_callback(lambda t=tokens: gate.release(1, t))
-                streams.append(Stream(handle, state.metrics, state.http.request_timeout))
+        for sub in subs:
+            tokens = len(sub.input_ids)
+            gate.admit(1, tokens)
+            try:
+                handle = state.backend.submit(
+                    sub.input_ids, sub.params, rid=sub.rid, stream=True, scope=scope
+                )
+            except BaseException:
+                gate.release(1, tokens)
+                raise
+            handle.add_done_callback(lambda t=tokens: gate.release(1, t))
+            timeout = state.http.request_timeout
+            streams.append(Stream(handle, state.metrics, timeout, scope.tenant))
     except BaseException:
         cancel_all(streams)
         raise

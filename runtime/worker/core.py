@@ -16,12 +16,12 @@ from plait.radix_cache.cache_manager import CacheManager
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.limits import ModelLimits, check_cache_scope
+from plait.runtime.limits import ModelLimits
 from plait.runtime.messages import ReqOutput
 from plait.runtime.model.loader import LoadedModel, kv_pool_tokens, load_model
 from plait.runtime.model.model_runner import ModelRunner
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.sched_fields import check_priority
 from plait.runtime.worker.request import Req
 from plait.runtime.worker.scheduler import Scheduler
 from plait.runtime.worker.stop import StopChecker
@@ -106,27 +106,23 @@ class EngineCore:
         input_ids: list[int],
         params: SamplingParams,
         stream: bool = False,
-        priority: int | None = None,
-        tenant: str | None = None,
-        cache_salt: str | None = None,
+        scope: RequestScope = RequestScope(),
     ) -> None:
         """Queues one sequence whose params (``n == 1``) and ids the caller checked with
-        ``check_request`` at its boundary; raises InvalidRequestError for a bad or live rid,
-        priority, or a bad ``tenant`` / ``cache_salt`` (which scope its prefix-cache reuse)."""
+        ``check_request`` at its boundary; raises InvalidRequestError for a bad or live rid."""
         if not isinstance(rid, str) or not rid:
             raise InvalidRequestError("rid", "must be a non-empty string")
         if self.scheduler.find(rid) is not None:
             raise InvalidRequestError("rid", f"{rid!r} is already running")
-        check_cache_scope(tenant, cache_salt)
         assert params.n == 1, "callers expand n"
         req = Req(
             rid=rid,
             input_ids=list(input_ids),
             sampling_params=params,
             stream=stream,
-            priority=check_priority(priority),
-            tenant=tenant,
-            cache_salt=cache_salt,
+            priority=scope.priority,
+            tenant=scope.tenant,
+            cache_salt=scope.cache_salt,
         )
         self.scheduler.add_request(req)
 
@@ -156,9 +152,16 @@ class EngineCore:
     def limits(self) -> ModelLimits:
         return ModelLimits(self.vocab_size, self.context_len, self.kv_total, self.tokenizer)
 
-    def flush_cache(self) -> bool:
-        """Drops every cached prefix; False (and nothing done) while requests are live."""
-        return self.scheduler.flush_cache()
+    def flush_cache(self, tenant: str | None = None) -> bool:
+        """Drops every cached prefix; False (and nothing done) while requests are live. With
+        ``tenant`` under tenant isolation: only that tenant's, always (``Scheduler``)."""
+        return self.scheduler.flush_cache(tenant)
+
+    def shutdown(self) -> None:
+        """Kills the grammar compile processes (a compile in flight fails); the engine takes
+        no constrained request after this."""
+        if self.scheduler.grammar is not None:
+            self.scheduler.grammar.cache.shutdown()
 
     def check_idle(self) -> None:
         """Asserts the KV accounting invariant; call only when nothing is running."""
@@ -174,6 +177,7 @@ class EngineCore:
             "has_tokenizer": self.tokenizer is not None,
             "model_path": str(self.loaded.path),
             "pid": os.getpid(),
+            "cache_isolation": "tenant" if self.cache.isolate_tenants else "global",
         }
 
     def stats(self) -> dict[str, Any]:

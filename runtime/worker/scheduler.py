@@ -156,7 +156,13 @@ class Scheduler:
             and not (self.grammar is not None and self.grammar.waiting)
         )
 
-    def flush_cache(self) -> bool:
+    def flush_cache(self, tenant: str | None = None) -> bool:
+        """Drops every cached prefix (False, nothing dropped, while requests run); with
+        ``tenant`` under tenant isolation only that tenant's, at any time (whether it succeeds
+        must not tell one tenant that another is running)."""
+        if tenant is not None and self.kv.isolate_tenants:
+            self.kv.flush_tenant(tenant)
+            return True
         if not self.is_idle():
             return False
         self.kv.flush()

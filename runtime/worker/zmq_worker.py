@@ -6,7 +6,6 @@ Started by ``start_worker`` (``python -m plait.runtime.worker``), which writes t
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
@@ -19,10 +18,11 @@ from plait.runtime import messages as m
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.limits import check_request
+from plait.runtime.parent_death import die_with_parent
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
-_PR_SET_PDEATHSIG = 1
 # How long an idle worker blocks in poll before it checks its parent and signals again.
 IDLE_POLL_MS = 50
 
@@ -98,7 +98,7 @@ class Worker:
         elif isinstance(msg, m.StatsReq):
             self._send(identity, m.StatsOut(self.core.stats()))
         elif isinstance(msg, m.FlushCacheReq):
-            self._send(identity, m.FlushCacheOut(self.core.flush_cache()))
+            self._send(identity, m.FlushCacheOut(self.core.flush_cache(msg.tenant)))
         elif isinstance(msg, m.ShutdownReq):
             self.stopping = True
         else:
@@ -113,15 +113,8 @@ class Worker:
             if params.n != 1:
                 raise InvalidRequestError("n", "the worker takes n == 1; the client expands n")
             check_request(params, msg.input_ids, "input_ids", self.limits)
-            self.core.add_request(
-                msg.rid,
-                msg.input_ids,
-                params,
-                msg.stream,
-                msg.priority,
-                msg.tenant,
-                msg.cache_salt,
-            )
+            scope = RequestScope(msg.priority, msg.tenant, msg.cache_salt)
+            self.core.add_request(msg.rid, msg.input_ids, params, msg.stream, scope)
         except InvalidRequestError as e:
             self._send(identity, m.ErrorOut(msg.rid, e.field, e.message, "invalid_request"))
             return
@@ -165,17 +158,6 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
-def die_with_parent(parent: int) -> None:
-    """The kernel kills this process when the thread that started it exits (Linux
-    ``PR_SET_PDEATHSIG``), whatever the worker is doing (a step, a compile holding the GIL);
-    elsewhere the loop's parent check is the only guard."""
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os._exit(1)
-
-
 def main() -> None:
     """Reads the ``StartWorker`` message from stdin, loads the model, serves until told."""
     if len(sys.argv) != 3 or sys.argv[1] != "--endpoint":
@@ -193,4 +175,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    worker.run()
+    try:
+        worker.run()
+    finally:
+        core.shutdown()  # kills a compile in flight, so the exit does not wait for it

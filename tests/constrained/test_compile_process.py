@@ -47,12 +47,17 @@ def test_time_limit_kills_the_process_and_the_next_compile_gets_a_fresh_one():
 def test_a_grammar_bomb_under_a_small_memory_cap_fails_alone():
     proc = CompileProcess("xgrammar", BYTES, memory_limit_mb=32)
     try:
+        assert proc.compile(SCHEMA, timeout=60)
+        first = proc.pid
         # the cap either stops the allocation or pushes xgrammar's work into the first mask,
-        # which the time limit then stops
+        # which the time limit then stops; either way the process and its memory are gone
         with pytest.raises(InvalidRequestError, match="memory cap|did not finish") as info:
             proc.compile(BOMB, timeout=5)
         assert info.value.field == "json_schema"
+        with pytest.raises(ProcessLookupError):
+            os.kill(first, 0)
         assert proc.compile(SCHEMA, timeout=60)
+        assert proc.starts == 2
     finally:
         proc.kill()
 

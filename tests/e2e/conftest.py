@@ -6,59 +6,27 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import subprocess
-import sys
+import threading
 import time
+import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class ServerProcess:
-    url: str
-    proc: subprocess.Popen
+from plait.runtime.server.launch import ServerProcess, ServerStartError, serve
 
 
 def serve_process(log: Path, *args: str, timeout: float = 240) -> Iterator[ServerProcess]:
     """Yields ``python -m plait.runtime.server ARGS`` (its URL and process) once /health
     answers; stops the process afterwards."""
-    port = free_port()
-    cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port), *args]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=dict(os.environ))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server did not come up: {log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield ServerProcess(url, proc)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        server = serve(*args, log=log, timeout=timeout)
+        with server as started:
+            yield started
+    except ServerStartError as e:
+        pytest.fail(str(e))
 
 
 def start_server(log: Path, *args: str, timeout: float = 240) -> Iterator[str]:
@@ -138,6 +106,8 @@ ROBUST_FLAGS = (
     "--max-sequences-per-request", "16",
     "--max-concurrent-sequences", "256",
     "--request-timeout", "60",
+    "--grammar-compile-timeout", "5",  # a grammar bomb fails in seconds
+    "--grammar-compile-memory-mb", "1024",
 )  # fmt: skip
 
 
@@ -165,37 +135,52 @@ def robust_server(tmp_path_factory, tiny_lm_dir) -> Iterator[ServerProcess]:
     yield from serve_process(log, "--model", str(model), *ROBUST_FLAGS)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state first), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def live_children(pid: int) -> list[int]:
     """The pids of ``pid``'s children that have not exited (zombies excluded), from /proc."""
     found = []
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
+        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
     return found
 
 
 def pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system CPU time of ``pid`` in clock ticks (0 once it is gone)."""
+    fields = _stat(pid)
+    return 0 if fields is None else int(fields[11]) + int(fields[12])
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of ``pid`` (0 once it is gone)."""
+    fields = _stat(pid)
+    return 0 if fields is None else int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @pytest.fixture
 def procs():
-    """``procs.children(pid)`` and ``procs.alive(pid)``: process checks by pid."""
+    """``procs.children(pid)``, ``procs.alive(pid)``, ``procs.cpu_ticks(pid)``,
+    ``procs.rss(pid)``: process checks by pid, from /proc."""
 
     class Procs:
         children = staticmethod(live_children)
         alive = staticmethod(pid_alive)
+        cpu_ticks = staticmethod(cpu_ticks)
+        rss = staticmethod(rss_bytes)
 
     return Procs
 
@@ -215,3 +200,65 @@ def spawn_tiny_server(tmp_path, tiny_lm_dir):
     yield spawn
     for gen in started:
         gen.close()
+
+
+# a grammar bomb by size in 53 KB (under ROBUST_FLAGS' body limit): xgrammar needs minutes
+# and gigabytes for these 800 patterned properties
+BOMB_SCHEMA = json.dumps(
+    {
+        "type": "object",
+        "properties": {
+            f"p{i}": {"type": "string", "pattern": "^[a-z]{1,40}[0-9]{1,40}$"} for i in range(800)
+        },
+    }
+)
+COMPILE_GUARD_S = 120.0  # a hang guard: a compile process start imports its library
+
+
+@pytest.fixture
+def grammar_bomb():
+    """``grammar_bomb.schema``; ``grammar_bomb.warm(url, worker)`` compiles two fresh small
+    schemas (so the worker's two compile processes run) and returns those processes' pids;
+    ``grammar_bomb.in_flight(url, compilers)`` posts the bomb from a thread and returns it once
+    one of ``compilers`` burns CPU on it."""
+
+    class GrammarBomb:
+        schema = BOMB_SCHEMA
+
+        @staticmethod
+        def warm(url: str, worker: int) -> list[int]:
+            for _ in range(2):  # the cache's two compile slots, each started by its first use
+                schema = {"type": "object", "properties": {uuid.uuid4().hex: {"type": "integer"}}}
+                params = {"json_schema": json.dumps(schema), "max_new_tokens": 2}
+                r = httpx.post(f"{url}/generate", json={"text": "Go", "sampling_params": params},
+                               timeout=COMPILE_GUARD_S)  # fmt: skip
+                assert r.status_code == 200, r.text
+            compilers = live_children(worker)
+            assert len(compilers) == 2, compilers
+            return compilers
+
+        @staticmethod
+        def in_flight(url: str, compilers: list[int]) -> threading.Thread:
+            idle = {pid: cpu_ticks(pid) for pid in compilers}
+            params = {"json_schema": BOMB_SCHEMA, "max_new_tokens": 2}
+            bomb = threading.Thread(
+                target=_post_ignoring_errors,
+                args=(f"{url}/generate", {"text": "Go", "sampling_params": params}),
+                daemon=True,
+            )
+            bomb.start()
+            half_a_second = os.sysconf("SC_CLK_TCK") // 2
+            deadline = time.monotonic() + COMPILE_GUARD_S
+            while all(cpu_ticks(pid) - idle[pid] < half_a_second for pid in compilers):
+                assert time.monotonic() < deadline, "no compile process took up the bomb"
+                time.sleep(0.05)
+            return bomb
+
+    return GrammarBomb
+
+
+def _post_ignoring_errors(url: str, body: dict) -> None:
+    try:
+        httpx.post(url, json=body, timeout=COMPILE_GUARD_S)
+    except httpx.HTTPError:
+        pass  # the server went away mid-request: the caller stops it

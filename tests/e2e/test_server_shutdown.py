@@ -1,6 +1,7 @@
 """Stopping ``plait serve``: SIGTERM / SIGINT end the server and its worker within seconds
-whatever is running (a long stream, a request whose body never arrives), and a server killed
-outright takes its worker with it (the kernel's parent-death signal). Checked by pid."""
+whatever is running (a long stream, a request whose body never arrives, a grammar compile), and
+a server killed outright takes its worker and the worker's compile processes with it (the
+kernel's parent-death signal). Checked by pid."""
 
 from __future__ import annotations
 
@@ -47,10 +48,22 @@ def _hung_request(url: str) -> socket.socket:
     return s
 
 
+def _all_gone(procs, worker: int, compilers: list[int]) -> None:
+    assert _gone(procs, worker), "the worker outlived the server"
+    for pid in compilers:
+        assert _gone(procs, pid), "a grammar compile process outlived the server"
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_a_signal_stops_the_server_and_its_worker_mid_work(spawn_tiny_server, procs, sig):
-    server = spawn_tiny_server("--shutdown-timeout", "2")
+def test_a_signal_stops_the_server_and_its_worker_mid_work(
+    spawn_tiny_server, procs, grammar_bomb, tmp_path, sig
+):
+    server = spawn_tiny_server(
+        "--shutdown-timeout", "2", "--grammar-cache-dir", str(tmp_path / "grammars")
+    )
     (worker,) = procs.children(server.proc.pid)
+    compilers = grammar_bomb.warm(server.url, worker)
+    bomb = grammar_bomb.in_flight(server.url, compilers)
     started = threading.Event()
     stream = threading.Thread(target=_long_stream, args=(server.url, started), daemon=True)
     stream.start()
@@ -59,15 +72,21 @@ def test_a_signal_stops_the_server_and_its_worker_mid_work(spawn_tiny_server, pr
     try:
         server.proc.send_signal(sig)
         server.proc.wait(GUARD_S)
-        assert _gone(procs, worker), "the worker outlived the server"
+        _all_gone(procs, worker, compilers)
     finally:
         hung.close()
     stream.join(GUARD_S)
+    bomb.join(GUARD_S)
 
 
-def test_a_killed_server_takes_its_worker_with_it(spawn_tiny_server, procs):
-    server = spawn_tiny_server()
+def test_a_killed_server_takes_its_worker_and_compiles_with_it(
+    spawn_tiny_server, procs, grammar_bomb, tmp_path
+):
+    server = spawn_tiny_server("--grammar-cache-dir", str(tmp_path / "grammars"))
     (worker,) = procs.children(server.proc.pid)
+    compilers = grammar_bomb.warm(server.url, worker)
+    bomb = grammar_bomb.in_flight(server.url, compilers)
     server.proc.kill()
     server.proc.wait(GUARD_S)
-    assert _gone(procs, worker), "the worker outlived the server"
+    _all_gone(procs, worker, compilers)
+    bomb.join(GUARD_S)

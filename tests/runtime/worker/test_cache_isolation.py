@@ -9,6 +9,7 @@ import pytest
 
 from plait.runtime.config import EngineConfig
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
@@ -24,7 +25,7 @@ def run(core: EngineCore, *reqs: tuple[str, list[int], str | None, str | None]) 
     returns rid -> (output ids, cached tokens)."""
     for rid, ids, tenant, salt in reqs:
         params = SamplingParams.from_dict(GREEDY)
-        core.add_request(rid, ids, params, tenant=tenant, cache_salt=salt)
+        core.add_request(rid, ids, params, scope=RequestScope(tenant=tenant, cache_salt=salt))
     out: dict[str, tuple[list[int], int]] = {}
     while core.has_work:
         for o in core.step():
@@ -98,8 +99,36 @@ def test_a_bad_tenant_or_salt_is_rejected_by_name(tiny_model_dir, tenant, salt, 
     core = make_core(tiny_model_dir("llama"))
     params = SamplingParams.from_dict(GREEDY)
     with pytest.raises(InvalidRequestError) as e:
-        core.add_request("r", [5, 6], params, tenant=tenant, cache_salt=salt)
+        core.add_request("r", [5, 6], params, scope=RequestScope(tenant=tenant, cache_salt=salt))
     assert e.value.field == field
     with pytest.raises(InvalidRequestError, match="lone surrogate"):
-        core.add_request("r", [5, 6], params, cache_salt="\ud800")
+        core.add_request("r", [5, 6], params, scope=RequestScope(cache_salt="\ud800"))
     assert run(core, ("ok", [5, 6], None, "fine"))["ok"][0]
+
+
+def test_a_tenant_flush_drops_only_that_tenants_prefixes_even_while_another_runs(
+    tiny_model_dir,
+):
+    core = make_core(tiny_model_dir("llama"), cache_isolation="tenant")
+    system = prompt(3, 60)
+    run(core, ("a1", system + [7], "a", None), ("a2", system + [7], "a", "salt"))
+    run(core, ("b1", system + [7], "b", None))
+    # b has a request running: a's flush must neither wait for it nor touch b's prefixes
+    core.add_request(
+        "b-running", prompt(4, 20), SamplingParams.from_dict(GREEDY), scope=RequestScope(tenant="b")
+    )
+    core.step()
+    assert core.flush_cache("a") is True
+    assert core.flush_cache() is False  # a global flush still waits for idle
+    while core.has_work:
+        core.step()
+    out = run(
+        core,
+        ("a3", system + [8], "a", None),
+        ("a4", system + [8], "a", "salt"),
+        ("b2", system + [8], "b", None),
+    )
+    assert out["a3"][1] == 0 and out["a4"][1] == 0, "a's prefixes survived its flush"
+    assert out["b2"][1] >= len(system), "a's flush dropped b's prefixes"
+    assert core.flush_cache() is True
+    assert run(core, ("b3", system + [9], "b", None))["b3"][1] == 0

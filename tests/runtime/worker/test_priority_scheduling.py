@@ -11,6 +11,7 @@ import pytest
 
 from plait.runtime.engine import Engine
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.core import EngineCore
 
@@ -42,8 +43,8 @@ def fcfs_core(model: Path, **opts) -> EngineCore:
 def test_a_high_priority_request_starts_before_a_full_queue_of_low_ones(tiny_model_dir):
     core = fcfs_core(tiny_model_dir("llama"), max_running_requests=2)
     for i in range(6):
-        core.add_request(f"low{i}", prompt(i), params(4), priority=0)
-    core.add_request("high", prompt(9), params(4), priority=5)
+        core.add_request(f"low{i}", prompt(i), params(4), scope=RequestScope(priority=0))
+    core.add_request("high", prompt(9), params(4), scope=RequestScope(priority=5))
     reqs = {rid: core.scheduler.find(rid) for rid in [f"low{i}" for i in range(6)] + ["high"]}
     run_to_idle(core)
     admitted = {rid: r.admitted_step for rid, r in reqs.items()}
@@ -60,8 +61,8 @@ def test_without_priority_scheduling_the_field_is_carried_but_not_used(tiny_mode
         tiny_model_dir("llama"), max_running_requests=1, enable_priority_scheduling=False
     )
     for i in range(3):
-        core.add_request(f"low{i}", prompt(i), params(3), priority=0)
-    core.add_request("high", prompt(9), params(3), priority=5)
+        core.add_request(f"low{i}", prompt(i), params(3), scope=RequestScope(priority=0))
+    core.add_request("high", prompt(9), params(3), scope=RequestScope(priority=5))
     reqs = [core.scheduler.find(r) for r in ("low0", "low1", "low2", "high")]
     run_to_idle(core)
     assert reqs[-1].priority == 5
@@ -72,8 +73,8 @@ def test_low_values_first_flips_the_direction(tiny_model_dir):
     core = fcfs_core(
         tiny_model_dir("llama"), max_running_requests=1, schedule_low_priority_values_first=True
     )
-    core.add_request("a", prompt(1), params(2), priority=3)
-    core.add_request("b", prompt(2), params(2), priority=-1)
+    core.add_request("a", prompt(1), params(2), scope=RequestScope(priority=3))
+    core.add_request("b", prompt(2), params(2), scope=RequestScope(priority=-1))
     core.add_request("c", prompt(3), params(2))  # None ranks as 0
     reqs = [core.scheduler.find(r) for r in "abc"]
     run_to_idle(core)
@@ -107,13 +108,13 @@ def test_preemption_retracts_a_lower_priority_request_and_loses_nothing(tiny_mod
     core = fcfs_core(model, **opts)
     for rid in ("low0", "low1"):
         ids, n = jobs[rid]
-        core.add_request(rid, ids, params(n), priority=0)
+        core.add_request(rid, ids, params(n), scope=RequestScope(priority=0))
     reqs = {rid: core.scheduler.find(rid) for rid in ("low0", "low1")}
     for _ in range(5):
         core.step()
     assert len(core.scheduler.running) == 2 and all(len(r.output_ids) > 0 for r in reqs.values())
     ids, n = jobs["high"]
-    core.add_request("high", ids, params(n), priority=100)
+    core.add_request("high", ids, params(n), scope=RequestScope(priority=100))
     reqs["high"] = core.scheduler.find("high")
     step = core.scheduler.step_count
     core.step()
@@ -129,9 +130,11 @@ def test_preemption_respects_the_threshold(tiny_model_dir):
     core = fcfs_core(
         tiny_model_dir("llama"), max_running_requests=1, priority_scheduling_preemption_threshold=10
     )
-    core.add_request("low", prompt(0), params(20), priority=0)
+    core.add_request("low", prompt(0), params(20), scope=RequestScope(priority=0))
     core.step()
-    core.add_request("mid", prompt(1), params(2), priority=10)  # not more than 10 above
+    core.add_request(
+        "mid", prompt(1), params(2), scope=RequestScope(priority=10)
+    )  # not more than 10 above
     run_to_idle(core)
     assert core.scheduler.stats.preemptions == 0
 
@@ -142,7 +145,7 @@ def test_bad_priority_and_tenant_are_refused_naming_the_field(tiny_model_dir):
         eng.generate(input_ids=prompt(0), priority="high")
     assert e.value.field == "priority"
     with pytest.raises(InvalidRequestError) as e:
-        eng.core.add_request("x", prompt(0), params(2), priority=2**40)
+        eng.core.add_request("x", prompt(0), params(2), scope=RequestScope(priority=2**40))
     assert e.value.field == "priority"
     with pytest.raises(InvalidRequestError) as e:
         eng.generate(input_ids=prompt(0), tenant="")

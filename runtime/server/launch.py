@@ -1,0 +1,78 @@
+"""``plait serve`` as a child process on a free loopback port, once it serves: for the tests,
+benchmarks and examples that need a real server."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+
+class ServerStartError(RuntimeError):
+    """The server exited, or did not answer ``/health`` in time, while starting."""
+
+
+@dataclass(slots=True)
+class ServerProcess:
+    url: str
+    proc: subprocess.Popen
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(
+    *args: str, log: Path | None = None, timeout: float = 600.0, stop_timeout: float = 15.0
+) -> Iterator[ServerProcess]:
+    """Yields ``python -m plait.runtime.server --port PORT ARGS`` once ``/health`` answers 200;
+    on exit terminates it (SIGTERM, then SIGKILL after ``stop_timeout`` s). Its output goes to
+    ``log`` (a temporary file if None); ServerStartError carries the output's tail if it exits
+    first or is not serving after ``timeout`` s (a hang guard: a cold start loads the model)."""
+    with tempfile.TemporaryDirectory(prefix="plait-serve-") as tmp:
+        log = log or Path(tmp) / "server.log"
+        port = free_port()
+        cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port), *args]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_serving(url, proc, log, timeout)
+            yield ServerProcess(url, proc)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(stop_timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_serving(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ServerStartError(f"plait serve exited ({proc.returncode}): {_tail(log)}")
+        try:
+            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass  # not listening yet
+        if time.monotonic() > deadline:
+            raise ServerStartError(f"plait serve did not come up in {timeout:g} s: {_tail(log)}")
+        time.sleep(0.2)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
