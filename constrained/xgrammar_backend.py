@@ -15,7 +15,7 @@ import torch
 import xgrammar as xgr
 
 from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, GrammarMatcher
-from plait.constrained.schema_check import check_schema, parse_schema
+from plait.constrained.schema_check import check_schema, keyword_paths, parse_schema
 from plait.constrained.schema_rewrite import NON_VALIDATING, distribute_alternatives
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
@@ -204,25 +204,12 @@ def _inexact(key: GrammarKey, warnings: list[str]) -> str:
     text = warnings[0].split("Warning:", 1)[-1].strip()
     for keyword in ("oneOf", "allOf", "anyOf"):
         if keyword in text and key.kind == "json":
-            paths = _keyword_paths(json.loads(key.spec), keyword, "#")
+            paths = keyword_paths(json.loads(key.spec), keyword)
             return (
                 f"keyword {keyword!r} at {', '.join(paths) or '#'} cannot be enforced exactly "
                 f"by the xgrammar grammar backend ({text})"
             )
     return f"cannot be enforced exactly by the xgrammar grammar backend ({text})"
-
-
-def _keyword_paths(node: Any, keyword: str, path: str) -> list[str]:
-    out: list[str] = []
-    if isinstance(node, dict):
-        if keyword in node:
-            out.append(path)
-        for k, v in node.items():
-            out += _keyword_paths(v, keyword, f"{path}/{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _keyword_paths(v, keyword, f"{path}/{i}")
-    return out
 
 
 @contextmanager
