@@ -31,8 +31,8 @@ BYTES = TokenVocabulary([bytes([i]) for i in range(256)] + [None], 256, [256], "
 _CLOSING = set(b'"}],0123456789tfn')
 
 
-def walk(grammar: CompiledGrammar, rng: random.Random, max_bytes: int) -> str | None:
-    """One walk's output, or None when it did not finish within ``max_bytes``."""
+def walk(grammar: CompiledGrammar, rng: random.Random, max_bytes: int) -> str | bytes | None:
+    """One walk's output (bytes when not UTF-8), or None when it did not finish in time."""
     gs = GrammarState(grammar, BYTES, [])
     builder = MaskBuilder()
     out = bytearray()
@@ -45,15 +45,22 @@ def walk(grammar: CompiledGrammar, rng: random.Random, max_bytes: int) -> str | 
             raise AssertionError("empty mask")
         stops = [t for t in allowed if gs.is_stop(t)]
         if stops and rng.random() < 0.5:
-            return out.decode()
+            return _text(out)
         ids = [t for t in allowed if not gs.is_stop(t)]
         if not ids:
-            return out.decode()
+            return _text(out)
         weights = [20.0 if t in _CLOSING else 1.0 for t in ids]
         t = rng.choices(ids, weights)[0]
         gs.accept(t)
         out.append(t)
     return None
+
+
+def _text(out: bytearray) -> str | bytes:
+    try:
+        return out.decode()
+    except UnicodeDecodeError:
+        return bytes(out)
 
 
 def main() -> None:
@@ -79,6 +86,8 @@ def main() -> None:
                 continue
             finished += 1
             try:
+                if isinstance(text, bytes):
+                    raise ValueError("not UTF-8")
                 jsonschema.validate(
                     json.loads(text), schema, format_checker=jsonschema.FormatChecker()
                 )

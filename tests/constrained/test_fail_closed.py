@@ -80,6 +80,31 @@ OUTLINES_REFUSED = [
     ("not", {"not": {"type": "null"}}, "#"),
 ]
 
+LLGUIDANCE_REFUSED = [
+    ("not", {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}, "#/properties/a"),
+    ("if", {"if": {"type": "integer"}, "then": {"minimum": 3}}, "#"),
+    ("uniqueItems", {"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "#"),
+    ("dependencies", {"type": "object", "dependencies": {"a": ["b"]}}, "#"),
+    ("propertyNames", {"type": "object", "propertyNames": {"pattern": "^a"}}, "#"),
+    ("unevaluatedProperties", {"type": "object", "unevaluatedProperties": False}, "#"),
+    ("contains", {"type": "array", "contains": {"const": 5}}, "#"),
+    ("format", {"type": "string", "format": "idn-email"}, "#"),
+    ("oneOf", {"items": {"oneOf": [{"type": "integer"}, {"type": "number"}]}}, "#/items"),
+    ("$ref", {"$ref": "https://example.com/schema.json"}, "#"),
+]
+# Schemas xgrammar must refuse that llguidance enforces: (schema, a violating instance, a valid one)
+XGRAMMAR_GAPS = [
+    ({"allOf": [{"type": "integer"}, {"minimum": 3}]}, "2", "5"),
+    ({"type": "number", "multipleOf": 0.5}, "0.3", "1.5"),
+    ({"$defs": {"a": {"type": "integer"}}, "$ref": "#/$defs/a", "minimum": 3}, "2", "4"),
+    (
+        {"type": "object", "additionalProperties": False, "anyOf": [{"properties": {"x": {}}}]},
+        '{"x":1}',
+        "{}",
+    ),
+    ({"type": "object", "minProperties": 1}, "{}", '{"a":1}'),
+]
+
 
 def _compile(backend: str, key: GrammarKey) -> bytes:
     return make_compiler(backend, BYTES).compile_payload(key)
@@ -88,7 +113,8 @@ def _compile(backend: str, key: GrammarKey) -> bytes:
 @pytest.mark.parametrize(
     ("backend", "keyword", "schema", "path"),
     [("xgrammar", *case) for case in XGRAMMAR_REFUSED]
-    + [("outlines", *case) for case in OUTLINES_REFUSED],
+    + [("outlines", *case) for case in OUTLINES_REFUSED]
+    + [("llguidance", *case) for case in LLGUIDANCE_REFUSED],
 )
 def test_unenforceable_keyword_is_an_error_naming_it_and_its_path(backend, keyword, schema, path):
     with pytest.raises(InvalidRequestError) as info:
@@ -137,3 +163,43 @@ def test_structural_tag_schema_is_checked_too():
     with pytest.raises(InvalidRequestError) as info:
         _compile("xgrammar", GrammarKey("structural_tag", json.dumps(tag)))
     assert info.value.field == "structural_tag" and "'not'" in info.value.message
+
+
+def _accepts(backend: str, schema: dict, text: str) -> bool:
+    """The instance ``text`` (compact JSON) is a complete output of the schema's grammar."""
+    compiler = make_compiler(backend, BYTES)
+    key = GrammarKey("json", json.dumps(schema))
+    m = compiler.load(key, compiler.compile_payload(key)).matcher()
+    return all(m.accept_token(b) for b in text.encode()) and m.can_end()
+
+
+@pytest.mark.parametrize("backend", ["llguidance", "auto"])
+@pytest.mark.parametrize(("schema", "bad", "good"), XGRAMMAR_GAPS)
+def test_schemas_xgrammar_refuses_are_enforced_by_llguidance_and_auto(backend, schema, bad, good):
+    with pytest.raises(InvalidRequestError):
+        _compile("xgrammar", GrammarKey("json", json.dumps(schema)))
+    assert _accepts(backend, schema, good)
+    assert not _accepts(backend, schema, bad)
+
+
+def test_auto_refuses_what_both_refuse_naming_the_keyword_for_each():
+    schema = {"type": "object", "properties": {"a": {"not": {"type": "string"}}}}
+    with pytest.raises(InvalidRequestError) as info:
+        _compile("auto", GrammarKey("json", json.dumps(schema)))
+    msg = info.value.message
+    assert info.value.field == "json_schema"
+    assert "xgrammar" in msg and "llguidance" in msg and msg.count("#/properties/a") == 2
+
+
+def test_auto_keeps_xgrammar_for_what_it_enforces():
+    key = GrammarKey("json", json.dumps({"type": "integer", "minimum": 3}))
+    assert _compile("auto", key).startswith(b"xgrammar\0")
+    assert _compile("auto", GrammarKey("json", json.dumps(XGRAMMAR_GAPS[0][0]))).startswith(
+        b"llguidance\0"
+    )
+
+
+def test_llguidance_treats_non_standard_formats_as_annotations():
+    schema = {"type": "object", "properties": {"v": {"type": "string", "format": "semver"}}}
+    assert _accepts("llguidance", schema, '{"v":"anything"}')
+    assert _accepts("llguidance", {"const": {"format": "semver"}}, '{"format":"semver"}')
