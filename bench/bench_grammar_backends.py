@@ -2,7 +2,7 @@
 coverage and time (in the killable compile process, 10 s limit), then the per-token mask time
 at batch 1 and 32 on the schemas every backend compiled, the default model's tokenizer.
 
-    python -m plait.bench.bench_grammar_backends [--backends xgrammar,outlines] [--steps 48]
+    python -m plait.bench.bench_grammar_backends [--backends xgrammar,outlines,llguidance,auto] [--steps 48]
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def mask_times(
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--backends", default="xgrammar,outlines")
+    ap.add_argument("--backends", default="xgrammar,outlines,llguidance,auto")
     ap.add_argument("--limit", type=float, default=10.0, help="compile time limit (s)")
     ap.add_argument("--steps", type=int, default=48)
     ap.add_argument("--mask-schemas", type=int, default=20)

@@ -109,7 +109,9 @@ def to_grammar(key: GrammarKey) -> str:
         try:  # GBNF (SGLang's and llama.cpp's ``::=`` syntax) is converted; Lark passes
             return llg.grammar_from("ebnf", key.spec)
         except ValueError as e:
-            raise InvalidRequestError("ebnf", f"cannot be compiled: {e}") from None
+            raise InvalidRequestError(
+                "ebnf", f"cannot be compiled by the llguidance grammar backend: {e}"
+            ) from None
     assert key.kind == "structural_tag", key.kind
     return llg.StructTag.to_grammar(structural_tags(key.spec), assume_special=False)
 
