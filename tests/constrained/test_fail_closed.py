@@ -165,10 +165,10 @@ def test_structural_tag_schema_is_checked_too():
     assert info.value.field == "structural_tag" and "'not'" in info.value.message
 
 
-def _accepts(backend: str, schema: dict, text: str) -> bool:
-    """The instance ``text`` (compact JSON) is a complete output of the schema's grammar."""
+def _accepts(backend: str, schema: dict | GrammarKey, text: str) -> bool:
+    """``text`` is a complete output of the grammar (a schema: compact JSON instances)."""
     compiler = make_compiler(backend, BYTES)
-    key = GrammarKey("json", json.dumps(schema))
+    key = schema if isinstance(schema, GrammarKey) else GrammarKey("json", json.dumps(schema))
     m = compiler.load(key, compiler.compile_payload(key)).matcher()
     return all(m.accept_token(b) for b in text.encode()) and m.can_end()
 
@@ -203,3 +203,16 @@ def test_llguidance_treats_non_standard_formats_as_annotations():
     schema = {"type": "object", "properties": {"v": {"type": "string", "format": "semver"}}}
     assert _accepts("llguidance", schema, '{"v":"anything"}')
     assert _accepts("llguidance", {"const": {"format": "semver"}}, '{"format":"semver"}')
+
+
+def test_llguidance_structural_tag_constrains_only_after_its_trigger():
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "maximum": 5}}}
+    tag = {
+        "type": "structural_tag",
+        "structures": [{"begin": "<f>", "schema": {**schema, "required": ["n"]}, "end": "</f>"}],
+        "triggers": ["<f>"],
+    }
+    key = GrammarKey("structural_tag", json.dumps(tag))
+    assert _accepts("llguidance", key, 'any text <f>{"n":3}</f> more')
+    assert not _accepts("llguidance", key, 'any text <f>{"n":9}</f>')
+    assert not _accepts("llguidance", key, "<f>{}</f>")

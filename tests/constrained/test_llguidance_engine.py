@@ -1,5 +1,5 @@
 """The llguidance backend end to end at temperature 1 on a tiny random model: a schema xgrammar
-must refuse, GBNF and Lark grammars, regex, structural tags, jump-forward from its forced bytes."""
+must refuse, GBNF and Lark grammars, regex, jump-forward from its forced bytes."""
 
 from __future__ import annotations
 
@@ -63,26 +63,11 @@ def test_gbnf_and_lark_grammars(engine, ebnf):
         assert re.fullmatch(ITEM, text), text
 
 
-def test_regex_and_structural_tag(engine):
-    for text in _finished(engine, {"regex": r"[0-9]{2}-(ab|cd)"}):
+def test_regex(engine):
+    finished = _finished(engine, {"regex": r"[0-9]{2}-(ab|cd)"})
+    assert finished
+    for text in finished:
         assert re.fullmatch(r"[0-9]{2}-(ab|cd)", text), text
-    schema = {
-        "type": "object",
-        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 5}},
-        "required": ["n"],
-    }
-    tag = {
-        "type": "structural_tag",
-        "structures": [{"begin": "<f>", "schema": schema, "end": "</f>"}],
-        "triggers": ["<f>"],
-    }
-    ps = [
-        {"structural_tag": json.dumps(tag), "temperature": 1.0, "max_new_tokens": 48, "seed": i}
-        for i in range(6)
-    ]
-    for o in engine.generate(["Answer:"] * 6, ps):
-        for body in re.findall(r"<f>(.*?)</f>", o["text"], re.S):
-            jsonschema.validate(json.loads(body), schema)
 
 
 @pytest.mark.parametrize(
