@@ -26,6 +26,11 @@ MAX_CACHED_BYTES = 512 << 20
 MAX_DISK_ENTRIES = 256
 
 
+# Part of every disk-cache key: bump it whenever plait changes what a backend compiles for the
+# same spec (3: xgrammar's length-bounded JSON strings narrowed), so no stale grammar is loaded.
+CACHE_FORMAT = 3
+
+
 def default_cache_dir() -> Path:
     root = os.environ.get("PLAIT_CACHE_DIR") or Path.home() / ".cache" / "plait"
     return Path(root) / "grammars"
@@ -162,7 +167,7 @@ class GrammarCache:
     def _path(self, key: GrammarKey, vocab: TokenVocabulary) -> Path | None:
         if self.cache_dir is None:
             return None
-        fmt = f"2-{self.backend}-{library_version(self.backend)}"
+        fmt = f"{CACHE_FORMAT}-{self.backend}-{library_version(self.backend)}"
         h = hashlib.sha256(f"{fmt}\0{vocab.fingerprint}\0{key.kind}\0{key.spec}".encode())
         return self.cache_dir / f"{h.hexdigest()[:32]}.grammar"
 

@@ -114,11 +114,15 @@ class XGrammarCompiler(GrammarCompiler):
             check_schema(schema, self.name, refuse)
             return _wrap(
                 key,
-                lambda: c.compile_json_schema(
-                    json.dumps(schema),
-                    any_whitespace=False,
-                    separators=(",", ":"),
-                    strict_mode=True,
+                lambda: c.compile_grammar(
+                    json_safe(
+                        xgr.Grammar.from_json_schema(
+                            json.dumps(schema),
+                            any_whitespace=False,
+                            separators=(",", ":"),
+                            strict_mode=True,
+                        )
+                    )
                 ),
                 "invalid schema",
             )
@@ -127,7 +131,26 @@ class XGrammarCompiler(GrammarCompiler):
         if key.kind == "ebnf":
             return _wrap(key, lambda: c.compile_grammar(key.spec))
         assert key.kind == "structural_tag", key.kind
-        return _wrap(key, lambda: c.compile_structural_tag(*structural_tag_args(key.spec)))
+        args = structural_tag_args(key.spec)
+        return _wrap(
+            key, lambda: c.compile_grammar(json_safe(xgr.Grammar.from_structural_tag(*args)))
+        )
+
+
+# xgrammar 0.2.9 writes a string with minLength / maxLength as a repeat of this class, which
+# admits raw control characters: invalid JSON (they must be escaped), so an output could break
+# its schema. The grammar goes through its EBNF text with the class narrowed to the characters
+# JSON allows unescaped, as its unbounded strings already are. Narrowing only removes outputs.
+LOOSE_STRING_CHAR = r"[^\"\\\r\n]"
+JSON_STRING_CHAR = r"[^\0-\x1f\"\\]"
+
+
+def json_safe(grammar: xgr.Grammar) -> xgr.Grammar:
+    """``grammar`` with no JSON-string character class that lets a control character through."""
+    text = str(grammar)
+    if LOOSE_STRING_CHAR not in text:
+        return grammar
+    return xgr.Grammar.from_ebnf(text.replace(LOOSE_STRING_CHAR, JSON_STRING_CHAR))
 
 
 def _probe(compiled: xgr.CompiledGrammar, vocab_size: int, steps: int = PROBE_STEPS) -> None:

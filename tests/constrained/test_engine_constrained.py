@@ -184,13 +184,15 @@ def test_invalid_specs_fail_alone_with_a_clear_error(engine, params, field, word
 
 def test_compile_time_limit_fails_the_request_and_others_keep_going(engine):
     grammar = engine.scheduler.grammar
-    grammar.compile_timeout = 0.01
-    # an 8-field schema compiles in ~0.1-0.2 s here (and in bounded memory: the compile goes on
-    # in its thread after the request fails); this key is used by no other test, so no cache hit
-    fields = {f"timed_field_{i}": {"type": "string"} for i in range(8)}
-    schema = json.dumps({"type": "object", "properties": fields, "required": list(fields)})
+    grammar.compile_timeout = 1.0
+    # a grammar bomb by size: minutes of compiling, so a 1 s limit is no race with the machine's
+    # speed; the compile process is killed at the limit
+    fields = {
+        f"p{i}": {"type": "string", "pattern": "^[a-z]{1,40}[0-9]{1,40}$"} for i in range(3000)
+    }
+    schema = json.dumps({"type": "object", "properties": fields})
     try:
-        with pytest.raises(InvalidRequestError, match="did not finish within"):
+        with pytest.raises(InvalidRequestError, match="did not finish within 1 s"):
             engine.generate("Hi", {"json_schema": schema, "max_new_tokens": 4})
     finally:
         grammar.compile_timeout = 60.0

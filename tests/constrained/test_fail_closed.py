@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from plait.constrained.backends import make_compiler
 from plait.constrained.spec import GrammarKey
@@ -216,3 +218,47 @@ def test_llguidance_structural_tag_constrains_only_after_its_trigger():
     assert _accepts("llguidance", key, 'any text <f>{"n":3}</f> more')
     assert not _accepts("llguidance", key, 'any text <f>{"n":9}</f>')
     assert not _accepts("llguidance", key, "<f>{}</f>")
+
+
+def _allowed_after(backend: str, key: GrammarKey, prefix: bytes) -> set[int]:
+    compiler = make_compiler(backend, BYTES)
+    matcher = compiler.load(key, compiler.compile_payload(key)).matcher()
+    for b in prefix:
+        assert matcher.accept_token(b), (prefix, b)
+    bitmask = torch.zeros((1, (BYTES.size + 31) // 32), dtype=torch.int32)
+    matcher.fill_bitmask(bitmask, 0)
+    bits = np.unpackbits(bitmask.numpy().view(np.uint8), bitorder="little")
+    return {int(t) for t in np.flatnonzero(bits[: BYTES.size])}
+
+
+LENGTH_BOUNDED = {"type": "string", "minLength": 2, "maxLength": 12}
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "outlines", "llguidance"])
+@pytest.mark.parametrize(
+    "string", [LENGTH_BOUNDED, {"type": "string", "maxLength": 3}, {"type": "string"}]
+)
+def test_no_raw_control_character_inside_a_json_string(backend, string):
+    """xgrammar 0.2.9 writes length-bounded strings with a class that admits raw control
+    characters (invalid JSON); the backend narrows it."""
+    schema = {"type": "object", "properties": {"p": string}, "required": ["p"]}
+    allowed = _allowed_after(backend, GrammarKey("json", json.dumps(schema)), b'{"p":"a')
+    assert ord("b") in allowed and not allowed & set(range(32)), sorted(allowed)[:40]
+
+
+def test_no_raw_control_character_inside_a_structural_tag_string():
+    tag = {
+        "type": "structural_tag",
+        "structures": [
+            {
+                "begin": "<f>",
+                "schema": {"type": "object", "properties": {"p": LENGTH_BOUNDED}},
+                "end": "</f>",
+            }
+        ],
+        "triggers": ["<f>"],
+    }
+    allowed = _allowed_after(
+        "xgrammar", GrammarKey("structural_tag", json.dumps(tag)), b'<f>{"p":"a'
+    )
+    assert ord("b") in allowed and not allowed & set(range(32)), sorted(allowed)[:40]
