@@ -191,14 +191,14 @@ def test_auto_refuses_what_both_refuse_naming_the_keyword_for_each():
     msg = info.value.message
     assert info.value.field == "json_schema"
     assert "xgrammar" in msg and "llguidance" in msg and msg.count("#/properties/a") == 2
+    assert msg.index("llguidance") < msg.index("xgrammar")
 
 
-def test_auto_keeps_xgrammar_for_what_it_enforces():
+def test_auto_takes_llguidance_first_and_xgrammar_for_what_only_it_parses():
     key = GrammarKey("json", json.dumps({"type": "integer", "minimum": 3}))
-    assert _compile("auto", key).startswith(b"xgrammar\0")
-    assert _compile("auto", GrammarKey("json", json.dumps(XGRAMMAR_GAPS[0][0]))).startswith(
-        b"llguidance\0"
-    )
+    assert _compile("auto", key).startswith(b"llguidance\0")
+    lookahead = GrammarKey("ebnf", 'root ::= "a" b (= "c")\nb ::= "b"')  # xgrammar's EBNF only
+    assert _compile("auto", lookahead).startswith(b"xgrammar\0")
 
 
 def test_llguidance_treats_non_standard_formats_as_annotations():
@@ -262,3 +262,29 @@ def test_no_raw_control_character_inside_a_structural_tag_string():
         "xgrammar", GrammarKey("structural_tag", json.dumps(tag)), b'<f>{"p":"a'
     )
     assert ord("b") in allowed and not allowed & set(range(32)), sorted(allowed)[:40]
+
+
+@pytest.mark.parametrize("backend", ["xgrammar", "llguidance", "auto"])
+def test_no_utf16_surrogate_inside_a_json_string(backend):
+    schema = {"type": "object", "properties": {"p": {"type": "string"}}, "required": ["p"]}
+    key = GrammarKey("json", json.dumps(schema))
+    compiler = make_compiler(backend, BYTES)
+    m = compiler.load(key, compiler.compile_payload(key)).matcher()
+    assert all(m.accept_token(b) for b in '{"p":"é'.encode())
+    assert m.accept_token(0xED) and not m.accept_token(0xA0)  # ED A0 80: U+D800, not UTF-8
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "integer", "enum": [1, "two"]},
+        {"type": "string", "maxLength": 2, "enum": ["ab", "abc"]},
+        {"type": "object", "properties": {"v": {"type": "string", "const": 3}}},
+    ],
+)
+def test_xgrammar_refuses_values_its_siblings_reject(schema):
+    with pytest.raises(InvalidRequestError) as info:
+        _compile("xgrammar", GrammarKey("json", json.dumps(schema)))
+    assert "enum" in info.value.message or "const" in info.value.message, info.value.message
+    ok = {"type": "integer", "enum": [1, 2]}
+    assert _compile("xgrammar", GrammarKey("json", json.dumps(ok)))
