@@ -1,6 +1,6 @@
 """Constrained decoding: regex / JSON schema / EBNF / structural tags compiled by a grammar backend
-(xgrammar by default, outlines-core selectable) in a killable process; vocabulary bitmasks,
-jump-forward, fail-closed schema checks."""
+(``auto`` by default: xgrammar, then llguidance for what xgrammar refuses; each also alone, and
+outlines-core) in a killable process; vocabulary bitmasks, jump-forward, fail-closed checks."""
 
 from plait.constrained.typed import (
     REGEX_BOOL,

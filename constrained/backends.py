@@ -20,11 +20,23 @@ def make_compiler(name: str, vocab: TokenVocabulary) -> GrammarCompiler:
         from plait.constrained.outlines_backend import OutlinesCompiler
 
         return OutlinesCompiler(vocab)
+    if name == "llguidance":
+        from plait.constrained.llguidance_backend import LLGuidanceCompiler
+
+        return LLGuidanceCompiler(vocab)
+    if name == "auto":
+        from plait.constrained.fallback_backend import FallbackCompiler
+
+        return FallbackCompiler(vocab)
     raise ValueError(f"unknown grammar backend {name!r} (one of {GRAMMAR_BACKENDS})")
 
 
 def library_version(name: str) -> str:
     from importlib.metadata import version
 
-    dist = {"xgrammar": "xgrammar", "outlines": "outlines_core"}[name]
+    if name == "auto":
+        from plait.constrained.fallback_backend import CHAIN
+
+        return "+".join(library_version(b) for b in CHAIN)
+    dist = {"xgrammar": "xgrammar", "outlines": "outlines_core", "llguidance": "llguidance"}[name]
     return version(dist)

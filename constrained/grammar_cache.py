@@ -27,8 +27,8 @@ MAX_DISK_ENTRIES = 256
 
 
 # Part of every disk-cache key: bump it whenever plait changes what a backend compiles for the
-# same spec (3: xgrammar's length-bounded JSON strings narrowed), so no stale grammar is loaded.
-CACHE_FORMAT = 3
+# same spec (4: xgrammar string classes narrowed, enum siblings checked), so no stale grammar is loaded.
+CACHE_FORMAT = 4
 
 
 def default_cache_dir() -> Path:

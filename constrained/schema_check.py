@@ -14,6 +14,12 @@ ANNOTATIONS = frozenset(
     "title description default examples $comment deprecated readOnly writeOnly "
     "contentEncoding contentMediaType contentSchema".split()
 )
+# JSON Schema's own formats (2020-12); validators ignore any other name: an annotation.
+STANDARD_FORMATS = frozenset(
+    "date-time date time duration email idn-email hostname idn-hostname ipv4 ipv6 uri "
+    "uri-reference iri iri-reference uuid uri-template json-pointer relative-json-pointer "
+    "regex".split()
+)
 TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
 
 # keyword -> how its value holds subschemas: one schema, a list, or a name -> schema map
@@ -21,6 +27,9 @@ _ONE = ("additionalProperties", "additionalItems", "contains", "not", "if", "the
 _ONE += ("propertyNames", "unevaluatedProperties", "unevaluatedItems", "items")
 _LIST = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
 _MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+# keywords whose values are instances, not schemas
+_INSTANCES = frozenset({"const", "enum", "default", "examples"})
 
 # A refusal rule: (keyword, its value, the schema holding it) -> why it cannot be enforced, or
 # None. Keywords outside JSON Schema's vocabulary have no validation meaning and pass.
@@ -52,6 +61,34 @@ def check_schema(schema: dict[str, Any] | bool, backend: str, refuse: Refusal) -
             if why is not None:
                 msg = f"keyword {keyword!r} at {path} cannot be enforced by the {backend} "
                 raise InvalidRequestError("json_schema", msg + f"grammar backend ({why})")
+
+
+def keyword_paths(node: Any, keyword: str, path: str = "#") -> list[str]:
+    """The JSON-pointer paths of the schema objects that hold ``keyword``."""
+    out: list[str] = []
+    if isinstance(node, dict):
+        if keyword in node:
+            out.append(path)
+        for k, v in node.items():
+            out += keyword_paths(v, keyword, f"{path}/{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += keyword_paths(v, keyword, f"{path}/{i}")
+    return out
+
+
+def drop_annotation_formats(node: Any) -> Any:
+    """The schema without ``format`` values outside ``STANDARD_FORMATS`` (exact: no validator
+    checks them), so a backend that rejects names it does not know need not refuse them."""
+    if isinstance(node, list):
+        return [drop_annotation_formats(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    return {
+        k: v if k in _INSTANCES else drop_annotation_formats(v)
+        for k, v in node.items()
+        if not (k == "format" and isinstance(v, str) and v not in STANDARD_FORMATS)
+    }
 
 
 def _subschemas(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -10,12 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import jsonschema
 import numpy as np
+import referencing.exceptions
 import torch
 import xgrammar as xgr
 
 from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, GrammarMatcher
-from plait.constrained.schema_check import check_schema, parse_schema
+from plait.constrained.schema_check import check_schema, keyword_paths, parse_schema
 from plait.constrained.schema_rewrite import NON_VALIDATING, distribute_alternatives
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
@@ -69,9 +71,27 @@ def refuse(keyword: str, value: Any, node: dict[str, Any]) -> str | None:
         return f"format {value!r} is not one of {sorted(FORMATS)}"
     if keyword == "$ref" and isinstance(value, str) and not value.startswith("#"):
         return "only local references ('#...') are resolved"
+    if keyword in ("enum", "const") and not _values_obey_siblings(keyword, value, node):
+        return "xgrammar ignores the keywords next to it, and some of its values break them"
     if keyword == "multipleOf" and not (isinstance(value, int) and node.get("type") == "integer"):
         return "only integer multipleOf on integers is supported"
     return None
+
+
+def _values_obey_siblings(keyword: str, value: Any, node: dict[str, Any]) -> bool:
+    """xgrammar emits an ``enum`` / ``const``'s values alone: exact only when every value is
+    valid against the validating keywords next to it (unresolvable siblings count as not)."""
+    siblings = {
+        k: v for k, v in node.items() if k not in NON_VALIDATING and k not in ("enum", "const")
+    }
+    if not siblings:
+        return True
+    values = value if keyword == "enum" and isinstance(value, list) else [value]
+    try:
+        validator = jsonschema.validators.validator_for(siblings)(siblings)
+        return all(validator.is_valid(v) for v in values)
+    except (jsonschema.exceptions.SchemaError, referencing.exceptions.Unresolvable):
+        return False
 
 
 class XGrammarCompiler(GrammarCompiler):
@@ -137,20 +157,23 @@ class XGrammarCompiler(GrammarCompiler):
         )
 
 
-# xgrammar 0.2.9 writes a string with minLength / maxLength as a repeat of this class, which
-# admits raw control characters: invalid JSON (they must be escaped), so an output could break
-# its schema. The grammar goes through its EBNF text with the class narrowed to the characters
-# JSON allows unescaped, as its unbounded strings already are. Narrowing only removes outputs.
-LOOSE_STRING_CHAR = r"[^\"\\\r\n]"
-JSON_STRING_CHAR = r"[^\0-\x1f\"\\]"
+# xgrammar 0.2.9's JSON string characters, as its EBNF prints them: a length-bounded string
+# repeats the first class, which admits raw control characters (invalid JSON: they must be
+# escaped); every other string uses the second. Both admit the UTF-8 encodings of UTF-16
+# surrogates (ED A0 80 ..), which are not valid UTF-8. The grammar goes through its EBNF text with
+# each class narrowed to the characters JSON allows unescaped; narrowing only removes outputs.
+LOOSE_STRING_CHARS = (r"[^\"\\\r\n]", r"[^\0-\x1f\"\\\r\n]")
+JSON_STRING_CHAR = r"[^\0-\x1f\"\\\uD800-\uDFFF]"
 
 
 def json_safe(grammar: xgr.Grammar) -> xgr.Grammar:
-    """``grammar`` with no JSON-string character class that lets a control character through."""
+    """``grammar`` with no JSON-string class that admits a control character or a surrogate."""
     text = str(grammar)
-    if LOOSE_STRING_CHAR not in text:
+    if not any(c in text for c in LOOSE_STRING_CHARS):
         return grammar
-    return xgr.Grammar.from_ebnf(text.replace(LOOSE_STRING_CHAR, JSON_STRING_CHAR))
+    for c in LOOSE_STRING_CHARS:
+        text = text.replace(c, JSON_STRING_CHAR)
+    return xgr.Grammar.from_ebnf(text)
 
 
 def _probe(compiled: xgr.CompiledGrammar, vocab_size: int, steps: int = PROBE_STEPS) -> None:
@@ -227,25 +250,12 @@ def _inexact(key: GrammarKey, warnings: list[str]) -> str:
     text = warnings[0].split("Warning:", 1)[-1].strip()
     for keyword in ("oneOf", "allOf", "anyOf"):
         if keyword in text and key.kind == "json":
-            paths = _keyword_paths(json.loads(key.spec), keyword, "#")
+            paths = keyword_paths(json.loads(key.spec), keyword)
             return (
                 f"keyword {keyword!r} at {', '.join(paths) or '#'} cannot be enforced exactly "
                 f"by the xgrammar grammar backend ({text})"
             )
     return f"cannot be enforced exactly by the xgrammar grammar backend ({text})"
-
-
-def _keyword_paths(node: Any, keyword: str, path: str) -> list[str]:
-    out: list[str] = []
-    if isinstance(node, dict):
-        if keyword in node:
-            out.append(path)
-        for k, v in node.items():
-            out += _keyword_paths(v, keyword, f"{path}/{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            out += _keyword_paths(v, keyword, f"{path}/{i}")
-    return out
 
 
 @contextmanager

@@ -22,7 +22,7 @@ QUANTIZATIONS = (
     "int4",
 )  # = runtime.model.models.quant_linear.QUANTIZATIONS (no torch here)
 CACHE_ISOLATIONS = ("tenant", "global")
-GRAMMAR_BACKENDS = ("xgrammar", "outlines")
+GRAMMAR_BACKENDS = ("auto", "xgrammar", "outlines", "llguidance")
 
 _NONE = type(None)
 
@@ -149,7 +149,11 @@ class EngineConfig:
     )
     disable_jump_forward: bool = _opt(False, (bool,), "decode forced text token by token")
     grammar_backend: str = _opt(
-        "xgrammar", (str,), "library that compiles and enforces constraints", GRAMMAR_BACKENDS
+        "auto",
+        (str,),
+        "library that compiles and enforces constraints (auto: xgrammar, and llguidance for "
+        "what xgrammar refuses)",
+        GRAMMAR_BACKENDS,
     )
     grammar_compile_memory_mb: int = _opt(
         4096, (int,), "address-space cap (MiB) of each grammar compile process"

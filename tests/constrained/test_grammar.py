@@ -37,7 +37,7 @@ def vocab(tokenizer):
     return build_vocabulary(tokenizer, {0, 2}, 49152)
 
 
-@pytest.fixture(scope="module", params=["xgrammar", "outlines"])
+@pytest.fixture(scope="module", params=["xgrammar", "outlines", "llguidance", "auto"])
 def compile_grammar(request, vocab):
     """key -> compiled grammar with one backend, in this process."""
     compiler = make_compiler(request.param, vocab)
@@ -101,7 +101,7 @@ def test_invalid_specs_raise_naming_the_field(compile_grammar):
     assert e.value.field == "json_schema"
 
 
-@pytest.mark.parametrize("backend", ["xgrammar", "outlines"])
+@pytest.mark.parametrize("backend", ["xgrammar", "outlines", "llguidance"])
 def test_cache_compiles_once_per_process_and_reloads_from_disk(vocab, tmp_path, backend):
     key = GrammarKey("json", json.dumps(SCHEMA))
     first = GrammarCache(lambda: vocab, tmp_path, backend=backend, isolate=False)
