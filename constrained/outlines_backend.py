@@ -46,7 +46,50 @@ def refuse(keyword: str, value: Any, node: dict[str, Any]) -> str | None:
         return f"format {value!r} is not one of {sorted(FORMATS)}"
     if keyword == "$ref" and isinstance(value, str) and not value.startswith("#"):
         return "only local references ('#...') are resolved"
+    if keyword == "additionalProperties" and isinstance(value, dict):
+        # outlines-core 0.2.14 leaves the value alternation ungrouped: '{0}' matches
+        return "a schema for additional properties is not supported (true / false only)"
+    if keyword in _OBJECT_KEYWORDS and _types(node) and "object" not in _types(node):
+        return f"{keyword} next to type {node['type']!r}: outlines-core builds an object"
+    if keyword == "pattern" and isinstance(value, str) and _loose_pattern(value):
+        return (
+            "a pattern whose characters can include '\"', '\\' or control characters "
+            "(., [^...], \\s, \\S, \\W, \\D) would break out of the JSON string"
+        )
     return None
+
+
+# object keywords outlines-core turns into an object regex whatever the node's type says
+_OBJECT_KEYWORDS = frozenset({"properties", "additionalProperties", "required"})
+
+
+def _loose_pattern(pattern: str) -> bool:
+    """Whether outlines-core, which puts a pattern inside the JSON string's quotes as it is,
+    could let it match a quote, a backslash or a raw control character: an unescaped ``.`` or
+    ``"``, a negated class, or a wide class (``\\s \\S \\W \\D``). Conservative: ``[.]`` counts."""
+    i = 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            if pattern[i + 1 : i + 2] in ("s", "S", "W", "D"):
+                return True
+            i += 2
+            continue
+        if c in '."' or (c == "[" and pattern[i + 1 : i + 2] == "^"):
+            return True
+        i += 1
+    return False
+
+
+def _types(node: dict[str, Any]) -> set[str]:
+    t = node.get("type")
+    return (
+        {t}
+        if isinstance(t, str)
+        else {x for x in t if isinstance(x, str)}
+        if isinstance(t, list)
+        else set()
+    )
 
 
 def to_regex(key: GrammarKey) -> str:

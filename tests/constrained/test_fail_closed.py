@@ -80,6 +80,13 @@ OUTLINES_REFUSED = [
     ("minProperties", {"type": "object", "minProperties": 1}, "#"),
     ("format", {"type": "string", "format": "ipv4"}, "#"),
     ("not", {"not": {"type": "null"}}, "#"),
+    ("additionalProperties", {"type": "object", "additionalProperties": {}}, "#"),
+    ("properties", {"type": "array", "items": {}, "properties": {}}, "#"),
+    (
+        "pattern",
+        {"type": "object", "properties": {"v": {"type": "string", "pattern": "^1.*$"}}},
+        "#/properties/v",
+    ),
 ]
 
 LLGUIDANCE_REFUSED = [
