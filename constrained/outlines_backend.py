@@ -49,6 +49,10 @@ def refuse(keyword: str, value: Any, node: dict[str, Any]) -> str | None:
     if keyword == "additionalProperties" and isinstance(value, dict):
         # outlines-core 0.2.14 leaves the value alternation ungrouped: '{0}' matches
         return "a schema for additional properties is not supported (true / false only)"
+    if keyword == "properties" and isinstance(value, dict) and {} in value.values():
+        # the any-value alternation is left ungrouped there too: the whole schema then admits
+        # a bare value ('94')
+        return "a property that takes any value ({}) is not supported"
     if keyword in _OBJECT_KEYWORDS and _types(node) and "object" not in _types(node):
         return f"{keyword} next to type {node['type']!r}: outlines-core builds an object"
     if keyword == "pattern" and isinstance(value, str) and _loose_pattern(value):

@@ -81,6 +81,7 @@ OUTLINES_REFUSED = [
     ("format", {"type": "string", "format": "ipv4"}, "#"),
     ("not", {"not": {"type": "null"}}, "#"),
     ("additionalProperties", {"type": "object", "additionalProperties": {}}, "#"),
+    ("properties", {"type": "object", "properties": {"a": {}, "z": {"type": "integer"}}}, "#"),
     ("properties", {"type": "array", "items": {}, "properties": {}}, "#"),
     (
         "pattern",
