@@ -15,6 +15,7 @@ from typing import Any
 import llguidance as llg
 import torch
 
+from plait.constrained.closed_objects import close_objects
 from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, GrammarMatcher
 from plait.constrained.schema_check import drop_annotation_formats, keyword_paths, parse_schema
 from plait.constrained.spec import GrammarKey
@@ -97,7 +98,7 @@ class LLGuidanceCompiler(GrammarCompiler):
 def to_grammar(key: GrammarKey) -> str:
     """llguidance's grammar text for a key; InvalidRequestError naming the field."""
     if key.kind == "json":
-        schema = drop_annotation_formats(parse_schema(key.spec))
+        schema = close_objects(drop_annotation_formats(parse_schema(key.spec)))
         return llg.LLMatcher.grammar_from_json_schema(
             json.dumps(schema), defaults=JSON_OPTIONS, overrides={"lenient": False}
         )
@@ -152,7 +153,7 @@ def _json_grammar(schema: dict[str, Any] | bool) -> dict[str, Any]:
         return {"x-guidance": {**JSON_OPTIONS, "lenient": False}}
     if schema is False:
         return {"not": {}, "x-guidance": {**JSON_OPTIONS, "lenient": False}}
-    return {**schema, "x-guidance": {**JSON_OPTIONS, "lenient": False}}
+    return {**close_objects(schema), "x-guidance": {**JSON_OPTIONS, "lenient": False}}
 
 
 def check_matcher(key: GrammarKey, m: llg.LLMatcher) -> llg.LLMatcher:
