@@ -3,6 +3,7 @@ process, kept in a bounded LRU in memory and a bounded directory on disk."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import queue
@@ -26,9 +27,14 @@ MAX_CACHED_BYTES = 512 << 20
 MAX_DISK_ENTRIES = 256
 
 
-# Part of every disk-cache key: bump it whenever plait changes what a backend compiles for the
-# same spec (4: xgrammar string classes narrowed, enum siblings checked), so no stale grammar is loaded.
-CACHE_FORMAT = 4
+@functools.cache
+def compiler_digest() -> str:
+    """Part of every disk-cache key: a digest of this package's source, so a grammar compiled
+    by an older plait (another schema rewrite, another string class) is never loaded."""
+    h = hashlib.sha256()
+    for f in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def default_cache_dir() -> Path:
@@ -167,7 +173,7 @@ class GrammarCache:
     def _path(self, key: GrammarKey, vocab: TokenVocabulary) -> Path | None:
         if self.cache_dir is None:
             return None
-        fmt = f"{CACHE_FORMAT}-{self.backend}-{library_version(self.backend)}"
+        fmt = f"{compiler_digest()}-{self.backend}-{library_version(self.backend)}"
         h = hashlib.sha256(f"{fmt}\0{vocab.fingerprint}\0{key.kind}\0{key.spec}".encode())
         return self.cache_dir / f"{h.hexdigest()[:32]}.grammar"
 

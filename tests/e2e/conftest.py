@@ -203,12 +203,19 @@ def spawn_tiny_server(tmp_path, tiny_lm_dir):
 
 
 # a grammar bomb by size in 53 KB (under ROBUST_FLAGS' body limit): xgrammar needs minutes
-# and gigabytes for these 800 patterned properties
+# and gigabytes for these 800 patterned properties;
+# llguidance (first in the default `auto` chain) compiles these properties in seconds but
+# refuses the uri-template format at once, so the compile reaches xgrammar, for which they
+# are a bomb (minutes)
 BOMB_SCHEMA = json.dumps(
     {
         "type": "object",
         "properties": {
-            f"p{i}": {"type": "string", "pattern": "^[a-z]{1,40}[0-9]{1,40}$"} for i in range(800)
+            "u": {"type": "string", "format": "uri-template"},
+            **{
+                f"p{i}": {"type": "string", "pattern": "^[a-z]{1,40}[0-9]{1,40}$"}
+                for i in range(800)
+            },
         },
     }
 )
