@@ -168,21 +168,29 @@ _CONTENT_ERRORS = (AssertionError, ValueError, SyntaxError, NameError, ZeroDivis
 
 
 def classify(name: str, e: BaseException, programs: Path) -> Outcome:
-    """Model quality only when the exception is a content check raised in test_programs.py
-    itself (or in text it evals); anything raised inside plait or SGLang's client is an API
-    failure."""
-    frames = traceback.extract_tb(e.__traceback__)
-    own = [f for f in frames if f.filename != "<string>"]
-    where = own[-1] if own else None
+    """Model quality only when the exception is a content check of test_programs.py: raised in
+    that file (or in text it evals), or in the standard library it called there on generated
+    text (``json.loads``, ``int()``), with no frame of plait or SGLang's client in between.
+    Anything raised inside plait or SGLang's client is an API failure."""
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if f.filename != "<string>"]
     detail = f"{type(e).__name__}: {str(e)[:300]}"
-    if (
-        isinstance(e, _CONTENT_ERRORS)
-        and where is not None
-        and Path(where.filename).resolve() == programs
-    ):
-        return Outcome(name, "model_quality", f"{detail} (test_programs.py:{where.lineno})")
+    mine = [i for i, f in enumerate(frames) if Path(f.filename).resolve() == programs]
+    if isinstance(e, _CONTENT_ERRORS) and mine:
+        check = frames[mine[-1]]
+        below = frames[mine[-1] + 1 :]
+        if not any(_is_library_frame(f.filename) for f in below):
+            return Outcome(name, "model_quality", f"{detail} (test_programs.py:{check.lineno})")
+    where = frames[-1] if frames else None
     at = f" at {where.filename}:{where.lineno}" if where else ""
     return Outcome(name, "api_failure", detail + at)
+
+
+def _is_library_frame(filename: str) -> bool:
+    """A frame of plait or of SGLang's client: an error raised there is the API's, whatever its
+    type. Only the standard library's frames (json, builtins' helpers) are not."""
+    path = Path(filename).resolve()
+    plait_root = Path(__file__).resolve().parent.parent
+    return path.is_relative_to(plait_root) or "sglang" in path.parts
 
 
 def load_plait_programs(src: Path, work: Path) -> types.ModuleType:
