@@ -5,61 +5,53 @@ template-heavy JSON benchmark), though every such output is valid.
 
 Closing only narrows what a schema admits, so outputs stay valid, except under a negation
 (``not``, ``if``), where narrowing the inner schema widens the outer one: a schema with either
-keyword anywhere is left as it is. ``allOf`` branches (and nodes beside an ``allOf`` / ``$ref``)
-stay open, since closing them separately would reject properties another branch adds.
+keyword anywhere is left as it is. ``allOf`` / ``dependentSchemas`` branches (and nodes beside
+one, or beside a ``$ref``) stay open, since closing them separately would reject properties another branch adds.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from plait.constrained.schema_check import (
+    SUBSCHEMA_LIST,
+    SUBSCHEMA_MAP,
+    SUBSCHEMA_ONE,
+    keyword_paths,
+)
+
 # An object node with any of these already says what unlisted properties may be.
 _OPEN_KEYWORDS = frozenset({"additionalProperties", "patternProperties", "unevaluatedProperties"})
-_NEGATIONS = frozenset({"not", "if"})
-# Keywords whose value is one subschema / a list of them / a name -> subschema map.
-_ONE = ("items", "additionalItems", "contains", "propertyNames", "additionalProperties")
-_LIST = ("anyOf", "oneOf", "prefixItems", "items")
-_MAP = ("properties", "$defs", "definitions")
+# Conjunctions: their branches apply together to one instance, so each stays open.
+_CONJUNCTIONS = frozenset({"allOf", "dependentSchemas"})
 
 
 def close_objects(schema: Any) -> Any:
     """``schema`` with ``additionalProperties: false`` on every object node that lists
     ``properties`` and says nothing about other properties (see the module docstring)."""
-    if _has_negation(schema):
+    if keyword_paths(schema, "not") or keyword_paths(schema, "if"):
         return schema
-    return _close(schema, in_all_of=False)
+    return _close(schema, in_conjunction=False)
 
 
-def _close(node: Any, in_all_of: bool) -> Any:
+def _close(node: Any, in_conjunction: bool) -> Any:
     if not isinstance(node, dict):
         return node
     out = dict(node)
-    for k in _ONE:
+    for k in SUBSCHEMA_ONE:
         if isinstance(out.get(k), dict):
             out[k] = _close(out[k], False)
-    for k in _LIST:
+    for k in SUBSCHEMA_LIST:
         if isinstance(out.get(k), list):
-            out[k] = [_close(v, False) for v in out[k]]
-    for k in _MAP:
+            out[k] = [_close(v, k in _CONJUNCTIONS) for v in out[k]]
+    for k in SUBSCHEMA_MAP:
         if isinstance(out.get(k), dict):
-            out[k] = {name: _close(v, False) for name, v in out[k].items()}
-    if isinstance(out.get("allOf"), list):
-        out["allOf"] = [_close(v, True) for v in out["allOf"]]
+            out[k] = {name: _close(v, k in _CONJUNCTIONS) for name, v in out[k].items()}
     closable = (
         "properties" in out
-        and not in_all_of
-        and not _OPEN_KEYWORDS & out.keys()
-        and "allOf" not in out
-        and "$ref" not in out
+        and not in_conjunction
+        and not (_OPEN_KEYWORDS | _CONJUNCTIONS | {"$ref"}) & out.keys()
     )
     if closable:
         out["additionalProperties"] = False
     return out
-
-
-def _has_negation(node: Any) -> bool:
-    if isinstance(node, dict):
-        return bool(_NEGATIONS & node.keys()) or any(_has_negation(v) for v in node.values())
-    if isinstance(node, list):
-        return any(_has_negation(v) for v in node)
-    return False

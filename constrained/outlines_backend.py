@@ -15,7 +15,7 @@ from outlines_core.json_schema import build_regex_from_schema
 
 from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, GrammarMatcher
 from plait.constrained.jump_forward import JumpForwardMap, build_jump_forward_map
-from plait.constrained.schema_check import check_schema, parse_schema
+from plait.constrained.schema_check import check_schema, node_types, parse_schema
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
 from plait.runtime.errors import InvalidRequestError
@@ -53,7 +53,7 @@ def refuse(keyword: str, value: Any, node: dict[str, Any]) -> str | None:
         # the any-value alternation is left ungrouped there too: the whole schema then admits
         # a bare value ('94')
         return "a property that takes any value ({}) is not supported"
-    if keyword in _OBJECT_KEYWORDS and _types(node) and "object" not in _types(node):
+    if keyword in _OBJECT_KEYWORDS and node_types(node) and "object" not in node_types(node):
         return f"{keyword} next to type {node['type']!r}: outlines-core builds an object"
     if keyword == "pattern" and isinstance(value, str) and _loose_pattern(value):
         return (
@@ -83,17 +83,6 @@ def _loose_pattern(pattern: str) -> bool:
             return True
         i += 1
     return False
-
-
-def _types(node: dict[str, Any]) -> set[str]:
-    t = node.get("type")
-    return (
-        {t}
-        if isinstance(t, str)
-        else {x for x in t if isinstance(x, str)}
-        if isinstance(t, list)
-        else set()
-    )
 
 
 def to_regex(key: GrammarKey) -> str:

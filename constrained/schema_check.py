@@ -23,10 +23,10 @@ STANDARD_FORMATS = frozenset(
 TYPES = frozenset({"string", "number", "integer", "boolean", "object", "array", "null"})
 
 # keyword -> how its value holds subschemas: one schema, a list, or a name -> schema map
-_ONE = ("additionalProperties", "additionalItems", "contains", "not", "if", "then", "else")
-_ONE += ("propertyNames", "unevaluatedProperties", "unevaluatedItems", "items")
-_LIST = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
-_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+SUBSCHEMA_ONE = ("additionalProperties", "additionalItems", "contains", "not", "if", "then", "else")
+SUBSCHEMA_ONE += ("propertyNames", "unevaluatedProperties", "unevaluatedItems", "items")
+SUBSCHEMA_LIST = ("anyOf", "oneOf", "allOf", "prefixItems", "items")
+SUBSCHEMA_MAP = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
 # keywords whose values are instances, not schemas
 _INSTANCES = frozenset({"const", "enum", "default", "examples"})
@@ -95,14 +95,14 @@ def _subschemas(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
     if not isinstance(node, dict):
         return
     yield path, node
-    for key in _ONE:
+    for key in SUBSCHEMA_ONE:
         if isinstance(node.get(key), dict):
             yield from _subschemas(node[key], f"{path}/{key}")
-    for key in _LIST:
+    for key in SUBSCHEMA_LIST:
         if isinstance(node.get(key), list):
             for i, sub in enumerate(node[key]):
                 yield from _subschemas(sub, f"{path}/{key}/{i}")
-    for key in _MAP:
+    for key in SUBSCHEMA_MAP:
         if isinstance(node.get(key), dict):
             for name, sub in node[key].items():
                 yield from _subschemas(sub, f"{path}/{key}/{_escape(name)}")
@@ -110,3 +110,9 @@ def _subschemas(node: Any, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
 
 def _escape(name: str) -> str:
     return name.replace("~", "~0").replace("/", "~1")
+
+
+def node_types(node: dict[str, Any]) -> set[str]:
+    """The JSON types a schema object's ``type`` names (empty: it does not say)."""
+    t = node.get("type")
+    return set(t if isinstance(t, list) else [t]) & TYPES
