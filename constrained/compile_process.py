@@ -20,7 +20,8 @@ START_TIMEOUT = 300.0
 
 
 class CompileProcess:
-    """A lazily started child that compiles one key at a time with one backend.
+    """A lazily started child that compiles one key at a time with one backend, one stage of
+    its compile per call (``GrammarCompiler.stages``).
 
     Invariants: the child dies with the thread that started it (``die_with_parent``: the
     grammar cache's pool threads live until its shutdown). A ``compile`` that runs past its
@@ -42,9 +43,11 @@ class CompileProcess:
     def pid(self) -> int | None:
         return None if self._proc is None else self._proc.pid
 
-    def compile(self, key: GrammarKey, timeout: float) -> bytes:
+    def compile(self, key: GrammarKey, timeout: float, stage: str | None = None) -> bytes:
+        """The payload of one stage of the backend's compile (``GrammarCompiler.stages``), or
+        with ``stage`` None of the whole compile, every stage under the one ``timeout``."""
         conn = self._ensure_started()
-        self._send.send(key)
+        self._send.send((key, stage))
         if not conn.poll(timeout):
             self.kill()
             raise InvalidRequestError(key.field, f"compilation did not finish within {timeout:g} s")
@@ -111,16 +114,18 @@ def _child_main(recv: Connection, conn: Connection) -> None:
 
     backend, vocab, limit_mb = pickle.loads(recv.recv_bytes())
     compiler = make_compiler(backend, vocab)
-    compiler.compile_payload(GrammarKey("regex", "a"))  # import and vocabulary costs, now
+    for stage in compiler.stages():  # import and vocabulary costs, now
+        compiler.compile_stage(GrammarKey("regex", "a"), stage)
     _cap_memory(limit_mb)
     conn.send("ready")
     while True:
         try:
-            key = recv.recv()
+            key, stage = recv.recv()
         except EOFError:
             return
         try:
-            conn.send(("ok", compiler.compile_payload(key)))
+            payload = compiler.compile_stage(key, stage) if stage else compiler.compile_payload(key)
+            conn.send(("ok", payload))
         except InvalidRequestError as e:
             conn.send(("err", e.field, e.message))
         except Exception as e:  # a library bug on one spec fails that spec only

@@ -9,7 +9,7 @@ parses (its EBNF extensions such as lookahead)."""
 
 from __future__ import annotations
 
-from plait.constrained.grammar import CompiledGrammar, GrammarCompiler
+from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, refused
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
 from plait.runtime.errors import InvalidRequestError
@@ -20,7 +20,9 @@ CHAIN = ("llguidance", "xgrammar")
 
 class FallbackCompiler(GrammarCompiler):
     """Compiles with the first backend of ``CHAIN`` that accepts the key; the payload names it.
-    Refused by all: the error of each, naming the keyword and path where they do."""
+    Refused by all: the error of each, naming the keyword and path where they do. Each backend
+    is a stage: the grammar cache gives each its own time limit, so a slow refusal by one
+    leaves the next its whole budget."""
 
     name = "auto"
 
@@ -29,14 +31,20 @@ class FallbackCompiler(GrammarCompiler):
 
         self.compilers = {name: make_compiler(name, vocab) for name in CHAIN}
 
+    def stages(self) -> tuple[str, ...]:
+        return CHAIN
+
+    def compile_stage(self, key: GrammarKey, stage: str) -> bytes:
+        return stage.encode() + b"\0" + self.compilers[stage].compile_payload(key)
+
     def compile_payload(self, key: GrammarKey) -> bytes:
         errors: list[InvalidRequestError] = []
-        for name, compiler in self.compilers.items():
+        for stage in self.stages():
             try:
-                return name.encode() + b"\0" + compiler.compile_payload(key)
+                return self.compile_stage(key, stage)
             except InvalidRequestError as e:
                 errors.append(e)
-        raise InvalidRequestError(key.field, "; ".join(e.message for e in errors))
+        raise refused(key, errors)
 
     def load(self, key: GrammarKey, payload: bytes) -> CompiledGrammar:
         name, _, rest = payload.partition(b"\0")

@@ -8,6 +8,12 @@ from abc import ABC, abstractmethod
 import torch
 
 from plait.constrained.spec import GrammarKey
+from plait.runtime.errors import InvalidRequestError
+
+
+class GrammarStepError(Exception):
+    """A matcher could not take a step: a backend's per-step limit (llguidance's Earley items or
+    lexer fuel) or its error state. The request it belongs to fails alone; the batch goes on."""
 
 
 class GrammarMatcher(ABC):
@@ -16,14 +22,15 @@ class GrammarMatcher(ABC):
     Invariants: ``accept_token`` takes ordinary tokens only (the caller handles stop tokens,
     which end the request and never reach the matcher); a token set in the last
     ``fill_bitmask`` is always accepted; ``rollback(n)`` undoes the last ``n`` accepted tokens
-    exactly, for any ``n`` up to the number accepted.
+    exactly, for any ``n`` up to the number accepted. Any method may raise
+    ``GrammarStepError``; the matcher is not used again after it does.
     """
 
     @abstractmethod
     def fill_bitmask(self, bitmask: torch.Tensor, index: int) -> None:
         """Writes the allowed tokens into row ``index`` of ``bitmask`` (int32 ``[B, ceil(V/32)]``
-        on the CPU): bit ``i % 32`` of word ``i // 32`` set iff token ``i`` may come next. The grammar's stop ids are set
-        exactly where the output may end (``can_end``)."""
+        on the CPU): bit ``i % 32`` of word ``i // 32`` set iff token ``i`` may come next. The
+        grammar's stop ids are set exactly where the output may end (``can_end``)."""
 
     @abstractmethod
     def accept_token(self, token_id: int) -> bool:
@@ -76,3 +83,21 @@ class GrammarCompiler(ABC):
 
     @abstractmethod
     def load(self, key: GrammarKey, payload: bytes) -> CompiledGrammar: ...
+
+    def stages(self) -> tuple[str, ...]:
+        """The compile steps the cache runs one at a time, each under its own time limit: one
+        for a single backend; one per backend for a chain (``auto``)."""
+        return (self.name,)
+
+    def compile_stage(self, key: GrammarKey, stage: str) -> bytes:
+        """One stage's payload (a payload ``load`` takes); raises InvalidRequestError as
+        ``compile_payload``. ``compile_payload`` is the stages tried in order."""
+        assert stage == self.name, stage
+        return self.compile_payload(key)
+
+
+def refused(key: GrammarKey, errors: list[InvalidRequestError]) -> InvalidRequestError:
+    """The error of a key every stage refused: the one error, or each stage's in order."""
+    if len(errors) == 1:
+        return errors[0]
+    return InvalidRequestError(key.field, "; ".join(e.message for e in errors))

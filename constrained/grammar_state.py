@@ -8,8 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from plait.constrained.grammar import CompiledGrammar
+from plait.constrained.grammar import CompiledGrammar, GrammarStepError
 from plait.constrained.vocabulary import TokenVocabulary
+from plait.runtime.errors import InvalidRequestError
 
 # Retokenization starts at most this many output tokens before the end.
 RETOKENIZE_WINDOW = 8
@@ -27,6 +28,10 @@ class GrammarState:
     """Invariant: the matcher has accepted exactly the output tokens so far (``accepted`` of
     them) and ``pending[i]`` is the undecoded UTF-8 tail after the first ``i``. Once a stop
     token is accepted the grammar is ``done``: only stop tokens may follow.
+
+    A matcher that fails a step (``GrammarStepError``, or any error of the backend) leaves
+    ``failure`` set and the state ``done``: the scheduler ends that request alone with the
+    error, never with an output the grammar did not check.
     """
 
     def __init__(
@@ -40,6 +45,7 @@ class GrammarState:
         self.pending: list[bytes] = [b""]
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.done = False
+        self.failure: Exception | None = None
 
     @property
     def accepted(self) -> int:
@@ -50,11 +56,16 @@ class GrammarState:
 
     def fill_bitmask(self, bitmask: torch.Tensor, index: int) -> None:
         """Row ``index``: the allowed tokens now, with this request's own stop ids."""
+        if not self.done:
+            try:
+                self.matcher.fill_bitmask(bitmask, index)
+                can_end = self.matcher.can_end()
+            except Exception as e:  # noqa: BLE001 - this request fails alone (``failure``)
+                self._fail(e)
         if self.done:
             _set_only(bitmask, index, self.stop_ids)
             return
-        self.matcher.fill_bitmask(bitmask, index)
-        if self.extra_stop_ids and self.matcher.can_end():
+        if self.extra_stop_ids and can_end:
             words = bitmask[index].numpy().view(np.uint32)
             for t in self.extra_stop_ids:
                 words[t // 32] |= np.uint32(1 << (t % 32))
@@ -68,9 +79,26 @@ class GrammarState:
             assert self.matcher.can_end(), f"stop token {token_id} before the end"
             self.done = True
             return
-        ok = self.matcher.accept_token(token_id)
+        try:
+            ok = self.matcher.accept_token(token_id)
+        except Exception as e:  # noqa: BLE001 - this request fails alone (``failure``)
+            self._fail(e)
+            return
         assert ok, f"token {token_id} not allowed by the grammar"
         self._push(token_id)
+
+    def _fail(self, e: Exception) -> None:
+        """Ends the grammar after its matcher failed: a backend's step limit is the request's
+        grammar's fault (an invalid-request error on its field); anything else is internal."""
+        if isinstance(e, GrammarStepError):
+            field = self.grammar.key.field
+            at = f"after {self.accepted} output tokens"
+            self.failure = InvalidRequestError(
+                field, f"exceeded the grammar's step limits {at}: {e}"
+            )
+        else:
+            self.failure = RuntimeError(f"grammar matcher failed: {type(e).__name__}: {e}")
+        self.done = True
 
     def _push(self, token_id: int) -> None:
         self._decoder.decode(self.vocab.token_bytes[token_id] or b"")
@@ -97,7 +125,11 @@ class GrammarState:
         n = len(output_ids)
         if self.done or self.accepted != n or self.pending[n] or self.vocab.tokenizer is None:
             return None
-        forced = self.matcher.forced_string()
+        try:
+            forced = self.matcher.forced_string()
+        except Exception as e:  # noqa: BLE001 - this request fails alone (``failure``)
+            self._fail(e)
+            return None
         if not forced:
             return None
         b = max(0, n - RETOKENIZE_WINDOW)

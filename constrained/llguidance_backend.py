@@ -16,7 +16,12 @@ import llguidance as llg
 import torch
 
 from plait.constrained.closed_objects import close_objects
-from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, GrammarMatcher
+from plait.constrained.grammar import (
+    CompiledGrammar,
+    GrammarCompiler,
+    GrammarMatcher,
+    GrammarStepError,
+)
 from plait.constrained.schema_check import drop_annotation_formats, keyword_paths, parse_schema
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
@@ -164,7 +169,7 @@ def check_matcher(key: GrammarKey, m: llg.LLMatcher) -> llg.LLMatcher:
 
 def _message(key: GrammarKey, error: str) -> str:
     """llguidance's error; for a schema, naming the keyword and its paths where it says which."""
-    text = error.strip().splitlines()[0] if error.strip() else "unknown error"
+    text = _first_line(error)
     keywords, why = _keywords(text)
     if key.kind == "json" and keywords:
         schema = json.loads(key.spec)
@@ -212,28 +217,39 @@ class LLGuidanceMatcher(GrammarMatcher):
         row = bitmask[index]
         self.m.unsafe_compute_mask_ptr(row.data_ptr(), row.numel() * row.element_size())
         # a step over llguidance's limits (or a bug) leaves the matcher in its error state,
-        # whose mask allows only the stop tokens: refuse to go on rather than end unfinished
+        # whose mask allows only the stop tokens: fail the request rather than end unfinished
+        self._check()
+
+    def _check(self) -> None:
         if self.m.is_error():
-            raise RuntimeError(f"llguidance matcher failed: {self.m.get_error()}")
+            raise GrammarStepError(f"llguidance: {_first_line(self.m.get_error())}")
 
     def accept_token(self, token_id: int) -> bool:
         if self.m.validate_tokens([token_id]) != 1:
+            self._check()
             return False
-        return self.m.consume_token(token_id)
+        ok = self.m.consume_token(token_id)
+        self._check()
+        return ok
 
     def rollback(self, num_tokens: int) -> None:
         if num_tokens:
             self.m.rollback(num_tokens)
 
     def can_end(self) -> bool:
-        return self.m.is_accepting()
+        return self.m.is_accepting() and not self.m.is_error()
 
     def must_end(self) -> bool:
         return self.m.is_stopped()
 
     def forced_string(self) -> str:
         forced = self.m.compute_ff_bytes()
+        self._check()
         try:
             return forced.decode()
         except UnicodeDecodeError as e:  # forced text may end inside a character
             return forced[: e.start].decode()
+
+
+def _first_line(error: str) -> str:
+    return error.strip().splitlines()[0] if error.strip() else "unknown error"

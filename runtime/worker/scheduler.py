@@ -411,7 +411,12 @@ class Scheduler:
 
     def _finish(self, reqs: list[Req]) -> None:
         for req in reqs:
-            req.finished_reason = self.stop_checker.check(req)
+            failure = req.grammar.failure if req.grammar is not None else None
+            if failure is not None:  # its matcher failed a step: this request ends alone
+                req.error = failure
+                req.finished_reason = FinishReason("abort", message=str(failure))
+            else:
+                req.finished_reason = self.stop_checker.check(req)
             if req.finished_reason is not None:
                 self.kv.release(req)
 

@@ -81,3 +81,32 @@ def test_cache_keeps_a_bounded_lru_and_never_caches_failures(monkeypatch):
             cache.compile_now(GrammarKey("regex", "(a"))
     assert len(cache) == 2
     cache.shutdown()
+
+
+def test_auto_gives_each_backend_its_own_time_limit(monkeypatch):
+    """A stage that runs out of time (here llguidance, made to) leaves xgrammar its whole limit
+    in a fresh process: the chain is not one limit shared by both."""
+    calls: list[tuple[str | None, float]] = []
+    real = CompileProcess.compile
+
+    def compile_stage(self, key, timeout, stage=None):
+        calls.append((stage, timeout))
+        if stage == "llguidance":
+            self.kill()  # what a real time limit does to the process
+            raise InvalidRequestError(key.field, f"compilation did not finish within {timeout} s")
+        return real(self, key, timeout, stage)
+
+    monkeypatch.setattr(CompileProcess, "compile", compile_stage)
+    cache = GrammarCache(lambda: BYTES, None, backend="auto", timeout=lambda: 7.0, workers=1)
+    try:
+        grammar = cache.compile_now(SCHEMA)
+        assert calls == [("llguidance", 7.0), ("xgrammar", 7.0)]
+        assert type(grammar).__name__ == "XGrammar"
+        calls.clear()
+        with pytest.raises(InvalidRequestError) as info:
+            cache.compile_now(GrammarKey("regex", "(a"))
+        assert [s for s, _ in calls] == ["llguidance", "xgrammar"]
+        assert "did not finish within 7.0 s" in info.value.message
+        assert "cannot be compiled" in info.value.message  # xgrammar's own refusal, after it
+    finally:
+        cache.shutdown()

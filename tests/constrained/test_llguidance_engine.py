@@ -9,8 +9,12 @@ import re
 import jsonschema
 import pytest
 
+from plait.constrained.llguidance_backend import LIMITS
+from plait.runtime.config import EngineConfig
 from plait.runtime.engine import Engine
 from plait.runtime.errors import InvalidRequestError
+from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.worker.core import EngineCore
 
 # xgrammar refuses it (an intersection of several schemas); llguidance enforces it exactly
 INTERSECTION = {
@@ -84,3 +88,34 @@ def test_refusals_are_errors_naming_the_field(engine, params, field, needle):
     assert info.value.field == field and needle in info.value.message, info.value.message
     out = engine.generate("Hi", {"regex": "(yes|no)", "max_new_tokens": 4, "temperature": 1.0})
     assert out["text"] in ("yes", "no")
+
+
+# ambiguous: the Earley items of a step grow with the output; over a limit of 8 at once
+AMBIGUOUS = 'start: x x x x x x x x "!"\nx: "a" | "b" | x x'
+
+
+def test_a_step_over_llguidance_limits_fails_its_request_alone(tiny_lm_dir, monkeypatch):
+    monkeypatch.setitem(LIMITS, "step_max_items", 8)
+    core = EngineCore(
+        EngineConfig.from_kwargs(
+            tiny_lm_dir, max_total_tokens=2048, grammar_backend="llguidance", grammar_cache_dir=None
+        )
+    )
+    try:
+        free = {"max_new_tokens": 6, "temperature": 1.0, "ignore_eos": True}
+        core.add_request("bad", [5, 6, 7], SamplingParams.from_dict({**free, "ebnf": AMBIGUOUS}))
+        core.add_request("free", [5, 6, 8], SamplingParams.from_dict(free))
+        outs: dict[str, list] = {}
+        while core.has_work:
+            for o in core.step():
+                outs.setdefault(o.rid, []).append(o)
+        core.check_idle()
+    finally:
+        core.scheduler.grammar.cache.shutdown()
+    (bad,) = outs["bad"]
+    field, message, kind = bad.error
+    assert (field, kind) == ("ebnf", "invalid_request")
+    assert "step limits" in message and "Too many items" in message
+    free_out = outs["free"][-1]
+    assert free_out.error is None and free_out.finish_reason["type"] == "length"
+    assert sum(len(o.new_ids) for o in outs["free"]) == 6
