@@ -49,6 +49,8 @@ CACHE = Path(os.environ.get("PLAIT_LLAMA_CACHE", Path.home() / ".cache" / "plait
 # system name -> (kind, precision label, arguments)
 SYSTEMS = {
     "plait-f32": ("plait", "f32", ["--dtype", "float32"]),
+    # float32 products on torch's MKL (the default takes numpy's OpenBLAS): side by side
+    "plait-f32-mkl": ("plait", "f32", ["--dtype", "float32", "--float32-matmul", "torch"]),
     "plait-bf16": ("plait", "bf16", ["--dtype", "bfloat16"]),
     "plait-int8": ("plait", "int8", ["--dtype", "bfloat16", "--quantization", "int8"]),
     "plait-int4": ("plait", "int4", ["--dtype", "bfloat16", "--quantization", "int4"]),
@@ -209,7 +211,7 @@ def step_bytes(precision: str, kind: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--systems", default=",".join(SYSTEMS))
+    ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "plait-f32-mkl"))
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
@@ -257,13 +259,13 @@ def report(results: dict, workloads: list[str], args: argparse.Namespace) -> Non
         cells = [f"{med[s][w]:.1f} ({max(r[w]) / min(r[w]) - 1:.0%})" for w in workloads]
         print(f"| {s} | " + " | ".join(cells) + " |")
     print("\nplait / llama.cpp at the same precision")
-    print("| precision | " + " | ".join(workloads) + " |")
+    print("| systems | " + " | ".join(workloads) + " |")
     print("| --- |" + " --- |" * len(workloads))
     for ps, (_, prec, _) in SYSTEMS.items():
         ls = next((n for n, (k, p, _) in SYSTEMS.items() if k == "llama" and p == prec), None)
         if ps.startswith("plait") and ps in med and ls in med:
             ratios = [f"{med[ps][w] / med[ls][w]:.2f}x" for w in workloads]
-            print(f"| {prec} | " + " | ".join(ratios) + " |")
+            print(f"| {ps} / {ls} | " + " | ".join(ratios) + " |")
     if "single" in workloads:
         from plait.bench.bench_machine import read_bandwidth
 

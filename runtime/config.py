@@ -22,6 +22,7 @@ QUANTIZATIONS = (
     "int4",
 )  # = runtime.model.models.quant_linear.QUANTIZATIONS (no torch here)
 CACHE_ISOLATIONS = ("tenant", "global")
+FLOAT32_MATMULS = ("auto", "openblas", "torch")
 GRAMMAR_BACKENDS = ("auto", "xgrammar", "outlines", "llguidance")
 
 _NONE = type(None)
@@ -132,6 +133,13 @@ class EngineConfig:
         choices=QUANTIZATIONS,
     )
     num_threads: int | None = _opt(None, (int, _NONE), "torch CPU threads")
+    float32_matmul: str = _opt(
+        "auto",
+        (str,),
+        "float32 products on CPU: openblas (numpy's BLAS; faster than torch's MKL on AMD CPUs) "
+        "or torch; auto: openblas where numpy has it",
+        choices=FLOAT32_MATMULS,
+    )
     disable_radix_cache: bool = _opt(False, (bool,), "no prefix reuse between requests")
     cache_isolation: str | None = _opt(
         None,
@@ -201,6 +209,7 @@ class EngineConfig:
         _choice(self, "dtype", DTYPES)
         _choice(self, "attention_backend", ATTENTION_BACKENDS)
         _choice(self, "load_format", LOAD_FORMATS)
+        _choice(self, "float32_matmul", FLOAT32_MATMULS)
         if self.quantization is not None:
             _choice(self, "quantization", QUANTIZATIONS)
         if self.cache_isolation is not None:

@@ -10,6 +10,8 @@ import torch
 from plait.kernels.attention_backend import AttentionBackend
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.model.forward_batch import ForwardBatch
+from plait.runtime.model.models.blas import OpenBLAS
+from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
 from plait.runtime.model.thread_policy import ThreadPolicy
 
@@ -21,18 +23,47 @@ class LogitsOutput:
 
 
 class ModelRunner:
-    """Owns the model, the KV pool it writes and the attention backend it reads through."""
+    """Owns the model, the KV pool it writes and the attention backend it reads through.
+
+    CPU threads: torch's count when the runner is called is the ceiling; the thread policy
+    picks the count of each forward. With ``openblas`` (float32 weights), the float32 products
+    run there on the picked count while torch's own ops run on one thread: two busy pools
+    stall each other (``models/blas.py``).
+    """
 
     def __init__(
-        self, model: LlamaForCausalLM, kv_pool: TokenToKVPool, attn: AttentionBackend
+        self,
+        model: LlamaForCausalLM,
+        kv_pool: TokenToKVPool,
+        attn: AttentionBackend,
+        openblas: OpenBLAS | None = None,
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.attn = attn
         self.device = next(model.parameters()).device
+        linears = [m for m in model.modules() if isinstance(m, Linear)]
+        for m in linears:
+            m.use_openblas(openblas is not None)
+        self.openblas = openblas if any(m.openblas for m in linears) else None
         self.threads: ThreadPolicy | None = None  # CPU: created at the first forward
+        self._latched: int | None = None  # with OpenBLAS: the caller's count
         # False: every forward uses the caller's count (for side-by-side benches)
         self.adaptive_threads = True
+
+    def _thread_ceiling(self) -> int:
+        """torch's thread count as the caller set it. With OpenBLAS, torch's own ops run on one
+        thread from the first forward on, so the scheduler's sampling between forwards does
+        not wake a second OpenMP pool either (measured: toggling torch between 1 and 2 threads
+        around each forward cost a fifth of a decode step); the caller's count, latched then,
+        goes to OpenBLAS, until the caller sets torch's count again."""
+        threads = torch.get_num_threads()
+        if self.openblas is None or self.device.type != "cpu":
+            return threads
+        if threads != 1 or self._latched is None:
+            self._latched = threads
+            torch.set_num_threads(1)
+        return self._latched
 
     @torch.inference_mode()
     def forward(
@@ -41,7 +72,7 @@ class ModelRunner:
         sample_index: torch.Tensor,  # [R] flat token positions whose logits are sampled
         prompt_index: torch.Tensor | None = None,  # [P] flat positions for prompt logprobs
     ) -> LogitsOutput:
-        threads = torch.get_num_threads()
+        threads = self._thread_ceiling()
         use = threads
         if self.device.type == "cpu":
             if self.threads is None or self.threads.candidates[-1] != threads:
@@ -49,7 +80,9 @@ class ModelRunner:
             use = self.threads.choose(batch.num_tokens)
             if not self.adaptive_threads:
                 use = threads
-        if use != threads:
+        if self.openblas is not None:
+            self.openblas.set_threads(use)  # torch stays on one thread (``_thread_ceiling``)
+        elif use != threads:
             torch.set_num_threads(use)
         start = time.perf_counter()
         try:
@@ -60,7 +93,7 @@ class ModelRunner:
             if prompt_index is not None and prompt_index.numel():
                 prompt_logits = self.model.compute_logits(hidden[prompt_index])
         finally:
-            if use != threads:
+            if self.openblas is None and use != threads:
                 torch.set_num_threads(threads)
         if self.threads is not None:
             self.threads.record(batch.num_tokens, use, time.perf_counter() - start)

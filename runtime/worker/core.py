@@ -20,6 +20,7 @@ from plait.runtime.limits import ModelLimits
 from plait.runtime.messages import ReqOutput
 from plait.runtime.model.loader import LoadedModel, kv_pool_tokens, load_model
 from plait.runtime.model.model_runner import ModelRunner
+from plait.runtime.model.models import blas
 from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.request import Req
@@ -76,7 +77,8 @@ class EngineCore:
             isolate_tenants=config.cache_isolation == "tenant",
         )
         attn = make_attention_backend(config.attention_backend, m.config, m.device)
-        self.runner = ModelRunner(m.model, kv_pool, attn)
+        openblas = blas.resolve(config.float32_matmul, m.device)
+        self.runner = ModelRunner(m.model, kv_pool, attn, openblas)
         stop_checker = StopChecker(m.tokenizer, m.eos_token_ids, m.context_len)
         self.scheduler = Scheduler(
             self.runner, self.cache, stop_checker, self.vocab_size, config.scheduler

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from plait.runtime.model.models import blas
 
 # A bfloat16 forward of at most this many rows takes ATen's own matrix-vector kernel (oneDNN
 # off): 1.3-1.8x faster than oneDNN's at 1-2 rows, several times slower from 4 rows up
@@ -22,6 +25,9 @@ class Linear(nn.Module):
     with ``F.linear``. Other dtypes keep ``[out, in]``: bfloat16's fast decode kernel needs it
     and its GEMM is as fast either way. ``transposed`` says which layout ``weight`` holds; the
     loader writes checkpoints into it.
+
+    ``use_openblas(True)`` sends a float32 CPU weight's products through OpenBLAS (``blas``),
+    with the same layouts; the caller sets the threads (``ModelRunner``).
     """
 
     def __init__(
@@ -36,8 +42,24 @@ class Linear(nn.Module):
         shape = (in_features, out_features) if self.transposed else (out_features, in_features)
         self.weight = nn.Parameter(torch.empty(shape))
         self.bias = nn.Parameter(torch.empty(out_features)) if bias else None
+        self.openblas = False
+        self._numpy: tuple[int, np.ndarray] | None = None  # (data_ptr, the weight's numpy view)
+
+    def use_openblas(self, on: bool) -> None:
+        self.openblas = (
+            on and self.weight.dtype == torch.float32 and self.weight.device.type == "cpu"
+        )
+
+    def _numpy_weight(self) -> np.ndarray:
+        ptr = self.weight.data_ptr()
+        if self._numpy is None or self._numpy[0] != ptr:  # a new tensor was loaded in
+            self._numpy = (ptr, self.weight.detach().numpy())
+        return self._numpy[1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.openblas and x.dtype == torch.float32:
+            y = blas.matmul(x, self._numpy_weight(), self.transposed)
+            return y if self.bias is None else y + self.bias
         if self.transposed:
             y = x @ self.weight
             return y if self.bias is None else y + self.bias
