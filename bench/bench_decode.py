@@ -36,6 +36,7 @@ def _worker(variant: str, threads: str) -> None:
 
     engine = Engine(None, max_total_tokens=4096, disable_radix_cache=True, **VARIANTS[variant])
     runner = engine.core.runner
+    runner.pin_torch_threads = True  # this subprocess is the engine's own, as a worker's is
     torch.set_num_threads(int(threads.rstrip("a")))
     runner.adaptive_threads = threads.endswith("a")
     forwards: list[float] = []

@@ -25,6 +25,7 @@ from plait.runtime.engine import Engine
 
 VARIANTS = {
     "float32": {"dtype": "float32"},
+    "float32-mkl": {"dtype": "float32", "float32_matmul": "torch"},  # products on torch's MKL
     "bfloat16": {"dtype": "bfloat16"},
     "int8": {"dtype": "bfloat16", "quantization": "int8"},
     "int4": {"dtype": "bfloat16", "quantization": "int4"},

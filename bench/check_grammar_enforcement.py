@@ -1,9 +1,10 @@
 """Fail-closed check of a grammar backend on the JSONSchemaBench sample: every schema it compiles
 is walked by seeded random allowed tokens of a byte-level vocabulary (what a temperature-1 model
 under the mask does, biased towards short outputs), and every finished output must validate
-with ``jsonschema`` (formats checked).
+with ``jsonschema`` (formats checked). Compiles run in the server's killable compile process
+under ``--timeout`` (a schema that runs past it counts as not compiled, as on the server).
 
-    python -m plait.bench.check_grammar_enforcement [--backend llguidance] [--walks 8]
+    python -m plait.bench.check_grammar_enforcement [--backend llguidance] [--walks 8] [--timeout 10]
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import random
 from pathlib import Path
 
 import jsonschema
+from tqdm import tqdm
 
 from plait.constrained.backends import make_compiler
+from plait.constrained.compile_process import CompileProcess
 from plait.constrained.grammar import CompiledGrammar
 from plait.constrained.grammar_state import GrammarState
 from plait.constrained.mask import MaskBuilder
@@ -68,14 +71,16 @@ def main() -> None:
     ap.add_argument("--backend", default="llguidance")
     ap.add_argument("--walks", type=int, default=8)
     ap.add_argument("--max-bytes", type=int, default=600)
+    ap.add_argument("--timeout", type=float, default=10.0, help="seconds per compile stage")
     args = ap.parse_args()
     compiler = make_compiler(args.backend, BYTES)
+    proc = CompileProcess(args.backend, BYTES, memory_limit_mb=4096)
     rng = random.Random(0)
     compiled = finished = invalid = 0
-    for f in sorted(SAMPLE.glob("*/*.json")):
+    for f in tqdm(sorted(SAMPLE.glob("*/*.json")), desc=args.backend):
         key = GrammarKey("json", f.read_text())
         try:
-            grammar = compiler.load(key, compiler.compile_payload(key))
+            grammar = compiler.load(key, _compile(proc, compiler.stages(), key, args.timeout))
         except InvalidRequestError:
             continue
         compiled += 1
@@ -94,7 +99,21 @@ def main() -> None:
             except (ValueError, jsonschema.ValidationError) as e:
                 invalid += 1
                 print(f"INVALID {f.parent.name}/{f.name}: {text[:200]!r}: {str(e)[:200]}")
+    proc.kill()
     print(f"{args.backend}: {compiled} compiled, {finished} finished walks, {invalid} invalid")
+
+
+def _compile(
+    proc: CompileProcess, stages: tuple[str, ...], key: GrammarKey, timeout: float
+) -> bytes:
+    """The payload of the first stage that accepts ``key``, each under ``timeout``."""
+    for stage in stages:
+        try:
+            return proc.compile(key, timeout, stage)
+        except InvalidRequestError:
+            if stage == stages[-1]:
+                raise
+    raise AssertionError("no stages")
 
 
 if __name__ == "__main__":

@@ -48,17 +48,20 @@ class ModelRunner:
         self.openblas = openblas if any(m.openblas for m in linears) else None
         self.threads: ThreadPolicy | None = None  # CPU: created at the first forward
         self._latched: int | None = None  # with OpenBLAS: the caller's count
+        self.pin_torch_threads = False  # set by processes plait owns (``_thread_ceiling``)
         # False: every forward uses the caller's count (for side-by-side benches)
         self.adaptive_threads = True
 
     def _thread_ceiling(self) -> int:
-        """torch's thread count as the caller set it. With OpenBLAS, torch's own ops run on one
-        thread from the first forward on, so the scheduler's sampling between forwards does
-        not wake a second OpenMP pool either (measured: toggling torch between 1 and 2 threads
-        around each forward cost a fifth of a decode step); the caller's count, latched then,
-        goes to OpenBLAS, until the caller sets torch's count again."""
+        """torch's thread count as the caller set it. With OpenBLAS and ``pin_torch_threads``
+        (a process plait owns: the worker, the server), torch's own ops run on one thread from
+        the first forward on, so the sampling between forwards does not wake a second OpenMP
+        pool either (measured: restoring torch's count after each forward cost a sixth of a
+        decode step); the caller's count, latched then, goes to OpenBLAS until the caller sets
+        torch's count again. Otherwise (an in-process ``Engine``) torch's count is restored
+        after every forward: the caller's process keeps its settings."""
         threads = torch.get_num_threads()
-        if self.openblas is None or self.device.type != "cpu":
+        if self.openblas is None or not self.pin_torch_threads:
             return threads
         if threads != 1 or self._latched is None:
             self._latched = threads
@@ -80,10 +83,13 @@ class ModelRunner:
             use = self.threads.choose(batch.num_tokens)
             if not self.adaptive_threads:
                 use = threads
+        torch_use = use
         if self.openblas is not None:
-            self.openblas.set_threads(use)  # torch stays on one thread (``_thread_ceiling``)
-        elif use != threads:
-            torch.set_num_threads(use)
+            self.openblas.set_threads(use)
+            torch_use = 1
+        restore = torch_use != torch.get_num_threads()
+        if restore:
+            torch.set_num_threads(torch_use)
         start = time.perf_counter()
         try:
             self.attn.init_forward_metadata(batch)
@@ -93,7 +99,7 @@ class ModelRunner:
             if prompt_index is not None and prompt_index.numel():
                 prompt_logits = self.model.compute_logits(hidden[prompt_index])
         finally:
-            if self.openblas is None and use != threads:
+            if restore:
                 torch.set_num_threads(threads)
         if self.threads is not None:
             self.threads.record(batch.num_tokens, use, time.perf_counter() - start)

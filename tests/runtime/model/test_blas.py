@@ -75,6 +75,10 @@ def test_runner_keeps_torch_on_one_thread_and_gives_openblas_the_callers_count(t
         assert runner.openblas is not None
         runner.adaptive_threads = False
         engine.generate("Hi", {"max_new_tokens": 3, "temperature": 0})
+        # an in-process engine leaves the caller's count as it found it
+        assert torch.get_num_threads() == 2 and runner.openblas._threads == 2
+        runner.pin_torch_threads = True  # what the worker process does
+        engine.generate("Hi", {"max_new_tokens": 3, "temperature": 0})
         assert torch.get_num_threads() == 1 and runner.openblas._threads == 2
         torch.set_num_threads(1)  # the caller's own count is latched only when not one
         engine.generate("Hi", {"max_new_tokens": 2, "temperature": 0})
