@@ -121,6 +121,7 @@ def main() -> None:
             rows.append((backend, r))
             for name, why, text in r["invalid"]:
                 print(f"INVALID {backend} {name}: {why}\n    {text!r}")
+            print(f"{backend}: {dict(r['counts'])}, invalid {len(r['invalid'])}", flush=True)
     print(f"\n{len(files)} schemas, {args.samples} samples each, temperature 1, {args.model}")
     print("| backend | compiled | refused | finished | valid | invalid | cut by max_new_tokens |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
