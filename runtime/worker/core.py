@@ -77,7 +77,7 @@ class EngineCore:
             isolate_tenants=config.cache_isolation == "tenant",
         )
         attn = make_attention_backend(config.attention_backend, m.config, m.device)
-        openblas = blas.resolve(config.float32_matmul, m.device)
+        openblas = blas.resolve(config.float32_matmul, m.device, blas.float32_linear_bytes(m.model))
         self.runner = ModelRunner(m.model, kv_pool, attn, openblas)
         stop_checker = StopChecker(m.tokenizer, m.eos_token_ids, m.context_len)
         self.scheduler = Scheduler(

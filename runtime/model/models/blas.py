@@ -54,10 +54,20 @@ def numpy_openblas() -> OpenBLAS | None:
     return OpenBLAS(selected)
 
 
-def resolve(choice: str, device: torch.device) -> OpenBLAS | None:
-    """The OpenBLAS to use for ``choice`` on ``device`` (None: torch's own products).
-    ``openblas`` where it is not available raises InvalidRequestError naming the option."""
+# ``auto`` takes OpenBLAS for models whose float32 products stream at least this many weight
+# bytes per forward: products that miss the caches, where its faster streaming pays. Smaller
+# models (the suite's tiny ones) are latency-bound per call: numpy's conversions and the thread
+# switch around each forward would cost more than they save.
+AUTO_MIN_WEIGHT_BYTES = 64 << 20
+
+
+def resolve(choice: str, device: torch.device, weight_bytes: int) -> OpenBLAS | None:
+    """The OpenBLAS to use for ``choice`` on ``device`` (None: torch's own products), for a
+    model with ``weight_bytes`` of float32 linear weights. ``openblas`` where it is not
+    available raises InvalidRequestError naming the option."""
     if choice == "torch" or device.type != "cpu":
+        return None
+    if choice == "auto" and weight_bytes < AUTO_MIN_WEIGHT_BYTES:
         return None
     blas = numpy_openblas()
     if blas is None and choice == "openblas":
@@ -65,6 +75,17 @@ def resolve(choice: str, device: torch.device) -> OpenBLAS | None:
             "float32_matmul", "openblas needs numpy built with OpenBLAS, and threadpoolctl"
         )
     return blas
+
+
+def float32_linear_bytes(model: torch.nn.Module) -> int:
+    """Bytes of float32 weights in the model's ``Linear`` layers (what ``auto`` weighs)."""
+    from plait.runtime.model.models.linear import Linear
+
+    return sum(
+        m.weight.numel() * 4
+        for m in model.modules()
+        if isinstance(m, Linear) and m.weight.dtype == torch.float32
+    )
 
 
 def matmul(x: torch.Tensor, weight: np.ndarray, transposed: bool) -> torch.Tensor:

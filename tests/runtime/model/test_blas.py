@@ -92,3 +92,13 @@ def test_float32_matmul_torch_leaves_torch_products(tiny_lm_dir):
 
     engine = Engine(tiny_lm_dir, max_total_tokens=512, float32_matmul="torch")
     assert engine.core.runner.openblas is None
+
+
+def test_auto_takes_openblas_only_for_weights_that_miss_the_caches(tiny_lm_dir):
+    from plait.runtime.engine import Engine
+
+    small = Engine(tiny_lm_dir, max_total_tokens=512)  # auto: a tiny model stays on torch
+    assert small.core.runner.openblas is None
+    assert blas.resolve("auto", torch.device("cpu"), blas.AUTO_MIN_WEIGHT_BYTES) is not None
+    assert blas.resolve("auto", torch.device("cpu"), blas.AUTO_MIN_WEIGHT_BYTES - 1) is None
+    assert blas.resolve("openblas", torch.device("cpu"), 0) is not None
