@@ -228,8 +228,15 @@ async def merged_chunks(streams: list[Stream], firsts: list[Any]) -> AsyncIterat
         cancel_all(streams)
 
 
+# Characters JSON leaves raw (ensure_ascii=False) that line readers split on: httpx's
+# aiter_lines uses str.splitlines (U+0085, U+2028, U+2029), which cut an event in two. Inside a
+# JSON string their escapes decode to the same text.
+_SSE_ESCAPES = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def sse(payload: Any) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+    """One server-sent event: a single line of JSON, whatever text the model wrote."""
+    return f"data: {json.dumps(payload, ensure_ascii=False).translate(_SSE_ESCAPES)}\n\n"
 
 
 SSE_DONE = "data: [DONE]\n\n"
