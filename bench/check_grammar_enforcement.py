@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from plait.constrained.backends import make_compiler
 from plait.constrained.compile_process import CompileProcess
-from plait.constrained.grammar import CompiledGrammar
+from plait.constrained.grammar import CompiledGrammar, compile_stages
 from plait.constrained.grammar_state import GrammarState
 from plait.constrained.mask import MaskBuilder
 from plait.constrained.spec import GrammarKey
@@ -84,7 +84,10 @@ def main() -> None:
     for f in tqdm(sorted(SAMPLE.glob("*/*.json")), desc=args.backend):
         key = GrammarKey("json", f.read_text())
         try:
-            grammar = compiler.load(key, _compile(proc, compiler.stages(), key, args.timeout))
+            payload = compile_stages(
+                key, compiler.stages(), lambda k, stage: proc.compile(k, args.timeout, stage)
+            )
+            grammar = compiler.load(key, payload)
         except InvalidRequestError:
             continue
         compiled += 1
@@ -111,19 +114,6 @@ def main() -> None:
     print(f"{args.backend}: {compiled} compiled, {finished} finished walks, {invalid} invalid")
     if cut:
         print(f"{cut} schemas walked fewer than {args.walks} times (--schema-seconds)")
-
-
-def _compile(
-    proc: CompileProcess, stages: tuple[str, ...], key: GrammarKey, timeout: float
-) -> bytes:
-    """The payload of the first stage that accepts ``key``, each under ``timeout``."""
-    for stage in stages:
-        try:
-            return proc.compile(key, timeout, stage)
-        except InvalidRequestError:
-            if stage == stages[-1]:
-                raise
-    raise AssertionError("no stages")
 
 
 if __name__ == "__main__":

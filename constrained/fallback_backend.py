@@ -9,10 +9,9 @@ parses (its EBNF extensions such as lookahead)."""
 
 from __future__ import annotations
 
-from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, refused
+from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, compile_stages
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
-from plait.runtime.errors import InvalidRequestError
 
 # The backends ``auto`` tries, in order.
 CHAIN = ("llguidance", "xgrammar")
@@ -38,13 +37,7 @@ class FallbackCompiler(GrammarCompiler):
         return stage.encode() + b"\0" + self.compilers[stage].compile_payload(key)
 
     def compile_payload(self, key: GrammarKey) -> bytes:
-        errors: list[InvalidRequestError] = []
-        for stage in self.stages():
-            try:
-                return self.compile_stage(key, stage)
-            except InvalidRequestError as e:
-                errors.append(e)
-        raise refused(key, errors)
+        return compile_stages(key, self.stages(), self.compile_stage)
 
     def load(self, key: GrammarKey, payload: bytes) -> CompiledGrammar:
         name, _, rest = payload.partition(b"\0")

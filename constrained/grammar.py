@@ -4,6 +4,7 @@ requests, and one matcher per request. The scheduler, mask and jump-forward code
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import torch
 
@@ -96,8 +97,18 @@ class GrammarCompiler(ABC):
         return self.compile_payload(key)
 
 
-def refused(key: GrammarKey, errors: list[InvalidRequestError]) -> InvalidRequestError:
-    """The error of a key every stage refused: the one error, or each stage's in order."""
+def compile_stages(
+    key: GrammarKey, stages: tuple[str, ...], compile_stage: Callable[[GrammarKey, str], bytes]
+) -> bytes:
+    """The payload of the first of ``stages`` that accepts ``key`` (``compile_stage(key,
+    stage)`` runs one: in place, or in the compile process under its own time limit). Refused by every stage: the
+    one error, or each stage's in order."""
+    errors: list[InvalidRequestError] = []
+    for stage in stages:
+        try:
+            return compile_stage(key, stage)
+        except InvalidRequestError as e:
+            errors.append(e)
     if len(errors) == 1:
-        return errors[0]
-    return InvalidRequestError(key.field, "; ".join(e.message for e in errors))
+        raise errors[0]
+    raise InvalidRequestError(key.field, "; ".join(e.message for e in errors))

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from plait.constrained.backends import library_version, make_compiler
 from plait.constrained.compile_process import CompileProcess
-from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, refused
+from plait.constrained.grammar import CompiledGrammar, GrammarCompiler, compile_stages
 from plait.constrained.spec import GrammarKey
 from plait.constrained.vocabulary import TokenVocabulary
-from plait.runtime.errors import InvalidRequestError
 
 # Bounds of the in-memory LRU (entries, and the bytes the grammars report holding).
 MAX_CACHED_GRAMMARS = 512
@@ -49,8 +48,8 @@ class GrammarCache:
 
     ``make_vocab`` runs lazily on a pool thread (it takes ~0.4 s), so an engine that never sees
     a constrained request never pays for it. Compiles run in ``workers`` child processes
-    (``isolate``; in-thread otherwise, for benchmarks), each stage of a compile (one per backend of a chain) killed past ``timeout()`` seconds
-    and capped at ``memory_limit_mb``. ``cache_dir`` None disables the disk cache; files there
+    (``isolate``; in-thread otherwise, for benchmarks), each stage of a compile (one per backend
+    of a chain) killed past ``timeout()`` seconds and capped at ``memory_limit_mb``. ``cache_dir`` None disables the disk cache; files there
     are written by this cache only.
     """
 
@@ -166,14 +165,10 @@ class GrammarCache:
             proc = CompileProcess(self.backend, vocab, self.memory_limit_mb)
             with self._lock:
                 self._all_procs.append(proc)
-        errors: list[InvalidRequestError] = []
-        try:
-            for stage in self.compiler.stages():  # each under its own time limit
-                try:
-                    return proc.compile(key, self.timeout(), stage)
-                except InvalidRequestError as e:
-                    errors.append(e)
-            raise refused(key, errors)
+        try:  # each stage under its own time limit
+            return compile_stages(
+                key, self.compiler.stages(), lambda k, stage: proc.compile(k, self.timeout(), stage)
+            )
         finally:
             self._procs.put(proc)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,18 +59,14 @@ class GrammarState:
     def fill_bitmask(self, bitmask: torch.Tensor, index: int) -> None:
         """Row ``index``: the allowed tokens now, with this request's own stop ids."""
         if not self.done:
-            try:
+            with self._failing_alone():
                 self.matcher.fill_bitmask(bitmask, index)
-                can_end = self.matcher.can_end()
-            except Exception as e:  # noqa: BLE001 - this request fails alone (``failure``)
-                self._fail(e)
-        if self.done:
+                if self.extra_stop_ids and self.matcher.can_end():
+                    words = bitmask[index].numpy().view(np.uint32)
+                    for t in self.extra_stop_ids:
+                        words[t // 32] |= np.uint32(1 << (t % 32))
+        if self.done:  # ended, or its matcher failed just now
             _set_only(bitmask, index, self.stop_ids)
-            return
-        if self.extra_stop_ids and can_end:
-            words = bitmask[index].numpy().view(np.uint32)
-            for t in self.extra_stop_ids:
-                words[t // 32] |= np.uint32(1 << (t % 32))
 
     def accept(self, token_id: int) -> None:
         """Advances over a sampled token; the mask guarantees it is allowed."""
@@ -79,13 +77,22 @@ class GrammarState:
             assert self.matcher.can_end(), f"stop token {token_id} before the end"
             self.done = True
             return
-        try:
+        ok = False
+        with self._failing_alone():
             ok = self.matcher.accept_token(token_id)
-        except Exception as e:  # noqa: BLE001 - this request fails alone (``failure``)
-            self._fail(e)
+        if self.failure is not None:
             return
         assert ok, f"token {token_id} not allowed by the grammar"
         self._push(token_id)
+
+    @contextmanager
+    def _failing_alone(self) -> Iterator[None]:
+        """Runs matcher calls; an error of the backend ends this grammar (``_fail``) instead of
+        reaching the batch's step."""
+        try:
+            yield
+        except Exception as e:  # noqa: BLE001 - this request fails alone (``failure``)
+            self._fail(e)
 
     def _fail(self, e: Exception) -> None:
         """Ends the grammar after its matcher failed: a backend's step limit is the request's
@@ -125,11 +132,9 @@ class GrammarState:
         n = len(output_ids)
         if self.done or self.accepted != n or self.pending[n] or self.vocab.tokenizer is None:
             return None
-        try:
+        forced = ""
+        with self._failing_alone():
             forced = self.matcher.forced_string()
-        except Exception as e:  # noqa: BLE001 - this request fails alone (``failure``)
-            self._fail(e)
-            return None
         if not forced:
             return None
         b = max(0, n - RETOKENIZE_WINDOW)

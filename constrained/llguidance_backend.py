@@ -237,7 +237,7 @@ class LLGuidanceMatcher(GrammarMatcher):
             self.m.rollback(num_tokens)
 
     def can_end(self) -> bool:
-        return self.m.is_accepting() and not self.m.is_error()
+        return self.m.is_accepting()
 
     def must_end(self) -> bool:
         return self.m.is_stopped()

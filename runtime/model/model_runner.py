@@ -10,6 +10,7 @@ import torch
 from plait.kernels.attention_backend import AttentionBackend
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.model.forward_batch import ForwardBatch
+from plait.runtime.model.models import blas
 from plait.runtime.model.models.blas import OpenBLAS
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
@@ -26,9 +27,9 @@ class ModelRunner:
     """Owns the model, the KV pool it writes and the attention backend it reads through.
 
     CPU threads: torch's count when the runner is called is the ceiling; the thread policy
-    picks the count of each forward. With ``openblas`` (float32 weights), the float32 products
-    run there on the picked count while torch's own ops run on one thread: two busy pools
-    stall each other (``models/blas.py``).
+    picks the count of each forward. ``float32_matmul`` (``EngineConfig``) decides whether the
+    float32 products run on OpenBLAS; if so, on the picked count while torch's own ops run on
+    one thread: two busy pools stall each other (``models/blas.py``).
     """
 
     def __init__(
@@ -36,16 +37,21 @@ class ModelRunner:
         model: LlamaForCausalLM,
         kv_pool: TokenToKVPool,
         attn: AttentionBackend,
-        openblas: OpenBLAS | None = None,
+        float32_matmul: str = "auto",
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.attn = attn
         self.device = next(model.parameters()).device
-        linears = [m for m in model.modules() if isinstance(m, Linear)]
+        linears = [
+            m for m in model.modules() if isinstance(m, Linear) and m.weight.dtype == torch.float32
+        ]
+        nbytes = sum(m.weight.numel() * m.weight.element_size() for m in linears)
+        self.openblas: OpenBLAS | None = None
+        if linears:
+            self.openblas = blas.resolve(float32_matmul, self.device, nbytes)
         for m in linears:
-            m.use_openblas(openblas is not None)
-        self.openblas = openblas if any(m.openblas for m in linears) else None
+            m.use_openblas(self.openblas is not None)
         self.threads: ThreadPolicy | None = None  # CPU: created at the first forward
         self._latched: int | None = None  # with OpenBLAS: the caller's count
         self.pin_torch_threads = False  # set by processes plait owns (``_thread_ceiling``)

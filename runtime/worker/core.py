@@ -20,7 +20,6 @@ from plait.runtime.limits import ModelLimits
 from plait.runtime.messages import ReqOutput
 from plait.runtime.model.loader import LoadedModel, kv_pool_tokens, load_model
 from plait.runtime.model.model_runner import ModelRunner
-from plait.runtime.model.models import blas
 from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
 from plait.runtime.worker.request import Req
@@ -77,8 +76,7 @@ class EngineCore:
             isolate_tenants=config.cache_isolation == "tenant",
         )
         attn = make_attention_backend(config.attention_backend, m.config, m.device)
-        openblas = blas.resolve(config.float32_matmul, m.device, blas.float32_linear_bytes(m.model))
-        self.runner = ModelRunner(m.model, kv_pool, attn, openblas)
+        self.runner = ModelRunner(m.model, kv_pool, attn, config.float32_matmul)
         stop_checker = StopChecker(m.tokenizer, m.eos_token_ids, m.context_len)
         self.scheduler = Scheduler(
             self.runner, self.cache, stop_checker, self.vocab_size, config.scheduler

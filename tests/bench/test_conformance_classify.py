@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from plait.bench.sglang_conformance import classify
 from plait.lang.api import select
 
@@ -48,7 +50,6 @@ def test_value_error_from_plait_is_api_failure(tmp_path):
 
 def test_error_outside_programs_is_api_failure(tmp_path):
     programs = tmp_path / "test_programs.py"
-    try:
+    with pytest.raises(ValueError) as info:  # raised here, not in test_programs.py
         json.loads("{")
-    except ValueError as e:
-        assert classify("t", e, programs.resolve()).kind == "api_failure"
+    assert classify("t", info.value, programs.resolve()).kind == "api_failure"

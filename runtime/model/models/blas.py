@@ -77,17 +77,6 @@ def resolve(choice: str, device: torch.device, weight_bytes: int) -> OpenBLAS | 
     return blas
 
 
-def float32_linear_bytes(model: torch.nn.Module) -> int:
-    """Bytes of float32 weights in the model's ``Linear`` layers (what ``auto`` weighs)."""
-    from plait.runtime.model.models.linear import Linear
-
-    return sum(
-        m.weight.numel() * 4
-        for m in model.modules()
-        if isinstance(m, Linear) and m.weight.dtype == torch.float32
-    )
-
-
 def matmul(x: torch.Tensor, weight: np.ndarray, transposed: bool) -> torch.Tensor:
     """``x @ weight`` (``transposed``: weight is ``[in, out]``) or ``x @ weight.T`` (``[out,
     in]``) for a float32 CPU ``x`` of any leading shape; a new float32 tensor."""
