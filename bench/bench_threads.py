@@ -26,6 +26,8 @@ from plait.runtime.engine import Engine
 VARIANTS = {
     "float32": {"dtype": "float32"},
     "float32-mkl": {"dtype": "float32", "float32_matmul": "torch"},  # products on torch's MKL
+    "float32-unfused": {"dtype": "float32", "decode_kernel": "torch"},  # decode steps in torch
+    "bfloat16-unfused": {"dtype": "bfloat16", "decode_kernel": "torch"},
     "bfloat16": {"dtype": "bfloat16"},
     "int8": {"dtype": "bfloat16", "quantization": "int8"},
     "int4": {"dtype": "bfloat16", "quantization": "int4"},

@@ -23,6 +23,7 @@ QUANTIZATIONS = (
 )  # = runtime.model.models.quant_linear.QUANTIZATIONS (no torch here)
 CACHE_ISOLATIONS = ("tenant", "global")
 FLOAT32_MATMULS = ("auto", "openblas", "torch")
+DECODE_KERNELS = ("auto", "fused", "torch")
 GRAMMAR_BACKENDS = ("auto", "xgrammar", "outlines", "llguidance")
 
 _NONE = type(None)
@@ -140,6 +141,13 @@ class EngineConfig:
         "or torch; auto: openblas where numpy has it",
         choices=FLOAT32_MATMULS,
     )
+    decode_kernel: str = _opt(
+        "auto",
+        (str,),
+        "CPU decode steps of a few requests (float32: 16, bfloat16: 8): fused (the whole step in one C call, built with "
+        "the machine's C compiler at first use) or torch; auto: fused where supported",
+        choices=DECODE_KERNELS,
+    )
     disable_radix_cache: bool = _opt(False, (bool,), "no prefix reuse between requests")
     cache_isolation: str | None = _opt(
         None,
@@ -210,6 +218,7 @@ class EngineConfig:
         _choice(self, "attention_backend", ATTENTION_BACKENDS)
         _choice(self, "load_format", LOAD_FORMATS)
         _choice(self, "float32_matmul", FLOAT32_MATMULS)
+        _choice(self, "decode_kernel", DECODE_KERNELS)
         if self.quantization is not None:
             _choice(self, "quantization", QUANTIZATIONS)
         if self.cache_isolation is not None:

@@ -9,7 +9,10 @@ import torch
 
 from plait.kernels.attention_backend import AttentionBackend
 from plait.radix_cache.memory_pool import TokenToKVPool
-from plait.runtime.model.forward_batch import ForwardBatch
+from plait.runtime.errors import InvalidRequestError
+from plait.runtime.model import fused_decode
+from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
+from plait.runtime.model.fused_decode import FusedDecode
 from plait.runtime.model.models import blas
 from plait.runtime.model.models.blas import OpenBLAS
 from plait.runtime.model.models.linear import Linear
@@ -29,7 +32,10 @@ class ModelRunner:
     CPU threads: torch's count when the runner is called is the ceiling; the thread policy
     picks the count of each forward. ``float32_matmul`` (``EngineConfig``) decides whether the
     float32 products run on OpenBLAS; if so, on the picked count while torch's own ops run on
-    one thread: two busy pools stall each other (``models/blas.py``).
+    one thread: two busy pools stall each other (``models/blas.py``). ``decode_kernel`` decides
+    whether small decode steps (``FusedDecode.max_rows``) run as one C call
+    (``FusedDecode``, on its own threads, likewise with torch's on one); it needs ``[out, in]``
+    weights, so the runner re-lays float32 weights out when it is on.
     """
 
     def __init__(
@@ -38,11 +44,23 @@ class ModelRunner:
         kv_pool: TokenToKVPool,
         attn: AttentionBackend,
         float32_matmul: str = "auto",
+        decode_kernel: str = "auto",
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
         self.attn = attn
         self.device = next(model.parameters()).device
+        self.fused: FusedDecode | None = None
+        if decode_kernel != "torch":
+            reason = fused_decode.unsupported(model, kv_pool, self.device)
+            if reason is None:
+                for m in model.modules():
+                    if isinstance(m, Linear):
+                        m.set_layout(False)
+                model.tie_weights()  # the head and the embedding share one [vocab, hidden]
+                self.fused = FusedDecode(model, kv_pool)
+            elif decode_kernel == "fused":
+                raise InvalidRequestError("decode_kernel", f"fused is not available: {reason}")
         linears = [
             m for m in model.modules() if isinstance(m, Linear) and m.weight.dtype == torch.float32
         ]
@@ -52,6 +70,9 @@ class ModelRunner:
             self.openblas = blas.resolve(float32_matmul, self.device, nbytes)
         for m in linears:
             m.use_openblas(self.openblas is not None)
+        # a pool of plait's own runs the products (OpenBLAS, the fused decode step): torch's
+        # own ops then run on one thread
+        self._own_pool = self.openblas is not None or self.fused is not None
         self.threads: ThreadPolicy | None = None  # CPU: created at the first forward
         self._latched: int | None = None  # with OpenBLAS: the caller's count
         self.pin_torch_threads = False  # set by processes plait owns (``_thread_ceiling``)
@@ -67,7 +88,7 @@ class ModelRunner:
         torch's count again. Otherwise (an in-process ``Engine``) torch's count is restored
         after every forward: the caller's process keeps its settings."""
         threads = torch.get_num_threads()
-        if self.openblas is None or not self.pin_torch_threads:
+        if not self._own_pool or not self.pin_torch_threads:
             return threads
         if threads != 1 or self._latched is None:
             self._latched = threads
@@ -89,15 +110,30 @@ class ModelRunner:
             use = self.threads.choose(batch.num_tokens)
             if not self.adaptive_threads:
                 use = threads
+        fused = (
+            self.fused is not None
+            and batch.mode == ForwardMode.DECODE
+            and prompt_index is None
+            and batch.num_tokens <= self.fused.max_rows
+        )
         torch_use = use
-        if self.openblas is not None:
-            self.openblas.set_threads(use)
+        if self._own_pool:
             torch_use = 1
+            if self.openblas is not None and not fused:
+                self.openblas.set_threads(use)
         restore = torch_use != torch.get_num_threads()
         if restore:
             torch.set_num_threads(torch_use)
         start = time.perf_counter()
         try:
+            if fused:
+                assert self.fused is not None
+                logits = self.fused.forward(batch, use)
+                if sample_index.numel() != logits.shape[0]:
+                    logits = logits[sample_index]
+                if self.threads is not None:
+                    self.threads.record(batch.num_tokens, use, time.perf_counter() - start)
+                return LogitsOutput(logits, None)
             self.attn.init_forward_metadata(batch)
             hidden = self.model(batch, self.kv_pool, self.attn)
             logits = self.model.compute_logits(hidden[sample_index])

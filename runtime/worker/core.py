@@ -76,7 +76,9 @@ class EngineCore:
             isolate_tenants=config.cache_isolation == "tenant",
         )
         attn = make_attention_backend(config.attention_backend, m.config, m.device)
-        self.runner = ModelRunner(m.model, kv_pool, attn, config.float32_matmul)
+        self.runner = ModelRunner(
+            m.model, kv_pool, attn, config.float32_matmul, config.decode_kernel
+        )
         stop_checker = StopChecker(m.tokenizer, m.eos_token_ids, m.context_len)
         self.scheduler = Scheduler(
             self.runner, self.cache, stop_checker, self.vocab_size, config.scheduler

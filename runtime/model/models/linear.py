@@ -45,6 +45,16 @@ class Linear(nn.Module):
         self.openblas = False
         self._numpy: tuple[int, np.ndarray] | None = None  # (data_ptr, the weight's numpy view)
 
+    def set_layout(self, transposed: bool) -> None:
+        """Re-lays the float32 weight out as ``[in, out]`` (True) or ``[out, in]`` (False)."""
+        if transposed == self.transposed:
+            return
+        if transposed and self.weight.dtype != torch.float32:
+            raise ValueError("only a float32 weight is kept as [in, out]")
+        with torch.no_grad():
+            self.weight = nn.Parameter(self.weight.detach().t().contiguous())
+        self.transposed = transposed
+
     def use_openblas(self, on: bool) -> None:
         self.openblas = (
             on and self.weight.dtype == torch.float32 and self.weight.device.type == "cpu"

@@ -1,0 +1,534 @@
+/* One decode step of a Llama-family model on the CPU, in one call: the "static decode graph"
+ * of plait's CPU path (kernels/cpu_decode.py builds and loads this file; runtime/model/
+ * fused_decode.py lays out its arguments).
+ *
+ * A decode step of a small model is latency-bound: in torch it is ~1,500 small ops, each with
+ * its dispatch and thread-pool wake-up, around 121 matrix-vector products. Here the whole step
+ * (embedding, per layer: RMSNorm, fused q/k/v product, RoPE, KV write into the paged pool,
+ * attention over the pool's slots, output product + residual, RMSNorm, gate/up product, SiLU,
+ * down product + residual; the final norm and the LM head) runs in C on a small pool of
+ * threads with one dispatch per phase.
+ *
+ * Invariants:
+ *  - Activations are float32 throughout; weights are float32 or bfloat16 (widened on load);
+ *    KV is written in the pool's dtype (bfloat16 rounded to nearest even, as torch does).
+ *  - Every output element is computed by exactly one thread, with a summation order that does
+ *    not depend on the thread count: the results are the same bits at any thread count.
+ *  - Weights are [out, in], row-major (``Linear`` with ``transposed`` False).
+ *  - Not reentrant across threads: the pool runs one step at a time (a mutex serialises
+ *    callers, e.g. two engines in one process).
+ */
+#define _GNU_SOURCE
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define CPU_RELAX() _mm_pause()
+#else
+#define CPU_RELAX() ((void)0)
+#endif
+
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+
+#define INLINE static inline __attribute__((always_inline))
+
+INLINE f32x16 splat(float a) { return (f32x16){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
+INLINE f32x16 load_f32(const float *p) { f32x16 v; memcpy(&v, p, 64); return v; }
+INLINE void store_f32(float *p, f32x16 v) { memcpy(p, &v, 64); }
+INLINE f32x16 load_bf16(const uint16_t *p) {
+    u16x16 h;
+    memcpy(&h, p, 32);
+    u32x16 w = __builtin_convertvector(h, u32x16) << 16;
+    f32x16 f;
+    memcpy(&f, &w, 64);
+    return f;
+}
+INLINE float bf16_to_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+INLINE uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept quiet (as c10) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+INLINE float hsum(f32x16 v) {
+    float t[16];
+    memcpy(t, &v, 64);
+    float a = ((t[0] + t[8]) + (t[4] + t[12])) + ((t[2] + t[10]) + (t[6] + t[14]));
+    float b = ((t[1] + t[9]) + (t[5] + t[13])) + ((t[3] + t[11]) + (t[7] + t[15]));
+    return a + b;
+}
+INLINE f32x16 vselect(i32x16 mask, f32x16 a, f32x16 b) {
+    i32x16 ai, bi;
+    memcpy(&ai, &a, 64);
+    memcpy(&bi, &b, 64);
+    i32x16 r = (mask & ai) | (~mask & bi);
+    f32x16 f;
+    memcpy(&f, &r, 64);
+    return f;
+}
+/* exp(x) for float32: Cephes' expf polynomial with the exponent added to the bits; relative
+ * error ~2 ulp, exp(x) = 0 below -87.3 (softmax's weights there are below float32's range). */
+INLINE f32x16 vexp(f32x16 x) {
+    const f32x16 hi = splat(88.3762626647949f), lo = splat(-87.3365478515625f);
+    i32x16 under = x < lo;
+    x = vselect(x > hi, hi, x);
+    x = vselect(under, lo, x);
+    const f32x16 magic = splat(12582912.0f); /* 1.5 * 2^23: adds round to an integer */
+    f32x16 t = x * splat(1.44269504088896341f) + magic;
+    f32x16 n = t - magic;
+    f32x16 r = x - n * splat(0.693359375f);
+    r = r - n * splat(-2.12194440e-4f);
+    f32x16 p = splat(1.9875691500e-4f);
+    p = p * r + splat(1.3981999507e-3f);
+    p = p * r + splat(8.3334519073e-3f);
+    p = p * r + splat(4.1665795894e-2f);
+    p = p * r + splat(1.6666665459e-1f);
+    p = p * r + splat(5.0000001201e-1f);
+    p = p * (r * r) + r + splat(1.0f);
+    i32x16 ni = __builtin_convertvector(n, i32x16);
+    i32x16 pi;
+    memcpy(&pi, &p, 64);
+    pi += ni << 23;
+    memcpy(&p, &pi, 64);
+    return vselect(under, splat(0.0f), p);
+}
+INLINE float sexp(float x) {
+    f32x16 v = vexp(splat(x));
+    return v[0];
+}
+
+/* ---- the thread pool ------------------------------------------------------------------- */
+
+#define MAX_THREADS 64
+#define SPIN_ROUNDS 20000 /* pause loops before a worker sleeps: ~0.1 ms */
+
+typedef void (*task_fn)(void *arg, int tid, int nth);
+
+static struct {
+    pthread_mutex_t step_lock; /* one step at a time */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pid_t pid; /* the process the workers belong to (a fork starts none) */
+    int workers;
+    atomic_ulong gen;
+    atomic_int pending;
+    atomic_int sleepers;
+    task_fn fn;
+    void *arg;
+    int nth;
+} pool = {.step_lock = PTHREAD_MUTEX_INITIALIZER, .mu = PTHREAD_MUTEX_INITIALIZER,
+          .cv = PTHREAD_COND_INITIALIZER};
+
+static unsigned long start_gen[MAX_THREADS]; /* pool.gen when each worker was made */
+
+static void *worker_main(void *p) {
+    int tid = (int)(intptr_t)p;
+    unsigned long seen = start_gen[tid]; /* not a fresh read: a job may be posted already */
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&pool.gen, memory_order_acquire) == seen) {
+            if (++spins < SPIN_ROUNDS) {
+                CPU_RELAX();
+                continue;
+            }
+            pthread_mutex_lock(&pool.mu);
+            atomic_fetch_add(&pool.sleepers, 1);
+            while (atomic_load(&pool.gen) == seen) pthread_cond_wait(&pool.cv, &pool.mu);
+            atomic_fetch_sub(&pool.sleepers, 1);
+            pthread_mutex_unlock(&pool.mu);
+        }
+        seen = atomic_load(&pool.gen);
+        if (tid < pool.nth) pool.fn(pool.arg, tid, pool.nth);
+        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+static int ensure_workers(int n) {
+    pid_t pid = getpid();
+    if (pool.pid != pid) { /* first use, or a forked child: no workers here */
+        pool.pid = pid;
+        pool.workers = 0;
+    }
+    while (pool.workers < n) {
+        pthread_t t;
+        pthread_attr_t attr;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        start_gen[pool.workers + 1] = atomic_load(&pool.gen);
+        int rc = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)(pool.workers + 1));
+        pthread_attr_destroy(&attr);
+        if (rc != 0) return -1;
+        pool.workers++;
+    }
+    return 0;
+}
+
+/* Runs fn(arg, tid, nth) for tid in [0, nth): tid 0 on the caller's thread. */
+static void parallel(task_fn fn, void *arg, int nth) {
+    if (nth <= 1 || pool.workers == 0) {
+        fn(arg, 0, 1);
+        return;
+    }
+    pool.fn = fn;
+    pool.arg = arg;
+    pool.nth = nth;
+    atomic_store(&pool.pending, pool.workers);
+    atomic_fetch_add_explicit(&pool.gen, 1, memory_order_seq_cst);
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.mu);
+        pthread_cond_broadcast(&pool.cv);
+        pthread_mutex_unlock(&pool.mu);
+    }
+    fn(arg, 0, nth);
+    while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) CPU_RELAX();
+}
+
+INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64_t *hi) {
+    int64_t units = (n + align - 1) / align;
+    int64_t a = units * tid / nth, b = units * (tid + 1) / nth;
+    *lo = a * align < n ? a * align : n;
+    *hi = b * align < n ? b * align : n;
+}
+
+/* ---- products ---------------------------------------------------------------------------- */
+
+enum { DT_F32 = 0, DT_BF16 = 1 };
+
+typedef struct {
+    const void *w;     /* [out, in], row-major */
+    int dtype;         /* DT_F32 or DT_BF16 */
+    int64_t in, out;
+    const float *x;    /* [M, in] */
+    const float *bias; /* [out] or NULL */
+    float *y;          /* [M, ldy] */
+    int64_t ldy;
+    int accumulate;    /* y += x W^T (a residual add) instead of y = */
+    int M;
+} gemv_args;
+
+/* One weight row against NB activation rows. The row is one sequential stream (the fastest
+ * way to read memory on one core: measured 15-19 GB/s here against 10-12 for four interleaved
+ * rows); each activation row keeps four partial sums over k in steps of 64, so an output's
+ * summation order is the same for every NB, M and thread count. */
+#define NT_ROW(NAME, NB, LOAD, T, TO_F32)                                                      \
+    static void NAME(const gemv_args *a, int64_t o, int m0) {                                  \
+        const T *w = (const T *)a->w + o * a->in;                                              \
+        const int64_t K = a->in, K64 = K & ~(int64_t)63, K16 = K & ~(int64_t)15;               \
+        const float *x[NB];                                                                    \
+        f32x16 acc[NB][4];                                                                     \
+        for (int b = 0; b < NB; b++) {                                                         \
+            x[b] = a->x + (int64_t)(m0 + b) * K;                                               \
+            for (int j = 0; j < 4; j++) acc[b][j] = splat(0.0f);                               \
+        }                                                                                      \
+        int64_t k = 0;                                                                         \
+        for (; k < K64; k += 64) {                                                             \
+            for (int j = 0; j < 4; j++) {                                                      \
+                f32x16 wv = LOAD(w + k + 16 * j);                                              \
+                for (int b = 0; b < NB; b++) acc[b][j] += wv * load_f32(x[b] + k + 16 * j);    \
+            }                                                                                  \
+        }                                                                                      \
+        for (; k < K16; k += 16) {                                                             \
+            f32x16 wv = LOAD(w + k);                                                           \
+            for (int b = 0; b < NB; b++) acc[b][0] += wv * load_f32(x[b] + k);                 \
+        }                                                                                      \
+        for (int b = 0; b < NB; b++) {                                                         \
+            float s = hsum((acc[b][0] + acc[b][1]) + (acc[b][2] + acc[b][3]));                 \
+            for (int64_t t = K16; t < K; t++) s += TO_F32(w[t]) * x[b][t];                     \
+            if (a->bias) s += a->bias[o];                                                      \
+            float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o;                                \
+            *dst = a->accumulate ? *dst + s : s;                                               \
+        }                                                                                      \
+    }
+
+INLINE float f32_id(float v) { return v; }
+
+NT_ROW(nt_f32_1, 1, load_f32, float, f32_id)
+NT_ROW(nt_f32_2, 2, load_f32, float, f32_id)
+NT_ROW(nt_f32_4, 4, load_f32, float, f32_id)
+NT_ROW(nt_bf16_1, 1, load_bf16, uint16_t, bf16_to_f32)
+NT_ROW(nt_bf16_2, 2, load_bf16, uint16_t, bf16_to_f32)
+NT_ROW(nt_bf16_4, 4, load_bf16, uint16_t, bf16_to_f32)
+
+typedef void (*nt_kernel)(const gemv_args *, int64_t, int);
+
+/* Output rows [o0, o1): each weight row is read from memory once, then from L1 for the
+ * remaining activation rows. */
+static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1) {
+    const int bf = a->dtype == DT_BF16;
+    nt_kernel k1 = bf ? nt_bf16_1 : nt_f32_1, k2 = bf ? nt_bf16_2 : nt_f32_2,
+              k4 = bf ? nt_bf16_4 : nt_f32_4;
+    for (int64_t o = o0; o < o1; o++) {
+        int m = 0;
+        for (; m + 4 <= a->M; m += 4) k4(a, o, m);
+        for (; m + 2 <= a->M; m += 2) k2(a, o, m);
+        for (; m < a->M; m++) k1(a, o, m);
+    }
+}
+
+static void gemv_task(void *p, int tid, int nth) {
+    const gemv_args *a = (const gemv_args *)p;
+    int64_t lo, hi;
+    split(a->out, 16, tid, nth, &lo, &hi);
+    if (lo < hi) nt_rows(a, lo, hi);
+}
+
+static void gemv(gemv_args *a, int nth) { parallel(gemv_task, a, nth); }
+
+/* ---- the model ---------------------------------------------------------------------------- */
+
+/* cfg[]: the model's shape and layouts (see CFG_*); ptrs[]: addresses (see P_*). */
+enum {
+    CFG_LAYERS, CFG_HIDDEN, CFG_HEADS, CFG_KV_HEADS, CFG_HEAD_DIM, CFG_INTER, CFG_VOCAB,
+    CFG_WDTYPE, CFG_KVDTYPE,
+    CFG_COUNT
+};
+enum { P_EMBED, P_FINAL_NORM, P_LM_HEAD, P_COS, P_SIN, P_GLOBAL };
+enum { L_ATTN_NORM, L_QKV, L_QKV_BIAS, L_O, L_MLP_NORM, L_GATE_UP, L_DOWN, L_K, L_V, L_COUNT };
+
+typedef struct {
+    const int64_t *cfg;
+    int M, H, Hq, Hkv, D;
+    int kvdt;
+    const float *qkv; /* [M, (Hq + 2 Hkv) D], q and k rotated */
+    float *out;       /* [M, Hq D] */
+    const void *kc, *vc;
+    const int64_t *slots; /* req_to_token */
+    int64_t stride;
+    const int64_t *rows, *seq_lens;
+    float *scores; /* [nth, max_seq] */
+    int64_t max_seq;
+    float scale;
+} attn_args;
+
+static void attn_task(void *p, int tid, int nth) {
+    const attn_args *a = (const attn_args *)p;
+    const int Hq = a->Hq, Hkv = a->Hkv, D = a->D, G = Hq / Hkv;
+    const int64_t qkv_w = (int64_t)(Hq + 2 * Hkv) * D;
+    float *sc = a->scores + (int64_t)tid * a->max_seq;
+    int64_t lo, hi;
+    split((int64_t)a->M * Hq, 1, tid, nth, &lo, &hi);
+    for (int64_t task = lo; task < hi; task++) {
+        int m = (int)(task / Hq), h = (int)(task % Hq), kvh = h / G;
+        const float *q = a->qkv + m * qkv_w + (int64_t)h * D;
+        const int64_t *slot = a->slots + a->rows[m] * a->stride;
+        int64_t S = a->seq_lens[m];
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < S; s++) {
+            int64_t off = (slot[s] * Hkv + kvh) * D;
+            f32x16 acc = splat(0.0f);
+            if (a->kvdt == DT_BF16) {
+                const uint16_t *k = (const uint16_t *)a->kc + off;
+                for (int d = 0; d < D; d += 16) acc += load_f32(q + d) * load_bf16(k + d);
+            } else {
+                const float *k = (const float *)a->kc + off;
+                for (int d = 0; d < D; d += 16) acc += load_f32(q + d) * load_f32(k + d);
+            }
+            float v = hsum(acc) * a->scale;
+            sc[s] = v;
+            mx = v > mx ? v : mx;
+        }
+        float sum = 0.0f;
+        int64_t s = 0;
+        for (; s + 16 <= S; s += 16) {
+            f32x16 e = vexp(load_f32(sc + s) - splat(mx));
+            store_f32(sc + s, e);
+            sum += hsum(e);
+        }
+        for (; s < S; s++) {
+            sc[s] = sexp(sc[s] - mx);
+            sum += sc[s];
+        }
+        f32x16 o[16]; /* head_dim <= 256 */
+        for (int d = 0; d < D / 16; d++) o[d] = splat(0.0f);
+        for (s = 0; s < S; s++) {
+            int64_t off = (slot[s] * Hkv + kvh) * D;
+            f32x16 pv = splat(sc[s]);
+            if (a->kvdt == DT_BF16) {
+                const uint16_t *v = (const uint16_t *)a->vc + off;
+                for (int d = 0; d < D / 16; d++) o[d] += pv * load_bf16(v + 16 * d);
+            } else {
+                const float *v = (const float *)a->vc + off;
+                for (int d = 0; d < D / 16; d++) o[d] += pv * load_f32(v + 16 * d);
+            }
+        }
+        f32x16 inv = splat(1.0f / sum);
+        float *dst = a->out + (int64_t)m * Hq * D + (int64_t)h * D;
+        for (int d = 0; d < D / 16; d++) store_f32(dst + 16 * d, o[d] * inv);
+    }
+}
+
+typedef struct {
+    const float *gu; /* [M, 2 I]: [gate | up] */
+    float *act;      /* [M, I] */
+    int M;
+    int64_t I;
+} silu_args;
+
+static void silu_task(void *p, int tid, int nth) {
+    const silu_args *a = (const silu_args *)p;
+    int64_t lo, hi;
+    split((int64_t)a->M * a->I, 16, tid, nth, &lo, &hi);
+    for (int64_t i = lo; i < hi;) {
+        int64_t m = i / a->I, j = i % a->I;
+        const float *g = a->gu + m * 2 * a->I, *u = g + a->I;
+        float *dst = a->act + m * a->I;
+        if (j + 16 <= a->I && i + 16 <= hi) {
+            f32x16 gv = load_f32(g + j);
+            store_f32(dst + j, gv / (splat(1.0f) + vexp(-gv)) * load_f32(u + j));
+            i += 16;
+        } else {
+            dst[j] = g[j] / (1.0f + sexp(-g[j])) * u[j];
+            i += 1;
+        }
+    }
+}
+
+static void rms_norm(const float *x, const float *w, float *y, int M, int64_t H, float eps) {
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + m * H;
+        float *yr = y + m * H;
+        double ss = 0.0;
+        f32x16 acc = splat(0.0f);
+        int64_t i = 0;
+        for (; i + 16 <= H; i += 16) {
+            f32x16 v = load_f32(xr + i);
+            acc += v * v;
+        }
+        ss = hsum(acc);
+        for (; i < H; i++) ss += xr[i] * xr[i];
+        float rstd = 1.0f / sqrtf((float)ss / (float)H + eps);
+        for (i = 0; i < H; i++) yr[i] = w[i] * (xr[i] * rstd);
+    }
+}
+
+INLINE float table(const void *t, int dt, int64_t i) {
+    return dt == DT_BF16 ? bf16_to_f32(((const uint16_t *)t)[i]) : ((const float *)t)[i];
+}
+
+/* RoPE on the q and k heads of one row in place (rotate-half layout, ``sin`` with its first
+ * half negated as ``RotaryEmbedding`` stores it); then k and v into the pool's slot. */
+static void rope_and_store(float *row, int nheads, int D, const void *cos, const void *sin,
+                           int dt, int64_t pos) {
+    const int half = D / 2;
+    float c[256], s[256], tmp[256];
+    for (int d = 0; d < D; d++) {
+        c[d] = table(cos, dt, pos * D + d);
+        s[d] = table(sin, dt, pos * D + d);
+    }
+    for (int h = 0; h < nheads; h++) {
+        float *x = row + (int64_t)h * D;
+        for (int d = 0; d < D; d++) {
+            float sw = d < half ? x[d + half] : x[d - half];
+            tmp[d] = x[d] * c[d] + sw * s[d];
+        }
+        memcpy(x, tmp, sizeof(float) * D);
+    }
+}
+
+static void store_kv(const float *src, void *cache, int dt, int64_t slot, int64_t n) {
+    if (dt == DT_BF16) {
+        uint16_t *dst = (uint16_t *)cache + slot * n;
+        for (int64_t i = 0; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+    } else {
+        memcpy((float *)cache + slot * n, src, sizeof(float) * n);
+    }
+}
+
+/* One decode step for M requests (one new token each). Returns 0, or -1 when a buffer or a
+ * thread could not be had. ``logits``: [M, vocab] float32. */
+int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *layer_ptrs,
+                      double eps, double scale, int M, const int64_t *input_ids,
+                      const int64_t *positions, const int64_t *out_loc, const int64_t *rows,
+                      const int64_t *seq_lens, const int64_t *req_to_token, int64_t stride,
+                      float *logits, int nthreads) {
+    const int L = (int)cfg[CFG_LAYERS], Hq = (int)cfg[CFG_HEADS], Hkv = (int)cfg[CFG_KV_HEADS],
+              D = (int)cfg[CFG_HEAD_DIM], wdt = (int)cfg[CFG_WDTYPE], kvdt = (int)cfg[CFG_KVDTYPE];
+    const int64_t H = cfg[CFG_HIDDEN], I = cfg[CFG_INTER], V = cfg[CFG_VOCAB];
+    const int64_t QKV = (int64_t)(Hq + 2 * Hkv) * D;
+    if (D % 16 || D > 256 || Hq % Hkv) return -2;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    int64_t max_seq = 1;
+    for (int m = 0; m < M; m++) max_seq = seq_lens[m] > max_seq ? seq_lens[m] : max_seq;
+
+    int64_t floats = M * (2 * H + QKV + Hq * D + 3 * I) + nthreads * max_seq + 64;
+    float *buf = (float *)aligned_alloc(64, ((floats * sizeof(float)) + 63) & ~(size_t)63);
+    if (!buf) return -1;
+    float *hidden = buf, *xn = hidden + M * H, *qkv = xn + M * H, *attn = qkv + M * QKV,
+          *gu = attn + M * Hq * D, *act = gu + M * 2 * I, *scores = act + M * I;
+
+    pthread_mutex_lock(&pool.step_lock);
+    if (ensure_workers(nthreads - 1) != 0) nthreads = pool.workers + 1;
+
+    const void *embed = (const void *)ptrs[P_EMBED];
+    for (int m = 0; m < M; m++)
+        for (int64_t i = 0; i < H; i++) hidden[m * H + i] = table(embed, wdt, input_ids[m] * H + i);
+
+    for (int l = 0; l < L; l++) {
+        const int64_t *lp = layer_ptrs + (int64_t)l * L_COUNT;
+        rms_norm(hidden, (const float *)lp[L_ATTN_NORM], xn, M, H, (float)eps);
+        gemv_args g = {(const void *)lp[L_QKV], wdt, H, QKV, xn,
+                       (const float *)lp[L_QKV_BIAS], qkv, QKV, 0, M};
+        gemv(&g, nthreads);
+        for (int m = 0; m < M; m++) {
+            float *row = qkv + m * QKV;
+            rope_and_store(row, Hq + Hkv, D, (const void *)ptrs[P_COS], (const void *)ptrs[P_SIN],
+                           wdt, positions[m]);
+            store_kv(row + (int64_t)Hq * D, (void *)lp[L_K], kvdt, out_loc[m], (int64_t)Hkv * D);
+            store_kv(row + (int64_t)(Hq + Hkv) * D, (void *)lp[L_V], kvdt, out_loc[m],
+                     (int64_t)Hkv * D);
+        }
+        attn_args at = {cfg, M, (int)H, Hq, Hkv, D, kvdt, qkv, attn,
+                        (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
+                        rows, seq_lens, scores, max_seq, (float)scale};
+        parallel(attn_task, &at, nthreads);
+        gemv_args go = {(const void *)lp[L_O], wdt, (int64_t)Hq * D, H, attn,
+                        NULL, hidden, H, 1, M};
+        gemv(&go, nthreads);
+        rms_norm(hidden, (const float *)lp[L_MLP_NORM], xn, M, H, (float)eps);
+        gemv_args gg = {(const void *)lp[L_GATE_UP], wdt, H, 2 * I, xn,
+                        NULL, gu, 2 * I, 0, M};
+        gemv(&gg, nthreads);
+        silu_args sa = {gu, act, M, I};
+        parallel(silu_task, &sa, nthreads);
+        gemv_args gd = {(const void *)lp[L_DOWN], wdt, I, H, act,
+                        NULL, hidden, H, 1, M};
+        gemv(&gd, nthreads);
+    }
+    rms_norm(hidden, (const float *)ptrs[P_FINAL_NORM], xn, M, H, (float)eps);
+    gemv_args gl = {(const void *)ptrs[P_LM_HEAD], wdt, H, V, xn,
+                    NULL, logits, V, 0, M};
+    gemv(&gl, nthreads);
+    pthread_mutex_unlock(&pool.step_lock);
+    free(buf);
+    return 0;
+}
+
+/* One product for tests and benches: y[M, out] = x[M, in] W^T, W [out, in] (+ bias) (+= when accumulate). */
+int plait_gemv(const void *w, int dtype, int64_t in, int64_t out, const float *x,
+               const float *bias, float *y, int accumulate, int M, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    pthread_mutex_lock(&pool.step_lock);
+    if (ensure_workers(nthreads - 1) != 0) nthreads = pool.workers + 1;
+    gemv_args a = {w, dtype, in, out, x, bias, y, out, accumulate, M};
+    gemv(&a, nthreads);
+    pthread_mutex_unlock(&pool.step_lock);
+    return 0;
+}

@@ -1,0 +1,106 @@
+"""Builds and loads ``cpu_decode.c``, the fused CPU decode step, with the machine's C compiler.
+
+The library is compiled once per source, compiler and CPU (``-march=native``: the host's vector
+instructions) into ``$PLAIT_CACHE_DIR/kernels`` (default ``~/.cache/plait/kernels``), about a
+second with gcc; later processes load the cached file. ``library()`` returns None, with the
+reason in ``build_error()``, where no compiler is found or the build fails: callers then keep
+torch's decode path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from plait.runtime.model.model_source import default_cache_dir
+
+SOURCE = Path(__file__).with_name("cpu_decode.c")
+FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-pthread"]
+
+_vp = ctypes.c_void_p
+_i64, _int, _double = ctypes.c_int64, ctypes.c_int, ctypes.c_double
+
+_error: str | None = None
+
+
+def _compiler() -> str | None:
+    return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _library_path(cc: str) -> Path:
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
+    h = hashlib.sha256()
+    for part in (
+        SOURCE.read_bytes(),
+        " ".join(FLAGS).encode(),
+        version.encode(),
+        _cpu_flags().encode(),
+    ):
+        h.update(part + b"\0")
+    return default_cache_dir() / "kernels" / f"cpu_decode-{h.hexdigest()[:16]}.so"
+
+
+def _build(cc: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
+        os.replace(tmp, out)  # atomic: a concurrent build of the same file is equal
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded library with its functions typed, or None (see ``build_error``)."""
+    global _error
+    cc = _compiler()
+    if cc is None:
+        _error = "no C compiler (gcc or cc, or $CC) was found"
+        return None
+    try:
+        path = _library_path(cc)
+        if not path.is_file():
+            _build(cc, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+        _error = f"building {SOURCE.name}: {e}"
+        return None
+    lib.plait_decode_step.restype = _int
+    lib.plait_decode_step.argtypes = [
+        *(_vp, _vp, _vp),  # cfg, globals, per-layer pointers (int64 arrays)
+        *(_double, _double, _int),  # eps, scale, M
+        *(_vp, _vp, _vp, _vp, _vp, _vp, _i64),  # ids .. req_to_token (int64), its row stride
+        *(_vp, _int),  # logits (float32), threads
+    ]
+    lib.plait_gemv.restype = _int
+    lib.plait_gemv.argtypes = [_vp, _int, _i64, _i64, _vp, _vp, _vp, _int, _int, _int]
+    return lib
+
+
+def build_error() -> str | None:
+    """Why ``library()`` returned None (None if it has not failed)."""
+    return _error

@@ -1,0 +1,193 @@
+"""The whole CPU decode step of a Llama-family model in one C call (``kernels/cpu_decode.c``).
+
+A decode step of a small model in torch is ~1,500 small ops around its products, each with a
+dispatch and a thread-pool wake-up: at one token per step that overhead is a third of the step
+(bench/RESULTS.md, issue 15). ``FusedDecode`` lays the model's weights, the KV pool's buffers
+and the RoPE tables out as address tables once, and each decode forward is then one C call.
+
+Invariants:
+- Used only for decode forwards (one new token per request) of at most ``max_rows`` requests,
+  on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
+  float32 weights out before building it) and a float32 or bfloat16 KV pool; ``unsupported``
+  names what rules a model out.
+- The address tables are rebuilt when any weight or buffer they point at was replaced
+  (checked at every call), so a reloaded weight is never read stale.
+- Logits are float32 ``[M, vocab]``; outputs are the same bits at any thread count and for a
+  request whatever else is in its batch (every product sums in one fixed order).
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+
+from plait.kernels import cpu_decode
+from plait.radix_cache.memory_pool import TokenToKVPool
+from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
+from plait.runtime.model.models.linear import Linear
+from plait.runtime.model.models.llama import LlamaForCausalLM
+
+# Above this many requests (by weight dtype) a decode step goes through torch: the C products
+# are matrix-vector kernels, and past these sizes torch's GEMMs are faster (measured with
+# bench_threads at 8, 16 and 32 requests: bench/RESULTS.md, issue 15).
+MAX_ROWS = {torch.float32: 16, torch.bfloat16: 8}
+
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+
+
+def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.device) -> str | None:
+    """Why the fused step cannot run this model, or None if it can."""
+    if device.type != "cpu":
+        return f"the fused decode step runs on the CPU, not {device.type}"
+    if not isinstance(model, LlamaForCausalLM):
+        return f"the fused decode step runs the Llama family, not {type(model).__name__}"
+    cfg = model.config
+    if cfg.head_dim % 16 or cfg.head_dim > 256:
+        return f"head_dim {cfg.head_dim} is not a multiple of 16 up to 256"
+    for name, m in model.named_modules():
+        if "proj" in name.rsplit(".", 1)[-1] or name == "lm_head":
+            if not isinstance(m, Linear):
+                return f"{name} is a {type(m).__name__} (quantized weights take torch's kernels)"
+            if m.weight.dtype not in _DTYPES:
+                return f"{name} holds {m.weight.dtype}, not float32 or bfloat16"
+    dtypes = {model.model.embed_tokens.weight.dtype, model.model.rotary.cos.dtype}
+    dtypes |= {m.weight.dtype for m in model.modules() if isinstance(m, Linear)}
+    if len(dtypes) != 1:
+        return f"mixed weight dtypes {sorted(map(str, dtypes))}"
+    if kv_pool.dtype not in _DTYPES:
+        return f"a {kv_pool.dtype} KV pool (float32 or bfloat16 only)"
+    if cpu_decode.library() is None:
+        return cpu_decode.build_error()
+    return None
+
+
+class FusedDecode:
+    """``forward(batch, threads)`` -> float32 logits ``[M, vocab]`` for a decode batch."""
+
+    def __init__(self, model: LlamaForCausalLM, kv_pool: TokenToKVPool) -> None:
+        lib = cpu_decode.library()
+        assert lib is not None and unsupported(model, kv_pool, torch.device("cpu")) is None
+        self.lib = lib
+        self.model = model
+        self.kv_pool = kv_pool
+        cfg = model.config
+        self.eps, self.scale = float(cfg.rms_norm_eps), cfg.head_dim**-0.5
+        self.vocab = cfg.vocab_size
+        wdtype = _DTYPES[model.lm_head.weight.dtype]
+        self.max_rows = MAX_ROWS[model.lm_head.weight.dtype]
+        self._cfg = torch.tensor(
+            [
+                cfg.num_layers,
+                cfg.hidden_size,
+                cfg.num_heads,
+                cfg.num_kv_heads,
+                cfg.head_dim,
+                cfg.intermediate_size,
+                cfg.vocab_size,
+                wdtype,
+                _DTYPES[kv_pool.dtype],
+            ],
+            dtype=torch.int64,
+        )
+        self._sources: list[torch.Tensor] = []
+        self._build()
+
+    def _watched(self) -> list[torch.Tensor]:
+        """Every tensor whose address is in the tables (the norms and biases through their
+        float32 copies' sources)."""
+        m = self.model.model
+        out = [m.embed_tokens.weight, m.norm.weight, self.model.lm_head.weight]
+        out += [m.rotary.cos, m.rotary.sin]
+        for layer in m.layers:
+            a, p = layer.self_attn, layer.mlp
+            out += [layer.input_layernorm.weight, a.qkv_proj.weight, a.o_proj.weight]
+            out += [layer.post_attention_layernorm.weight, p.gate_up_proj.weight]
+            out += [p.down_proj.weight]
+            if a.qkv_proj.bias is not None:
+                out.append(a.qkv_proj.bias)
+        out += self.kv_pool.k_buffer + self.kv_pool.v_buffer
+        return out
+
+    def _build(self) -> None:
+        for lin in self.model.modules():
+            if isinstance(lin, Linear) and lin.transposed:
+                raise ValueError("the fused decode step needs [out, in] weights")
+        m = self.model.model
+        self._copies: list[torch.Tensor] = []
+
+        def f32_copy(t: torch.Tensor | None) -> int:
+            if t is None:
+                return 0
+            c = t.detach().float().contiguous()
+            self._copies.append(c)
+            return c.data_ptr()
+
+        self._globals = torch.tensor(
+            [
+                m.embed_tokens.weight.data_ptr(),
+                f32_copy(m.norm.weight),
+                self.model.lm_head.weight.data_ptr(),
+                m.rotary.cos.data_ptr(),
+                m.rotary.sin.data_ptr(),
+            ],
+            dtype=torch.int64,
+        )
+        rows = []
+        for i, layer in enumerate(m.layers):
+            a, p = layer.self_attn, layer.mlp
+            rows.append(
+                [
+                    f32_copy(layer.input_layernorm.weight),
+                    a.qkv_proj.weight.data_ptr(),
+                    f32_copy(a.qkv_proj.bias),
+                    a.o_proj.weight.data_ptr(),
+                    f32_copy(layer.post_attention_layernorm.weight),
+                    p.gate_up_proj.weight.data_ptr(),
+                    p.down_proj.weight.data_ptr(),
+                    self.kv_pool.k_buffer[i].data_ptr(),
+                    self.kv_pool.v_buffer[i].data_ptr(),
+                ]
+            )
+        self._layers = torch.tensor(rows, dtype=torch.int64)
+        self._sources = self._watched()
+        self._addresses = [t.data_ptr() for t in self._sources]
+
+    def forward(self, batch: ForwardBatch, threads: int) -> torch.Tensor:
+        assert batch.mode == ForwardMode.DECODE
+        if [t.data_ptr() for t in self._watched()] != self._addresses:
+            self._build()  # a weight or buffer was replaced
+        n = batch.num_tokens
+        logits = torch.empty(n, self.vocab, dtype=torch.float32)
+        table = batch.req_to_token
+        ids, pos, loc, rows, seq = (
+            t.to(torch.int64).contiguous()
+            for t in (
+                batch.input_ids,
+                batch.positions,
+                batch.out_cache_loc,
+                batch.req_pool_indices,
+                batch.seq_lens,
+            )
+        )
+        assert table.is_contiguous() and table.dtype == torch.int64
+        rc = self.lib.plait_decode_step(
+            self._cfg.data_ptr(),
+            self._globals.data_ptr(),
+            self._layers.data_ptr(),
+            ctypes.c_double(self.eps),
+            ctypes.c_double(self.scale),
+            n,
+            ids.data_ptr(),
+            pos.data_ptr(),
+            loc.data_ptr(),
+            rows.data_ptr(),
+            seq.data_ptr(),
+            table.data_ptr(),
+            table.stride(0),
+            logits.data_ptr(),
+            threads,
+        )
+        if rc != 0:
+            raise MemoryError(f"the fused decode step failed (code {rc}): out of memory or threads")
+        return logits

@@ -1,0 +1,197 @@
+"""The fused CPU decode step (kernels/cpu_decode.c) against torch's step on the same state: the
+same logits to float32 rounding, the same bits at any thread count and batch, weights
+replaced after the first step seen, and a clear error where it cannot run."""
+
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+
+from plait.kernels import cpu_decode
+from plait.kernels.select import make_attention_backend
+from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from plait.runtime.errors import InvalidRequestError
+from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
+from plait.runtime.model.loader import load_model
+from plait.runtime.model.model_runner import ModelRunner
+from tests.conftest import make_tiny_model
+
+pytestmark = pytest.mark.skipif(
+    cpu_decode.library() is None, reason=f"no fused decode step: {cpu_decode.build_error()}"
+)
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fused")
+    return {k: make_tiny_model(k, root / k) for k in ("llama", "qwen2", "llama-tied")}
+
+
+class _State:
+    """A model, its KV pool and request rows with prompts already prefilled (torch path)."""
+
+    def __init__(self, model_dir, dtype: str, prompt_lens: list[int], decode_kernel="fused"):
+        loaded = load_model(model_dir, dtype=dtype)
+        cfg = loaded.config
+        self.cfg = cfg
+        self.pool = TokenToKVPool(256, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, loaded.dtype)
+        self.rows = ReqToTokenPool(8, 128)
+        attn = make_attention_backend("torch", cfg, torch.device("cpu"))
+        self.runner = ModelRunner(loaded.model, self.pool, attn, "torch", decode_kernel)
+        gen = torch.Generator().manual_seed(0)
+        self.tokens = [torch.randint(3, cfg.vocab_size, (n,), generator=gen) for n in prompt_lens]
+        self.req_rows = [self.rows.alloc() for _ in prompt_lens]
+        self.lens = list(prompt_lens)
+        for row, ids in zip(self.req_rows, self.tokens):
+            slots = self.pool.alloc(len(ids))
+            self.rows.req_to_token[row, : len(ids)] = slots
+            self._forward(ForwardMode.EXTEND, [row], [0], [len(ids)], ids, slots)
+
+    def _batch(self, mode, rows, prefix, extend, ids, slots) -> ForwardBatch:
+        seq = [p + e for p, e in zip(prefix, extend)]
+        return ForwardBatch(
+            mode=mode,
+            input_ids=ids,
+            positions=torch.cat([torch.arange(p, s) for p, s in zip(prefix, seq)]),
+            out_cache_loc=slots,
+            req_pool_indices=torch.tensor(rows),
+            seq_lens=torch.tensor(seq),
+            prefix_lens_cpu=list(prefix),
+            extend_lens_cpu=list(extend),
+            seq_lens_cpu=seq,
+            req_to_token=self.rows.req_to_token,
+        )
+
+    def _forward(self, mode, rows, prefix, extend, ids, slots) -> torch.Tensor:
+        batch = self._batch(mode, rows, prefix, extend, ids, slots)
+        last = torch.tensor(np.cumsum(extend) - 1)
+        return self.runner.forward(batch, last).next_token_logits
+
+    def decode_batch(self, which: list[int], next_ids: list[int]) -> ForwardBatch:
+        """A decode batch of requests ``which`` (each one token on), slots written in place."""
+        rows = [self.req_rows[i] for i in which]
+        prefix = [self.lens[i] for i in which]
+        slots = torch.tensor([self._slot(i) for i in which])
+        return self._batch(
+            ForwardMode.DECODE, rows, prefix, [1] * len(which), torch.tensor(next_ids), slots
+        )
+
+    def _slot(self, i: int) -> int:
+        row, n = self.req_rows[i], self.lens[i]
+        if self.rows.req_to_token[row, n] == 0:
+            self.rows.req_to_token[row, n] = self.pool.alloc(1)[0]
+        return int(self.rows.req_to_token[row, n])
+
+    def torch_step(self, batch: ForwardBatch) -> torch.Tensor:
+        fused, self.runner.fused = self.runner.fused, None
+        try:
+            return self.runner.forward(batch, torch.arange(batch.batch_size)).next_token_logits
+        finally:
+            self.runner.fused = fused
+
+    def fused_step(self, batch: ForwardBatch, threads: int = 2) -> torch.Tensor:
+        assert self.runner.fused is not None
+        return self.runner.fused.forward(batch, threads)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-tied"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_fused_step_computes_what_torch_does(model_dirs, kind, dtype):
+    state = _State(model_dirs[kind], dtype, [5, 17, 1, 40])
+    batch = state.decode_batch([0, 1, 2, 3], [7, 8, 9, 10])
+    expected = state.torch_step(batch)
+    got = state.fused_step(batch)
+    assert got.shape == expected.shape and got.dtype == torch.float32
+    if dtype == "float32":
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    else:
+        # bfloat16 weights and KV; the fused step keeps float32 activations where torch's
+        # rounds each op's output to bfloat16: agreement to bfloat16's precision
+        err = torch.linalg.norm(got - expected) / torch.linalg.norm(expected)
+        assert err < 3e-2
+        assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
+
+
+def test_fused_step_writes_the_kv_torch_writes(model_dirs):
+    state = _State(model_dirs["qwen2"], "float32", [6, 3])
+    batch = state.decode_batch([0, 1], [4, 5])
+    state.torch_step(batch)
+    expected = [(k.clone(), v.clone()) for k, v in zip(state.pool.k_buffer, state.pool.v_buffer)]
+    for k, v in zip(state.pool.k_buffer, state.pool.v_buffer):
+        k[batch.out_cache_loc] = 0
+        v[batch.out_cache_loc] = 0
+    state.fused_step(batch)
+    for (ek, ev), k, v in zip(expected, state.pool.k_buffer, state.pool.v_buffer):
+        torch.testing.assert_close(k, ek, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(v, ev, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_same_bits_at_any_thread_count_and_batch(model_dirs, dtype):
+    state = _State(model_dirs["llama"], dtype, [9, 30, 2, 14, 5])
+    full = state.decode_batch([0, 1, 2, 3, 4], [11, 12, 13, 14, 15])
+    one = state.fused_step(full, threads=1)
+    two = state.fused_step(full, threads=2)
+    assert torch.equal(one, two)
+    alone = state.fused_step(state.decode_batch([1], [12]), threads=2)
+    assert torch.equal(alone[0], one[1])  # batch-invariant: the same bits alone or in a batch
+
+
+def test_a_replaced_weight_is_seen(model_dirs):
+    state = _State(model_dirs["llama"], "float32", [4])
+    batch = state.decode_batch([0], [5])
+    assert torch.count_nonzero(state.fused_step(batch)) > 0
+    head = state.runner.model.lm_head
+    head.weight.data = torch.zeros_like(head.weight)
+    assert torch.count_nonzero(state.fused_step(batch)) == 0
+
+
+def test_runner_takes_the_fused_step_for_small_decode_batches(model_dirs):
+    state = _State(model_dirs["llama"], "float32", [3, 4])
+    calls = []
+    fused = state.runner.fused
+    original = fused.forward
+    fused.forward = lambda batch, threads: (
+        calls.append(batch.batch_size) or original(batch, threads)
+    )
+    state.runner.forward(state.decode_batch([0, 1], [5, 6]), torch.arange(2))
+    assert calls == [2]
+    many = _State(model_dirs["llama"], "float32", [2] * 8)
+    many.runner.fused.max_rows = 4  # a batch above the limit goes through torch
+    many.runner.fused.forward = lambda *a: pytest.fail("fused step taken above max_rows")
+    many.runner.forward(many.decode_batch(list(range(8)), [5] * 8), torch.arange(8))
+
+
+def test_fused_requested_where_it_cannot_run_names_the_field(model_dirs):
+    with pytest.raises(InvalidRequestError, match="decode_kernel.*fused is not available"):
+        _State(model_dirs["llama"], "float16", [3])
+
+
+def test_torch_decode_kernel_keeps_torch_steps(model_dirs):
+    state = _State(model_dirs["llama"], "float32", [3], decode_kernel="torch")
+    assert state.runner.fused is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k,n,m", [(64, 48, 1), (100, 33, 3), (576, 70, 4), (23, 5, 7)])
+def test_products_against_float64(dtype, k, n, m):
+    """Every tail: in not a multiple of 64 or 16, out not of 16, rows past the 4-row blocks;
+    bias and accumulate (the residual add)."""
+    lib = cpu_decode.library()
+    gen = torch.Generator().manual_seed(k * n + m)
+    w = torch.randn(n, k, generator=gen).to(dtype)
+    x = torch.randn(m, k, generator=gen)
+    bias = torch.randn(n, generator=gen)
+    y0 = torch.randn(m, n, generator=gen)
+    expected = x.double() @ w.double().t() + bias.double() + y0.double()
+    for threads in (1, 2):
+        y = y0.clone()
+        code = {torch.float32: 0, torch.bfloat16: 1}[dtype]
+        lib.plait_gemv(
+            w.data_ptr(), code, k, n, x.data_ptr(), bias.data_ptr(), y.data_ptr(), 1, m, threads
+        )
+        torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
+    assert isinstance(lib, ctypes.CDLL)
