@@ -10,7 +10,8 @@
  * threads with one dispatch per phase.
  *
  * Invariants:
- *  - Activations are float32 throughout; weights are float32 or bfloat16 (widened on load);
+ *  - Activations are float32 throughout; weights are float32 or bfloat16 (widened on load),
+ *    or int8 per row / int4 per 32-element group (see DT_I8, DT_I4) with float32 scales;
  *    KV is written in the pool's dtype (bfloat16 rounded to nearest even, as torch does).
  *  - Every output element is computed by exactly one thread, with a summation order that does
  *    not depend on the thread count: the results are the same bits at any thread count.
@@ -38,6 +39,8 @@ typedef float f32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
+typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 #define INLINE static inline __attribute__((always_inline))
 
@@ -51,6 +54,11 @@ INLINE f32x16 load_bf16(const uint16_t *p) {
     f32x16 f;
     memcpy(&f, &w, 64);
     return f;
+}
+INLINE f32x16 load_i8(const int8_t *p) {
+    i8x16 v;
+    memcpy(&v, p, 16);
+    return __builtin_convertvector(v, f32x16);
 }
 INLINE float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -159,9 +167,26 @@ static void *worker_main(void *p) {
     return NULL;
 }
 
+/* fork: the parent's step finishes first (prepare takes the step lock); the child has no
+ * workers, and its locks start free whatever a worker held at the fork. */
+static void fork_prepare(void) { pthread_mutex_lock(&pool.step_lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&pool.step_lock); }
+static void fork_child(void) {
+    pthread_mutex_init(&pool.step_lock, NULL);
+    pthread_mutex_init(&pool.mu, NULL);
+    pthread_cond_init(&pool.cv, NULL);
+    pool.workers = 0;
+    pool.pid = getpid();
+    atomic_store(&pool.sleepers, 0);
+    atomic_store(&pool.pending, 0);
+}
+static void register_fork_handlers(void) { pthread_atfork(fork_prepare, fork_parent, fork_child); }
+
 static int ensure_workers(int n) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, register_fork_handlers);
     pid_t pid = getpid();
-    if (pool.pid != pid) { /* first use, or a forked child: no workers here */
+    if (pool.pid != pid) { /* first use */
         pool.pid = pid;
         pool.workers = 0;
     }
@@ -208,11 +233,17 @@ INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64
 
 /* ---- products ---------------------------------------------------------------------------- */
 
-enum { DT_F32 = 0, DT_BF16 = 1 };
+/* Weight formats. DT_I8: int8 [out, in] with a float32 scale per row. DT_I4: per 32-element
+ * group g of a row, W = scale[g] * code + low[g] with code in 0..15, packed two to a byte in
+ * 16 bytes per group (byte j: element j in the low nibble, element 16 + j in the high one, the
+ * layout of GGUF's Q4_0 / Q4_1) and float32 [out, in / 32] scales and lows. */
+enum { DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3 };
 
 typedef struct {
-    const void *w;     /* [out, in], row-major */
-    int dtype;         /* DT_F32 or DT_BF16 */
+    const void *w;     /* [out, in], row-major (DT_I4: [out, in / 2] bytes) */
+    int dtype;         /* DT_* */
+    const float *scale, *low; /* DT_I8: scale [out]; DT_I4: scale, low [out, in / 32] */
+    const float *xsum;        /* DT_I4: [M, in / 32] sums of each activation group */
     int64_t in, out;
     const float *x;    /* [M, in] */
     const float *bias; /* [out] or NULL */
@@ -250,6 +281,7 @@ typedef struct {
         for (int b = 0; b < NB; b++) {                                                         \
             float s = hsum((acc[b][0] + acc[b][1]) + (acc[b][2] + acc[b][3]));                 \
             for (int64_t t = K16; t < K; t++) s += TO_F32(w[t]) * x[b][t];                     \
+            if (a->dtype == DT_I8) s *= a->scale[o];                                           \
             if (a->bias) s += a->bias[o];                                                      \
             float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o;                                \
             *dst = a->accumulate ? *dst + s : s;                                               \
@@ -257,6 +289,7 @@ typedef struct {
     }
 
 INLINE float f32_id(float v) { return v; }
+INLINE float i8_to_f32(int8_t v) { return (float)v; }
 
 NT_ROW(nt_f32_1, 1, load_f32, float, f32_id)
 NT_ROW(nt_f32_2, 2, load_f32, float, f32_id)
@@ -264,15 +297,58 @@ NT_ROW(nt_f32_4, 4, load_f32, float, f32_id)
 NT_ROW(nt_bf16_1, 1, load_bf16, uint16_t, bf16_to_f32)
 NT_ROW(nt_bf16_2, 2, load_bf16, uint16_t, bf16_to_f32)
 NT_ROW(nt_bf16_4, 4, load_bf16, uint16_t, bf16_to_f32)
+NT_ROW(nt_i8_1, 1, load_i8, int8_t, i8_to_f32)
+NT_ROW(nt_i8_2, 2, load_i8, int8_t, i8_to_f32)
+NT_ROW(nt_i8_4, 4, load_i8, int8_t, i8_to_f32)
+
+/* DT_I4: the scale is folded into the codes before the product; the lows meet the group sums
+ * of the activations. Order: groups in sequence, then the lows' sum; fixed for any NB. */
+#define NT4_ROW(NAME, NB)                                                                      \
+    static void NAME(const gemv_args *a, int64_t o, int m0) {                                  \
+        const int64_t K = a->in, G = K / 32;                                                   \
+        const uint8_t *w = (const uint8_t *)a->w + o * (K / 2);                                \
+        const float *sc = a->scale + o * G, *lo = a->low + o * G;                              \
+        f32x16 acc[NB][2];                                                                     \
+        float lows[NB];                                                                        \
+        for (int b = 0; b < NB; b++) {                                                         \
+            acc[b][0] = acc[b][1] = splat(0.0f);                                               \
+            lows[b] = 0.0f;                                                                    \
+        }                                                                                      \
+        for (int64_t g = 0; g < G; g++) {                                                      \
+            u8x16 v;                                                                           \
+            memcpy(&v, w + 16 * g, 16);                                                        \
+            f32x16 s = splat(sc[g]);                                                           \
+            f32x16 c0 = __builtin_convertvector(v & 15, f32x16) * s;                           \
+            f32x16 c1 = __builtin_convertvector(v >> 4, f32x16) * s;                           \
+            for (int b = 0; b < NB; b++) {                                                     \
+                const float *x = a->x + (int64_t)(m0 + b) * K + 32 * g;                        \
+                acc[b][0] += c0 * load_f32(x);                                                 \
+                acc[b][1] += c1 * load_f32(x + 16);                                            \
+                lows[b] += lo[g] * a->xsum[(int64_t)(m0 + b) * G + g];                         \
+            }                                                                                  \
+        }                                                                                      \
+        for (int b = 0; b < NB; b++) {                                                         \
+            float s = hsum(acc[b][0] + acc[b][1]) + lows[b];                                   \
+            if (a->bias) s += a->bias[o];                                                      \
+            float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o;                                \
+            *dst = a->accumulate ? *dst + s : s;                                               \
+        }                                                                                      \
+    }
+
+NT4_ROW(nt_i4_1, 1)
+NT4_ROW(nt_i4_2, 2)
+NT4_ROW(nt_i4_4, 4)
 
 typedef void (*nt_kernel)(const gemv_args *, int64_t, int);
 
 /* Output rows [o0, o1): each weight row is read from memory once, then from L1 for the
  * remaining activation rows. */
 static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1) {
-    const int bf = a->dtype == DT_BF16;
-    nt_kernel k1 = bf ? nt_bf16_1 : nt_f32_1, k2 = bf ? nt_bf16_2 : nt_f32_2,
-              k4 = bf ? nt_bf16_4 : nt_f32_4;
+    static const nt_kernel kernels[4][3] = {{nt_f32_1, nt_f32_2, nt_f32_4},
+                                            {nt_bf16_1, nt_bf16_2, nt_bf16_4},
+                                            {nt_i8_1, nt_i8_2, nt_i8_4},
+                                            {nt_i4_1, nt_i4_2, nt_i4_4}};
+    nt_kernel k1 = kernels[a->dtype][0], k2 = kernels[a->dtype][1], k4 = kernels[a->dtype][2];
     for (int64_t o = o0; o < o1; o++) {
         int m = 0;
         for (; m + 4 <= a->M; m += 4) k4(a, o, m);
@@ -288,18 +364,51 @@ static void gemv_task(void *p, int tid, int nth) {
     if (lo < hi) nt_rows(a, lo, hi);
 }
 
-static void gemv(gemv_args *a, int nth) { parallel(gemv_task, a, nth); }
+/* Returns -1 when DT_I4's group sums found no memory. */
+static int gemv(gemv_args *a, int nth) {
+    float *xsum = NULL;
+    if (a->dtype == DT_I4) {
+        const int64_t G = a->in / 32;
+        xsum = (float *)malloc(sizeof(float) * (size_t)(a->M * G + 1));
+        if (!xsum) return -1;
+        for (int m = 0; m < a->M; m++)
+            for (int64_t g = 0; g < G; g++) {
+                const float *x = a->x + (int64_t)m * a->in + 32 * g;
+                f32x16 v = load_f32(x) + load_f32(x + 16);
+                xsum[m * G + g] = hsum(v);
+            }
+        a->xsum = xsum;
+    }
+    parallel(gemv_task, a, nth);
+    free(xsum);
+    return 0;
+}
 
 /* ---- the model ---------------------------------------------------------------------------- */
 
-/* cfg[]: the model's shape and layouts (see CFG_*); ptrs[]: addresses (see P_*). */
+/* cfg[]: the model's shape (CFG_*; CFG_TABLE_DTYPE: the embedding's and RoPE tables' dtype).
+ * ptrs[] (P_*) and each layer's row of layer_ptrs[] (L_*): addresses; a matrix takes 4
+ * entries (MAT_*): its weight, its DT_* format, its scales and its lows (0 if none). Norm
+ * weights and biases are float32. */
 enum {
     CFG_LAYERS, CFG_HIDDEN, CFG_HEADS, CFG_KV_HEADS, CFG_HEAD_DIM, CFG_INTER, CFG_VOCAB,
-    CFG_WDTYPE, CFG_KVDTYPE,
+    CFG_TABLE_DTYPE, CFG_KVDTYPE,
     CFG_COUNT
 };
-enum { P_EMBED, P_FINAL_NORM, P_LM_HEAD, P_COS, P_SIN, P_GLOBAL };
-enum { L_ATTN_NORM, L_QKV, L_QKV_BIAS, L_O, L_MLP_NORM, L_GATE_UP, L_DOWN, L_K, L_V, L_COUNT };
+enum { MAT_W, MAT_DTYPE, MAT_SCALE, MAT_LOW, MAT_COUNT };
+enum { P_EMBED, P_FINAL_NORM, P_COS, P_SIN, P_LM_HEAD, P_COUNT = P_LM_HEAD + MAT_COUNT };
+enum {
+    L_ATTN_NORM, L_QKV_BIAS, L_MLP_NORM, L_K, L_V,
+    L_QKV, L_O = L_QKV + MAT_COUNT, L_GATE_UP = L_O + MAT_COUNT, L_DOWN = L_GATE_UP + MAT_COUNT,
+    L_COUNT = L_DOWN + MAT_COUNT
+};
+
+static gemv_args product(const int64_t *mat, int64_t in, int64_t out, const float *x,
+                         const float *bias, float *y, int accumulate, int M) {
+    gemv_args a = {(const void *)mat[MAT_W], (int)mat[MAT_DTYPE], (const float *)mat[MAT_SCALE],
+                   (const float *)mat[MAT_LOW], NULL, in, out, x, bias, y, out, accumulate, M};
+    return a;
+}
 
 typedef struct {
     const int64_t *cfg;
@@ -458,7 +567,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
                       const int64_t *seq_lens, const int64_t *req_to_token, int64_t stride,
                       float *logits, int nthreads) {
     const int L = (int)cfg[CFG_LAYERS], Hq = (int)cfg[CFG_HEADS], Hkv = (int)cfg[CFG_KV_HEADS],
-              D = (int)cfg[CFG_HEAD_DIM], wdt = (int)cfg[CFG_WDTYPE], kvdt = (int)cfg[CFG_KVDTYPE];
+              D = (int)cfg[CFG_HEAD_DIM], wdt = (int)cfg[CFG_TABLE_DTYPE], kvdt = (int)cfg[CFG_KVDTYPE];
     const int64_t H = cfg[CFG_HIDDEN], I = cfg[CFG_INTER], V = cfg[CFG_VOCAB];
     const int64_t QKV = (int64_t)(Hq + 2 * Hkv) * D;
     if (D % 16 || D > 256 || Hq % Hkv) return -2;
@@ -475,6 +584,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
 
     pthread_mutex_lock(&pool.step_lock);
     if (ensure_workers(nthreads - 1) != 0) nthreads = pool.workers + 1;
+    int rc = 0;
 
     const void *embed = (const void *)ptrs[P_EMBED];
     for (int m = 0; m < M; m++)
@@ -483,9 +593,8 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
     for (int l = 0; l < L; l++) {
         const int64_t *lp = layer_ptrs + (int64_t)l * L_COUNT;
         rms_norm(hidden, (const float *)lp[L_ATTN_NORM], xn, M, H, (float)eps);
-        gemv_args g = {(const void *)lp[L_QKV], wdt, H, QKV, xn,
-                       (const float *)lp[L_QKV_BIAS], qkv, QKV, 0, M};
-        gemv(&g, nthreads);
+        gemv_args g = product(lp + L_QKV, H, QKV, xn, (const float *)lp[L_QKV_BIAS], qkv, 0, M);
+        rc |= gemv(&g, nthreads);
         for (int m = 0; m < M; m++) {
             float *row = qkv + m * QKV;
             rope_and_store(row, Hq + Hkv, D, (const void *)ptrs[P_COS], (const void *)ptrs[P_SIN],
@@ -498,37 +607,36 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
                         (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
                         rows, seq_lens, scores, max_seq, (float)scale};
         parallel(attn_task, &at, nthreads);
-        gemv_args go = {(const void *)lp[L_O], wdt, (int64_t)Hq * D, H, attn,
-                        NULL, hidden, H, 1, M};
-        gemv(&go, nthreads);
+        gemv_args go = product(lp + L_O, (int64_t)Hq * D, H, attn, NULL, hidden, 1, M);
+        rc |= gemv(&go, nthreads);
         rms_norm(hidden, (const float *)lp[L_MLP_NORM], xn, M, H, (float)eps);
-        gemv_args gg = {(const void *)lp[L_GATE_UP], wdt, H, 2 * I, xn,
-                        NULL, gu, 2 * I, 0, M};
-        gemv(&gg, nthreads);
+        gemv_args gg = product(lp + L_GATE_UP, H, 2 * I, xn, NULL, gu, 0, M);
+        rc |= gemv(&gg, nthreads);
         silu_args sa = {gu, act, M, I};
         parallel(silu_task, &sa, nthreads);
-        gemv_args gd = {(const void *)lp[L_DOWN], wdt, I, H, act,
-                        NULL, hidden, H, 1, M};
-        gemv(&gd, nthreads);
+        gemv_args gd = product(lp + L_DOWN, I, H, act, NULL, hidden, 1, M);
+        rc |= gemv(&gd, nthreads);
     }
     rms_norm(hidden, (const float *)ptrs[P_FINAL_NORM], xn, M, H, (float)eps);
-    gemv_args gl = {(const void *)ptrs[P_LM_HEAD], wdt, H, V, xn,
-                    NULL, logits, V, 0, M};
-    gemv(&gl, nthreads);
+    gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, M);
+    rc |= gemv(&gl, nthreads);
     pthread_mutex_unlock(&pool.step_lock);
     free(buf);
-    return 0;
+    return rc;
 }
 
-/* One product for tests and benches: y[M, out] = x[M, in] W^T, W [out, in] (+ bias) (+= when accumulate). */
-int plait_gemv(const void *w, int dtype, int64_t in, int64_t out, const float *x,
-               const float *bias, float *y, int accumulate, int M, int nthreads) {
+/* One product for tests and benches: y[M, out] = x[M, in] W^T (+ bias), or y += that when
+ * ``accumulate``; W [out, in] in any DT_* format. Returns 0, or -1 out of memory. */
+int plait_gemv(const void *w, int dtype, const float *scale, const float *low, int64_t in,
+               int64_t out, const float *x, const float *bias, float *y, int accumulate, int M,
+               int nthreads) {
     if (nthreads < 1) nthreads = 1;
     if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
     pthread_mutex_lock(&pool.step_lock);
     if (ensure_workers(nthreads - 1) != 0) nthreads = pool.workers + 1;
-    gemv_args a = {w, dtype, in, out, x, bias, y, out, accumulate, M};
-    gemv(&a, nthreads);
+    int64_t mat[MAT_COUNT] = {(int64_t)w, dtype, (int64_t)scale, (int64_t)low};
+    gemv_args a = product(mat, in, out, x, bias, y, accumulate, M);
+    int rc = gemv(&a, nthreads);
     pthread_mutex_unlock(&pool.step_lock);
-    return 0;
+    return rc;
 }

@@ -97,7 +97,7 @@ def library() -> ctypes.CDLL | None:
         *(_vp, _int),  # logits (float32), threads
     ]
     lib.plait_gemv.restype = _int
-    lib.plait_gemv.argtypes = [_vp, _int, _i64, _i64, _vp, _vp, _vp, _int, _int, _int]
+    lib.plait_gemv.argtypes = [_vp, _int, _vp, _vp, _i64, _i64, _vp, _vp, _vp, _int, _int, _int]
     return lib
 
 

@@ -8,8 +8,9 @@ and the RoPE tables out as address tables once, and each decode forward is then 
 Invariants:
 - Used only for decode forwards (one new token per request) of at most ``max_rows`` requests,
   on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
-  float32 weights out before building it) and a float32 or bfloat16 KV pool; ``unsupported``
-  names what rules a model out.
+  float32 weights out before building it) or quantized (``Int8Linear``, ``Int4Linear``: their
+  codes, with float32 scales), and a float32 or bfloat16 KV pool; ``unsupported`` names what
+  rules a model out.
 - The address tables are rebuilt when any weight or buffer they point at was replaced
   (checked at every call), so a reloaded weight is never read stale.
 - Logits are float32 ``[M, vocab]``; outputs are the same bits at any thread count and for a
@@ -27,13 +28,15 @@ from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
+from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 
 # Above this many requests (by weight dtype) a decode step goes through torch: the C products
 # are matrix-vector kernels, and past these sizes torch's GEMMs are faster (measured with
 # bench_threads at 8, 16 and 32 requests: bench/RESULTS.md, issue 15).
 MAX_ROWS = {torch.float32: 16, torch.bfloat16: 8}
 
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}
+_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # = DT_F32, DT_BF16 in cpu_decode.c
+_DT_I8, _DT_I4 = 2, 3
 
 
 def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.device) -> str | None:
@@ -47,19 +50,28 @@ def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.de
         return f"head_dim {cfg.head_dim} is not a multiple of 16 up to 256"
     for name, m in model.named_modules():
         if "proj" in name.rsplit(".", 1)[-1] or name == "lm_head":
+            if isinstance(m, (Int8Linear, Int4Linear)):
+                continue
             if not isinstance(m, Linear):
-                return f"{name} is a {type(m).__name__} (quantized weights take torch's kernels)"
+                return f"{name} is a {type(m).__name__}"
             if m.weight.dtype not in _DTYPES:
                 return f"{name} holds {m.weight.dtype}, not float32 or bfloat16"
-    dtypes = {model.model.embed_tokens.weight.dtype, model.model.rotary.cos.dtype}
-    dtypes |= {m.weight.dtype for m in model.modules() if isinstance(m, Linear)}
-    if len(dtypes) != 1:
-        return f"mixed weight dtypes {sorted(map(str, dtypes))}"
+    tables = model.model.embed_tokens.weight.dtype
+    if tables not in _DTYPES or model.model.rotary.cos.dtype != tables:
+        return f"embedding and RoPE tables in {tables} / {model.model.rotary.cos.dtype}"
     if kv_pool.dtype not in _DTYPES:
         return f"a {kv_pool.dtype} KV pool (float32 or bfloat16 only)"
     if cpu_decode.library() is None:
         return cpu_decode.build_error()
     return None
+
+
+def _matrix_tensors(lin: torch.nn.Module) -> list[torch.Tensor]:
+    if isinstance(lin, Int8Linear):
+        return [lin.qweight, lin.scale]
+    if isinstance(lin, Int4Linear):
+        return [lin.nibbles, lin.group_scale, lin.group_low]
+    return [lin.weight]
 
 
 class FusedDecode:
@@ -74,8 +86,9 @@ class FusedDecode:
         cfg = model.config
         self.eps, self.scale = float(cfg.rms_norm_eps), cfg.head_dim**-0.5
         self.vocab = cfg.vocab_size
-        wdtype = _DTYPES[model.lm_head.weight.dtype]
-        self.max_rows = MAX_ROWS[model.lm_head.weight.dtype]
+        tables = model.model.embed_tokens.weight.dtype
+        head = model.lm_head
+        self.max_rows = MAX_ROWS[head.weight.dtype] if isinstance(head, Linear) else 8
         self._cfg = torch.tensor(
             [
                 cfg.num_layers,
@@ -85,7 +98,7 @@ class FusedDecode:
                 cfg.head_dim,
                 cfg.intermediate_size,
                 cfg.vocab_size,
-                wdtype,
+                _DTYPES[tables],
                 _DTYPES[kv_pool.dtype],
             ],
             dtype=torch.int64,
@@ -97,14 +110,14 @@ class FusedDecode:
         """Every tensor whose address is in the tables (the norms and biases through their
         float32 copies' sources)."""
         m = self.model.model
-        out = [m.embed_tokens.weight, m.norm.weight, self.model.lm_head.weight]
-        out += [m.rotary.cos, m.rotary.sin]
+        out = [m.embed_tokens.weight, m.norm.weight, m.rotary.cos, m.rotary.sin]
+        out += _matrix_tensors(self.model.lm_head)
         for layer in m.layers:
             a, p = layer.self_attn, layer.mlp
-            out += [layer.input_layernorm.weight, a.qkv_proj.weight, a.o_proj.weight]
-            out += [layer.post_attention_layernorm.weight, p.gate_up_proj.weight]
-            out += [p.down_proj.weight]
-            if a.qkv_proj.bias is not None:
+            out += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
+            for lin in (a.qkv_proj, a.o_proj, p.gate_up_proj, p.down_proj):
+                out += _matrix_tensors(lin)
+            if getattr(a.qkv_proj, "bias", None) is not None:
                 out.append(a.qkv_proj.bias)
         out += self.kv_pool.k_buffer + self.kv_pool.v_buffer
         return out
@@ -123,13 +136,22 @@ class FusedDecode:
             self._copies.append(c)
             return c.data_ptr()
 
+        def matrix(lin: torch.nn.Module) -> list[int]:
+            """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
+            if isinstance(lin, Int8Linear):
+                return [lin.qweight.data_ptr(), _DT_I8, f32_copy(lin.scale), 0]
+            if isinstance(lin, Int4Linear):
+                scale, low = lin.group_scale.data_ptr(), lin.group_low.data_ptr()
+                return [lin.nibbles.data_ptr(), _DT_I4, scale, low]
+            return [lin.weight.data_ptr(), _DTYPES[lin.weight.dtype], 0, 0]
+
         self._globals = torch.tensor(
             [
                 m.embed_tokens.weight.data_ptr(),
                 f32_copy(m.norm.weight),
-                self.model.lm_head.weight.data_ptr(),
                 m.rotary.cos.data_ptr(),
                 m.rotary.sin.data_ptr(),
+                *matrix(self.model.lm_head),
             ],
             dtype=torch.int64,
         )
@@ -139,14 +161,14 @@ class FusedDecode:
             rows.append(
                 [
                     f32_copy(layer.input_layernorm.weight),
-                    a.qkv_proj.weight.data_ptr(),
-                    f32_copy(a.qkv_proj.bias),
-                    a.o_proj.weight.data_ptr(),
+                    f32_copy(getattr(a.qkv_proj, "bias", None)),
                     f32_copy(layer.post_attention_layernorm.weight),
-                    p.gate_up_proj.weight.data_ptr(),
-                    p.down_proj.weight.data_ptr(),
                     self.kv_pool.k_buffer[i].data_ptr(),
                     self.kv_pool.v_buffer[i].data_ptr(),
+                    *matrix(a.qkv_proj),
+                    *matrix(a.o_proj),
+                    *matrix(p.gate_up_proj),
+                    *matrix(p.down_proj),
                 ]
             )
         self._layers = torch.tensor(rows, dtype=torch.int64)

@@ -57,7 +57,8 @@ class ModelRunner:
                 for m in model.modules():
                     if isinstance(m, Linear):
                         m.set_layout(False)
-                model.tie_weights()  # the head and the embedding share one [vocab, hidden]
+                if isinstance(model.lm_head, Linear):
+                    model.tie_weights()  # the head and the embedding share one [vocab, hidden]
                 self.fused = FusedDecode(model, kv_pool)
             elif decode_kernel == "fused":
                 raise InvalidRequestError("decode_kernel", f"fused is not available: {reason}")

@@ -90,6 +90,13 @@ class Int4Linear(nn.Module):
         dense = (codes.float() - 8.0).view(out_features, groups, INT4_GROUP)
         dense = dense * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
         self.register_buffer("dense", dense.view(out_features, in_features).to(_COMPUTE))
+        # the fused CPU decode step's copy (kernels/cpu_decode.c, DT_I4): codes two to a byte,
+        # 16 bytes per group (byte j: element j low, element 16 + j high), float32 scale / low
+        g = codes.to(torch.uint8).view(out_features, groups, 2, INT4_GROUP // 2)
+        nibbles = (g[:, :, 0] | (g[:, :, 1] << 4)).reshape(out_features, in_features // 2)
+        self.register_buffer("nibbles", nibbles.contiguous())
+        self.register_buffer("group_scale", scale.float().contiguous())
+        self.register_buffer("group_low", low.float().contiguous())
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int4Linear:

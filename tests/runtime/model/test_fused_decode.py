@@ -17,6 +17,7 @@ from plait.runtime.errors import InvalidRequestError
 from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 from plait.runtime.model.loader import load_model
 from plait.runtime.model.model_runner import ModelRunner
+from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 from tests.conftest import make_tiny_model
 
 pytestmark = pytest.mark.skipif(
@@ -33,8 +34,10 @@ def model_dirs(tmp_path_factory):
 class _State:
     """A model, its KV pool and request rows with prompts already prefilled (torch path)."""
 
-    def __init__(self, model_dir, dtype: str, prompt_lens: list[int], decode_kernel="fused"):
-        loaded = load_model(model_dir, dtype=dtype)
+    def __init__(
+        self, model_dir, dtype: str, prompt_lens: list[int], decode_kernel="fused", quant=None
+    ):
+        loaded = load_model(model_dir, dtype=dtype, quantization=quant)
         cfg = loaded.config
         self.cfg = cfg
         self.pool = TokenToKVPool(256, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, loaded.dtype)
@@ -115,6 +118,19 @@ def test_fused_step_computes_what_torch_does(model_dirs, kind, dtype):
         assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
 
 
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_fused_step_computes_what_torch_does(model_dirs, quant):
+    """The same codes and scales; torch's kernels take bfloat16 activations and scales, the
+    fused step float32: agreement to bfloat16's precision."""
+    state = _State(model_dirs["llama"], "bfloat16", [5, 17, 1, 40], quant=quant)
+    batch = state.decode_batch([0, 1, 2, 3], [7, 8, 9, 10])
+    expected = state.torch_step(batch)
+    got = state.fused_step(batch)
+    err = torch.linalg.norm(got - expected) / torch.linalg.norm(expected)
+    assert err < 3e-2
+    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
+
+
 def test_fused_step_writes_the_kv_torch_writes(model_dirs):
     state = _State(model_dirs["qwen2"], "float32", [6, 3])
     batch = state.decode_batch([0, 1], [4, 5])
@@ -191,7 +207,89 @@ def test_products_against_float64(dtype, k, n, m):
         y = y0.clone()
         code = {torch.float32: 0, torch.bfloat16: 1}[dtype]
         lib.plait_gemv(
-            w.data_ptr(), code, k, n, x.data_ptr(), bias.data_ptr(), y.data_ptr(), 1, m, threads
+            w.data_ptr(),
+            code,
+            None,
+            None,
+            k,
+            n,
+            x.data_ptr(),
+            bias.data_ptr(),
+            y.data_ptr(),
+            1,
+            m,
+            threads,
         )
         torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
     assert isinstance(lib, ctypes.CDLL)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+@pytest.mark.parametrize("n,m", [(48, 1), (32, 3), (80, 6)])
+def test_quantized_products_against_float64(quant, n, m):
+    """y = x Wᵀ for W as the layer dequantizes it (int8 per row; int4 per 32 with lows)."""
+    lib = cpu_decode.library()
+    gen = torch.Generator().manual_seed(n * m)
+    k = 96
+    dense = torch.randn(n, k, generator=gen)
+    x = torch.randn(m, k, generator=gen)
+    if quant == "int8":
+        layer = Int8Linear.from_float(dense)
+        w, code, scale, low = layer.qweight, 2, layer.scale.float().contiguous(), None
+    else:
+        layer = Int4Linear.from_float(dense)
+        w, code, scale, low = layer.nibbles, 3, layer.group_scale, layer.group_low
+    weight = layer.dequantized() if quant == "int8" else _int4_dense(layer)
+    expected = x.double() @ weight.double().t()
+    y = torch.empty(m, n)
+    lib.plait_gemv(
+        w.data_ptr(),
+        code,
+        scale.data_ptr(),
+        None if low is None else low.data_ptr(),
+        k,
+        n,
+        x.data_ptr(),
+        None,
+        y.data_ptr(),
+        0,
+        m,
+        2,
+    )
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def _int4_dense(layer: Int4Linear) -> torch.Tensor:
+    """W from the nibbles, scales and lows the fused step reads (not the bfloat16 copy)."""
+    n, half = layer.nibbles.shape
+    b = layer.nibbles.view(n, half // 16, 16)
+    codes = torch.stack([b & 15, b >> 4], dim=2).view(n, half // 16, 32).float()
+    w = codes * layer.group_scale[..., None] + layer.group_low[..., None]
+    return w.view(n, 2 * half)
+
+
+def _product_in_child(queue) -> None:
+    x, w = torch.ones(1, 64), torch.ones(32, 64)
+    y = torch.empty(1, 32)
+    cpu_decode.library().plait_gemv(
+        w.data_ptr(), 0, None, None, 64, 32, x.data_ptr(), None, y.data_ptr(), 0, 1, 2
+    )
+    queue.put(float(y.sum()))
+
+
+def test_a_forked_child_gets_its_own_threads():
+    """The parent's pool threads do not exist in a fork: the child starts its own."""
+    import multiprocessing as mp
+
+    x, w = torch.ones(1, 64), torch.ones(32, 64)
+    y = torch.empty(1, 32)
+    cpu_decode.library().plait_gemv(
+        w.data_ptr(), 0, None, None, 64, 32, x.data_ptr(), None, y.data_ptr(), 0, 1, 2
+    )
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_product_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    assert child.exitcode == 0
+    assert queue.get(timeout=5) == 32 * 64
