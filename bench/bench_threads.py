@@ -31,6 +31,8 @@ VARIANTS = {
     "bfloat16": {"dtype": "bfloat16"},
     "int8": {"dtype": "bfloat16", "quantization": "int8"},
     "int4": {"dtype": "bfloat16", "quantization": "int4"},
+    "int8-unfused": {"dtype": "bfloat16", "quantization": "int8", "decode_kernel": "torch"},
+    "int4-unfused": {"dtype": "bfloat16", "quantization": "int4", "decode_kernel": "torch"},
 }
 
 

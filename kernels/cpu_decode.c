@@ -39,7 +39,6 @@ typedef float f32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
-typedef int8_t i8x16 __attribute__((vector_size(16)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 #define INLINE static inline __attribute__((always_inline))
@@ -55,10 +54,15 @@ INLINE f32x16 load_bf16(const uint16_t *p) {
     memcpy(&f, &w, 64);
     return f;
 }
-INLINE f32x16 load_i8(const int8_t *p) {
-    i8x16 v;
+/* Bytes to floats by zero extension (widen, then convert: gcc 12 scalarises a direct
+ * conversion, and any sign extension of bytes). */
+INLINE f32x16 u8_to_f32(u8x16 v) {
+    return __builtin_convertvector(__builtin_convertvector(v, i32x16), f32x16);
+}
+INLINE f32x16 load_i8(const int8_t *p) { /* q = (q ^ 0x80) - 128, exact in float */
+    u8x16 v;
     memcpy(&v, p, 16);
-    return __builtin_convertvector(v, f32x16);
+    return u8_to_f32(v ^ 0x80) - splat(128.0f);
 }
 INLINE float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -318,8 +322,8 @@ NT_ROW(nt_i8_4, 4, load_i8, int8_t, i8_to_f32)
             u8x16 v;                                                                           \
             memcpy(&v, w + 16 * g, 16);                                                        \
             f32x16 s = splat(sc[g]);                                                           \
-            f32x16 c0 = __builtin_convertvector(v & 15, f32x16) * s;                           \
-            f32x16 c1 = __builtin_convertvector(v >> 4, f32x16) * s;                           \
+            f32x16 c0 = u8_to_f32(v & 15) * s;                           \
+            f32x16 c1 = u8_to_f32(v >> 4) * s;                           \
             for (int b = 0; b < NB; b++) {                                                     \
                 const float *x = a->x + (int64_t)(m0 + b) * K + 32 * g;                        \
                 acc[b][0] += c0 * load_f32(x);                                                 \
