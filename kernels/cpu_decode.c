@@ -36,12 +36,21 @@
 #endif
 
 typedef float f32x16 __attribute__((vector_size(64)));
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef uint16_t u16x16 __attribute__((vector_size(32)));
 typedef uint8_t u8x16 __attribute__((vector_size(16)));
 
 #define INLINE static inline __attribute__((always_inline))
+/* Holds a loaded vector in a register: without it gcc folds the load into each FMA that uses
+ * it, so a 4 x 4 tile loads 32 vectors per 16 FMAs instead of 8. */
+#if defined(__x86_64__) && defined(__AVX512F__)
+#define KEEP(v) __asm__("" : "+v"(v))
+#else
+#define KEEP(v) ((void)0)
+#endif
 
 INLINE f32x16 splat(float a) { return (f32x16){a, a, a, a, a, a, a, a, a, a, a, a, a, a, a, a}; }
 INLINE f32x16 load_f32(const float *p) { f32x16 v; memcpy(&v, p, 64); return v; }
@@ -77,12 +86,13 @@ INLINE uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept quiet 
     u += 0x7fffu + ((u >> 16) & 1u);
     return (uint16_t)(u >> 16);
 }
+/* The sum of 16 lanes by halving (lane i + 8, then + 4, + 2, + 1) in registers: a fixed
+ * order, and no round trip through memory (which made it the cost of a short row). */
 INLINE float hsum(f32x16 v) {
-    float t[16];
-    memcpy(t, &v, 64);
-    float a = ((t[0] + t[8]) + (t[4] + t[12])) + ((t[2] + t[10]) + (t[6] + t[14]));
-    float b = ((t[1] + t[9]) + (t[5] + t[13])) + ((t[3] + t[11]) + (t[7] + t[15]));
-    return a + b;
+    f32x8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
+    return (b[0] + b[2]) + (b[1] + b[3]);
 }
 INLINE f32x16 vselect(i32x16 mask, f32x16 a, f32x16 b) {
     i32x16 ai, bi;
@@ -248,6 +258,7 @@ typedef struct {
     int dtype;         /* DT_* */
     const float *scale, *low; /* DT_I8: scale [out]; DT_I4: scale, low [out, in / 32] */
     const float *xsum;        /* DT_I4: [M, in / 32] sums of each activation group */
+    const uint16_t *xb;       /* DT_BF16 with BF16_DOT: the activations in bfloat16 */
     int64_t in, out;
     const float *x;    /* [M, in] */
     const float *bias; /* [out] or NULL */
@@ -257,53 +268,108 @@ typedef struct {
     int M;
 } gemv_args;
 
-/* One weight row against NB activation rows. The row is one sequential stream (the fastest
- * way to read memory on one core: measured 15-19 GB/s here against 10-12 for four interleaved
- * rows); each activation row keeps four partial sums over k in steps of 64, so an output's
- * summation order is the same for every NB, M and thread count. */
-#define NT_ROW(NAME, NB, LOAD, T, TO_F32)                                                      \
+/* RO weight rows against NB activation rows: RO x NB accumulators, each output's products
+ * summed in one register over k in steps of 16 (lanes then summed by ``hsum``'s halving
+ * tree, the tail of k after): the same order for every RO, NB, M and thread count, so an
+ * output has the same bits whatever else is in the batch. A 4 x 4 tile does 16 FMAs per 8
+ * loads (compute-bound, for batches); one row is one sequential stream (decode of one
+ * request is bound by reading the weights). */
+#define NT_TILE(NAME, RO, NB, LOAD, T, TO_F32)                                                 \
     static void NAME(const gemv_args *a, int64_t o, int m0) {                                  \
-        const T *w = (const T *)a->w + o * a->in;                                              \
-        const int64_t K = a->in, K64 = K & ~(int64_t)63, K16 = K & ~(int64_t)15;               \
-        const float *x[NB];                                                                    \
-        f32x16 acc[NB][4];                                                                     \
-        for (int b = 0; b < NB; b++) {                                                         \
-            x[b] = a->x + (int64_t)(m0 + b) * K;                                               \
-            for (int j = 0; j < 4; j++) acc[b][j] = splat(0.0f);                               \
-        }                                                                                      \
-        int64_t k = 0;                                                                         \
-        for (; k < K64; k += 64) {                                                             \
-            for (int j = 0; j < 4; j++) {                                                      \
-                f32x16 wv = LOAD(w + k + 16 * j);                                              \
-                for (int b = 0; b < NB; b++) acc[b][j] += wv * load_f32(x[b] + k + 16 * j);    \
+        const int64_t K = a->in, K16 = K & ~(int64_t)15;                                       \
+        const T *w = (const T *)a->w + o * K;                                                  \
+        const float *x = a->x + (int64_t)m0 * K;                                               \
+        f32x16 acc[RO][NB];                                                                    \
+        for (int r = 0; r < RO; r++)                                                           \
+            for (int b = 0; b < NB; b++) acc[r][b] = splat(0.0f);                              \
+        for (int64_t k = 0; k < K16; k += 16) {                                                \
+            f32x16 wv[RO]; /* RO + NB loads per RO x NB FMAs */                                \
+            for (int r = 0; r < RO; r++) {                                                     \
+                wv[r] = LOAD(w + r * K + k);                                                   \
+                KEEP(wv[r]);                                                                   \
+            }                                                                                  \
+            for (int b = 0; b < NB; b++) {                                                     \
+                f32x16 xv = load_f32(x + b * K + k);                                           \
+                KEEP(xv);                                                                      \
+                for (int r = 0; r < RO; r++) acc[r][b] += wv[r] * xv;                          \
             }                                                                                  \
         }                                                                                      \
-        for (; k < K16; k += 16) {                                                             \
-            f32x16 wv = LOAD(w + k);                                                           \
-            for (int b = 0; b < NB; b++) acc[b][0] += wv * load_f32(x[b] + k);                 \
-        }                                                                                      \
-        for (int b = 0; b < NB; b++) {                                                         \
-            float s = hsum((acc[b][0] + acc[b][1]) + (acc[b][2] + acc[b][3]));                 \
-            for (int64_t t = K16; t < K; t++) s += TO_F32(w[t]) * x[b][t];                     \
-            if (a->dtype == DT_I8) s *= a->scale[o];                                           \
-            if (a->bias) s += a->bias[o];                                                      \
-            float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o;                                \
-            *dst = a->accumulate ? *dst + s : s;                                               \
-        }                                                                                      \
+        for (int r = 0; r < RO; r++)                                                           \
+            for (int b = 0; b < NB; b++) {                                                     \
+                float s = hsum(acc[r][b]);                                                     \
+                for (int64_t t = K16; t < K; t++) s += TO_F32(w[r * K + t]) * x[b * K + t];    \
+                if (a->dtype == DT_I8) s *= a->scale[o + r];                                   \
+                if (a->bias) s += a->bias[o + r];                                              \
+                float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o + r;                        \
+                *dst = a->accumulate ? *dst + s : s;                                           \
+            }                                                                                  \
     }
+
+/* bfloat16 weights where the CPU has AVX512_BF16: the activations are rounded to bfloat16
+ * (as torch's bfloat16 products do) and each instruction multiplies 32 pairs, summing each
+ * two neighbours into one of 16 lanes: twice the products of a float32 FMA, and no widening
+ * of the weights. Order: 32 elements per step into one register per output, then as above. */
+#if defined(__AVX512BF16__)
+#define BF16_DOT 1
+#define NT_TILE_DOT(NAME, RO, NB)                                                              \
+    static void NAME(const gemv_args *a, int64_t o, int m0) {                                  \
+        const int64_t K = a->in, K32 = K & ~(int64_t)31;                                       \
+        const uint16_t *w = (const uint16_t *)a->w + o * K;                                    \
+        const uint16_t *x = a->xb + (int64_t)m0 * K;                                           \
+        __m512 acc[RO][NB];                                                                    \
+        for (int r = 0; r < RO; r++)                                                           \
+            for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_ps();                      \
+        for (int64_t k = 0; k < K32; k += 32) {                                                \
+            __m512bh wv[RO];                                                                   \
+            for (int r = 0; r < RO; r++) {                                                     \
+                wv[r] = (__m512bh)_mm512_loadu_si512(w + r * K + k);                           \
+                KEEP(wv[r]);                                                                   \
+            }                                                                                  \
+            for (int b = 0; b < NB; b++) {                                                     \
+                __m512bh xv = (__m512bh)_mm512_loadu_si512(x + b * K + k);                     \
+                KEEP(xv);                                                                      \
+                for (int r = 0; r < RO; r++) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], wv[r], xv); \
+            }                                                                                  \
+        }                                                                                      \
+        for (int r = 0; r < RO; r++)                                                           \
+            for (int b = 0; b < NB; b++) {                                                     \
+                f32x16 v;                                                                      \
+                memcpy(&v, &acc[r][b], 64);                                                    \
+                float s = hsum(v);                                                             \
+                for (int64_t t = K32; t < K; t++)                                              \
+                    s += bf16_to_f32(w[r * K + t]) * bf16_to_f32(x[b * K + t]);                \
+                if (a->bias) s += a->bias[o + r];                                              \
+                float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o + r;                        \
+                *dst = a->accumulate ? *dst + s : s;                                           \
+            }                                                                                  \
+    }
+NT_TILE_DOT(nt_bf16d_1x1, 1, 1)
+NT_TILE_DOT(nt_bf16d_1x2, 1, 2)
+NT_TILE_DOT(nt_bf16d_1x4, 1, 4)
+NT_TILE_DOT(nt_bf16d_4x1, 4, 1)
+NT_TILE_DOT(nt_bf16d_4x2, 4, 2)
+NT_TILE_DOT(nt_bf16d_4x4, 4, 4)
+#else
+#define BF16_DOT 0
+#endif
+
+#define NT_TILES(P, LOAD, T, TO_F32)                                                           \
+    NT_TILE(P##_1x1, 1, 1, LOAD, T, TO_F32)                                                    \
+    NT_TILE(P##_1x2, 1, 2, LOAD, T, TO_F32)                                                    \
+    NT_TILE(P##_1x4, 1, 4, LOAD, T, TO_F32)                                                    \
+    NT_TILE(P##_4x1, 4, 1, LOAD, T, TO_F32)                                                    \
+    NT_TILE(P##_4x2, 4, 2, LOAD, T, TO_F32)                                                    \
+    NT_TILE(P##_4x4, 4, 4, LOAD, T, TO_F32)
 
 INLINE float f32_id(float v) { return v; }
 INLINE float i8_to_f32(int8_t v) { return (float)v; }
 
-NT_ROW(nt_f32_1, 1, load_f32, float, f32_id)
-NT_ROW(nt_f32_2, 2, load_f32, float, f32_id)
-NT_ROW(nt_f32_4, 4, load_f32, float, f32_id)
-NT_ROW(nt_bf16_1, 1, load_bf16, uint16_t, bf16_to_f32)
-NT_ROW(nt_bf16_2, 2, load_bf16, uint16_t, bf16_to_f32)
-NT_ROW(nt_bf16_4, 4, load_bf16, uint16_t, bf16_to_f32)
-NT_ROW(nt_i8_1, 1, load_i8, int8_t, i8_to_f32)
-NT_ROW(nt_i8_2, 2, load_i8, int8_t, i8_to_f32)
-NT_ROW(nt_i8_4, 4, load_i8, int8_t, i8_to_f32)
+NT_TILES(nt_f32, load_f32, float, f32_id)
+#if !BF16_DOT
+NT_TILES(nt_bf16, load_bf16, uint16_t, bf16_to_f32)
+#endif
+NT_TILES(nt_i8, load_i8, int8_t, i8_to_f32)
+
 
 /* DT_I4: the scale is folded into the codes before the product; the lows meet the group sums
  * of the activations. Order: groups in sequence, then the lows' sum; fixed for any NB. */
@@ -345,19 +411,34 @@ NT4_ROW(nt_i4_4, 4)
 
 typedef void (*nt_kernel)(const gemv_args *, int64_t, int);
 
-/* Output rows [o0, o1): each weight row is read from memory once, then from L1 for the
- * remaining activation rows. */
+/* Tiles by (weight rows, activation rows): [ro == 4][nb: 1, 2, 4]. int4 has its own kernels,
+ * one weight row each (its codes are unpacked once for all NB activation rows). */
+#define TILE_SET(P) {{P##_1x1, P##_1x2, P##_1x4}, {P##_4x1, P##_4x2, P##_4x4}}
+static const nt_kernel tiles[4][2][3] = {
+#if BF16_DOT
+    TILE_SET(nt_f32), TILE_SET(nt_bf16d), TILE_SET(nt_i8),
+#else
+    TILE_SET(nt_f32), TILE_SET(nt_bf16), TILE_SET(nt_i8),
+#endif
+    {{nt_i4_1, nt_i4_2, nt_i4_4}, {NULL, NULL, NULL}}};
+
+/* Output rows [o0, o1). With one activation row a weight row is one stream; with more, blocks
+ * of 4 weight rows stay in L1 while every activation row passes over them. */
 static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1) {
-    static const nt_kernel kernels[4][3] = {{nt_f32_1, nt_f32_2, nt_f32_4},
-                                            {nt_bf16_1, nt_bf16_2, nt_bf16_4},
-                                            {nt_i8_1, nt_i8_2, nt_i8_4},
-                                            {nt_i4_1, nt_i4_2, nt_i4_4}};
-    nt_kernel k1 = kernels[a->dtype][0], k2 = kernels[a->dtype][1], k4 = kernels[a->dtype][2];
-    for (int64_t o = o0; o < o1; o++) {
+    const int ro = a->M >= 4 && a->dtype != DT_I4 ? 4 : 1;
+    const nt_kernel *k = tiles[a->dtype][ro == 4], *k1 = tiles[a->dtype][0];
+    int64_t o = o0;
+    for (; o + ro <= o1; o += ro) {
         int m = 0;
-        for (; m + 4 <= a->M; m += 4) k4(a, o, m);
-        for (; m + 2 <= a->M; m += 2) k2(a, o, m);
-        for (; m < a->M; m++) k1(a, o, m);
+        for (; m + 4 <= a->M; m += 4) k[2](a, o, m);
+        for (; m + 2 <= a->M; m += 2) k[1](a, o, m);
+        for (; m < a->M; m++) k[0](a, o, m);
+    }
+    for (; o < o1; o++) {
+        int m = 0;
+        for (; m + 4 <= a->M; m += 4) k1[2](a, o, m);
+        for (; m + 2 <= a->M; m += 2) k1[1](a, o, m);
+        for (; m < a->M; m++) k1[0](a, o, m);
     }
 }
 
@@ -383,8 +464,20 @@ static int gemv(gemv_args *a, int nth) {
             }
         a->xsum = xsum;
     }
+    uint16_t *xb = NULL;
+    if (a->dtype == DT_BF16 && BF16_DOT) {
+        const int64_t n = (int64_t)a->M * a->in;
+        xb = (uint16_t *)malloc(sizeof(uint16_t) * (size_t)(n + 1));
+        if (!xb) {
+            free(xsum);
+            return -1;
+        }
+        for (int64_t i = 0; i < n; i++) xb[i] = f32_to_bf16(a->x[i]);
+        a->xb = xb;
+    }
     parallel(gemv_task, a, nth);
     free(xsum);
+    free(xb);
     return 0;
 }
 
@@ -409,8 +502,10 @@ enum {
 
 static gemv_args product(const int64_t *mat, int64_t in, int64_t out, const float *x,
                          const float *bias, float *y, int accumulate, int M) {
-    gemv_args a = {(const void *)mat[MAT_W], (int)mat[MAT_DTYPE], (const float *)mat[MAT_SCALE],
-                   (const float *)mat[MAT_LOW], NULL, in, out, x, bias, y, out, accumulate, M};
+    gemv_args a = {.w = (const void *)mat[MAT_W], .dtype = (int)mat[MAT_DTYPE],
+                   .scale = (const float *)mat[MAT_SCALE], .low = (const float *)mat[MAT_LOW],
+                   .in = in, .out = out, .x = x, .bias = bias, .y = y, .ldy = out,
+                   .accumulate = accumulate, .M = M};
     return a;
 }
 
@@ -563,13 +658,16 @@ static void store_kv(const float *src, void *cache, int dt, int64_t slot, int64_
     }
 }
 
-/* One decode step for M requests (one new token each). Returns 0, or -1 when a buffer or a
- * thread could not be had. ``logits``: [M, vocab] float32. */
+/* One forward of M tokens, each attending to its request's KV slots
+ * req_to_token[rows[m], 0 .. seq_lens[m]) after its own K and V are written at out_loc[m]:
+ * a decode step (one token per request), or a short prefill (a request's tokens in order,
+ * seq_lens[m] = position + 1: causal). Logits of the R tokens ``logit_rows``: [R, vocab]
+ * float32. Returns 0, or -1 when a buffer or a thread could not be had. */
 int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *layer_ptrs,
                       double eps, double scale, int M, const int64_t *input_ids,
                       const int64_t *positions, const int64_t *out_loc, const int64_t *rows,
                       const int64_t *seq_lens, const int64_t *req_to_token, int64_t stride,
-                      float *logits, int nthreads) {
+                      const int64_t *logit_rows, int R, float *logits, int nthreads) {
     const int L = (int)cfg[CFG_LAYERS], Hq = (int)cfg[CFG_HEADS], Hkv = (int)cfg[CFG_KV_HEADS],
               D = (int)cfg[CFG_HEAD_DIM], wdt = (int)cfg[CFG_TABLE_DTYPE], kvdt = (int)cfg[CFG_KVDTYPE];
     const int64_t H = cfg[CFG_HIDDEN], I = cfg[CFG_INTER], V = cfg[CFG_VOCAB];
@@ -621,8 +719,10 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         gemv_args gd = product(lp + L_DOWN, I, H, act, NULL, hidden, 1, M);
         rc |= gemv(&gd, nthreads);
     }
-    rms_norm(hidden, (const float *)ptrs[P_FINAL_NORM], xn, M, H, (float)eps);
-    gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, M);
+    for (int r = 0; r < R; r++) /* the rows that need logits, packed */
+        rms_norm(hidden + logit_rows[r] * H, (const float *)ptrs[P_FINAL_NORM], xn + r * H, 1, H,
+                 (float)eps);
+    gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
     rc |= gemv(&gl, nthreads);
     pthread_mutex_unlock(&pool.step_lock);
     free(buf);
@@ -644,3 +744,6 @@ int plait_gemv(const void *w, int dtype, const float *scale, const float *low, i
     pthread_mutex_unlock(&pool.step_lock);
     return rc;
 }
+
+/* 1 when bfloat16 products round the activations to bfloat16 (AVX512_BF16), else 0. */
+int plait_bf16_dot(void) { return BF16_DOT; }

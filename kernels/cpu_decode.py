@@ -94,8 +94,10 @@ def library() -> ctypes.CDLL | None:
         *(_vp, _vp, _vp),  # cfg, globals, per-layer pointers (int64 arrays)
         *(_double, _double, _int),  # eps, scale, M
         *(_vp, _vp, _vp, _vp, _vp, _vp, _i64),  # ids .. req_to_token (int64), its row stride
-        *(_vp, _int),  # logits (float32), threads
+        *(_vp, _int, _vp, _int),  # logit rows (int64) and their count, logits (float32), threads
     ]
+    lib.plait_bf16_dot.restype = _int
+    lib.plait_bf16_dot.argtypes = []
     lib.plait_gemv.restype = _int
     lib.plait_gemv.argtypes = [_vp, _int, _vp, _vp, _i64, _i64, _vp, _vp, _vp, _int, _int, _int]
     return lib

@@ -144,8 +144,9 @@ class EngineConfig:
     decode_kernel: str = _opt(
         "auto",
         (str,),
-        "CPU decode steps of a few requests (float32: 16, bfloat16: 8): fused (the whole step in one C call, built with "
-        "the machine's C compiler at first use) or torch; auto: fused where supported",
+        "CPU forwards of up to 64 tokens (int4: 8), decode steps and short prefills: fused "
+        "(the whole step in one C call, built with the machine's C compiler at first use) or "
+        "torch; auto: fused where supported",
         choices=DECODE_KERNELS,
     )
     disable_radix_cache: bool = _opt(False, (bool,), "no prefix reuse between requests")

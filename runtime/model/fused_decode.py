@@ -1,4 +1,5 @@
-"""The whole CPU decode step of a Llama-family model in one C call (``kernels/cpu_decode.c``).
+"""A CPU decode step (or a short prefill) of a Llama-family model in one C call
+(``kernels/cpu_decode.c``).
 
 A decode step of a small model in torch is ~1,500 small ops around its products, each with a
 dispatch and a thread-pool wake-up: at one token per step that overhead is a third of the step
@@ -6,7 +7,7 @@ dispatch and a thread-pool wake-up: at one token per step that overhead is a thi
 and the RoPE tables out as address tables once, and each decode forward is then one C call.
 
 Invariants:
-- Used only for decode forwards (one new token per request) of at most ``max_rows`` requests,
+- Used only for forwards of at most ``max_rows`` tokens (decode steps, short prefills),
   on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
   float32 weights out before building it) or quantized (``Int8Linear``, ``Int4Linear``: their
   codes, with float32 scales), and a float32 or bfloat16 KV pool; ``unsupported`` names what
@@ -30,10 +31,12 @@ from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
 from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 
-# Above this many requests (by weight dtype) a decode step goes through torch: the C products
-# are matrix-vector kernels, and past these sizes torch's GEMMs are faster (measured with
-# bench_threads at 8, 16 and 32 requests: bench/RESULTS.md, issue 15).
-MAX_ROWS = {torch.float32: 16, torch.bfloat16: 8}
+# Above this many tokens (by weight format) a forward goes through torch. The C products are
+# register-tiled (4 weight rows x 4 activation rows; bfloat16 by AVX512_BF16 dot products), so
+# for float32, bfloat16 and int8 they match or beat torch's GEMMs up to decode batches of 64;
+# int4's kernel unpacks one row at a time and loses to torch's dense copy past 8 (measured
+# with bench_threads at 8 and 32 requests: bench/RESULTS.md, issue 15).
+MAX_ROWS = {"float32": 64, "bfloat16": 64, "int8": 64, "int4": 8}
 
 _DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # = DT_F32, DT_BF16 in cpu_decode.c
 _DT_I8, _DT_I4 = 2, 3
@@ -66,6 +69,14 @@ def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.de
     return None
 
 
+def _kind(lin: torch.nn.Module) -> str:
+    if isinstance(lin, Int8Linear):
+        return "int8"
+    if isinstance(lin, Int4Linear):
+        return "int4"
+    return str(lin.weight.dtype).removeprefix("torch.")
+
+
 def _matrix_tensors(lin: torch.nn.Module) -> list[torch.Tensor]:
     if isinstance(lin, Int8Linear):
         return [lin.qweight, lin.scale]
@@ -75,7 +86,7 @@ def _matrix_tensors(lin: torch.nn.Module) -> list[torch.Tensor]:
 
 
 class FusedDecode:
-    """``forward(batch, threads)`` -> float32 logits ``[M, vocab]`` for a decode batch."""
+    """``forward(batch, threads, sample_index)`` -> float32 logits of the sampled tokens."""
 
     def __init__(self, model: LlamaForCausalLM, kv_pool: TokenToKVPool) -> None:
         lib = cpu_decode.library()
@@ -87,8 +98,7 @@ class FusedDecode:
         self.eps, self.scale = float(cfg.rms_norm_eps), cfg.head_dim**-0.5
         self.vocab = cfg.vocab_size
         tables = model.model.embed_tokens.weight.dtype
-        head = model.lm_head
-        self.max_rows = MAX_ROWS[head.weight.dtype] if isinstance(head, Linear) else 8
+        self.max_rows = MAX_ROWS[_kind(model.model.layers[0].mlp.down_proj)]
         self._cfg = torch.tensor(
             [
                 cfg.num_layers,
@@ -175,23 +185,30 @@ class FusedDecode:
         self._sources = self._watched()
         self._addresses = [t.data_ptr() for t in self._sources]
 
-    def forward(self, batch: ForwardBatch, threads: int) -> torch.Tensor:
-        assert batch.mode == ForwardMode.DECODE
+    def forward(
+        self, batch: ForwardBatch, threads: int, sample_index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Logits ``[R, vocab]`` of the flat tokens ``sample_index`` (default: every token),
+        for a decode batch or a short prefill: each token attends to its request's slots up
+        to its own position (``positions + 1``), so an extend is causal."""
         if [t.data_ptr() for t in self._watched()] != self._addresses:
             self._build()  # a weight or buffer was replaced
         n = batch.num_tokens
-        logits = torch.empty(n, self.vocab, dtype=torch.float32)
         table = batch.req_to_token
-        ids, pos, loc, rows, seq = (
+        ids, pos, loc = (
             t.to(torch.int64).contiguous()
-            for t in (
-                batch.input_ids,
-                batch.positions,
-                batch.out_cache_loc,
-                batch.req_pool_indices,
-                batch.seq_lens,
-            )
+            for t in (batch.input_ids, batch.positions, batch.out_cache_loc)
         )
+        if batch.mode == ForwardMode.DECODE:
+            rows, seq = batch.req_pool_indices, batch.seq_lens
+        else:  # per token: its request's row, and the keys up to its own position
+            ext = torch.tensor(batch.extend_lens_cpu, device=batch.req_pool_indices.device)
+            rows, seq = batch.req_pool_indices.repeat_interleave(ext), pos + 1
+        rows, seq = rows.to(torch.int64).contiguous(), seq.to(torch.int64).contiguous()
+        if sample_index is None:
+            sample_index = torch.arange(n)
+        sample = sample_index.to(torch.int64).contiguous()
+        logits = torch.empty(sample.numel(), self.vocab, dtype=torch.float32)
         assert table.is_contiguous() and table.dtype == torch.int64
         rc = self.lib.plait_decode_step(
             self._cfg.data_ptr(),
@@ -207,6 +224,8 @@ class FusedDecode:
             seq.data_ptr(),
             table.data_ptr(),
             table.stride(0),
+            sample.data_ptr(),
+            sample.numel(),
             logits.data_ptr(),
             threads,
         )

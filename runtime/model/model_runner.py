@@ -11,7 +11,7 @@ from plait.kernels.attention_backend import AttentionBackend
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.model import fused_decode
-from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
+from plait.runtime.model.forward_batch import ForwardBatch
 from plait.runtime.model.fused_decode import FusedDecode
 from plait.runtime.model.models import blas
 from plait.runtime.model.models.blas import OpenBLAS
@@ -33,7 +33,7 @@ class ModelRunner:
     picks the count of each forward. ``float32_matmul`` (``EngineConfig``) decides whether the
     float32 products run on OpenBLAS; if so, on the picked count while torch's own ops run on
     one thread: two busy pools stall each other (``models/blas.py``). ``decode_kernel`` decides
-    whether small decode steps (``FusedDecode.max_rows``) run as one C call
+    whether small forwards (``FusedDecode.max_rows`` tokens: decode steps, short prefills) run as one C call
     (``FusedDecode``, on its own threads, likewise with torch's on one); it needs ``[out, in]``
     weights, so the runner re-lays float32 weights out when it is on.
     """
@@ -113,8 +113,7 @@ class ModelRunner:
                 use = threads
         fused = (
             self.fused is not None
-            and batch.mode == ForwardMode.DECODE
-            and prompt_index is None
+            and (prompt_index is None or not prompt_index.numel())
             and batch.num_tokens <= self.fused.max_rows
         )
         torch_use = use
@@ -129,9 +128,7 @@ class ModelRunner:
         try:
             if fused:
                 assert self.fused is not None
-                logits = self.fused.forward(batch, use)
-                if sample_index.numel() != logits.shape[0]:
-                    logits = logits[sample_index]
+                logits = self.fused.forward(batch, use, sample_index)
                 if self.threads is not None:
                     self.threads.record(batch.num_tokens, use, time.perf_counter() - start)
                 return LogitsOutput(logits, None)
