@@ -200,6 +200,9 @@ def test_a_replaced_weight_is_seen(model_dirs):
     head = state.runner.model.lm_head
     head.weight.data = torch.zeros_like(head.weight)
     assert torch.count_nonzero(state.fused_step(batch)) == 0
+    head.weight = torch.nn.Parameter(torch.ones_like(head.weight))  # a new object: refresh()
+    state.runner.fused.refresh()
+    assert torch.all(state.fused_step(batch) != 0)
 
 
 def test_runner_takes_the_fused_step_for_small_forwards(model_dirs):
