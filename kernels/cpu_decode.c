@@ -449,6 +449,19 @@ static void gemv_task(void *p, int tid, int nth) {
     if (lo < hi) nt_rows(a, lo, hi);
 }
 
+/* float32 -> bfloat16, round to nearest even: 32 at a time by the CPU's own conversion
+ * (was a scalar loop: ~10 ms of a 32-row bfloat16 step). */
+static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
+    int64_t i = 0;
+#if BF16_DOT
+    for (; i + 32 <= n; i += 32) {
+        __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(src + i + 16), _mm512_loadu_ps(src + i));
+        _mm512_storeu_si512(dst + i, (__m512i)v);
+    }
+#endif
+    for (; i < n; i++) dst[i] = f32_to_bf16(src[i]);
+}
+
 /* Returns -1 when DT_I4's group sums found no memory. */
 static int gemv(gemv_args *a, int nth) {
     float *xsum = NULL;
@@ -472,7 +485,7 @@ static int gemv(gemv_args *a, int nth) {
             free(xsum);
             return -1;
         }
-        for (int64_t i = 0; i < n; i++) xb[i] = f32_to_bf16(a->x[i]);
+        to_bf16(a->x, xb, n);
         a->xb = xb;
     }
     parallel(gemv_task, a, nth);
