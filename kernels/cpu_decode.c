@@ -218,6 +218,16 @@ static int ensure_workers(int n) {
     return 0;
 }
 
+/* Takes the pool for one call (released by the caller's pthread_mutex_unlock(&pool.step_lock))
+ * and returns the thread count it can run: ``nthreads`` clamped to [1, MAX_THREADS], fewer if
+ * a worker could not be started. */
+static int acquire_pool(int nthreads) {
+    nthreads = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
+    pthread_mutex_lock(&pool.step_lock);
+    if (ensure_workers(nthreads - 1) != 0) nthreads = pool.workers + 1;
+    return nthreads;
+}
+
 /* Runs fn(arg, tid, nth) for tid in [0, nth): tid 0 on the caller's thread. */
 static void parallel(task_fn fn, void *arg, int nth) {
     if (nth <= 1 || pool.workers == 0) {
@@ -268,6 +278,13 @@ typedef struct {
     int M;
 } gemv_args;
 
+/* An output's last step, in every kernel: + bias, then stored or added (the residual). */
+INLINE void emit(const gemv_args *a, int m, int64_t o, float s) {
+    if (a->bias) s += a->bias[o];
+    float *dst = a->y + (int64_t)m * a->ldy + o;
+    *dst = a->accumulate ? *dst + s : s;
+}
+
 /* RO weight rows against NB activation rows: RO x NB accumulators, each output's products
  * summed in one register over k in steps of 16 (lanes then summed by ``hsum``'s halving
  * tree, the tail of k after): the same order for every RO, NB, M and thread count, so an
@@ -299,9 +316,7 @@ typedef struct {
                 float s = hsum(acc[r][b]);                                                     \
                 for (int64_t t = K16; t < K; t++) s += TO_F32(w[r * K + t]) * x[b * K + t];    \
                 if (a->dtype == DT_I8) s *= a->scale[o + r];                                   \
-                if (a->bias) s += a->bias[o + r];                                              \
-                float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o + r;                        \
-                *dst = a->accumulate ? *dst + s : s;                                           \
+                emit(a, m0 + b, o + r, s);                                                     \
             }                                                                                  \
     }
 
@@ -338,9 +353,7 @@ typedef struct {
                 float s = hsum(v);                                                             \
                 for (int64_t t = K32; t < K; t++)                                              \
                     s += bf16_to_f32(w[r * K + t]) * bf16_to_f32(x[b * K + t]);                \
-                if (a->bias) s += a->bias[o + r];                                              \
-                float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o + r;                        \
-                *dst = a->accumulate ? *dst + s : s;                                           \
+                emit(a, m0 + b, o + r, s);                                                     \
             }                                                                                  \
     }
 NT_TILE_DOT(nt_bf16d_1x1, 1, 1)
@@ -399,9 +412,7 @@ NT_TILES(nt_i8, load_i8, int8_t, i8_to_f32)
         }                                                                                      \
         for (int b = 0; b < NB; b++) {                                                         \
             float s = hsum(acc[b][0] + acc[b][1]) + lows[b];                                   \
-            if (a->bias) s += a->bias[o];                                                      \
-            float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o;                                \
-            *dst = a->accumulate ? *dst + s : s;                                               \
+            emit(a, m0 + b, o, s);                                                             \
         }                                                                                      \
     }
 
@@ -523,8 +534,7 @@ static gemv_args product(const int64_t *mat, int64_t in, int64_t out, const floa
 }
 
 typedef struct {
-    const int64_t *cfg;
-    int M, H, Hq, Hkv, D;
+    int M, Hq, Hkv, D;
     int kvdt;
     const float *qkv; /* [M, (Hq + 2 Hkv) D], q and k rotated */
     float *out;       /* [M, Hq D] */
@@ -624,16 +634,15 @@ static void rms_norm(const float *x, const float *w, float *y, int M, int64_t H,
     for (int m = 0; m < M; m++) {
         const float *xr = x + m * H;
         float *yr = y + m * H;
-        double ss = 0.0;
         f32x16 acc = splat(0.0f);
         int64_t i = 0;
         for (; i + 16 <= H; i += 16) {
             f32x16 v = load_f32(xr + i);
             acc += v * v;
         }
-        ss = hsum(acc);
+        float ss = hsum(acc);
         for (; i < H; i++) ss += xr[i] * xr[i];
-        float rstd = 1.0f / sqrtf((float)ss / (float)H + eps);
+        float rstd = 1.0f / sqrtf(ss / (float)H + eps);
         for (i = 0; i < H; i++) yr[i] = w[i] * (xr[i] * rstd);
     }
 }
@@ -642,16 +651,11 @@ INLINE float table(const void *t, int dt, int64_t i) {
     return dt == DT_BF16 ? bf16_to_f32(((const uint16_t *)t)[i]) : ((const float *)t)[i];
 }
 
-/* RoPE on the q and k heads of one row in place (rotate-half layout, ``sin`` with its first
- * half negated as ``RotaryEmbedding`` stores it); then k and v into the pool's slot. */
-static void rope_and_store(float *row, int nheads, int D, const void *cos, const void *sin,
-                           int dt, int64_t pos) {
+/* RoPE on the q and k heads of one row in place (rotate-half layout, ``s`` with its first
+ * half negated as ``RotaryEmbedding`` stores it); c, s: the row's position's cos / sin. */
+static void rope(float *row, int nheads, int D, const float *c, const float *s) {
     const int half = D / 2;
-    float c[256], s[256], tmp[256];
-    for (int d = 0; d < D; d++) {
-        c[d] = table(cos, dt, pos * D + d);
-        s[d] = table(sin, dt, pos * D + d);
-    }
+    float tmp[256];
     for (int h = 0; h < nheads; h++) {
         float *x = row + (int64_t)h * D;
         for (int d = 0; d < D; d++) {
@@ -686,24 +690,29 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
     const int64_t H = cfg[CFG_HIDDEN], I = cfg[CFG_INTER], V = cfg[CFG_VOCAB];
     const int64_t QKV = (int64_t)(Hq + 2 * Hkv) * D;
     if (D % 16 || D > 256 || Hq % Hkv) return -2;
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
+    nthreads = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
     int64_t max_seq = 1;
     for (int m = 0; m < M; m++) max_seq = seq_lens[m] > max_seq ? seq_lens[m] : max_seq;
 
-    int64_t floats = M * (2 * H + QKV + Hq * D + 3 * I) + nthreads * max_seq + 64;
+    int64_t floats = M * (2 * H + QKV + Hq * D + 3 * I + 2 * D) + nthreads * max_seq + 64;
     float *buf = (float *)aligned_alloc(64, ((floats * sizeof(float)) + 63) & ~(size_t)63);
     if (!buf) return -1;
     float *hidden = buf, *xn = hidden + M * H, *qkv = xn + M * H, *attn = qkv + M * QKV,
-          *gu = attn + M * Hq * D, *act = gu + M * 2 * I, *scores = act + M * I;
+          *gu = attn + M * Hq * D, *act = gu + M * 2 * I, *cs = act + M * I,
+          *scores = cs + M * 2 * D;
 
-    pthread_mutex_lock(&pool.step_lock);
-    if (ensure_workers(nthreads - 1) != 0) nthreads = pool.workers + 1;
+    nthreads = acquire_pool(nthreads);
     int rc = 0;
 
     const void *embed = (const void *)ptrs[P_EMBED];
     for (int m = 0; m < M; m++)
         for (int64_t i = 0; i < H; i++) hidden[m * H + i] = table(embed, wdt, input_ids[m] * H + i);
+
+    for (int m = 0; m < M; m++) /* each row's cos | sin, shared by every layer */
+        for (int d = 0; d < D; d++) {
+            cs[m * 2 * D + d] = table((const void *)ptrs[P_COS], wdt, positions[m] * D + d);
+            cs[m * 2 * D + D + d] = table((const void *)ptrs[P_SIN], wdt, positions[m] * D + d);
+        }
 
     for (int l = 0; l < L; l++) {
         const int64_t *lp = layer_ptrs + (int64_t)l * L_COUNT;
@@ -712,13 +721,12 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         rc |= gemv(&g, nthreads);
         for (int m = 0; m < M; m++) {
             float *row = qkv + m * QKV;
-            rope_and_store(row, Hq + Hkv, D, (const void *)ptrs[P_COS], (const void *)ptrs[P_SIN],
-                           wdt, positions[m]);
+            rope(row, Hq + Hkv, D, cs + m * 2 * D, cs + m * 2 * D + D);
             store_kv(row + (int64_t)Hq * D, (void *)lp[L_K], kvdt, out_loc[m], (int64_t)Hkv * D);
             store_kv(row + (int64_t)(Hq + Hkv) * D, (void *)lp[L_V], kvdt, out_loc[m],
                      (int64_t)Hkv * D);
         }
-        attn_args at = {cfg, M, (int)H, Hq, Hkv, D, kvdt, qkv, attn,
+        attn_args at = {M, Hq, Hkv, D, kvdt, qkv, attn,
                         (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
                         rows, seq_lens, scores, max_seq, (float)scale};
         parallel(attn_task, &at, nthreads);
@@ -747,10 +755,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
 int plait_gemv(const void *w, int dtype, const float *scale, const float *low, int64_t in,
                int64_t out, const float *x, const float *bias, float *y, int accumulate, int M,
                int nthreads) {
-    if (nthreads < 1) nthreads = 1;
-    if (nthreads > MAX_THREADS) nthreads = MAX_THREADS;
-    pthread_mutex_lock(&pool.step_lock);
-    if (ensure_workers(nthreads - 1) != 0) nthreads = pool.workers + 1;
+    nthreads = acquire_pool(nthreads);
     int64_t mat[MAT_COUNT] = {(int64_t)w, dtype, (int64_t)scale, (int64_t)low};
     gemv_args a = product(mat, in, out, x, bias, y, accumulate, M);
     int rc = gemv(&a, nthreads);

@@ -79,14 +79,6 @@ def _kind(lin: torch.nn.Module) -> str:
     return str(lin.weight.dtype).removeprefix("torch.")
 
 
-def _matrix_tensors(lin: torch.nn.Module) -> list[torch.Tensor]:
-    if isinstance(lin, Int8Linear):
-        return [lin.qweight, lin.scale]
-    if isinstance(lin, Int4Linear):
-        return [lin.nibbles, lin.group_scale, lin.group_low]
-    return [lin.weight]
-
-
 class FusedDecode:
     """``forward(batch, threads, sample_index)`` -> float32 logits of the sampled tokens."""
 
@@ -122,32 +114,24 @@ class FusedDecode:
         """Re-reads every address from the model and the pool (after replacing parameters)."""
         self._build()
 
-    def _watched(self) -> list[torch.Tensor]:
-        """Every tensor whose address is in the tables (the norms and biases through their
-        float32 copies' sources)."""
-        m = self.model.model
-        out = [m.embed_tokens.weight, m.norm.weight, m.rotary.cos, m.rotary.sin]
-        out += _matrix_tensors(self.model.lm_head)
-        for layer in m.layers:
-            a, p = layer.self_attn, layer.mlp
-            out += [layer.input_layernorm.weight, layer.post_attention_layernorm.weight]
-            for lin in (a.qkv_proj, a.o_proj, p.gate_up_proj, p.down_proj):
-                out += _matrix_tensors(lin)
-            if getattr(a.qkv_proj, "bias", None) is not None:
-                out.append(a.qkv_proj.bias)
-        out += self.kv_pool.k_buffer + self.kv_pool.v_buffer
-        return out
-
     def _build(self) -> None:
+        """Lays every address out in the tables, and holds each tensor it took one from
+        (``_sources``; a float32 copy's source, not the copy) for the per-call check."""
         for lin in self.model.modules():
             if isinstance(lin, Linear) and lin.transposed:
                 raise ValueError("the fused decode step needs [out, in] weights")
         m = self.model.model
         self._copies: list[torch.Tensor] = []
+        self._sources = []
+
+        def ptr(t: torch.Tensor) -> int:
+            self._sources.append(t)
+            return t.data_ptr()
 
         def f32_copy(t: torch.Tensor | None) -> int:
             if t is None:
                 return 0
+            self._sources.append(t)
             c = t.detach().float().contiguous()
             self._copies.append(c)
             return c.data_ptr()
@@ -155,18 +139,17 @@ class FusedDecode:
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
             if isinstance(lin, Int8Linear):
-                return [lin.qweight.data_ptr(), _DT_I8, f32_copy(lin.scale), 0]
+                return [ptr(lin.qweight), _DT_I8, f32_copy(lin.scale), 0]
             if isinstance(lin, Int4Linear):
-                scale, low = lin.group_scale.data_ptr(), lin.group_low.data_ptr()
-                return [lin.nibbles.data_ptr(), _DT_I4, scale, low]
-            return [lin.weight.data_ptr(), _DTYPES[lin.weight.dtype], 0, 0]
+                return [ptr(lin.nibbles), _DT_I4, ptr(lin.group_scale), ptr(lin.group_low)]
+            return [ptr(lin.weight), _DTYPES[lin.weight.dtype], 0, 0]
 
         self._globals = torch.tensor(
             [
-                m.embed_tokens.weight.data_ptr(),
+                ptr(m.embed_tokens.weight),
                 f32_copy(m.norm.weight),
-                m.rotary.cos.data_ptr(),
-                m.rotary.sin.data_ptr(),
+                ptr(m.rotary.cos),
+                ptr(m.rotary.sin),
                 *matrix(self.model.lm_head),
             ],
             dtype=torch.int64,
@@ -179,8 +162,8 @@ class FusedDecode:
                     f32_copy(layer.input_layernorm.weight),
                     f32_copy(getattr(a.qkv_proj, "bias", None)),
                     f32_copy(layer.post_attention_layernorm.weight),
-                    self.kv_pool.k_buffer[i].data_ptr(),
-                    self.kv_pool.v_buffer[i].data_ptr(),
+                    ptr(self.kv_pool.k_buffer[i]),
+                    ptr(self.kv_pool.v_buffer[i]),
                     *matrix(a.qkv_proj),
                     *matrix(a.o_proj),
                     *matrix(p.gate_up_proj),
@@ -188,7 +171,6 @@ class FusedDecode:
                 ]
             )
         self._layers = torch.tensor(rows, dtype=torch.int64)
-        self._sources = self._watched()
         self._addresses = [t.data_ptr() for t in self._sources]
 
     def forward(

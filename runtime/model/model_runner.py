@@ -126,18 +126,16 @@ class ModelRunner:
             torch.set_num_threads(torch_use)
         start = time.perf_counter()
         try:
+            prompt_logits = None
             if fused:
                 assert self.fused is not None
                 logits = self.fused.forward(batch, use, sample_index)
-                if self.threads is not None:
-                    self.threads.record(batch.num_tokens, use, time.perf_counter() - start)
-                return LogitsOutput(logits, None)
-            self.attn.init_forward_metadata(batch)
-            hidden = self.model(batch, self.kv_pool, self.attn)
-            logits = self.model.compute_logits(hidden[sample_index])
-            prompt_logits = None
-            if prompt_index is not None and prompt_index.numel():
-                prompt_logits = self.model.compute_logits(hidden[prompt_index])
+            else:
+                self.attn.init_forward_metadata(batch)
+                hidden = self.model(batch, self.kv_pool, self.attn)
+                logits = self.model.compute_logits(hidden[sample_index])
+                if prompt_index is not None and prompt_index.numel():
+                    prompt_logits = self.model.compute_logits(hidden[prompt_index])
         finally:
             if restore:
                 torch.set_num_threads(threads)
