@@ -32,11 +32,14 @@ def wait_healthy(url: str) -> list[object]:
     return seen
 
 
+MAX_NEW = 120
+
+
 async def _stream(c: httpx.AsyncClient, url: str, i: int, started: asyncio.Event) -> list:
     body = {
         "text": f"Stream {i}:",
         "stream": True,
-        "sampling_params": {"max_new_tokens": 120, "ignore_eos": True},  # all 32 fit the KV pool
+        "sampling_params": {"max_new_tokens": MAX_NEW, "ignore_eos": True},  # all 32 fit the pool
     }
     events: list = []
     async with c.stream("POST", f"{url}/generate", json=body) as r:
@@ -55,16 +58,15 @@ def test_a_killed_worker_fails_its_streams_and_a_new_one_serves(robust_server, p
     (worker,) = procs.children(server.pid)
     restarts = metric(url, "plait:worker_restarts")
 
-    async def run() -> tuple[float, list]:
+    async def run() -> list:
         async with httpx.AsyncClient(timeout=HANG_GUARD_S) as c:
             started = [asyncio.Event() for _ in range(32)]
             tasks = [asyncio.ensure_future(_stream(c, url, i, e)) for i, e in enumerate(started)]
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), HANG_GUARD_S)
             os.kill(worker, signal.SIGKILL)
-            killed = time.monotonic()
-            return killed, await asyncio.wait_for(asyncio.gather(*tasks), HANG_GUARD_S)
+            return await asyncio.wait_for(asyncio.gather(*tasks), HANG_GUARD_S)
 
-    killed, streams = asyncio.run(run())
+    streams = asyncio.run(run())
     errors = 0
     for events in streams:
         assert events[-1][1] == "[DONE]"  # every stream ended
@@ -73,9 +75,10 @@ def test_a_killed_worker_fails_its_streams_and_a_new_one_serves(robust_server, p
             errors += 1
             assert last["error"]["code"] == 503 and "worker" in last["error"]["message"]
             assert "ipc://" not in last["error"]["message"]
-        else:  # it finished before the kill
+        else:  # the old worker finished it: every token came (the client may read its last
+            # events after the kill, from buffers, so their arrival time says nothing)
             assert last["meta_info"]["finish_reason"]["type"] == "length"
-            assert events[-2][0] <= killed
+            assert last["meta_info"]["completion_tokens"] == MAX_NEW
     assert errors >= 1
 
     seen = wait_healthy(url)
