@@ -56,12 +56,19 @@ INLINE f32x16 splat(float a) { return (f32x16){a, a, a, a, a, a, a, a, a, a, a, 
 INLINE f32x16 load_f32(const float *p) { f32x16 v; memcpy(&v, p, 64); return v; }
 INLINE void store_f32(float *p, f32x16 v) { memcpy(p, &v, 64); }
 INLINE f32x16 load_bf16(const uint16_t *p) {
+#if defined(__AVX512F__) /* one widening load (gcc splits the generic one in two halves) */
+    __m512i w = _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const void *)p)), 16);
+    f32x16 f;
+    memcpy(&f, &w, 64);
+    return f;
+#else
     u16x16 h;
     memcpy(&h, p, 32);
     u32x16 w = __builtin_convertvector(h, u32x16) << 16;
     f32x16 f;
     memcpy(&f, &w, 64);
     return f;
+#endif
 }
 /* Bytes to floats by zero extension (widen, then convert: gcc 12 scalarises a direct
  * conversion, and any sign extension of bytes). */
@@ -93,6 +100,43 @@ INLINE float hsum(f32x16 v) {
               __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
     f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
     return (b[0] + b[2]) + (b[1] + b[3]);
+}
+/* 16 sums at once, each in exactly ``hsum``'s order (so the same bits): lane 4k + i holds
+ * hsum(v[4i + k]). 15 shuffle pairs and adds against 16 x 7 for ``hsum`` one by one: the
+ * epilogue of a 4 x 4 tile was a quarter of a bfloat16 product over 576 inputs. */
+INLINE f32x16 hsum16(const f32x16 *v) {
+    f32x16 z[8], w[4], t[2];
+    for (int p = 0; p < 8; p++) /* lane i + lane i + 8 */
+        z[p] = __builtin_shufflevector(v[2 * p], v[2 * p + 1], 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18,
+                                       19, 20, 21, 22, 23) +
+               __builtin_shufflevector(v[2 * p], v[2 * p + 1], 8, 9, 10, 11, 12, 13, 14, 15, 24,
+                                       25, 26, 27, 28, 29, 30, 31);
+    for (int q = 0; q < 4; q++) /* + 4 */
+        w[q] = __builtin_shufflevector(z[2 * q], z[2 * q + 1], 0, 1, 2, 3, 8, 9, 10, 11, 16, 17,
+                                       18, 19, 24, 25, 26, 27) +
+               __builtin_shufflevector(z[2 * q], z[2 * q + 1], 4, 5, 6, 7, 12, 13, 14, 15, 20, 21,
+                                       22, 23, 28, 29, 30, 31);
+    for (int r = 0; r < 2; r++) /* + 2 */
+        t[r] = __builtin_shufflevector(w[2 * r], w[2 * r + 1], 0, 1, 16, 17, 4, 5, 20, 21, 8, 9,
+                                       24, 25, 12, 13, 28, 29) +
+               __builtin_shufflevector(w[2 * r], w[2 * r + 1], 2, 3, 18, 19, 6, 7, 22, 23, 10, 11,
+                                       26, 27, 14, 15, 30, 31);
+    return __builtin_shufflevector(t[0], t[1], 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24, 26, 12, 14,
+                                   28, 30) + /* + 1 */
+           __builtin_shufflevector(t[0], t[1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15,
+                                   29, 31);
+}
+/* The sums of a tile's RO x NB accumulators, sums[r * NB + b], each in ``hsum``'s order. */
+INLINE void tile_sums(const f32x16 *acc, int RO, int NB, float *sums) {
+    if (RO == 4 && NB == 4) {
+        f32x16 v[16];
+        for (int r = 0; r < 4; r++)
+            for (int b = 0; b < 4; b++) v[4 * b + r] = acc[r * 4 + b];
+        f32x16 s = hsum16(v); /* lane 4r + b: acc[r][b] */
+        memcpy(sums, &s, 64);
+        return;
+    }
+    for (int i = 0; i < RO * NB; i++) sums[i] = hsum(acc[i]);
 }
 INLINE f32x16 vselect(i32x16 mask, f32x16 a, f32x16 b) {
     i32x16 ai, bi;
@@ -311,9 +355,11 @@ INLINE void emit(const gemv_args *a, int m, int64_t o, float s) {
                 for (int r = 0; r < RO; r++) acc[r][b] += wv[r] * xv;                          \
             }                                                                                  \
         }                                                                                      \
+        float sums[RO * NB];                                                                   \
+        tile_sums(&acc[0][0], RO, NB, sums);                                                   \
         for (int r = 0; r < RO; r++)                                                           \
             for (int b = 0; b < NB; b++) {                                                     \
-                float s = hsum(acc[r][b]);                                                     \
+                float s = sums[r * NB + b];                                                    \
                 for (int64_t t = K16; t < K; t++) s += TO_F32(w[r * K + t]) * x[b * K + t];    \
                 if (a->dtype == DT_I8) s *= a->scale[o + r];                                   \
                 emit(a, m0 + b, o + r, s);                                                     \
@@ -346,11 +392,13 @@ INLINE void emit(const gemv_args *a, int m, int64_t o, float s) {
                 for (int r = 0; r < RO; r++) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], wv[r], xv); \
             }                                                                                  \
         }                                                                                      \
+        f32x16 accf[RO * NB];                                                                  \
+        float sums[RO * NB];                                                                   \
+        memcpy(accf, acc, sizeof(accf));                                                       \
+        tile_sums(accf, RO, NB, sums);                                                         \
         for (int r = 0; r < RO; r++)                                                           \
             for (int b = 0; b < NB; b++) {                                                     \
-                f32x16 v;                                                                      \
-                memcpy(&v, &acc[r][b], 64);                                                    \
-                float s = hsum(v);                                                             \
+                float s = sums[r * NB + b];                                                    \
                 for (int64_t t = K32; t < K; t++)                                              \
                     s += bf16_to_f32(w[r * K + t]) * bf16_to_f32(x[b * K + t]);                \
                 emit(a, m0 + b, o + r, s);                                                     \
@@ -542,65 +590,167 @@ typedef struct {
     const int64_t *slots; /* req_to_token */
     int64_t stride;
     const int64_t *rows, *seq_lens;
-    float *scores; /* [nth, max_seq] */
+    float *scores; /* [nth, Hq / Hkv, max_seq] */
     int64_t max_seq;
     float scale;
 } attn_args;
 
+/* The attention of one unit is written with D (head_dim) and the KV dtype as arguments of
+ * always-inline functions, called with constants for the common shapes (below): with them
+ * known, the loops over D unroll and a unit's outputs stay in registers. */
+
+/* q . k for one query head and one cached key (``off``: the key's first element), as 16
+ * lanes for ``hsum``: bfloat16 keys through AVX512_BF16 dot products against the query
+ * rounded to bfloat16 (``qb``), as torch's bfloat16 attention does; else widened and FMAs. */
+INLINE f32x16 qk_lanes(const attn_args *a, const float *q, const uint16_t *qb, int64_t off,
+                       const int D, const int bf) {
+    f32x16 acc = splat(0.0f);
+    if (bf) {
+        const uint16_t *k = (const uint16_t *)a->kc + off;
+#if BF16_DOT
+        if (D % 32 == 0) {
+            __m512 d2 = _mm512_setzero_ps();
+            for (int d = 0; d < D; d += 32)
+                d2 = _mm512_dpbf16_ps(d2, (__m512bh)_mm512_loadu_si512(qb + d),
+                                      (__m512bh)_mm512_loadu_si512(k + d));
+            memcpy(&acc, &d2, 64);
+            return acc;
+        }
+#endif
+        (void)qb;
+        for (int d = 0; d < D; d += 16) acc += load_f32(q + d) * load_bf16(k + d);
+    } else {
+        const float *k = (const float *)a->kc + off;
+        for (int d = 0; d < D; d += 16) acc += load_f32(q + d) * load_f32(k + d);
+    }
+    return acc;
+}
+
+/* sc[s] = (q . k_s) * scale for s in [0, S), 16 keys at a time summed by ``hsum16`` (each
+ * lane in ``hsum``'s order, so a score has the same bits in a block or in the tail). */
+INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
+                      const int64_t *slot, int64_t S, int kvh, float *sc, const int D,
+                      const int bf) {
+    const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
+    int64_t s = 0;
+    for (; s + 16 <= S; s += 16) {
+        f32x16 acc[16];
+        for (int j = 0; j < 16; j++) acc[j] = qk_lanes(a, q, qb, slot[s + j] * HD + kvo, D, bf);
+        f32x16 v = hsum16(acc); /* lane 4k + i: key 4i + k */
+        v = __builtin_shufflevector(v, v, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        store_f32(sc + s, v * splat(a->scale));
+    }
+    for (; s < S; s++) sc[s] = hsum(qk_lanes(a, q, qb, slot[s] * HD + kvo, D, bf)) * a->scale;
+}
+
+/* Softmax's numerators in place over sc[0, S); returns their sum. */
+static float softmax_weights(float *sc, int64_t S) {
+    float mx = -INFINITY;
+    for (int64_t s = 0; s < S; s++) mx = sc[s] > mx ? sc[s] : mx;
+    float sum = 0.0f;
+    int64_t s = 0;
+    for (; s + 16 <= S; s += 16) {
+        f32x16 e = vexp(load_f32(sc + s) - splat(mx));
+        store_f32(sc + s, e);
+        sum += hsum(e);
+    }
+    for (; s < S; s++) {
+        sc[s] = sexp(sc[s] - mx);
+        sum += sc[s];
+    }
+    return sum;
+}
+
+/* out[h] = sum_s w[h][s] v_s / sums[h] for NH heads at once (w: rows ``ld`` apart), each V row
+ * read once for them; each head's sum runs over s in order, in its own registers. */
+INLINE void pv_heads(const attn_args *a, const int64_t *slot, int64_t S, int kvh, const float *w,
+                     int64_t ld, const float *sums, float *dst, const int NH, const int D,
+                     const int bf) {
+    const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
+    f32x16 o[4][16]; /* NH <= 4, D <= 256; not [NH][D / 16]: a VLA would stay in memory */
+    for (int h = 0; h < NH; h++)
+        for (int d = 0; d < D / 16; d++) o[h][d] = splat(0.0f);
+    for (int64_t s = 0; s < S; s++) {
+        const int64_t off = slot[s] * HD + kvo;
+        f32x16 p[4];
+        for (int h = 0; h < NH; h++) p[h] = splat(w[h * ld + s]);
+        for (int d = 0; d < D / 16; d++) {
+            f32x16 v = bf ? load_bf16((const uint16_t *)a->vc + off + 16 * d)
+                          : load_f32((const float *)a->vc + off + 16 * d);
+            for (int h = 0; h < NH; h++) o[h][d] += p[h] * v;
+        }
+    }
+    for (int h = 0; h < NH; h++) {
+        f32x16 inv = splat(1.0f / sums[h]);
+        for (int d = 0; d < D / 16; d++) store_f32(dst + (int64_t)h * D + 16 * d, o[h][d] * inv);
+    }
+}
+
+/* One unit of attention: request row m, query heads [h0, h1) of KV head kvh. Each head's
+ * output is computed in the same order whatever the unit (a unit only shares the loads of
+ * K and V among its heads), so the split of the work never changes a bit. */
+INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int h0, int h1, float *sc,
+                        const int D, const int bf) {
+    const int Hq = a->Hq;
+    const int64_t qkv_w = (int64_t)(Hq + 2 * a->Hkv) * D;
+    const int64_t *slot = a->slots + a->rows[m] * a->stride;
+    const int64_t S = a->seq_lens[m];
+    float sums[256];
+    uint16_t qb[256];
+    for (int h = h0; h < h1; h++) {
+        const float *q = a->qkv + m * qkv_w + (int64_t)h * D;
+        if (bf) to_bf16(q, qb, D);
+        float *hs = sc + (int64_t)(h - h0) * a->max_seq;
+        qk_scores(a, q, qb, slot, S, kvh, hs, D, bf);
+        sums[h - h0] = softmax_weights(hs, S);
+    }
+    float *out = a->out + (int64_t)m * Hq * D;
+    int h = h0;
+    for (; h + 4 <= h1; h += 4)
+        pv_heads(a, slot, S, kvh, sc + (h - h0) * a->max_seq, a->max_seq, sums + (h - h0),
+                 out + (int64_t)h * D, 4, D, bf);
+    for (; h < h1; h++)
+        pv_heads(a, slot, S, kvh, sc + (h - h0) * a->max_seq, a->max_seq, sums + (h - h0),
+                 out + (int64_t)h * D, 1, D, bf);
+}
+
+#define ATTN_UNIT(NAME, D)                                                                     \
+    static void NAME##_bf(const attn_args *a, int m, int kvh, int h0, int h1, float *sc) {     \
+        attn_unit_d(a, m, kvh, h0, h1, sc, D, 1);                                              \
+    }                                                                                          \
+    static void NAME##_f32(const attn_args *a, int m, int kvh, int h0, int h1, float *sc) {    \
+        attn_unit_d(a, m, kvh, h0, h1, sc, D, 0);                                              \
+    }
+ATTN_UNIT(attn_d64, 64)
+ATTN_UNIT(attn_d128, 128)
+ATTN_UNIT(attn_d256, 256)
+
+/* Any other head_dim (a multiple of 16, at most 256): the order of every sum is the same, the
+ * loops are not unrolled. */
+static void attn_unit(const attn_args *a, int m, int kvh, int h0, int h1, float *sc) {
+    const int bf = a->kvdt == DT_BF16;
+    switch (a->D) {
+    case 64: (bf ? attn_d64_bf : attn_d64_f32)(a, m, kvh, h0, h1, sc); return;
+    case 128: (bf ? attn_d128_bf : attn_d128_f32)(a, m, kvh, h0, h1, sc); return;
+    case 256: (bf ? attn_d256_bf : attn_d256_f32)(a, m, kvh, h0, h1, sc); return;
+    default: break;
+    }
+    attn_unit_d(a, m, kvh, h0, h1, sc, a->D, bf);
+}
+
+/* Units: (row, KV head) with all its query heads when there are enough of them to keep every
+ * thread busy (K and V read once per group), else (row, query head). */
 static void attn_task(void *p, int tid, int nth) {
     const attn_args *a = (const attn_args *)p;
-    const int Hq = a->Hq, Hkv = a->Hkv, D = a->D, G = Hq / Hkv;
-    const int64_t qkv_w = (int64_t)(Hq + 2 * Hkv) * D;
-    float *sc = a->scores + (int64_t)tid * a->max_seq;
+    const int G = a->Hq / a->Hkv;
+    const int per = (int64_t)a->M * a->Hkv >= 4 * nth ? G : 1; /* query heads per unit */
+    const int units_per_row = a->Hq / per;
+    float *sc = a->scores + (int64_t)tid * per * a->max_seq;
     int64_t lo, hi;
-    split((int64_t)a->M * Hq, 1, tid, nth, &lo, &hi);
-    for (int64_t task = lo; task < hi; task++) {
-        int m = (int)(task / Hq), h = (int)(task % Hq), kvh = h / G;
-        const float *q = a->qkv + m * qkv_w + (int64_t)h * D;
-        const int64_t *slot = a->slots + a->rows[m] * a->stride;
-        int64_t S = a->seq_lens[m];
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < S; s++) {
-            int64_t off = (slot[s] * Hkv + kvh) * D;
-            f32x16 acc = splat(0.0f);
-            if (a->kvdt == DT_BF16) {
-                const uint16_t *k = (const uint16_t *)a->kc + off;
-                for (int d = 0; d < D; d += 16) acc += load_f32(q + d) * load_bf16(k + d);
-            } else {
-                const float *k = (const float *)a->kc + off;
-                for (int d = 0; d < D; d += 16) acc += load_f32(q + d) * load_f32(k + d);
-            }
-            float v = hsum(acc) * a->scale;
-            sc[s] = v;
-            mx = v > mx ? v : mx;
-        }
-        float sum = 0.0f;
-        int64_t s = 0;
-        for (; s + 16 <= S; s += 16) {
-            f32x16 e = vexp(load_f32(sc + s) - splat(mx));
-            store_f32(sc + s, e);
-            sum += hsum(e);
-        }
-        for (; s < S; s++) {
-            sc[s] = sexp(sc[s] - mx);
-            sum += sc[s];
-        }
-        f32x16 o[16]; /* head_dim <= 256 */
-        for (int d = 0; d < D / 16; d++) o[d] = splat(0.0f);
-        for (s = 0; s < S; s++) {
-            int64_t off = (slot[s] * Hkv + kvh) * D;
-            f32x16 pv = splat(sc[s]);
-            if (a->kvdt == DT_BF16) {
-                const uint16_t *v = (const uint16_t *)a->vc + off;
-                for (int d = 0; d < D / 16; d++) o[d] += pv * load_bf16(v + 16 * d);
-            } else {
-                const float *v = (const float *)a->vc + off;
-                for (int d = 0; d < D / 16; d++) o[d] += pv * load_f32(v + 16 * d);
-            }
-        }
-        f32x16 inv = splat(1.0f / sum);
-        float *dst = a->out + (int64_t)m * Hq * D + (int64_t)h * D;
-        for (int d = 0; d < D / 16; d++) store_f32(dst + 16 * d, o[d] * inv);
+    split((int64_t)a->M * units_per_row, 1, tid, nth, &lo, &hi);
+    for (int64_t u = lo; u < hi; u++) {
+        const int m = (int)(u / units_per_row), h0 = (int)(u % units_per_row) * per;
+        attn_unit(a, m, h0 / G, h0, h0 + per, sc);
     }
 }
 
@@ -689,12 +839,13 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
               D = (int)cfg[CFG_HEAD_DIM], wdt = (int)cfg[CFG_TABLE_DTYPE], kvdt = (int)cfg[CFG_KVDTYPE];
     const int64_t H = cfg[CFG_HIDDEN], I = cfg[CFG_INTER], V = cfg[CFG_VOCAB];
     const int64_t QKV = (int64_t)(Hq + 2 * Hkv) * D;
-    if (D % 16 || D > 256 || Hq % Hkv) return -2;
+    if (D % 16 || D > 256 || Hq % Hkv || Hq / Hkv > 256) return -2;
     nthreads = nthreads < 1 ? 1 : nthreads > MAX_THREADS ? MAX_THREADS : nthreads;
     int64_t max_seq = 1;
     for (int m = 0; m < M; m++) max_seq = seq_lens[m] > max_seq ? seq_lens[m] : max_seq;
 
-    int64_t floats = M * (2 * H + QKV + Hq * D + 3 * I + 2 * D) + nthreads * max_seq + 64;
+    int64_t floats = M * (2 * H + QKV + Hq * D + 3 * I + 2 * D) +
+                     (int64_t)nthreads * (Hq / Hkv) * max_seq + 64;
     float *buf = (float *)aligned_alloc(64, ((floats * sizeof(float)) + 63) & ~(size_t)63);
     if (!buf) return -1;
     float *hidden = buf, *xn = hidden + M * H, *qkv = xn + M * H, *attn = qkv + M * QKV,

@@ -42,6 +42,10 @@ def make_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
     elif kind == "llama-tied":
         cfg = LlamaConfig(**common, tie_word_embeddings=True, rope_theta=500000.0)
         model = LlamaForCausalLM(cfg)
+    elif kind == "llama-hd64":  # head_dim 64 (SmolLM2's), 5 query heads on one KV head
+        wide = {**common, "hidden_size": 320, "num_attention_heads": 5, "num_key_value_heads": 1}
+        cfg = LlamaConfig(**wide, tie_word_embeddings=False, rope_theta=10000.0)
+        model = LlamaForCausalLM(cfg)
     elif kind == "llama3-rope":
         rope = {
             "rope_type": "llama3",

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fused")
-    return {k: make_tiny_model(k, root / k) for k in ("llama", "qwen2", "llama-tied")}
+    return {k: make_tiny_model(k, root / k) for k in ("llama", "qwen2", "llama-tied", "llama-hd64")}
 
 
 class _State:
@@ -102,7 +102,7 @@ class _State:
         return self.runner.fused.forward(batch, threads)
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-tied"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "llama-tied", "llama-hd64"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_fused_step_computes_what_torch_does(model_dirs, kind, dtype):
     state = _State(model_dirs[kind], dtype, [5, 17, 1, 40])
@@ -180,9 +180,12 @@ def test_fused_step_writes_the_kv_torch_writes(model_dirs):
         torch.testing.assert_close(v, ev, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["llama", "llama-hd64"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_same_bits_at_any_thread_count_and_batch(model_dirs, dtype):
-    state = _State(model_dirs["llama"], dtype, [9, 30, 2, 14, 5])
+def test_same_bits_at_any_thread_count_and_batch(model_dirs, kind, dtype):
+    # "llama-hd64" takes the unrolled head_dim-64 attention (AVX512_BF16 scores in bfloat16),
+    # by (row, KV head) units in the batch of 5 and by single heads alone
+    state = _State(model_dirs[kind], dtype, [9, 30, 2, 14, 5])
     full = state.decode_batch([0, 1, 2, 3, 4], [11, 12, 13, 14, 15])
     one = state.fused_step(full, threads=1)
     two = state.fused_step(full, threads=2)
