@@ -2,7 +2,8 @@
 
 Each side runs in its own subprocess: two thread pools in one process (torch's OpenMP workers
 spin after each op) would slow whichever runs second. Prints ms per forward's products, GFLOP/s
-and the ratio, for float32 and bfloat16 weights (``[out, in]``, as the fused step holds them).
+and the ratio, for float32, bfloat16 and int8 weights (``[out, in]``, as the fused step holds
+them; int8 against torch's weight-only ``_weight_int8pack_mm``).
 
     python bench/bench_fused_products.py --rows 1,2,4,8,16,32,64
 """
@@ -33,8 +34,15 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
     torch.set_num_threads(threads if which == "torch" else 1)
     lib = cpu_decode.library()
     dt = getattr(torch, dtype)
-    code = {torch.float32: 0, torch.bfloat16: 1}[dt]
-    weights = [[torch.randn(o, i).to(dt) for _ in range(n)] for i, o, n in SHAPES]
+    code = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}[dt]
+
+    def weight(o: int, i: int) -> torch.Tensor:
+        if dt == torch.int8:  # int8 per row, as Int8Linear holds it
+            return torch.randint(-127, 128, (o, i), dtype=torch.int8)
+        return torch.randn(o, i).to(dt)
+
+    weights = [[weight(o, i) for _ in range(n)] for i, o, n in SHAPES]
+    scales = {o: torch.rand(o) * 0.01 for _, o, _ in SHAPES}  # int8's per-row scales
     out = {}
     for m in rows:
         xs = [torch.randn(m, i) for i, _, _ in SHAPES]
@@ -42,7 +50,11 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
 
         def run(xs=xs, ys=ys, m=m) -> None:
             for (i, o, _), ws, x, y in zip(SHAPES, weights, xs, ys):
-                if which == "torch":
+                if which == "torch" and dt == torch.int8:  # torch's weight-only int8 kernel
+                    xt, sc = x.bfloat16(), scales[o].bfloat16()
+                    for w in ws:
+                        torch.ops.aten._weight_int8pack_mm(xt, w, sc)
+                elif which == "torch":
                     xt = x.to(dt)
                     for w in ws:
                         torch.nn.functional.linear(xt, w)
@@ -51,7 +63,7 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
                         lib.plait_gemv(
                             w.data_ptr(),
                             code,
-                            None,
+                            scales[o].data_ptr() if dt == torch.int8 else None,
                             None,
                             i,
                             o,
