@@ -116,12 +116,16 @@ class ModelRunner:
             and (prompt_index is None or not prompt_index.numel())
             and batch.num_tokens <= self.fused.max_rows
         )
+        # torch's own ops run on one thread while plait's pool does the products (the fused
+        # step, or OpenBLAS); a forward whose products are torch's (a bfloat16 or quantized
+        # prefill past the fused step's rows) gets every thread: on one it ran at half speed
         torch_use = use
-        if self._own_pool:
+        if self._own_pool and (fused or self.openblas is not None):
             torch_use = 1
             if self.openblas is not None and not fused:
                 self.openblas.set_threads(use)
-        restore = torch_use != torch.get_num_threads()
+        before = torch.get_num_threads()
+        restore = torch_use != before
         if restore:
             torch.set_num_threads(torch_use)
         start = time.perf_counter()
@@ -138,7 +142,7 @@ class ModelRunner:
                     prompt_logits = self.model.compute_logits(hidden[prompt_index])
         finally:
             if restore:
-                torch.set_num_threads(threads)
+                torch.set_num_threads(before)
         if self.threads is not None:
             self.threads.record(batch.num_tokens, use, time.perf_counter() - start)
         return LogitsOutput(logits, prompt_logits)

@@ -230,6 +230,25 @@ def test_runner_takes_the_fused_step_for_small_forwards(model_dirs):
     many.runner.forward(many.decode_batch(list(range(8)), [5] * 8), torch.arange(8))
 
 
+def test_a_forward_past_the_fused_rows_runs_torch_on_every_thread(model_dirs):
+    """torch runs on one thread while the fused step does the products; a bfloat16 prefill
+    past its rows is torch's products, and gets the caller's threads (on one: half speed)."""
+    state = _State(model_dirs["llama"], "bfloat16", [3])
+    state.runner.adaptive_threads = False  # the caller's count, not the policy's pick
+    seen: list[int] = []
+    state.runner.model.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        n = state.runner.fused.max_rows + 6
+        row, slots = state.rows.alloc(), state.pool.alloc(n)
+        state.rows.req_to_token[row, :n] = slots
+        state._forward(ForwardMode.EXTEND, [row], [0], [n], torch.randint(3, 300, (n,)), slots)
+        assert seen == [2] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_fused_requested_where_it_cannot_run_names_the_field(model_dirs):
     with pytest.raises(InvalidRequestError, match="decode_kernel.*fused is not available"):
         _State(model_dirs["llama"], "float16", [3])
