@@ -6,7 +6,7 @@ next time slice. Measured (bench/RESULTS.md, issue 15) under contention, 2 threa
 step 5-10x slower than 1 thread in bfloat16 / int4, and float32 GEMMs at M >= 8 likewise; on a
 quiet box 2 threads are faster for large forwards. No fixed count is right for both, so the
 policy keeps, per forward size (a power-of-two bucket of tokens), an exponential moving
-average of seconds per forward for each candidate count, runs the faster one, and re-tries the
+average of seconds per token for each candidate count, runs the faster one, and re-tries the
 other now and then (see ``ThreadPolicy``) so it follows the machine's load.
 Every size is learned, single-token decode steps included: a decode step streams its weights
 faster from two cores when both are free, and stalls on the barrier of every op when not.
@@ -24,6 +24,16 @@ class ThreadPolicy:
     Re-trying the losing count costs one slow forward, so a bucket's interval between tries
     doubles (``min_interval`` .. ``max_interval`` forwards) each time the loser loses again and
     falls back to ``min_interval`` when it wins.
+
+    Counts are compared by seconds per token: a bucket's forwards differ in size up to 2x (a
+    prefill chunk of 2,048 tokens and one of 1,100 share a bucket), and per forward the smaller
+    one's count won. Above ``warm_tokens`` a count's first forward in a bucket is not recorded
+    (it is tried again): it carries one-time costs (oneDNN compiling kernels for new shapes,
+    first-touch page faults) that made two threads lose prefills they ran twice as fast.
+    Above ``all_threads_above`` tokens every forward gets every thread, unlearned: trying one
+    thread on a prefill chunk of 2,048 tokens cost 3-4 s on this box, and such a forward's
+    parallel regions are long, so a descheduled thread costs a time slice, not a barrier per op
+    (perf: one core idle for 4-6 s of a 10 s batch of distinct prompts while it was tried).
     """
 
     def __init__(
@@ -33,13 +43,17 @@ class ThreadPolicy:
         min_interval: int = 8,
         max_interval: int = 512,
         smoothing: float = 0.3,
+        warm_tokens: int = 64,
+        all_threads_above: int = 256,
     ) -> None:
         self.candidates = sorted({1, max(max_threads, 1)})
         self.min_interval, self.max_interval = min_interval, max_interval
         self.smoothing = smoothing
-        self._avg: dict[tuple[int, int], float] = {}  # (bucket, threads) -> seconds per forward
+        self._avg: dict[tuple[int, int], float] = {}  # (bucket, threads) -> seconds per token
         self._until_try: dict[int, int] = {}  # bucket -> forwards until the loser's next try
         self._interval: dict[int, int] = {}
+        self.warm_tokens, self.all_threads_above = warm_tokens, all_threads_above
+        self._warmed: set[tuple[int, int]] = set()  # (bucket, threads) past their first forward
 
     @staticmethod
     def bucket(num_tokens: int) -> int:
@@ -48,6 +62,8 @@ class ThreadPolicy:
     def choose(self, num_tokens: int) -> int:
         if len(self.candidates) == 1:
             return 1
+        if num_tokens > self.all_threads_above:
+            return self.candidates[-1]
         b = self.bucket(num_tokens)
         untried = [t for t in self.candidates if (b, t) not in self._avg]
         if untried:
@@ -60,15 +76,19 @@ class ThreadPolicy:
         return best
 
     def record(self, num_tokens: int, threads: int, seconds: float) -> None:
-        if len(self.candidates) == 1:
+        if len(self.candidates) == 1 or num_tokens > self.all_threads_above:
             return
         b = self.bucket(num_tokens)
-        tried_loser = all((b, t) in self._avg for t in self.candidates) and threads != self._best(b)
         key = (b, threads)
+        if num_tokens > self.warm_tokens and key not in self._warmed:
+            self._warmed.add(key)  # a first forward: not a measure of the count
+            return
+        tried_loser = all((b, t) in self._avg for t in self.candidates) and threads != self._best(b)
         old = self._avg.get(key)
+        per_token = seconds / max(num_tokens, 1)
         # the loser's average is stale by design: a fresh try replaces it
         fresh = old is None or tried_loser
-        self._avg[key] = seconds if fresh else old + self.smoothing * (seconds - old)
+        self._avg[key] = per_token if fresh else old + self.smoothing * (per_token - old)
         if tried_loser:
             interval = self._interval.get(b, self.min_interval)
             won = self._best(b) == threads

@@ -40,7 +40,7 @@ def test_follows_the_machine_when_the_other_count_becomes_faster():
 
 
 def test_sizes_are_learned_separately():
-    policy = ThreadPolicy(2, min_interval=4)
+    policy = ThreadPolicy(2, min_interval=4, warm_tokens=1024, all_threads_above=1024)
     _run(policy, 8, {1: 1.0, 2: 5.0}, 30)
     _run(policy, 512, {1: 5.0, 2: 1.0}, 30)
     assert _run(policy, 8, {1: 1.0, 2: 5.0}, 3) == [1, 1, 1]
@@ -50,3 +50,35 @@ def test_sizes_are_learned_separately():
 def test_one_thread_ceiling_never_asks_for_more():
     policy = ThreadPolicy(1)
     assert _run(policy, 64, {1: 1.0}, 5) == [1] * 5
+
+
+def test_a_counts_first_large_forward_is_not_its_measure():
+    """A prefill's first forward at a count carries one-time costs (kernel compiles, page
+    faults): it is run again before the count is judged."""
+    policy = ThreadPolicy(2, min_interval=4)
+    first = {1: 1.0, 2: 9.0}  # two threads' first forward paid for the warm-up
+    chosen = []
+    for i in range(6):
+        t = policy.choose(200)
+        policy.record(200, t, first[t] if i == 0 else {1: 2.0, 2: 1.0}[t])
+        chosen.append(t)
+    assert chosen[:4] == [2, 2, 1, 1]  # each count's first forward is tried again
+    assert chosen[4:] == [2, 2]
+    assert _run(ThreadPolicy(2), 1, {1: 1.0, 2: 2.0}, 2) == [2, 1]  # decode steps: as before
+
+
+def test_counts_are_compared_per_token_within_a_bucket():
+    """Forwards of one bucket differ in size: a count is not judged by a smaller forward."""
+    policy = ThreadPolicy(2, min_interval=4, warm_tokens=4096, all_threads_above=4096)
+    assert policy.choose(2048) == 2
+    policy.record(2048, 2, 1.0)  # 2 threads: 2,048 tokens in 1 s
+    assert policy.choose(1100) == 1
+    policy.record(1100, 1, 0.9)  # 1 thread: 1,100 tokens in 0.9 s, slower per token
+    assert [policy.choose(1500) for _ in range(3)] == [2, 2, 2]
+
+
+def test_large_forwards_get_every_thread_unlearned():
+    """Trying one thread on a large prefill costs seconds: such forwards are not explored."""
+    policy = ThreadPolicy(2, min_interval=4)
+    assert _run(policy, 2048, {1: 1.0, 2: 5.0}, 20) == [2] * 20
+    assert ThreadPolicy(1).choose(2048) == 1
