@@ -132,7 +132,8 @@ class EngineCore:
         return self.scheduler.abort(rid)
 
     def step(self) -> list[ReqOutput]:
-        return self.scheduler.step()
+        with self.runner.step_threads():
+            return self.scheduler.step()
 
     def fail_all(self, message: str) -> list[ReqOutput]:
         """After a step raised: the batch's state is unknown, so every live request fails

@@ -93,6 +93,42 @@ def test_generation_leaves_the_thread_count_alone(tiny_model_dir):
     assert torch.get_num_threads() == before
 
 
+def test_in_process_steps_run_torch_on_one_thread_with_the_callers_ceiling(tiny_model_dir):
+    """Where plait's own pool does the products, a step's torch ops (sampling included) run
+    on one thread, the fused forward gets the caller's count, and the caller's is back after."""
+    engine = Engine(tiny_model_dir("llama"), max_total_tokens=1024)
+    runner = engine.core.runner
+    if runner.fused is None:
+        pytest.skip("no C compiler: the fused step is off")
+    runner.adaptive_threads = False  # the caller's count, not the policy's pick
+    seen: list[tuple[int, int]] = []
+    fused_forward = runner.fused.forward
+
+    def forward(batch, threads, sample_index=None):
+        seen.append((torch.get_num_threads(), threads))
+        return fused_forward(batch, threads, sample_index)
+
+    runner.fused.forward = forward
+    sampling: list[int] = []
+    scheduler = engine.core.scheduler
+    sample = scheduler._sample
+
+    def traced_sample(reqs, logits):
+        sampling.append(torch.get_num_threads())
+        return sample(reqs, logits)
+
+    scheduler._sample = traced_sample
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine.generate(input_ids=[5, 6, 7], sampling_params={"max_new_tokens": 4})
+        assert seen and set(seen) == {(1, 2)}
+        assert sampling and set(sampling) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_mixed_chunk_batches_match_separate_forwards(tiny_model_dir):
     """Decodes riding along in prefill forwards give the same tokens as separate forwards."""
     model_dir = tiny_model_dir("llama")
