@@ -330,6 +330,36 @@ INLINE void emit(const gemv_args *a, int m, int64_t o, float s) {
     *dst = a->accumulate ? *dst + s : s;
 }
 
+/* A 4 x 4 tile's last steps as ``emit`` (and int8's scale) takes them one by one, 4 outputs
+ * a vector (lane-wise the same operations: the same bits). acc[r][b]: weight row o + r,
+ * activation row m0 + b. The scalar epilogue was a quarter of a product over 576 inputs. */
+INLINE void emit_4x4(const gemv_args *a, int m0, int64_t o, const f32x16 *acc) {
+    f32x16 v[16];
+    for (int r = 0; r < 4; r++)
+        for (int b = 0; b < 4; b++) v[4 * r + b] = acc[r * 4 + b];
+    f32x16 s = hsum16(v); /* lane 4b + r: acc[r][b] */
+    float sums[16];
+    memcpy(sums, &s, 64);
+    for (int b = 0; b < 4; b++) {
+        f32x4 c, t;
+        memcpy(&c, sums + 4 * b, 16);
+        if (a->dtype == DT_I8) {
+            memcpy(&t, a->scale + o, 16);
+            c *= t;
+        }
+        if (a->bias) {
+            memcpy(&t, a->bias + o, 16);
+            c += t;
+        }
+        float *dst = a->y + (int64_t)(m0 + b) * a->ldy + o;
+        if (a->accumulate) {
+            memcpy(&t, dst, 16);
+            c = t + c;
+        }
+        memcpy(dst, &c, 16);
+    }
+}
+
 /* RO weight rows against NB activation rows: RO x NB accumulators, each output's products
  * summed in one register over k in steps of 16 (lanes then summed by ``hsum``'s halving
  * tree, the tail of k after): the same order for every RO, NB, M and thread count, so an
@@ -355,6 +385,10 @@ INLINE void emit(const gemv_args *a, int m, int64_t o, float s) {
                 KEEP(xv);                                                                      \
                 for (int r = 0; r < RO; r++) acc[r][b] += wv[r] * xv;                          \
             }                                                                                  \
+        }                                                                                      \
+        if (RO == 4 && NB == 4 && K16 == K) {                                                  \
+            emit_4x4(a, m0, o, &acc[0][0]);                                                    \
+            return;                                                                            \
         }                                                                                      \
         float sums[RO * NB];                                                                   \
         tile_sums(&acc[0][0], RO, NB, sums);                                                   \
@@ -414,8 +448,12 @@ static void i8_to_bf16(const int8_t *src, uint16_t *dst, int64_t n) {
             }                                                                                  \
         }                                                                                      \
         f32x16 accf[RO * NB];                                                                  \
-        float sums[RO * NB];                                                                   \
         memcpy(accf, acc, sizeof(accf));                                                       \
+        if (RO == 4 && NB == 4 && K32 == K) {                                                  \
+            emit_4x4(a, m0, o, accf);                                                          \
+            return;                                                                            \
+        }                                                                                      \
+        float sums[RO * NB];                                                                   \
         tile_sums(accf, RO, NB, sums);                                                         \
         for (int r = 0; r < RO; r++)                                                           \
             for (int b = 0; b < NB; b++) {                                                     \
