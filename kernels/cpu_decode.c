@@ -311,7 +311,7 @@ typedef struct {
     const void *w;     /* [out, in], row-major (DT_I4: [out, in / 2] bytes) */
     int dtype;         /* DT_* */
     const float *scale, *low; /* DT_I8: scale [out]; DT_I4: scale, low [out, in / 32] */
-    const float *xsum;        /* DT_I4: [M, in / 32] sums of each activation group */
+    const float *xsum;        /* DT_I4 without AVX-512: [M, in / 32] sums of activation groups */
     const uint16_t *xb;       /* DT_BF16, DT_I8 with BF16_DOT: the activations in bfloat16 */
     uint16_t *conv;           /* DT_I8 batches with BF16_DOT: [nth, 4, in] weight blocks */
     int64_t in, out;
@@ -496,8 +496,66 @@ NT_TILES(nt_i8, load_i8, int8_t, i8_to_f32)
 #endif
 
 
-/* DT_I4: the scale is folded into the codes before the product; the lows meet the group sums
- * of the activations. Order: groups in sequence, then the lows' sum; fixed for any NB. */
+/* DT_I4 with AVX-512: each group's 16 possible weights, scale * code + low, are one vector
+ * (one FMA), and every code picks its weight from it (vpermps): no widening to float and no
+ * separate sum of the lows. Four accumulators per activation row, two groups a step: with
+ * two, one row's FMAs waited on each other (a chain of 4 cycles per group). Order: group pairs
+ * in sequence into the four, then (0 + 1) + (2 + 3); fixed for any NB. */
+#if defined(__AVX512F__)
+#define I4_TABLE 1
+INLINE void i4_weights(const uint8_t *w, const float *sc, const float *lo, int64_t g, __m512 *w0,
+                       __m512 *w1) {
+    const __m512 iota = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m128i nib = _mm_set1_epi8(15);
+    __m128i v = _mm_loadu_si128((const void *)(w + 16 * g));
+    __m512 tbl = _mm512_fmadd_ps(iota, _mm512_set1_ps(sc[g]), _mm512_set1_ps(lo[g]));
+    *w0 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(v, nib)), tbl);
+    *w1 = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(v, 4), nib)),
+                                tbl);
+}
+#define NT4_ROW(NAME, NB)                                                                      \
+    static void NAME(const gemv_args *a, int64_t o, int m0, const void *wrows) {               \
+        const int64_t K = a->in, G = K / 32;                                                   \
+        const uint8_t *w = (const uint8_t *)wrows;                                             \
+        const float *sc = a->scale + o * G, *lo = a->low + o * G;                              \
+        __m512 acc[NB][4];                                                                     \
+        for (int b = 0; b < NB; b++)                                                           \
+            for (int j = 0; j < 4; j++) acc[b][j] = _mm512_setzero_ps();                       \
+        int64_t g = 0;                                                                         \
+        for (; g + 2 <= G; g += 2) {                                                           \
+            __m512 w0, w1, w2, w3;                                                             \
+            i4_weights(w, sc, lo, g, &w0, &w1);                                                \
+            i4_weights(w, sc, lo, g + 1, &w2, &w3);                                            \
+            for (int b = 0; b < NB; b++) {                                                     \
+                const float *x = a->x + (int64_t)(m0 + b) * K + 32 * g;                        \
+                acc[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[b][0]);                \
+                acc[b][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[b][1]);           \
+                acc[b][2] = _mm512_fmadd_ps(w2, _mm512_loadu_ps(x + 32), acc[b][2]);           \
+                acc[b][3] = _mm512_fmadd_ps(w3, _mm512_loadu_ps(x + 48), acc[b][3]);           \
+            }                                                                                  \
+        }                                                                                      \
+        if (g < G) {                                                                           \
+            __m512 w0, w1;                                                                     \
+            i4_weights(w, sc, lo, g, &w0, &w1);                                                \
+            for (int b = 0; b < NB; b++) {                                                     \
+                const float *x = a->x + (int64_t)(m0 + b) * K + 32 * g;                        \
+                acc[b][0] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), acc[b][0]);                \
+                acc[b][1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), acc[b][1]);           \
+            }                                                                                  \
+        }                                                                                      \
+        for (int b = 0; b < NB; b++) {                                                         \
+            __m512 t = _mm512_add_ps(_mm512_add_ps(acc[b][0], acc[b][1]),                      \
+                                     _mm512_add_ps(acc[b][2], acc[b][3]));                     \
+            f32x16 v;                                                                          \
+            memcpy(&v, &t, 64);                                                                \
+            emit(a, m0 + b, o, hsum(v));                                                       \
+        }                                                                                      \
+    }
+#else
+#define I4_TABLE 0
+/* Without AVX-512: the scale is folded into the codes before the product; the lows meet the
+ * group sums of the activations. Order: groups in sequence, then the lows' sum; fixed for
+ * any NB. */
 #define NT4_ROW(NAME, NB)                                                                      \
     static void NAME(const gemv_args *a, int64_t o, int m0, const void *wrows) {               \
         const int64_t K = a->in, G = K / 32;                                                   \
@@ -527,6 +585,8 @@ NT_TILES(nt_i8, load_i8, int8_t, i8_to_f32)
             emit(a, m0 + b, o, s);                                                             \
         }                                                                                      \
     }
+
+#endif
 
 NT4_ROW(nt_i4_1, 1)
 NT4_ROW(nt_i4_2, 2)
@@ -603,7 +663,7 @@ static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
 
 /* Returns -1 when DT_I4's group sums found no memory. */
 static int gemv(gemv_args *a, int nth) {
-    const int64_t G = a->dtype == DT_I4 ? a->in / 32 : 0;
+    const int64_t G = a->dtype == DT_I4 && !I4_TABLE ? a->in / 32 : 0;
     const int64_t nxb = (a->dtype == DT_BF16 || a->dtype == DT_I8) && BF16_DOT ? a->M * a->in : 0;
     const int64_t nconv = a->dtype == DT_I8 && BF16_DOT && a->M > 4 ? (int64_t)nth * 4 * a->in : 0;
     /* one buffer: xsum [M, G] floats, then xb and conv (bfloat16) */
