@@ -374,8 +374,12 @@ INLINE void emit_4x4(const gemv_args *a, int m0, int64_t o, const f32x16 *acc) {
         f32x16 acc[RO][NB];                                                                    \
         for (int r = 0; r < RO; r++)                                                           \
             for (int b = 0; b < NB; b++) acc[r][b] = splat(0.0f);                              \
+        /* the next weight block brought in, as in NT_TILE_DOT */                             \
+        const T *next = RO > 1 && m0 == 0 && o + 2 * RO <= a->out ? w + RO * K : NULL;        \
         for (int64_t k = 0; k < K16; k += 16) {                                                \
             f32x16 wv[RO]; /* RO + NB loads per RO x NB FMAs */                                \
+            if (next && k % (64 / sizeof(T)) == 0) /* a line per row */                         \
+                for (int r = 0; r < RO; r++) __builtin_prefetch(next + r * K + k, 0, 3);       \
             for (int r = 0; r < RO; r++) {                                                     \
                 wv[r] = LOAD(w + r * K + k);                                                   \
                 KEEP(wv[r]);                                                                   \
@@ -435,8 +439,14 @@ static void i8_to_bf16(const int8_t *src, uint16_t *dst, int64_t n) {
         __m512 acc[RO][NB];                                                                    \
         for (int r = 0; r < RO; r++)                                                           \
             for (int b = 0; b < NB; b++) acc[r][b] = _mm512_setzero_ps();                      \
+        /* a batch's first activation tile brings the next weight block in (measured: the  \
+         * block's first loads from DRAM were a third of the tile's samples; 1.08-1.10x) */ \
+        const T *next =                                                                        \
+            RO > 1 && m0 == 0 && !a->conv && o + 2 * RO <= a->out ? w + RO * K : NULL;         \
         for (int64_t k = 0; k < K32; k += 32) {                                                \
             __m512bh wv[RO];                                                                   \
+            if (next)                                                                          \
+                for (int r = 0; r < RO; r++) __builtin_prefetch(next + r * K + k, 0, 3);       \
             for (int r = 0; r < RO; r++) {                                                     \
                 wv[r] = WLOAD(w + r * K + k);                                                  \
                 KEEP(wv[r]);                                                                   \
