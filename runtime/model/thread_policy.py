@@ -8,8 +8,9 @@ quiet box 2 threads are faster for large forwards. No fixed count is right for b
 policy keeps, per forward size (a power-of-two bucket of tokens), an exponential moving
 average of seconds per token for each candidate count, runs the faster one, and re-tries the
 other now and then (see ``ThreadPolicy``) so it follows the machine's load.
-Every size is learned, single-token decode steps included: a decode step streams its weights
-faster from two cores when both are free, and stalls on the barrier of every op when not.
+Every size up to ``all_threads_above`` tokens is learned, single-token decode steps included: a
+decode step streams its weights faster from two cores when both are free, and stalls on the
+barrier of every op when not. Larger forwards (prefill chunks) always get every thread.
 Thread counts change speed, and the float32 bits of attention: the matrix products give the
 same bits at 1 and 2 threads, but SDPA's CPU kernel sums long key ranges in a different order
 (differences of ~1e-7, measured; see bench/RESULTS.md, issue 15).
