@@ -632,7 +632,8 @@ static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) 
         const nt_kernel *kk = k;
 #if BF16_DOT
         if (conv && ro == 4) {
-            for (int r = 0; r < 4; r++) i8_to_bf16((const int8_t *)wr + r * a->in, conv + r * a->in, a->in);
+            for (int r = 0; r < 4; r++)
+                i8_to_bf16((const int8_t *)wr + r * a->in, conv + r * a->in, a->in);
             wr = conv;
             kk = tiles[DT_BF16][1];
         }
