@@ -126,18 +126,6 @@ INLINE f32x16 hsum16(const f32x16 *v) {
            __builtin_shufflevector(t[0], t[1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15,
                                    29, 31);
 }
-/* The sums of a tile's RO x NB accumulators, sums[r * NB + b], each in ``hsum``'s order. */
-INLINE void tile_sums(const f32x16 *acc, int RO, int NB, float *sums) {
-    if (RO == 4 && NB == 4) {
-        f32x16 v[16];
-        for (int r = 0; r < 4; r++)
-            for (int b = 0; b < 4; b++) v[4 * b + r] = acc[r * 4 + b];
-        f32x16 s = hsum16(v); /* lane 4r + b: acc[r][b] */
-        memcpy(sums, &s, 64);
-        return;
-    }
-    for (int i = 0; i < RO * NB; i++) sums[i] = hsum(acc[i]);
-}
 INLINE f32x16 vselect(i32x16 mask, f32x16 a, f32x16 b) {
     i32x16 ai, bi;
     memcpy(&ai, &a, 64);
@@ -360,6 +348,17 @@ INLINE void emit_4x4(const gemv_args *a, int m0, int64_t o, const f32x16 *acc) {
     }
 }
 
+/* Any other tile's last steps, one output at a time: sums[r * NB + b] (its ``hsum`` and its
+ * tail past the last whole vector step), int8's scale, then ``emit``. */
+INLINE void emit_tile(const gemv_args *a, int m0, int64_t o, int RO, int NB, const float *sums) {
+    for (int r = 0; r < RO; r++)
+        for (int b = 0; b < NB; b++) {
+            float s = sums[r * NB + b];
+            if (a->dtype == DT_I8) s *= a->scale[o + r];
+            emit(a, m0 + b, o + r, s);
+        }
+}
+
 /* RO weight rows against NB activation rows: RO x NB accumulators, each output's products
  * summed in one register over k in steps of 16 (lanes then summed by ``hsum``'s halving
  * tree, the tail of k after): the same order for every RO, NB, M and thread count, so an
@@ -395,14 +394,13 @@ INLINE void emit_4x4(const gemv_args *a, int m0, int64_t o, const f32x16 *acc) {
             return;                                                                            \
         }                                                                                      \
         float sums[RO * NB];                                                                   \
-        tile_sums(&acc[0][0], RO, NB, sums);                                                   \
         for (int r = 0; r < RO; r++)                                                           \
             for (int b = 0; b < NB; b++) {                                                     \
-                float s = sums[r * NB + b];                                                    \
+                float s = hsum(acc[r][b]);                                                     \
                 for (int64_t t = K16; t < K; t++) s += TO_F32(w[r * K + t]) * x[b * K + t];    \
-                if (a->dtype == DT_I8) s *= a->scale[o + r];                                   \
-                emit(a, m0 + b, o + r, s);                                                     \
+                sums[r * NB + b] = s;                                                          \
             }                                                                                  \
+        emit_tile(a, m0, o, RO, NB, sums);                                                     \
     }
 
 /* bfloat16 (and int8) weights where the CPU has AVX512_BF16: the activations are rounded to
@@ -464,45 +462,39 @@ static void i8_to_bf16(const int8_t *src, uint16_t *dst, int64_t n) {
             return;                                                                            \
         }                                                                                      \
         float sums[RO * NB];                                                                   \
-        tile_sums(accf, RO, NB, sums);                                                         \
         for (int r = 0; r < RO; r++)                                                           \
             for (int b = 0; b < NB; b++) {                                                     \
-                float s = sums[r * NB + b];                                                    \
+                float s = hsum(accf[r * NB + b]);                                              \
                 for (int64_t t = K32; t < K; t++)                                              \
                     s += TO_F32(w[r * K + t]) * bf16_to_f32(x[b * K + t]);                     \
-                if (a->dtype == DT_I8) s *= a->scale[o + r];                                   \
-                emit(a, m0 + b, o + r, s);                                                     \
+                sums[r * NB + b] = s;                                                          \
             }                                                                                  \
+        emit_tile(a, m0, o, RO, NB, sums);                                                     \
     }
-#define NT_TILES_DOT(P, T, WLOAD, TO_F32)                                                      \
-    NT_TILE_DOT(P##_1x1, 1, 1, T, WLOAD, TO_F32)                                               \
-    NT_TILE_DOT(P##_1x2, 1, 2, T, WLOAD, TO_F32)                                               \
-    NT_TILE_DOT(P##_1x4, 1, 4, T, WLOAD, TO_F32)                                               \
-    NT_TILE_DOT(P##_4x1, 4, 1, T, WLOAD, TO_F32)                                               \
-    NT_TILE_DOT(P##_4x2, 4, 2, T, WLOAD, TO_F32)                                               \
-    NT_TILE_DOT(P##_4x4, 4, 4, T, WLOAD, TO_F32)
 #else
 #define BF16_DOT 0
 #endif
 
-#define NT_TILES(P, LOAD, T, TO_F32)                                                           \
-    NT_TILE(P##_1x1, 1, 1, LOAD, T, TO_F32)                                                    \
-    NT_TILE(P##_1x2, 1, 2, LOAD, T, TO_F32)                                                    \
-    NT_TILE(P##_1x4, 1, 4, LOAD, T, TO_F32)                                                    \
-    NT_TILE(P##_4x1, 4, 1, LOAD, T, TO_F32)                                                    \
-    NT_TILE(P##_4x2, 4, 2, LOAD, T, TO_F32)                                                    \
-    NT_TILE(P##_4x4, 4, 4, LOAD, T, TO_F32)
+/* The six tile shapes (weight rows x activation rows) of a kernel family P, made by TILE
+ * (NT_TILE or NT_TILE_DOT) with its remaining arguments; ``TILE_SET`` lists them. */
+#define TILE_SHAPES(TILE, P, ...)                                                              \
+    TILE(P##_1x1, 1, 1, __VA_ARGS__)                                                           \
+    TILE(P##_1x2, 1, 2, __VA_ARGS__)                                                           \
+    TILE(P##_1x4, 1, 4, __VA_ARGS__)                                                           \
+    TILE(P##_4x1, 4, 1, __VA_ARGS__)                                                           \
+    TILE(P##_4x2, 4, 2, __VA_ARGS__)                                                           \
+    TILE(P##_4x4, 4, 4, __VA_ARGS__)
 
 INLINE float f32_id(float v) { return v; }
 INLINE float i8_to_f32(int8_t v) { return (float)v; }
 
-NT_TILES(nt_f32, load_f32, float, f32_id)
+TILE_SHAPES(NT_TILE, nt_f32, load_f32, float, f32_id)
 #if BF16_DOT
-NT_TILES_DOT(nt_bf16d, uint16_t, wload_bf16, bf16_to_f32)
-NT_TILES_DOT(nt_i8d, int8_t, wload_i8, i8_to_f32)
+TILE_SHAPES(NT_TILE_DOT, nt_bf16d, uint16_t, wload_bf16, bf16_to_f32)
+TILE_SHAPES(NT_TILE_DOT, nt_i8d, int8_t, wload_i8, i8_to_f32)
 #else
-NT_TILES(nt_bf16, load_bf16, uint16_t, bf16_to_f32)
-NT_TILES(nt_i8, load_i8, int8_t, i8_to_f32)
+TILE_SHAPES(NT_TILE, nt_bf16, load_bf16, uint16_t, bf16_to_f32)
+TILE_SHAPES(NT_TILE, nt_i8, load_i8, int8_t, i8_to_f32)
 #endif
 
 
@@ -678,7 +670,8 @@ static int gemv(gemv_args *a, int nth) {
     const int64_t nxb = (a->dtype == DT_BF16 || a->dtype == DT_I8) && BF16_DOT ? a->M * a->in : 0;
     const int64_t nconv = a->dtype == DT_I8 && BF16_DOT && a->M > 4 ? (int64_t)nth * 4 * a->in : 0;
     /* one buffer: xsum [M, G] floats, then xb and conv (bfloat16) */
-    char *buf = (char *)malloc(sizeof(float) * (size_t)(a->M * G) + 2 * (size_t)(nxb + nconv) + 64);
+    const size_t xsum_bytes = sizeof(float) * (size_t)(a->M * G);
+    char *buf = (char *)malloc(xsum_bytes + 2 * (size_t)(nxb + nconv) + 64);
     if (!buf) return -1;
     if (G) {
         float *xsum = (float *)buf;
@@ -690,7 +683,7 @@ static int gemv(gemv_args *a, int nth) {
             }
         a->xsum = xsum;
     }
-    uint16_t *xb = (uint16_t *)(buf + sizeof(float) * (size_t)(a->M * G));
+    uint16_t *xb = (uint16_t *)(buf + xsum_bytes);
     if (nxb) {
         to_bf16(a->x, xb, nxb);
         a->xb = xb;

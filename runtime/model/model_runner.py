@@ -77,22 +77,20 @@ class ModelRunner:
         # own ops then run on one thread
         self._own_pool = self.openblas is not None or self.fused is not None
         self.threads: ThreadPolicy | None = None  # CPU: created at the first forward
-        self._latched: int | None = None  # with OpenBLAS: the caller's count
-        self._step_ceiling: int | None = None  # inside ``step_threads``: the caller's count
-        self.pin_torch_threads = False  # set by processes plait owns (``_thread_ceiling``)
+        self._latched: int | None = None  # pinned: the caller's count (``_thread_ceiling``)
+        self.pin_torch_threads = False  # set by processes plait owns, and by ``step_threads``
         # False: every forward uses the caller's count (for side-by-side benches)
         self.adaptive_threads = True
 
     def _thread_ceiling(self) -> int:
-        """torch's thread count as the caller set it. With OpenBLAS and ``pin_torch_threads``
-        (a process plait owns: the worker, the server), torch's own ops run on one thread from
-        the first forward on, so the sampling between forwards does not wake a second OpenMP
-        pool either (measured: restoring torch's count after each forward cost a sixth of a
-        decode step); the caller's count, latched then, goes to OpenBLAS until the caller sets
-        torch's count again. Otherwise (an in-process ``Engine``) torch's count is restored
-        after every forward: the caller's process keeps its settings."""
-        if self._step_ceiling is not None:
-            return self._step_ceiling
+        """torch's thread count as the caller set it. Where plait's own pool does the products
+        (OpenBLAS, the fused step) and ``pin_torch_threads`` is set (a process plait owns: the
+        worker, the server; or one step of an in-process engine, ``step_threads``), torch's own
+        ops run on one thread from the first forward on, so the sampling between forwards does
+        not wake a second OpenMP pool either (measured: restoring torch's count after each
+        forward cost a sixth of a decode step); the caller's count, latched then, is the
+        forwards' ceiling until the caller sets torch's count again. Otherwise torch's count is
+        restored after every forward: the caller's process keeps its settings."""
         threads = torch.get_num_threads()
         if not self._own_pool or not self.pin_torch_threads:
             return threads
@@ -103,24 +101,21 @@ class ModelRunner:
 
     @contextmanager
     def step_threads(self) -> Iterator[None]:
-        """One scheduler step (its forward and its sampling) of an in-process engine, with
-        torch's own ops on one thread where plait's pool does the products, as in a process
-        plait owns: an OpenMP team woken by the sampling ops at the caller's count spins on the
-        other core into the next forward (libgomp's spin was 4.6% of a batch's time). The
-        caller's count is the ceiling of the forwards inside, and is torch's again on exit, so
-        the caller's code between steps (a stream's consumer) keeps its setting."""
+        """One scheduler step (its forward and its sampling) of an in-process engine, pinned as
+        in a process plait owns (``_thread_ceiling``): an OpenMP team woken by the sampling ops
+        at the caller's count spins on the other core into the next forward (libgomp's spin
+        was 4.6% of a batch's time). The caller's count is torch's again on exit, so the
+        caller's code between steps (a stream's consumer) keeps its setting."""
         if not self._own_pool or self.pin_torch_threads or self.device.type != "cpu":
             yield
             return
         caller = torch.get_num_threads()
-        self._step_ceiling = caller
-        if caller != 1:
-            torch.set_num_threads(1)
+        self.pin_torch_threads = True
         try:
             yield
         finally:
-            self._step_ceiling = None
-            if caller != 1:
+            self.pin_torch_threads = False
+            if torch.get_num_threads() != caller:
                 torch.set_num_threads(caller)
 
     @torch.inference_mode()
