@@ -3,7 +3,8 @@
 Each side runs in its own subprocess: two thread pools in one process (torch's OpenMP workers
 spin after each op) would slow whichever runs second. Prints ms per forward's products, GFLOP/s
 and the ratio, for float32, bfloat16 and int8 weights (``[out, in]``, as the fused step holds
-them; int8 against torch's weight-only ``_weight_int8pack_mm``).
+them; int8 (per 32-element block) against torch's weight-only ``_weight_int8pack_mm``, which
+has one scale per row: torch has no kernel for int8 blocks).
 
     python bench/bench_fused_products.py --rows 1,2,4,8,16,32,64
 """
@@ -37,12 +38,14 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
     code = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}[dt]
 
     def weight(o: int, i: int) -> torch.Tensor:
-        if dt == torch.int8:  # int8 per row, as Int8Linear holds it
+        if dt == torch.int8:  # int8 codes, as Int8Linear holds them
             return torch.randint(-127, 128, (o, i), dtype=torch.int8)
         return torch.randn(o, i).to(dt)
 
     weights = [[weight(o, i) for _ in range(n)] for i, o, n in SHAPES]
-    scales = {o: torch.rand(o) * 0.01 for _, o, _ in SHAPES}  # int8's per-row scales
+    # int8's scales: per 32-element block for plait, per row for torch's kernel
+    scales = {(o, i): torch.rand(o, i // 32) * 0.01 for i, o, _ in SHAPES}
+    row_scales = {o: torch.rand(o).bfloat16() for _, o, _ in SHAPES}
     out = {}
     for m in rows:
         xs = [torch.randn(m, i) for i, _, _ in SHAPES]
@@ -51,7 +54,7 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
         def run(xs=xs, ys=ys, m=m) -> None:
             for (i, o, _), ws, x, y in zip(SHAPES, weights, xs, ys):
                 if which == "torch" and dt == torch.int8:  # torch's weight-only int8 kernel
-                    xt, sc = x.bfloat16(), scales[o].bfloat16()
+                    xt, sc = x.bfloat16(), row_scales[o]
                     for w in ws:
                         torch.ops.aten._weight_int8pack_mm(xt, w, sc)
                 elif which == "torch":
@@ -63,7 +66,7 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
                         lib.plait_gemv(
                             w.data_ptr(),
                             code,
-                            scales[o].data_ptr() if dt == torch.int8 else None,
+                            scales[o, i].data_ptr() if dt == torch.int8 else None,
                             None,
                             i,
                             o,

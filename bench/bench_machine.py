@@ -23,7 +23,12 @@ from collections.abc import Callable
 
 import torch
 
-from plait.runtime.model.models.quant_linear import INT4_GROUP, Int4Linear, Int8Linear
+from plait.runtime.model.models.quant_linear import (
+    INT4_GROUP,
+    INT8_BLOCK,
+    Int4Linear,
+    Int8Linear,
+)
 
 # SmolLM2-135M: hidden 576, intermediate 1536, 30 layers, vocab 49152 (tied head)
 HIDDEN, INTER, LAYERS, VOCAB, HEADS_DIM = 576, 1536, 30, 49152, 64
@@ -64,17 +69,16 @@ def gemm_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
 
 
 def step_weight_bytes(precision: str) -> int:
-    """Bytes of weights one decode step reads (per-row / per-group scales included)."""
+    """Bytes of weights one decode step reads (per-block float32 scales included)."""
     layer = sum(o * i for o, i in LAYER_SHAPES) * LAYERS
-    rows = sum(o for o, _ in LAYER_SHAPES) * LAYERS
     head = VOCAB * HIDDEN
     if precision == "float32":
         return 4 * (layer + head)
     if precision == "bfloat16":
         return 2 * (layer + head)
-    head_int8 = head + 2 * VOCAB  # the head is int8 per row in both quantized modes
+    head_int8 = head + 4 * (head // INT8_BLOCK)  # the head is int8 in both quantized modes
     if precision == "int8":
-        return layer + 2 * rows + head_int8
+        return layer + 4 * (layer // INT8_BLOCK) + head_int8
     if precision == "int4":
         return layer // 2 + 4 * (layer // INT4_GROUP) + head_int8
     raise ValueError(precision)

@@ -11,7 +11,7 @@
  *
  * Invariants:
  *  - Activations are float32 throughout; weights are float32 or bfloat16 (widened on load),
- *    or int8 per row / int4 per 32-element group (see DT_I8, DT_I4) with float32 scales;
+ *    or int8 / int4 per 32-element block (see DT_I8, DT_I4) with float32 scales;
  *    KV is written in the pool's dtype (bfloat16 rounded to nearest even, as torch does).
  *  - Every output element is computed by exactly one thread, with a summation order that does
  *    not depend on the thread count: the results are the same bits at any thread count.
@@ -74,11 +74,6 @@ INLINE f32x16 load_bf16(const uint16_t *p) {
  * conversion, and any sign extension of bytes). */
 INLINE f32x16 u8_to_f32(u8x16 v) {
     return __builtin_convertvector(__builtin_convertvector(v, i32x16), f32x16);
-}
-INLINE f32x16 load_i8(const int8_t *p) { /* q = (q ^ 0x80) - 128, exact in float */
-    u8x16 v;
-    memcpy(&v, p, 16);
-    return u8_to_f32(v ^ 0x80) - splat(128.0f);
 }
 INLINE float bf16_to_f32(uint16_t h) {
     uint32_t u = (uint32_t)h << 16;
@@ -289,7 +284,9 @@ INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64
 
 /* ---- products ---------------------------------------------------------------------------- */
 
-/* Weight formats. DT_I8: int8 [out, in] with a float32 scale per row. DT_I4: per 32-element
+/* Weight formats. DT_I8: int8 [out, in] with a float32 scale per 32-element block of a row
+ * ([out, in / 32], GGUF's Q8_0; in a multiple of 32); the weight multiplied is q * scale in
+ * float32 rounded to bfloat16 (nearest even), the values ``Int8Linear.dense`` holds. DT_I4: per 32-element
  * group g of a row, W = scale[g] * code + low[g] with code in 0..15, packed two to a byte in
  * 16 bytes per group (byte j: element j in the low nibble, element 16 + j in the high one, the
  * layout of GGUF's Q4_0 / Q4_1) and float32 [out, in / 32] scales and lows. */
@@ -298,7 +295,7 @@ enum { DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3 };
 typedef struct {
     const void *w;     /* [out, in], row-major (DT_I4: [out, in / 2] bytes) */
     int dtype;         /* DT_* */
-    const float *scale, *low; /* DT_I8: scale [out]; DT_I4: scale, low [out, in / 32] */
+    const float *scale, *low; /* DT_I8: scale; DT_I4: scale, low; [out, in / 32] */
     const float *xsum;        /* DT_I4 without AVX-512: [M, in / 32] sums of activation groups */
     const uint16_t *xb;       /* DT_BF16, DT_I8 with BF16_DOT: the activations in bfloat16 */
     uint16_t *conv;           /* DT_I8 batches with BF16_DOT: [nth, 4, in] weight blocks */
@@ -318,7 +315,7 @@ INLINE void emit(const gemv_args *a, int m, int64_t o, float s) {
     *dst = a->accumulate ? *dst + s : s;
 }
 
-/* A 4 x 4 tile's last steps as ``emit`` (and int8's scale) takes them one by one, 4 outputs
+/* A 4 x 4 tile's last steps as ``emit`` takes them one by one, 4 outputs
  * a vector (lane-wise the same operations: the same bits). acc[r][b]: weight row o + r,
  * activation row m0 + b. The scalar epilogue was a quarter of a product over 576 inputs. */
 INLINE void emit_4x4(const gemv_args *a, int m0, int64_t o, const f32x16 *acc) {
@@ -331,10 +328,6 @@ INLINE void emit_4x4(const gemv_args *a, int m0, int64_t o, const f32x16 *acc) {
     for (int b = 0; b < 4; b++) {
         f32x4 c, t;
         memcpy(&c, sums + 4 * b, 16);
-        if (a->dtype == DT_I8) {
-            memcpy(&t, a->scale + o, 16);
-            c *= t;
-        }
         if (a->bias) {
             memcpy(&t, a->bias + o, 16);
             c += t;
@@ -349,14 +342,17 @@ INLINE void emit_4x4(const gemv_args *a, int m0, int64_t o, const f32x16 *acc) {
 }
 
 /* Any other tile's last steps, one output at a time: sums[r * NB + b] (its ``hsum`` and its
- * tail past the last whole vector step), int8's scale, then ``emit``. */
+ * tail past the last whole vector step), then ``emit``. */
 INLINE void emit_tile(const gemv_args *a, int m0, int64_t o, int RO, int NB, const float *sums) {
     for (int r = 0; r < RO; r++)
-        for (int b = 0; b < NB; b++) {
-            float s = sums[r * NB + b];
-            if (a->dtype == DT_I8) s *= a->scale[o + r];
-            emit(a, m0 + b, o + r, s);
-        }
+        for (int b = 0; b < NB; b++) emit(a, m0 + b, o + r, sums[r * NB + b]);
+}
+
+/* The scales of the 4 (or 1) weight rows of a tile from row o: DT_I8's [out, in / 32], one
+ * per 32-element block; NULL for formats without scales (their loads ignore it). */
+INLINE void row_scales(const gemv_args *a, int64_t o, int RO, const float **sc) {
+    for (int r = 0; r < RO; r++)
+        sc[r] = a->dtype == DT_I8 && a->scale ? a->scale + (o + r) * (a->in / 32) : NULL;
 }
 
 /* RO weight rows against NB activation rows: RO x NB accumulators, each output's products
@@ -375,12 +371,14 @@ INLINE void emit_tile(const gemv_args *a, int m0, int64_t o, int RO, int NB, con
             for (int b = 0; b < NB; b++) acc[r][b] = splat(0.0f);                              \
         /* the next weight block brought in, as in NT_TILE_DOT */                             \
         const T *next = RO > 1 && m0 == 0 && o + 2 * RO <= a->out ? w + RO * K : NULL;        \
+        const float *sc[RO];                                                                   \
+        row_scales(a, o, RO, sc);                                                              \
         for (int64_t k = 0; k < K16; k += 16) {                                                \
             f32x16 wv[RO]; /* RO + NB loads per RO x NB FMAs */                                \
             if (next && k % (64 / sizeof(T)) == 0) /* a line per row */                         \
                 for (int r = 0; r < RO; r++) __builtin_prefetch(next + r * K + k, 0, 3);       \
             for (int r = 0; r < RO; r++) {                                                     \
-                wv[r] = LOAD(w + r * K + k);                                                   \
+                wv[r] = LOAD(w + r * K + k, sc[r], k);                                         \
                 KEEP(wv[r]);                                                                   \
             }                                                                                  \
             for (int b = 0; b < NB; b++) {                                                     \
@@ -412,22 +410,22 @@ INLINE void emit_tile(const gemv_args *a, int m0, int64_t o, int RO, int NB, con
  * into one register per output, then as above. */
 #if defined(__AVX512BF16__)
 #define BF16_DOT 1
-INLINE __m512bh wload_bf16(const uint16_t *p) { return (__m512bh)_mm512_loadu_si512(p); }
-INLINE __m512bh wload_i8(const int8_t *p) {
+INLINE __m512bh wload_bf16(const uint16_t *p, const float *sc, int64_t k) {
+    (void)sc, (void)k;
+    return (__m512bh)_mm512_loadu_si512(p);
+}
+/* One 32-element block of DT_I8 (k: its first element in the row) as bfloat16: q * scale in
+ * float32, rounded to nearest even by the conversion. */
+INLINE __m512bh wload_i8(const int8_t *p, const float *sc, int64_t k) {
+    const __m512 s = _mm512_set1_ps(sc[k >> 5]);
     __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)p)));
     __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const void *)(p + 16))));
-    return _mm512_cvtne2ps_pbh(hi, lo);
+    return _mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, s), _mm512_mul_ps(lo, s));
 }
-/* n int8 weights as bfloat16, exactly (the values ``wload_i8`` makes). */
-static void i8_to_bf16(const int8_t *src, uint16_t *dst, int64_t n) {
-    int64_t i = 0;
-    for (; i + 32 <= n; i += 32) _mm512_storeu_si512(dst + i, (__m512i)wload_i8(src + i));
-    for (; i < n; i++) {
-        float f = (float)src[i];
-        uint32_t u;
-        memcpy(&u, &f, 4);
-        dst[i] = (uint16_t)(u >> 16); /* an integer of 8 bits: exact */
-    }
+/* A DT_I8 row of n elements (a multiple of 32) as bfloat16: the values ``wload_i8`` makes. */
+static void i8_to_bf16(const int8_t *src, const float *sc, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i += 32)
+        _mm512_storeu_si512(dst + i, (__m512i)wload_i8(src + i, sc, i));
 }
 #define NT_TILE_DOT(NAME, RO, NB, T, WLOAD, TO_F32)                                            \
     static void NAME(const gemv_args *a, int64_t o, int m0, const void *wrows) {               \
@@ -441,12 +439,14 @@ static void i8_to_bf16(const int8_t *src, uint16_t *dst, int64_t n) {
          * block's first loads from DRAM were a third of the tile's samples; 1.08-1.10x) */ \
         const T *next =                                                                        \
             RO > 1 && m0 == 0 && !a->conv && o + 2 * RO <= a->out ? w + RO * K : NULL;         \
+        const float *sc[RO];                                                                   \
+        row_scales(a, o, RO, sc);                                                              \
         for (int64_t k = 0; k < K32; k += 32) {                                                \
             __m512bh wv[RO];                                                                   \
             if (next)                                                                          \
                 for (int r = 0; r < RO; r++) __builtin_prefetch(next + r * K + k, 0, 3);       \
             for (int r = 0; r < RO; r++) {                                                     \
-                wv[r] = WLOAD(w + r * K + k);                                                  \
+                wv[r] = WLOAD(w + r * K + k, sc[r], k);                                        \
                 KEEP(wv[r]);                                                                   \
             }                                                                                  \
             for (int b = 0; b < NB; b++) {                                                     \
@@ -486,15 +486,38 @@ static void i8_to_bf16(const int8_t *src, uint16_t *dst, int64_t n) {
     TILE(P##_4x4, 4, 4, __VA_ARGS__)
 
 INLINE float f32_id(float v) { return v; }
+/* The tails of k past the last whole block: DT_I8 has none (its rows are whole blocks). */
 INLINE float i8_to_f32(int8_t v) { return (float)v; }
 
-TILE_SHAPES(NT_TILE, nt_f32, load_f32, float, f32_id)
+/* NT_TILE's loads of 16 weights (sc, k: DT_I8's row scales and the first element's index). */
+INLINE f32x16 tload_f32(const float *p, const float *sc, int64_t k) {
+    (void)sc, (void)k;
+    return load_f32(p);
+}
+INLINE f32x16 tload_bf16(const uint16_t *p, const float *sc, int64_t k) {
+    (void)sc, (void)k;
+    return load_bf16(p);
+}
+/* q * scale in float32 rounded to bfloat16 (nearest even), as ``wload_i8`` and ``Int8Linear``
+ * (q = (q ^ 0x80) - 128 converts exactly; gcc scalarises a sign-extending conversion). */
+INLINE f32x16 tload_i8(const int8_t *p, const float *sc, int64_t k) {
+    u8x16 v;
+    memcpy(&v, p, 16);
+    f32x16 f = (u8_to_f32(v ^ 0x80) - splat(128.0f)) * splat(sc[k >> 5]);
+    u32x16 u;
+    memcpy(&u, &f, 64);
+    u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u; /* finite weights: no NaN case */
+    memcpy(&f, &u, 64);
+    return f;
+}
+
+TILE_SHAPES(NT_TILE, nt_f32, tload_f32, float, f32_id)
 #if BF16_DOT
 TILE_SHAPES(NT_TILE_DOT, nt_bf16d, uint16_t, wload_bf16, bf16_to_f32)
 TILE_SHAPES(NT_TILE_DOT, nt_i8d, int8_t, wload_i8, i8_to_f32)
 #else
-TILE_SHAPES(NT_TILE, nt_bf16, load_bf16, uint16_t, bf16_to_f32)
-TILE_SHAPES(NT_TILE, nt_i8, load_i8, int8_t, i8_to_f32)
+TILE_SHAPES(NT_TILE, nt_bf16, tload_bf16, uint16_t, bf16_to_f32)
+TILE_SHAPES(NT_TILE, nt_i8, tload_i8, int8_t, i8_to_f32)
 #endif
 
 
@@ -625,7 +648,8 @@ static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) 
 #if BF16_DOT
         if (conv && ro == 4) {
             for (int r = 0; r < 4; r++)
-                i8_to_bf16((const int8_t *)wr + r * a->in, conv + r * a->in, a->in);
+                i8_to_bf16((const int8_t *)wr + r * a->in, a->scale + (o + r) * (a->in / 32),
+                           conv + r * a->in, a->in);
             wr = conv;
             kk = tiles[DT_BF16][1];
         }
@@ -1052,10 +1076,12 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
 }
 
 /* One product for tests and benches: y[M, out] = x[M, in] W^T (+ bias), or y += that when
- * ``accumulate``; W [out, in] in any DT_* format. Returns 0, or -1 out of memory. */
+ * ``accumulate``; W [out, in] in any DT_* format. Returns 0, -1 out of memory, or -2 for a
+ * block format (DT_I8, DT_I4) whose ``in`` is not a multiple of 32. */
 int plait_gemv(const void *w, int dtype, const float *scale, const float *low, int64_t in,
                int64_t out, const float *x, const float *bias, float *y, int accumulate, int M,
                int nthreads) {
+    if ((dtype == DT_I8 || dtype == DT_I4) && in % 32) return -2; /* whole blocks only */
     nthreads = acquire_pool(nthreads);
     int64_t mat[MAT_COUNT] = {(int64_t)w, dtype, (int64_t)scale, (int64_t)low};
     gemv_args a = product(mat, in, out, x, bias, y, accumulate, M);

@@ -57,13 +57,13 @@ def _library_path(cc: str) -> Path:
     return default_cache_dir() / "kernels" / f"cpu_decode-{h.hexdigest()[:16]}.so"
 
 
-def _build(cc: str, out: Path) -> None:
+def _build(cc: str, out: Path, flags: list[str] = FLAGS) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out.parent)
     os.close(fd)
     try:
         proc = subprocess.run(
-            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True
+            [cc, *flags, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True
         )
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-2000:]}")
@@ -85,10 +85,14 @@ def library() -> ctypes.CDLL | None:
         path = _library_path(cc)
         if not path.is_file():
             _build(cc, path)
-        lib = ctypes.CDLL(str(path))
+        return typed(ctypes.CDLL(str(path)))
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         _error = f"building {SOURCE.name}: {e}"
         return None
+
+
+def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """``lib`` (a build of ``SOURCE``) with its functions' argument and result types set."""
     lib.plait_decode_step.restype = _int
     lib.plait_decode_step.argtypes = [
         *(_vp, _vp, _vp),  # cfg, globals, per-layer pointers (int64 arrays)

@@ -130,7 +130,7 @@ class EngineConfig:
     quantization: str | None = _opt(
         None,
         (str, _NONE),
-        "weight-only quantized linear layers (CPU): int8 per row, int4 per 32 (GGUF 4-bit as stored)",
+        "weight-only quantized linear layers (CPU): int8 / int4 per 32 (GGUF Q8_0 / Q4 as stored)",
         choices=QUANTIZATIONS,
     )
     num_threads: int | None = _opt(None, (int, _NONE), "torch CPU threads")

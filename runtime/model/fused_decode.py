@@ -10,7 +10,7 @@ Invariants:
 - Used only for forwards of at most ``max_rows`` tokens (decode steps, short prefills),
   on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
   float32 weights out before building it) or quantized (``Int8Linear``, ``Int4Linear``: their
-  codes, with float32 scales), and a float32 or bfloat16 KV pool; ``unsupported`` names what
+  codes, with float32 scales per 32-element block), and a float32 or bfloat16 KV pool; ``unsupported`` names what
   rules a model out.
 - The address tables are rebuilt when the storage of any weight or buffer they point at was
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
@@ -139,7 +139,7 @@ class FusedDecode:
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
             if isinstance(lin, Int8Linear):
-                return [ptr(lin.qweight), _DT_I8, f32_copy(lin.scale), 0]
+                return [ptr(lin.qweight), _DT_I8, ptr(lin.scale), 0]
             if isinstance(lin, Int4Linear):
                 return [ptr(lin.nibbles), _DT_I4, ptr(lin.group_scale), ptr(lin.group_low)]
             return [ptr(lin.weight), _DTYPES[lin.weight.dtype], 0, 0]

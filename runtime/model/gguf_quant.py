@@ -1,6 +1,7 @@
 """Reads a GGUF's quantized linear weights as they are stored, for the quantized linear layers.
 
-The 4-bit block formats map onto ``Int4Linear``'s ``scale * code + low`` per 32 elements without
+Q8_0 (``d * q`` per 32 elements, ``d`` float16) is ``Int8Linear``'s own format. The 4-bit
+block formats map onto ``Int4Linear``'s ``scale * code + low`` per 32 elements without
 any loss: Q4_0 (``d * (q - 8)``), Q4_1 (``d * q + m``) and Q4_K (per 32-element sub-block
 ``d * sc * q - dmin * mn``). Any other type is dequantized in memory (never to disk) and quantized
 by the layer's own ``from_float``. Rows are returned in Hugging Face order (llama.cpp's rope row
@@ -25,6 +26,14 @@ from plait.runtime.model.gguf_convert import (
 )
 
 _FOUR_BIT = (GGMLQuantizationType.Q4_0, GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q4_K)
+
+
+@dataclass(slots=True)
+class Int8Blocks:
+    """``W[n, k] = scale[n, k // 32] * codes[n, k]`` (GGUF Q8_0)."""
+
+    codes: torch.Tensor  # [out, in] int8
+    scale: torch.Tensor  # [out, in / 32] float32
 
 
 @dataclass(slots=True)
@@ -54,6 +63,22 @@ class GGUFWeights:
 
     def is_four_bit(self, name: str) -> bool:
         return self.tensors[name].tensor_type in _FOUR_BIT
+
+    def is_q8_0(self, name: str) -> bool:
+        return self.tensors[name].tensor_type == GGMLQuantizationType.Q8_0
+
+    def int8_blocks(self, name: str) -> Int8Blocks:
+        """The stored codes and per-32 scales of a Q8_0 weight, unchanged."""
+        t = self.tensors[name]
+        if t.tensor_type != GGMLQuantizationType.Q8_0:
+            raise ValueError(f"{name} is {t.tensor_type.name}, not Q8_0")
+        rows = int(np.prod(t.shape[1:]))
+        codes, scale = _q8_0(np.asarray(t.data, dtype=np.uint8).reshape(rows, -1))
+        codes, scale = self._unpermute(name, codes), self._unpermute(name, scale)
+        return Int8Blocks(
+            torch.from_numpy(np.ascontiguousarray(codes)),
+            torch.from_numpy(np.ascontiguousarray(scale, dtype=np.float32)),
+        )
 
     def dense(self, name: str) -> torch.Tensor:
         """The float32 [out, in] weight, dequantized in memory."""
@@ -92,6 +117,15 @@ class GGUFWeights:
 def _nibbles(qs: np.ndarray) -> np.ndarray:
     """[..., 16] bytes -> [..., 32] codes: the low nibbles are elements 0-15, the high 16-31."""
     return np.concatenate([qs & 0x0F, qs >> 4], axis=-1)
+
+
+def _q8_0(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[rows, bytes] of 34-byte blocks (float16 ``d``, then 32 int8 codes) -> codes, scales."""
+    rows = blocks.shape[0]
+    b = blocks.reshape(rows, -1, 34)
+    d = b[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float32)
+    codes = b[..., 2:].copy().view(np.int8).reshape(rows, -1)
+    return codes, d
 
 
 def _q4_01(blocks: np.ndarray, has_min: bool) -> tuple[np.ndarray, ...]:

@@ -1,9 +1,10 @@
 """Swaps a loaded model's linear layers for weight-only int8 / int4 ones (``--quantization``).
 
-Sources, best first: a GGUF's own 4-bit blocks (int4 from Q4_0 / Q4_1 / Q4_K, no requantization);
-otherwise the dense weight (the GGUF's tensor dequantized in memory, or the loaded checkpoint)
-quantized by the layer. The output head is always int8 per row, as llama.cpp keeps its output
-tensor above 4 bits: it is the widest matrix and the logits are the most sensitive to it.
+Sources, best first: a GGUF's own blocks in the layer's format (int8 from Q8_0, int4 from Q4_0 /
+Q4_1 / Q4_K; no requantization); otherwise the dense weight (the GGUF's tensor dequantized in
+memory, or the loaded checkpoint) quantized by the layer. The output head is always int8 (Q8_0
+blocks), as llama.cpp keeps its output tensor above 4 bits: it is the widest matrix and the
+logits are the most sensitive to it.
 Embeddings and norms stay dense (a lookup reads one row; norms are tiny).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from plait.runtime.model.gguf_quant import GGUFWeights, Int4Groups
+from plait.runtime.model.gguf_quant import GGUFWeights, Int4Groups, Int8Blocks
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
 from plait.runtime.model.models.quant_linear import QUANTIZATIONS, Int4Linear, Int8Linear
@@ -42,7 +43,9 @@ def quantize_model(
             setattr(parent, attr, _quantized(dense, names, quantization, gguf))
     head = model.lm_head
     name = "model.embed_tokens.weight" if model.config.tie_word_embeddings else "lm_head.weight"
-    if head.weight.dtype != torch.float32 and gguf is not None and name in gguf:
+    if gguf is not None and name in gguf and gguf.is_q8_0(name):
+        model.lm_head = Int8Linear(*_blocks8([gguf.int8_blocks(name)]))
+    elif head.weight.dtype != torch.float32 and gguf is not None and name in gguf:
         model.lm_head = Int8Linear.from_float(gguf.dense(name))
     else:
         model.lm_head = Int8Linear.from_float(_rows(head))
@@ -57,6 +60,8 @@ def _quantized(
     if quantization == "int4" and from_gguf and all(gguf.is_four_bit(n) for n in names):
         groups = [gguf.int4_groups(n) for n in names]
         return Int4Linear(*_concat_rows(groups))
+    if quantization == "int8" and from_gguf and all(gguf.is_q8_0(n) for n in names):
+        return Int8Linear(*_blocks8([gguf.int8_blocks(n) for n in names]))
     # A float32 model already holds the GGUF's values exactly; a narrower one re-reads the file.
     exact = dense.weight.dtype == torch.float32 or not from_gguf
     weight = _rows(dense) if exact else torch.cat([gguf.dense(n) for n in names])
@@ -76,3 +81,7 @@ def _concat_rows(groups: list[Int4Groups]) -> tuple[torch.Tensor, torch.Tensor, 
         torch.cat([g.scale for g in groups]),
         torch.cat([g.low for g in groups]),
     )
+
+
+def _blocks8(blocks: list[Int8Blocks]) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.cat([b.codes for b in blocks]), torch.cat([b.scale for b in blocks])

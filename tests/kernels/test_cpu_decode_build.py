@@ -6,11 +6,78 @@ the suite unnoticed."""
 
 from __future__ import annotations
 
+import ctypes
+
 import pytest
+import torch
 
 from plait.kernels import cpu_decode
+from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 
 
 @pytest.mark.skipif(cpu_decode._compiler() is None, reason="no C compiler on this machine")
 def test_the_c_step_builds_where_a_compiler_is_found():
     assert cpu_decode.library() is not None, cpu_decode.build_error()
+
+
+def _host_has(flag: str) -> bool:
+    return flag in cpu_decode._cpu_flags().split()
+
+
+# builds for CPUs with fewer vector instructions than this one: without AVX512_BF16 (float32
+# FMAs on widened weights), and AVX2 alone (no AVX-512: int4's widening kernel)
+NARROWER = {
+    "avx512-no-bf16": (["-march=native", "-mno-avx512bf16"], "avx512f"),
+    "avx2": (["-march=x86-64-v3"], "avx2"),
+}
+
+
+@pytest.mark.skipif(cpu_decode._compiler() is None, reason="no C compiler on this machine")
+@pytest.mark.parametrize("target", NARROWER)
+def test_narrower_builds_compute_the_same_products(target, tmp_path):
+    """The kernels a CPU without AVX512_BF16 (or without AVX-512) runs, built here with those
+    instructions turned off: every weight format against float64 (activations stay float32;
+    int8's weights are bf16(q * scale) in every build)."""
+    flags, needs = NARROWER[target]
+    if not _host_has(needs):
+        pytest.skip(f"this CPU cannot run a {target} build")
+    out = tmp_path / "narrow.so"
+    base = [f for f in cpu_decode.FLAGS if not f.startswith("-march")]
+    cpu_decode._build(cpu_decode._compiler(), out, [*base, *flags])
+    lib = cpu_decode.typed(ctypes.CDLL(str(out)))
+    assert lib.plait_bf16_dot() == 0
+    gen = torch.Generator().manual_seed(7)
+    n, k = 48, 96  # torch's int4 packing needs rows in sixteens
+    dense = torch.randn(n, k, generator=gen)
+    i8, i4 = Int8Linear.from_float(dense), Int4Linear.from_float(dense)
+    q = i4.nibbles.view(n, k // 32, 16)
+    codes = torch.stack([q & 15, q >> 4], dim=2).view(n, k // 32, 32).float()
+    i4_dense = codes * i4.group_scale[..., None] + i4.group_low[..., None]
+    bf = dense.bfloat16()
+    formats = {  # code, weight, scale, low, the weight it multiplies by
+        "float32": (0, dense, None, None, dense),
+        "bfloat16": (1, bf, None, None, bf.float()),
+        "int8": (2, i8.qweight, i8.scale, None, i8.dense.float()),
+        "int4": (3, i4.nibbles, i4.group_scale, i4.group_low, i4_dense.view(n, k)),
+    }
+    for m in (1, 3, 6):
+        x = torch.randn(m, k, generator=gen)
+        for name, (code, w, scale, low, weight) in formats.items():
+            y = torch.empty(m, n)
+            rc = lib.plait_gemv(
+                w.data_ptr(),
+                code,
+                None if scale is None else scale.data_ptr(),
+                None if low is None else low.data_ptr(),
+                k,
+                n,
+                x.data_ptr(),
+                None,
+                y.data_ptr(),
+                0,
+                m,
+                2,
+            )
+            assert rc == 0
+            expected = x.double() @ weight.double().t()
+            torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4, msg=name)

@@ -1,10 +1,13 @@
-"""Weight-only quantized linear layers on torch's own CPU kernels (int8 per channel, int4 per group).
+"""Weight-only quantized linear layers on the CPU: int8 and int4 per 32-element block.
 
 Decode streams every weight once per step, so fewer weight bytes is a faster step: int8 halves
-bfloat16's bytes, int4 quarters them. The kernels are ``aten._weight_int8pack_mm`` and
-``aten._weight_int4pack_mm_for_cpu``; both are vectorized for bfloat16 activations only (a float32
-activation takes a scalar path ~10x slower, bench/RESULTS.md), so the activation is cast to
-bfloat16 around the product and the result back to the caller's dtype.
+bfloat16's bytes, int4 quarters them. Both formats are GGUF's own (int8: Q8_0, one scale per
+32 elements; int4: Q4_0 / Q4_1 / Q4_K sub-blocks), so a GGUF's blocks load as stored. Decode
+steps run in the fused C step (``kernels/cpu_decode.c``), which reads the codes; torch has a
+kernel for int4's groups (``aten._weight_int4pack_mm_for_cpu``, vectorized for bfloat16
+activations only, so the activation is cast around the product) but none for int8 blocks (its
+``_weight_int8pack_mm`` takes one scale per row, which cost greedy agreement with float32:
+54.7%, bench/RESULTS.md), so int8 outside the fused step multiplies by its bfloat16 copy.
 """
 
 from __future__ import annotations
@@ -14,49 +17,68 @@ import torch.nn.functional as F
 from torch import nn
 
 QUANTIZATIONS = ("int8", "int4")
-# Above this many rows a forward multiplies by a bfloat16 copy of the dequantized weight instead:
-# torch's weight-only kernels are matrix-vector kernels, 2-4x slower than the bfloat16 GEMM at
+# Above this many rows an int4 forward in torch multiplies by a bfloat16 copy of the dequantized
+# weight instead: torch's int4 kernel is a matrix-vector kernel, 2-4x slower than the GEMM at
 # 32-256 rows (bench/RESULTS.md, issue 15), while a decode step of a few rows is bound by the
 # weight bytes it streams, where the quantized kernels win. The copy costs bfloat16's memory
 # again; the speed of decode is what quantization buys here, not the memory.
 DENSE_ABOVE_ROWS = 8
-# The group size of int4: 32 is GGUF's Q4_0 / Q4_1 / Q4_K sub-block, so those load exactly.
+# The block (group) size of int8 and int4: GGUF's Q8_0 block and Q4_0 / Q4_1 / Q4_K sub-block.
 INT4_GROUP = 32
+INT8_BLOCK = 32
 _COMPUTE = torch.bfloat16
 
 
 class Int8Linear(nn.Module):
-    """``y = x (q * scale)ᵀ`` with ``q`` int8 [out, in] and one float scale per output row."""
+    """``y = x Wᵀ`` with ``W[n, k] = bf16(q[n, k] * scale[n, k // 32])``: ``q`` int8,
+    ``scale`` float32 ``[out, in / 32]`` (GGUF Q8_0's ``d``), the product taken in float32 and
+    rounded to bfloat16 (nearest even). ``dense`` holds W; the fused C step makes the same
+    values in registers from ``qweight`` and ``scale``, so both paths multiply by the same W.
+    """
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:
         super().__init__()
-        if qweight.dtype != torch.int8 or qweight.dim() != 2 or scale.shape != qweight.shape[:1]:
-            raise ValueError("Int8Linear needs an int8 [out, in] weight and an [out] scale")
-        self.in_features, self.out_features = qweight.shape[1], qweight.shape[0]
+        rows, cols = qweight.shape if qweight.dim() == 2 else (0, 0)
+        if (
+            qweight.dtype != torch.int8
+            or qweight.dim() != 2
+            or cols % INT8_BLOCK
+            or scale.shape != (rows, cols // INT8_BLOCK)
+        ):
+            raise ValueError(
+                f"Int8Linear needs an int8 [out, in] weight with in divisible by {INT8_BLOCK} and "
+                f"[out, in/{INT8_BLOCK}] scales; got {qweight.dtype} {tuple(qweight.shape)}, "
+                f"scales {tuple(scale.shape)}"
+            )
+        self.in_features, self.out_features = cols, rows
         self.register_buffer("qweight", qweight.contiguous())
-        self.register_buffer("scale", scale.to(_COMPUTE).contiguous())
+        self.register_buffer("scale", scale.float().contiguous())
         self.register_buffer("dense", self.dequantized().to(_COMPUTE))
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int8Linear:
-        """Symmetric per-row quantization of a dense [out, in] weight (round to nearest)."""
-        w = weight.float()
-        # round against the scale as the kernel will hold it (bfloat16)
-        scale = (w.abs().amax(dim=1) / 127.0).clamp_min(1e-12).to(_COMPUTE).float()
-        q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
-        return cls(q, scale)
+        """GGUF Q8_0 quantization of a dense [out, in] weight, as llama.cpp's
+        ``quantize_row_q8_0_ref``: per block ``d = amax / 127``, ``q = round(w / d)`` (half away
+        from zero), and ``d`` stored as float16."""
+        out_features, in_features = weight.shape
+        if in_features % INT8_BLOCK:
+            raise ValueError(f"Int8Linear needs in_features divisible by {INT8_BLOCK}")
+        w = weight.float().reshape(out_features, in_features // INT8_BLOCK, INT8_BLOCK)
+        d = w.abs().amax(dim=-1) / 127.0
+        inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+        x = (w * inv[..., None]).abs()
+        whole = torch.floor(x)  # roundf: half away from zero (floor(x + 0.5) rounds 0.49999997 up)
+        q = (torch.sign(w) * (whole + torch.floor(2 * (x - whole)))).to(torch.int8)
+        return cls(q.reshape(out_features, in_features), d.half().float())
 
     def dequantized(self) -> torch.Tensor:
-        """The float32 [out, in] weight this layer multiplies by (for checks)."""
-        return self.qweight.float() * self.scale.float()[:, None]
+        """The float32 [out, in] weight ``q * scale`` (before ``dense``'s bfloat16 rounding)."""
+        q = self.qweight.float().view(self.out_features, -1, INT8_BLOCK)
+        return (q * self.scale[..., None]).view(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        x2 = x.reshape(-1, self.in_features).to(_COMPUTE)
-        if x2.shape[0] > DENSE_ABOVE_ROWS:
-            y = F.linear(x2, self.dense)
-        else:
-            y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.scale)
+        y = F.linear(x.reshape(-1, self.in_features).to(_COMPUTE), self.dense)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 

@@ -297,26 +297,26 @@ def test_products_against_float64(dtype, k, n, m):
 @pytest.mark.parametrize("n,m", [(48, 1), (32, 3), (80, 6)])
 @pytest.mark.parametrize("k", [96, 100])
 def test_quantized_products_against_float64(quant, n, m, k):
-    """y = x Wᵀ for W as the layer dequantizes it (int8 per row; int4 per 32 with lows)."""
-    if quant == "int4" and k % 32:
-        pytest.skip("int4 rows are whole groups of 32")
+    """y = x Wᵀ for W as the layer dequantizes it (int8: bf16(q * scale) per 32-element block;
+    int4: per 32 with lows); a row that is not whole blocks is refused (code -2)."""
     lib = cpu_decode.library()
     gen = torch.Generator().manual_seed(n * m)
-    dense = torch.randn(n, k, generator=gen)
+    whole = k - k % 32
+    dense = torch.randn(n, whole, generator=gen)
     x = torch.randn(m, k, generator=gen)
     if quant == "int8":
         layer = Int8Linear.from_float(dense)
-        w, code, scale, low = layer.qweight, 2, layer.scale.float().contiguous(), None
+        w, code, scale, low = layer.qweight, 2, layer.scale, None
+        weight = layer.dense.float()  # the values the kernel makes from codes and scales
     else:
         layer = Int4Linear.from_float(dense)
         w, code, scale, low = layer.nibbles, 3, layer.group_scale, layer.group_low
-    weight = layer.dequantized() if quant == "int8" else _int4_dense(layer)
-    # with AVX512_BF16, int8 weights meet activations rounded to bfloat16 (as torch's int8
-    # weight-only kernel casts them)
+        weight = _int4_dense(layer)
+    # with AVX512_BF16, int8 weights meet activations rounded to bfloat16 (as torch's
+    # bfloat16 products do)
     xr = x.bfloat16() if quant == "int8" and lib.plait_bf16_dot() else x
-    expected = xr.double() @ weight.double().t()
     y = torch.empty(m, n)
-    lib.plait_gemv(
+    rc = lib.plait_gemv(
         w.data_ptr(),
         code,
         scale.data_ptr(),
@@ -330,6 +330,11 @@ def test_quantized_products_against_float64(quant, n, m, k):
         m,
         2,
     )
+    if k % 32:
+        assert rc == -2
+        return
+    assert rc == 0
+    expected = xr.double() @ weight.double().t()
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
 
 

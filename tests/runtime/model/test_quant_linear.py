@@ -1,4 +1,4 @@
-"""Weight-only int8 / int4 linear layers and the GGUF 4-bit blocks they load (no real model)."""
+"""Weight-only int8 / int4 linear layers and the GGUF blocks they load (no real model)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 from gguf import GGMLQuantizationType
 from gguf.quants import dequantize, quantize
 
-from plait.runtime.model.gguf_quant import _q4_01, _q4_k
-from plait.runtime.model.models.quant_linear import INT4_GROUP, Int4Linear, Int8Linear
+from plait.runtime.model.gguf_quant import _q4_01, _q4_k, _q8_0
+from plait.runtime.model.models.quant_linear import INT4_GROUP, INT8_BLOCK, Int4Linear, Int8Linear
 
 
 def _bf16_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -17,18 +17,46 @@ def _bf16_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).float() @ w.t()
 
 
-@pytest.mark.parametrize("rows", [5, 40])  # the int8 kernel, then the bfloat16 copy above 8 rows
+@pytest.mark.parametrize("rows", [5, 40])
 def test_int8_linear_is_the_dequantized_weight_matmul(rows):
     torch.manual_seed(0)
     w = torch.randn(96, 64)
     layer = Int8Linear.from_float(w)
     deq = layer.dequantized()
-    assert ((deq - w).abs() <= layer.scale.float()[:, None] * 0.51).all()  # round to nearest
+    step = layer.scale.repeat_interleave(INT8_BLOCK, dim=1)  # one scale per 32 elements
+    assert layer.scale.shape == (96, 64 // INT8_BLOCK)
+    # round to nearest: half a step, plus the scale's rounding to float16 (2^-11 of itself)
+    # times a code of up to 127
+    assert ((deq - w).abs() <= step * (0.5 + 127 * 2**-11)).all()
+    assert torch.equal(layer.dense, deq.to(torch.bfloat16))  # W = bf16(q * scale)
     x = torch.randn(rows, 64)
     y = layer(x)
     assert y.dtype == torch.float32 and y.shape == (rows, 96)
-    ref = _bf16_matmul(x, deq)
+    ref = _bf16_matmul(x, layer.dense.float())
     torch.testing.assert_close(y, ref, rtol=2e-2, atol=1e-2 * float(ref.abs().max()))
+
+
+def test_int8_from_float_is_gguf_q8_0():
+    """``from_float`` makes llama.cpp's Q8_0 blocks (gguf-py's reference quantizer), and
+    ``_q8_0`` reads those blocks back as the same codes and scales."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((24, 4 * INT8_BLOCK)).astype(np.float32)
+    w[0, :INT8_BLOCK] = 0.0  # an all-zero block: scale 0, codes 0
+    w[1, 5] = 40.0  # an outlier only moves its own block's scale
+    blocks = np.asarray(quantize(w, GGMLQuantizationType.Q8_0))
+    codes, scale = _q8_0(blocks.reshape(24, -1))
+    layer = Int8Linear.from_float(torch.from_numpy(w))
+    assert torch.equal(layer.qweight, torch.from_numpy(codes))
+    assert torch.equal(layer.scale, torch.from_numpy(scale))
+    ref = dequantize(blocks, GGMLQuantizationType.Q8_0).reshape(24, -1)
+    assert torch.equal(layer.dequantized(), torch.from_numpy(np.asarray(ref, dtype=np.float32)))
+
+
+def test_int8_linear_needs_whole_blocks():
+    with pytest.raises(ValueError, match="divisible by 32"):
+        Int8Linear.from_float(torch.randn(4, 40))
+    with pytest.raises(ValueError, match="in/32"):
+        Int8Linear(torch.zeros(4, 64, dtype=torch.int8), torch.ones(4))
 
 
 @pytest.mark.parametrize("rows", [3, 20])  # the int4 kernel, then the bfloat16 copy above 8 rows
