@@ -35,7 +35,9 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
     torch.set_num_threads(threads if which == "torch" else 1)
     lib = cpu_decode.library()
     dt = getattr(torch, dtype)
-    code = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}[dt]
+    code = {torch.float32: cpu_decode.DT_F32, torch.bfloat16: cpu_decode.DT_BF16}.get(
+        dt, cpu_decode.DT_I8
+    )
 
     def weight(o: int, i: int) -> torch.Tensor:
         if dt == torch.int8:  # int8 codes, as Int8Linear holds them
@@ -63,20 +65,8 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
                         torch.nn.functional.linear(xt, w)
                 else:
                     for w in ws:
-                        lib.plait_gemv(
-                            w.data_ptr(),
-                            code,
-                            scales[o, i].data_ptr() if dt == torch.int8 else None,
-                            None,
-                            i,
-                            o,
-                            x.data_ptr(),
-                            None,
-                            y.data_ptr(),
-                            0,
-                            m,
-                            threads,
-                        )
+                        sc = scales[o, i] if dt == torch.int8 else None
+                        cpu_decode.gemv(lib, code, w, x, y, scale=sc, threads=threads)
 
         run()
         start = time.perf_counter()

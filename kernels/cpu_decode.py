@@ -18,8 +18,12 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from plait.runtime.model.model_source import default_cache_dir
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-pthread"]
@@ -28,6 +32,9 @@ _vp = ctypes.c_void_p
 _i64, _int, _double = ctypes.c_int64, ctypes.c_int, ctypes.c_double
 
 _error: str | None = None
+
+# DT_* in cpu_decode.c: a product's weight format
+DT_F32, DT_BF16, DT_I8, DT_I4 = 0, 1, 2, 3
 
 
 def _compiler() -> str | None:
@@ -110,3 +117,31 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
 def build_error() -> str | None:
     """Why ``library()`` returned None (None if it has not failed)."""
     return _error
+
+
+def gemv(
+    lib: ctypes.CDLL,
+    dtype: int,
+    w: Tensor,
+    x: Tensor,
+    y: Tensor,
+    *,
+    scale: Tensor | None = None,
+    low: Tensor | None = None,
+    bias: Tensor | None = None,
+    accumulate: bool = False,
+    threads: int = 1,
+) -> int:
+    """One product for tests and benches, ``plait_gemv``: ``y = x Wᵀ (+ bias)``, or ``y +=``
+    that when ``accumulate``; ``W`` [out, in] in the format ``dtype`` (``DT_*``; int8 / int4
+    with their block ``scale`` and int4's ``low``). ``x`` [M, in] and ``y`` [M, out] float32,
+    contiguous. Returns 0, -1 (out of memory) or -2 (int8 / int4 rows not whole blocks)."""
+    (m, k), n = x.shape, y.shape[1]
+
+    def ptr(t: Tensor | None) -> int | None:
+        return None if t is None else t.data_ptr()
+
+    return lib.plait_gemv(
+        w.data_ptr(), dtype, ptr(scale), ptr(low), k, n, x.data_ptr(), ptr(bias),
+        y.data_ptr(), int(accumulate), m, threads,
+    )  # fmt: skip

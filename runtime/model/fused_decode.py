@@ -40,8 +40,7 @@ from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 # with bench_threads at 8 and 32 requests: bench/RESULTS.md, issue 15).
 MAX_ROWS = {"float32": 64, "bfloat16": 64, "int8": 64, "int4": 8}
 
-_DTYPES = {torch.float32: 0, torch.bfloat16: 1}  # = DT_F32, DT_BF16 in cpu_decode.c
-_DT_I8, _DT_I4 = 2, 3
+_DTYPES = {torch.float32: cpu_decode.DT_F32, torch.bfloat16: cpu_decode.DT_BF16}
 
 
 def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.device) -> str | None:
@@ -139,9 +138,14 @@ class FusedDecode:
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
             if isinstance(lin, Int8Linear):
-                return [ptr(lin.qweight), _DT_I8, ptr(lin.scale), 0]
+                return [ptr(lin.qweight), cpu_decode.DT_I8, ptr(lin.scale), 0]
             if isinstance(lin, Int4Linear):
-                return [ptr(lin.nibbles), _DT_I4, ptr(lin.group_scale), ptr(lin.group_low)]
+                return [
+                    ptr(lin.nibbles),
+                    cpu_decode.DT_I4,
+                    ptr(lin.group_scale),
+                    ptr(lin.group_low),
+                ]
             return [ptr(lin.weight), _DTYPES[lin.weight.dtype], 0, 0]
 
         self._globals = torch.tensor(

@@ -55,29 +55,16 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
     i4_dense = codes * i4.group_scale[..., None] + i4.group_low[..., None]
     bf = dense.bfloat16()
     formats = {  # code, weight, scale, low, the weight it multiplies by
-        "float32": (0, dense, None, None, dense),
-        "bfloat16": (1, bf, None, None, bf.float()),
-        "int8": (2, i8.qweight, i8.scale, None, i8.dense.float()),
-        "int4": (3, i4.nibbles, i4.group_scale, i4.group_low, i4_dense.view(n, k)),
+        "float32": (cpu_decode.DT_F32, dense, None, None, dense),
+        "bfloat16": (cpu_decode.DT_BF16, bf, None, None, bf.float()),
+        "int8": (cpu_decode.DT_I8, i8.qweight, i8.scale, None, i8.dense.float()),
+        "int4": (cpu_decode.DT_I4, i4.nibbles, i4.group_scale, i4.group_low, i4_dense.view(n, k)),
     }
     for m in (1, 3, 6):
         x = torch.randn(m, k, generator=gen)
         for name, (code, w, scale, low, weight) in formats.items():
             y = torch.empty(m, n)
-            rc = lib.plait_gemv(
-                w.data_ptr(),
-                code,
-                None if scale is None else scale.data_ptr(),
-                None if low is None else low.data_ptr(),
-                k,
-                n,
-                x.data_ptr(),
-                None,
-                y.data_ptr(),
-                0,
-                m,
-                2,
-            )
+            rc = cpu_decode.gemv(lib, code, w, x, y, scale=scale, low=low, threads=2)
             assert rc == 0
             expected = x.double() @ weight.double().t()
             torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4, msg=name)

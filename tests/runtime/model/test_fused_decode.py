@@ -275,21 +275,9 @@ def test_products_against_float64(dtype, k, n, m):
     expected = xr.double() @ w.double().t() + bias.double() + y0.double()
     for threads in (1, 2):
         y = y0.clone()
-        code = {torch.float32: 0, torch.bfloat16: 1}[dtype]
-        lib.plait_gemv(
-            w.data_ptr(),
-            code,
-            None,
-            None,
-            k,
-            n,
-            x.data_ptr(),
-            bias.data_ptr(),
-            y.data_ptr(),
-            1,
-            m,
-            threads,
-        )
+        code = {torch.float32: cpu_decode.DT_F32, torch.bfloat16: cpu_decode.DT_BF16}[dtype]
+        rc = cpu_decode.gemv(lib, code, w, x, y, bias=bias, accumulate=True, threads=threads)
+        assert rc == 0
         torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
 
 
@@ -306,30 +294,17 @@ def test_quantized_products_against_float64(quant, n, m, k):
     x = torch.randn(m, k, generator=gen)
     if quant == "int8":
         layer = Int8Linear.from_float(dense)
-        w, code, scale, low = layer.qweight, 2, layer.scale, None
+        w, code, scale, low = layer.qweight, cpu_decode.DT_I8, layer.scale, None
         weight = layer.dense.float()  # the values the kernel makes from codes and scales
     else:
         layer = Int4Linear.from_float(dense)
-        w, code, scale, low = layer.nibbles, 3, layer.group_scale, layer.group_low
+        w, code, scale, low = layer.nibbles, cpu_decode.DT_I4, layer.group_scale, layer.group_low
         weight = _int4_dense(layer)
     # with AVX512_BF16, int8 weights meet activations rounded to bfloat16 (as torch's
     # bfloat16 products do)
     xr = x.bfloat16() if quant == "int8" and lib.plait_bf16_dot() else x
     y = torch.empty(m, n)
-    rc = lib.plait_gemv(
-        w.data_ptr(),
-        code,
-        scale.data_ptr(),
-        None if low is None else low.data_ptr(),
-        k,
-        n,
-        x.data_ptr(),
-        None,
-        y.data_ptr(),
-        0,
-        m,
-        2,
-    )
+    rc = cpu_decode.gemv(lib, code, w, x, y, scale=scale, low=low, threads=2)
     if k % 32:
         assert rc == -2
         return
@@ -350,9 +325,7 @@ def _int4_dense(layer: Int4Linear) -> torch.Tensor:
 def _product_in_child(queue) -> None:
     x, w = torch.ones(1, 64), torch.ones(32, 64)
     y = torch.empty(1, 32)
-    cpu_decode.library().plait_gemv(
-        w.data_ptr(), 0, None, None, 64, 32, x.data_ptr(), None, y.data_ptr(), 0, 1, 2
-    )
+    cpu_decode.gemv(cpu_decode.library(), cpu_decode.DT_F32, w, x, y, threads=2)
     queue.put(float(y.sum()))
 
 
@@ -362,9 +335,7 @@ def test_a_forked_child_gets_its_own_threads():
 
     x, w = torch.ones(1, 64), torch.ones(32, 64)
     y = torch.empty(1, 32)
-    cpu_decode.library().plait_gemv(
-        w.data_ptr(), 0, None, None, 64, 32, x.data_ptr(), None, y.data_ptr(), 0, 1, 2
-    )
+    cpu_decode.gemv(cpu_decode.library(), cpu_decode.DT_F32, w, x, y, threads=2)
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     child = ctx.Process(target=_product_in_child, args=(queue,))
