@@ -1,5 +1,6 @@
-"""int8 / int4 on the real default model: the GGUF's 4-bit blocks load as stored, and greedy
-decoding stays close to float32 (thresholds from bench/bench_quant_accuracy.py, with margin)."""
+"""int8 / int4 on the real default model: the GGUF's Q4_1 and Q8_0 blocks load as stored, and
+greedy decoding stays close to float32 (thresholds from bench/bench_quant_accuracy.py, with
+margin)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,19 @@ def test_q4_1_blocks_load_exactly():
         rows = dense.shape[0]
         rebuilt = g.codes.float().view(rows, -1, 32) * g.scale[..., None] + g.low[..., None]
         assert torch.equal(rebuilt.view_as(dense), dense)
+
+
+def test_q8_0_head_loads_exactly():
+    """The tied embedding is Q8_0 in the default GGUF: the head of both quantized modes holds its
+    codes and scales as stored (its float32 weight is codes times scales, exactly)."""
+    from plait.runtime.model.models.quant_linear import Int8Linear
+
+    gguf = GGUFWeights(default_gguf_path())
+    name = "model.embed_tokens.weight"
+    assert gguf.is_q8_0(name)
+    blocks = gguf.int8_blocks(name)
+    head = Int8Linear(blocks.codes, blocks.scale)
+    assert torch.equal(head.dequantized(), gguf.dense(name))
 
 
 @pytest.fixture(scope="module")
