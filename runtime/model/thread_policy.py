@@ -6,8 +6,9 @@ next time slice. Measured (bench/RESULTS.md, issue 15) under contention, 2 threa
 step 5-10x slower than 1 thread in bfloat16 / int4, and float32 GEMMs at M >= 8 likewise; on a
 quiet box 2 threads are faster for large forwards. No fixed count is right for both, so the
 policy keeps, per forward size (a power-of-two bucket of tokens), an exponential moving
-average of seconds per token for each candidate count, runs the faster one, and re-tries the
-other now and then (see ``ThreadPolicy``) so it follows the machine's load.
+average of seconds per token for each candidate count (each trial of a few forwards counted
+by its fastest), runs the faster one, and re-tries the other now and then (see
+``ThreadPolicy``) so it follows the machine's load.
 Every size up to ``all_threads_above`` tokens is learned, single-token decode steps included: a
 decode step streams its weights faster from two cores when both are free, and stalls on the
 barrier of every op when not. Larger forwards (prefill chunks) always get every thread.
@@ -22,7 +23,13 @@ from __future__ import annotations
 class ThreadPolicy:
     """``choose(num_tokens)`` before a forward, ``record(...)`` with its duration after.
 
-    Re-trying the losing count costs one slow forward, so a bucket's interval between tries
+    A count is judged by trials of ``trial_forwards`` consecutive forwards: a trial's measure
+    is its fastest forward (seconds per token), so a single forward slowed by something else
+    on the machine (a time slice lost to the HTTP server, a page fault) does not decide; a count
+    slowed throughout (both cores busy) is slow in every forward of its trial. The running
+    count's trials follow one another; the other count is tried now and then.
+
+    Re-trying the losing count costs one slow trial, so a bucket's interval between tries
     doubles (``min_interval`` .. ``max_interval`` forwards) each time the loser loses again and
     falls back to ``min_interval`` when it wins.
 
@@ -46,11 +53,15 @@ class ThreadPolicy:
         smoothing: float = 0.3,
         warm_tokens: int = 64,
         all_threads_above: int = 256,
+        trial_forwards: int = 3,
     ) -> None:
         self.candidates = sorted({1, max(max_threads, 1)})
         self.min_interval, self.max_interval = min_interval, max_interval
         self.smoothing = smoothing
+        self.trial_forwards = max(trial_forwards, 1)
         self._avg: dict[tuple[int, int], float] = {}  # (bucket, threads) -> seconds per token
+        self._trial: dict[tuple[int, int], list[float]] = {}  # the current trial's forwards
+        self._trying: dict[int, int] = {}  # bucket -> the loser, while its trial runs
         self._until_try: dict[int, int] = {}  # bucket -> forwards until the loser's next try
         self._interval: dict[int, int] = {}
         self.warm_tokens, self.all_threads_above = warm_tokens, all_threads_above
@@ -69,11 +80,14 @@ class ThreadPolicy:
         untried = [t for t in self.candidates if (b, t) not in self._avg]
         if untried:
             return untried[-1]
+        if b in self._trying:
+            return self._trying[b]
         best = self._best(b)
         left = self._until_try.get(b, self.min_interval) - 1
         self._until_try[b] = left
         if left <= 0:
-            return next(t for t in self.candidates if t != best)
+            self._trying[b] = next(t for t in self.candidates if t != best)
+            return self._trying[b]
         return best
 
     def record(self, num_tokens: int, threads: int, seconds: float) -> None:
@@ -84,9 +98,14 @@ class ThreadPolicy:
         if num_tokens > self.warm_tokens and key not in self._warmed:
             self._warmed.add(key)  # a first forward: not a measure of the count
             return
-        tried_loser = all((b, t) in self._avg for t in self.candidates) and threads != self._best(b)
+        trial = self._trial.setdefault(key, [])
+        trial.append(seconds / max(num_tokens, 1))
+        if len(trial) < self.trial_forwards:
+            return
+        per_token = min(trial)
+        trial.clear()
+        tried_loser = self._trying.pop(b, None) == threads
         old = self._avg.get(key)
-        per_token = seconds / max(num_tokens, 1)
         # the loser's average is stale by design: a fresh try replaces it
         fresh = old is None or tried_loser
         self._avg[key] = per_token if fresh else old + self.smoothing * (per_token - old)
