@@ -5,8 +5,9 @@
   understates the read rate about 2-3x, the error of the bound recorded before issue 15);
 - matmul peaks: square GEMMs in float32, bfloat16 and int8 (``torch._int_mm``);
 - decode kernels: the matrix-vector products one decode step runs (M = 1), over enough distinct
-  weights that nothing stays in cache, as weight bytes streamed per second, for each precision's
-  kernel (float32 / bfloat16 dense, weight-only int8 and int4);
+  weights that nothing stays in cache, as weight bytes streamed per second (and as a share of
+  the read bandwidth), for each precision in the fused step's C products (torch's where the C
+  library cannot be built);
 - the single-stream bound per precision: the weight bytes one SmolLM2-135M decode step must read
   (every linear layer and the LM head once; the embedding lookup excluded) over the read
   bandwidth.
@@ -23,6 +24,7 @@ from collections.abc import Callable
 
 import torch
 
+from plait.kernels import cpu_decode
 from plait.runtime.model.models.quant_linear import (
     INT4_GROUP,
     INT8_BLOCK,
@@ -84,8 +86,11 @@ def step_weight_bytes(precision: str) -> int:
     raise ValueError(precision)
 
 
-def _weights(precision: str, total_bytes: int) -> tuple[list[Callable], int]:
-    """Distinct copies of the decoder's matrices (about ``total_bytes``) as M = 1 products."""
+def _weights(precision: str, total_bytes: int, threads: int) -> tuple[list[Callable], int]:
+    """Distinct copies of the decoder's matrices (about ``total_bytes``) as M = 1 products, in
+    the format and kernel a decode step runs: the fused step's C products (``cpu_decode``), or
+    torch's where the C library cannot be built."""
+    lib = cpu_decode.library()
     x32 = torch.randn(1, HIDDEN)
     calls: list[Callable] = []
     streamed = 0
@@ -93,29 +98,37 @@ def _weights(precision: str, total_bytes: int) -> tuple[list[Callable], int]:
         for out_f, in_f in LAYER_SHAPES:
             w = torch.randn(out_f, in_f) * 0.05
             x = torch.randn(1, in_f) if in_f != HIDDEN else x32
+            y = torch.empty(1, out_f)
             if precision in ("float32", "bfloat16"):
                 dt = torch.float32 if precision == "float32" else torch.bfloat16
-                wt = w.to(dt).t().contiguous() if out_f >= in_f else w.to(dt)
-                xd = x.to(dt)
-                if out_f >= in_f:  # plait's Linear: wide matrices stored [in, out]
-                    calls.append(lambda xd=xd, wt=wt: xd @ wt)
-                else:
-                    calls.append(lambda xd=xd, wt=wt: torch.nn.functional.linear(xd, wt))
-                streamed += wt.numel() * wt.element_size()
+                code = cpu_decode.DT_F32 if precision == "float32" else cpu_decode.DT_BF16
+                wt, parts = w.to(dt), {}
+                torch_call = lambda x=x.to(dt), wt=wt: torch.nn.functional.linear(x, wt)  # noqa: E731
+            elif precision == "int8":
+                layer = Int8Linear.from_float(w)
+                code, wt, parts = cpu_decode.DT_I8, layer.qweight, {"scale": layer.scale}
+                torch_call = None  # torch has no int8 block kernel
             else:
-                layer = (Int8Linear if precision == "int8" else Int4Linear).from_float(w)
-                xb = x.to(torch.bfloat16)
-                calls.append(lambda xb=xb, layer=layer: layer(xb))
-                streamed += sum(
-                    b.numel() * b.element_size()
-                    for name, b in layer.named_buffers()
-                    if name != "dense"  # the bfloat16 copy for many-row forwards
+                layer = Int4Linear.from_float(w)
+                code, wt = cpu_decode.DT_I4, layer.nibbles
+                parts = {"scale": layer.group_scale, "low": layer.group_low}
+                torch_call = lambda x=x.bfloat16(), layer=layer: layer(x)  # noqa: E731
+            if lib is not None:
+                calls.append(
+                    lambda code=code, wt=wt, x=x, y=y, parts=parts: cpu_decode.gemv(
+                        lib, code, wt, x, y, threads=threads, **parts
+                    )
                 )
+            elif torch_call is not None:
+                calls.append(torch_call)
+            streamed += sum(t.numel() * t.element_size() for t in (wt, *parts.values()))
     return calls, streamed
 
 
-def gemv_rate(precision: str, total_bytes: int, repeats: int) -> float:
-    calls, streamed = _weights(precision, total_bytes)
+def gemv_rate(precision: str, total_bytes: int, repeats: int, threads: int) -> float | None:
+    calls, streamed = _weights(precision, total_bytes, threads)
+    if not calls:
+        return None
     return streamed / _best(lambda: [c() for c in calls], repeats)
 
 
@@ -141,16 +154,19 @@ def main() -> None:
         peak = gemm_peak(dt, args.gemm, args.repeats)
         print(f"GEMM {args.gemm}^3 {str(dt).removeprefix('torch.')}: {peak / 1e9:.0f} GFLOP/s")
     print(
-        "\n| precision | weights per step | bound (bytes / read bw) | M=1 kernel streams | "
+        f"\nM=1 products by {'the fused step (C)' if cpu_decode.library() else 'torch'}\n"
+        "| precision | weights per step | bound (bytes / read bw) | M=1 kernel streams | "
         "kernel-limited step |"
     )
     print("| --- | --- | --- | --- | --- |")
     for precision in ("float32", "bfloat16", "int8", "int4"):
         nbytes = step_weight_bytes(precision)
-        rate = gemv_rate(precision, args.gemv_mib << 20, args.repeats)
+        rate = gemv_rate(precision, args.gemv_mib << 20, args.repeats, args.threads)
+        streams = "n/a" if rate is None else f"{rate / 1e9:.1f} GB/s ({rate / bw:.0%})"
+        limited = "n/a" if rate is None else f"{rate / nbytes:.0f} tok/s"
         print(
             f"| {precision} | {nbytes / 1e6:.0f} MB | {nbytes / bw * 1e3:.2f} ms = "
-            f"{bw / nbytes:.0f} tok/s | {rate / 1e9:.1f} GB/s | {rate / nbytes:.0f} tok/s |"
+            f"{bw / nbytes:.0f} tok/s | {streams} | {limited} |"
         )
     print(f"load average {os.getloadavg()}")
 
