@@ -10,8 +10,9 @@
  * threads with one dispatch per phase.
  *
  * Invariants:
- *  - Activations are float32 throughout; weights are float32 or bfloat16 (widened on load),
- *    or int8 / int4 per 32-element block (see DT_I8, DT_I4) with float32 scales;
+ *  - Activations are float32 throughout (rounded to bfloat16 inside bfloat16 products, to
+ *    int8 per 32-element block inside int8 ones by VNNI); weights are float32 or bfloat16,
+ *    or int8 / int4 per 32-element block (see DT_I8, DT_I8P, DT_I4) with float32 scales;
  *    KV is written in the pool's dtype (bfloat16 rounded to nearest even, as torch does).
  *  - Every output element is computed by exactly one thread, with a summation order that does
  *    not depend on the thread count: the results are the same bits at any thread count.
@@ -290,7 +291,7 @@ INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64
  * group g of a row, W = scale[g] * code + low[g] with code in 0..15, packed two to a byte in
  * 16 bytes per group (byte j: element j in the low nibble, element 16 + j in the high one, the
  * layout of GGUF's Q4_0 / Q4_1) and float32 [out, in / 32] scales and lows. */
-enum { DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3 };
+enum { DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3, DT_I8P = 4 };
 
 typedef struct {
     const void *w;     /* [out, in], row-major (DT_I4: [out, in / 2] bytes) */
@@ -299,6 +300,8 @@ typedef struct {
     const float *xsum;        /* DT_I4 without AVX-512: [M, in / 32] sums of activation groups */
     const uint16_t *xb;       /* DT_BF16, DT_I8 with BF16_DOT: the activations in bfloat16 */
     uint16_t *conv;           /* DT_I8 batches with BF16_DOT: [nth, 4, in] weight blocks */
+    const uint8_t *xq;        /* DT_I8P: the activations as int8 per 32, + 128: [M, in] */
+    const float *xs;          /* DT_I8P: their scales [M, in / 32] */
     int64_t in, out;
     const float *x;    /* [M, in] */
     const float *bias; /* [out] or NULL */
@@ -617,6 +620,97 @@ NT4_ROW(nt_i4_1, 1)
 NT4_ROW(nt_i4_2, 2)
 NT4_ROW(nt_i4_4, 4)
 
+/* DT_I8P: DT_I8's codes and scales packed for AVX512_VNNI, and int8 activations (llama.cpp's
+ * Q8_0 x Q8_0). Converting int8 weights to bfloat16 cost ~8 instructions per 32 weights, so one
+ * decode row was bound by the conversion, not by memory (64% of the read bandwidth, where
+ * bfloat16 weights stream at 85-90%: bench_machine.py). Here ``vpdpbusd`` multiplies 64 bytes
+ * of weights by 4 activation bytes broadcast, with no conversion.
+ * Layout, per group of 16 output rows g: codes [in / 4][16][4] (lane r holds row 16g + r's 4
+ * consecutive codes), then per 32-element block the 16 rows' float32 scales and 128 x the sum
+ * of their codes (int32; the activations are stored + 128, unsigned, as vpdpbusd takes them).
+ * Activations: per 32-element block, s = amax / 127 and q = x / s rounded to nearest even.
+ * Order: per row, blocks in sequence, each block's integer dot product exact, then
+ * acc += float(dot - 128 sum) * (s_w * s_x): lanes are rows, so there is no horizontal sum,
+ * and a row's value does not depend on the other rows or the thread count. */
+#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+#define I8_VNNI 1
+#define NT8P_TILE(NAME, NB)                                                                    \
+    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
+        const int64_t K = a->in, NBLK = K / 32;                                                \
+        const int8_t *w = (const int8_t *)a->w + g * 16 * K;                                   \
+        const float *sw = a->scale + g * 16 * NBLK;                                            \
+        const int32_t *corr = (const int32_t *)a->low + g * 16 * NBLK;                         \
+        const uint8_t *xq = a->xq + (int64_t)m0 * K;                                           \
+        const float *xs = a->xs + (int64_t)m0 * NBLK;                                          \
+        __m512 f[NB];                                                                          \
+        for (int b = 0; b < NB; b++) f[b] = _mm512_setzero_ps();                               \
+        for (int64_t blk = 0; blk < NBLK; blk++) {                                             \
+            __m512i acc[NB];                                                                   \
+            for (int b = 0; b < NB; b++) acc[b] = _mm512_setzero_si512();                      \
+            for (int j = 0; j < 8; j++) {                                                      \
+                __m512i wv = _mm512_loadu_si512(w + (blk * 8 + j) * 64);                       \
+                for (int b = 0; b < NB; b++) {                                                 \
+                    int32_t x4;                                                                \
+                    memcpy(&x4, xq + b * K + blk * 32 + j * 4, 4);                             \
+                    acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_set1_epi32(x4), wv);           \
+                }                                                                              \
+            }                                                                                  \
+            __m512i c = _mm512_loadu_si512(corr + blk * 16);                                   \
+            __m512 s = _mm512_loadu_ps(sw + blk * 16);                                         \
+            for (int b = 0; b < NB; b++) {                                                     \
+                __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[b], c));                    \
+                __m512 sb = _mm512_mul_ps(s, _mm512_set1_ps(xs[b * NBLK + blk]));              \
+                f[b] = _mm512_fmadd_ps(d, sb, f[b]);                                           \
+            }                                                                                  \
+        }                                                                                      \
+        for (int b = 0; b < NB; b++) {                                                         \
+            float *dst = a->y + (int64_t)(m0 + b) * a->ldy + 16 * g;                           \
+            __m512 v = f[b];                                                                   \
+            if (a->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(a->bias + 16 * g));              \
+            if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);                     \
+            _mm512_storeu_ps(dst, v);                                                          \
+        }                                                                                      \
+    }
+NT8P_TILE(nt_i8p_1, 1)
+NT8P_TILE(nt_i8p_2, 2)
+NT8P_TILE(nt_i8p_4, 4)
+NT8P_TILE(nt_i8p_8, 8)
+
+/* Output rows [o0, o1), whole groups of 16; activation rows 8 at a time, while the group's
+ * codes (16 x in bytes) stay in L1. */
+static void nt8p_rows(const gemv_args *a, int64_t o0, int64_t o1) {
+    for (int64_t g = o0 / 16; g < o1 / 16; g++) {
+        int m = 0;
+        for (; m + 8 <= a->M; m += 8) nt_i8p_8(a, g, m);
+        for (; m + 4 <= a->M; m += 4) nt_i8p_4(a, g, m);
+        for (; m + 2 <= a->M; m += 2) nt_i8p_2(a, g, m);
+        for (; m < a->M; m++) nt_i8p_1(a, g, m);
+    }
+}
+
+/* x [M, in] -> xq (int8 per 32-element block, + 128) and xs (the blocks' scales). */
+static void quantize_x(const float *x, int64_t n_blocks, uint8_t *xq, float *xs) {
+    const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
+    for (int64_t i = 0; i < n_blocks; i++) {
+        __m512 a = _mm512_loadu_ps(x + 32 * i), b = _mm512_loadu_ps(x + 32 * i + 16);
+        float amax = _mm512_reduce_max_ps(
+            _mm512_max_ps(_mm512_and_ps(a, sign), _mm512_and_ps(b, sign)));
+        float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+        __m512 iv = _mm512_set1_ps(inv);
+        /* round to nearest even (the default rounding mode), then + 128 as a byte */
+        __m512i qa = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(a, iv)),
+                                      _mm512_set1_epi32(128));
+        __m512i qb = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(b, iv)),
+                                      _mm512_set1_epi32(128));
+        _mm_storeu_si128((void *)(xq + 32 * i), _mm512_cvtepi32_epi8(qa));
+        _mm_storeu_si128((void *)(xq + 32 * i + 16), _mm512_cvtepi32_epi8(qb));
+        xs[i] = s;
+    }
+}
+#else
+#define I8_VNNI 0
+#endif
+
 /* (args, first output row o, first activation row m0, the weight rows of o on) */
 typedef void (*nt_kernel)(const gemv_args *, int64_t, int, const void *);
 
@@ -672,7 +766,14 @@ static void gemv_task(void *p, int tid, int nth) {
     const gemv_args *a = (const gemv_args *)p;
     int64_t lo, hi;
     split(a->out, 16, tid, nth, &lo, &hi);
-    if (lo < hi) nt_rows(a, lo, hi, a->conv ? a->conv + (int64_t)tid * 4 * a->in : NULL);
+    if (lo >= hi) return;
+#if I8_VNNI
+    if (a->dtype == DT_I8P) {
+        nt8p_rows(a, lo, hi);
+        return;
+    }
+#endif
+    nt_rows(a, lo, hi, a->conv ? a->conv + (int64_t)tid * 4 * a->in : NULL);
 }
 
 /* float32 -> bfloat16, round to nearest even: 32 at a time by the CPU's own conversion
@@ -688,8 +789,26 @@ static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
     for (; i < n; i++) dst[i] = f32_to_bf16(src[i]);
 }
 
-/* Returns -1 when DT_I4's group sums found no memory. */
+/* Returns -1 when a buffer found no memory, -2 for DT_I8P where it was not built (no VNNI)
+ * or rows not whole groups of 16. */
 static int gemv(gemv_args *a, int nth) {
+    if (a->dtype == DT_I8P) {
+#if I8_VNNI
+        if (a->out % 16) return -2;
+        const int64_t nblk = a->M * a->in / 32;
+        char *q = (char *)malloc((size_t)(a->M * a->in) + sizeof(float) * (size_t)nblk + 64);
+        if (!q) return -1;
+        float *xs = (float *)(q + ((a->M * a->in + 63) & ~(int64_t)63));
+        quantize_x(a->x, nblk, (uint8_t *)q, xs);
+        a->xq = (const uint8_t *)q;
+        a->xs = xs;
+        parallel(gemv_task, a, nth);
+        free(q);
+        return 0;
+#else
+        return -2;
+#endif
+    }
     const int64_t G = a->dtype == DT_I4 && !I4_TABLE ? a->in / 32 : 0;
     const int64_t nxb = (a->dtype == DT_BF16 || a->dtype == DT_I8) && BF16_DOT ? a->M * a->in : 0;
     const int64_t nconv = a->dtype == DT_I8 && BF16_DOT && a->M > 4 ? (int64_t)nth * 4 * a->in : 0;
@@ -1081,7 +1200,8 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
 int plait_gemv(const void *w, int dtype, const float *scale, const float *low, int64_t in,
                int64_t out, const float *x, const float *bias, float *y, int accumulate, int M,
                int nthreads) {
-    if ((dtype == DT_I8 || dtype == DT_I4) && in % 32) return -2; /* whole blocks only */
+    if ((dtype == DT_I8 || dtype == DT_I4 || dtype == DT_I8P) && in % 32)
+        return -2; /* whole blocks only */
     nthreads = acquire_pool(nthreads);
     int64_t mat[MAT_COUNT] = {(int64_t)w, dtype, (int64_t)scale, (int64_t)low};
     gemv_args a = product(mat, in, out, x, bias, y, accumulate, M);
@@ -1092,3 +1212,6 @@ int plait_gemv(const void *w, int dtype, const float *scale, const float *low, i
 
 /* 1 when bfloat16 products round the activations to bfloat16 (AVX512_BF16), else 0. */
 int plait_bf16_dot(void) { return BF16_DOT; }
+
+/* 1 when DT_I8P (int8 by AVX512_VNNI) was built, else 0. */
+int plait_i8_vnni(void) { return I8_VNNI; }

@@ -34,7 +34,7 @@ _i64, _int, _double = ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _error: str | None = None
 
 # DT_* in cpu_decode.c: a product's weight format
-DT_F32, DT_BF16, DT_I8, DT_I4 = 0, 1, 2, 3
+DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P = 0, 1, 2, 3, 4
 
 
 def _compiler() -> str | None:
@@ -109,6 +109,8 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
     ]
     lib.plait_bf16_dot.restype = _int
     lib.plait_bf16_dot.argtypes = []
+    lib.plait_i8_vnni.restype = _int
+    lib.plait_i8_vnni.argtypes = []
     lib.plait_gemv.restype = _int
     lib.plait_gemv.argtypes = [_vp, _int, _vp, _vp, _i64, _i64, _vp, _vp, _vp, _int, _int, _int]
     return lib
@@ -145,3 +147,22 @@ def gemv(
         w.data_ptr(), dtype, ptr(scale), ptr(low), k, n, x.data_ptr(), ptr(bias),
         y.data_ptr(), int(accumulate), m, threads,
     )  # fmt: skip
+
+
+def pack_i8_vnni(codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``DT_I8P``'s layout of int8 codes [out, in] and their float32 block scales [out, in / 32]
+    (``out`` a multiple of 16, ``in`` of 32): per group of 16 rows, the codes as [in / 4][16][4],
+    the scales as [in / 32][16], and 128 x each block's sum of codes (int32) likewise."""
+    import torch
+
+    n, k = codes.shape
+    if n % 16 or k % 32 or scale.shape != (n, k // 32):
+        raise ValueError(f"DT_I8P packs [16 x i, 32 x j] codes with [out, in / 32] scales, got "
+                         f"{tuple(codes.shape)} and {tuple(scale.shape)}")  # fmt: skip
+    packed = codes.view(n // 16, 16, k // 4, 4).permute(0, 2, 1, 3).contiguous()
+    sums = codes.view(n, k // 32, 32).sum(-1, dtype=torch.int32) * 128
+
+    def by_group(t: Tensor) -> Tensor:
+        return t.reshape(n // 16, 16, k // 32).permute(0, 2, 1).contiguous()
+
+    return packed, by_group(scale.float()), by_group(sums)

@@ -10,7 +10,8 @@ Invariants:
 - Used only for forwards of at most ``max_rows`` tokens (decode steps, short prefills),
   on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
   float32 weights out before building it) or quantized (``Int8Linear``, ``Int4Linear``: their
-  codes, with float32 scales per 32-element block), and a float32 or bfloat16 KV pool; ``unsupported`` names what
+  codes, with float32 scales per 32-element block; int8 repacked for AVX512_VNNI where the
+  CPU has it, ``cpu_decode.pack_i8_vnni``), and a float32 or bfloat16 KV pool; ``unsupported`` names what
   rules a model out.
 - The address tables are rebuilt when the storage of any weight or buffer they point at was
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
@@ -135,9 +136,18 @@ class FusedDecode:
             self._copies.append(c)
             return c.data_ptr()
 
+        def packed_i8(lin: Int8Linear) -> list[int]:
+            """DT_I8P's copy of an int8 layer (its codes and scales are the sources)."""
+            self._sources += [lin.qweight, lin.scale]
+            codes, scales, sums = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale)
+            self._copies += [codes, scales, sums]
+            return [codes.data_ptr(), cpu_decode.DT_I8P, scales.data_ptr(), sums.data_ptr()]
+
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
             if isinstance(lin, Int8Linear):
+                if self.lib.plait_i8_vnni() and lin.out_features % 16 == 0:
+                    return packed_i8(lin)
                 return [ptr(lin.qweight), cpu_decode.DT_I8, ptr(lin.scale), 0]
             if isinstance(lin, Int4Linear):
                 return [

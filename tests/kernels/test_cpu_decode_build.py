@@ -68,3 +68,16 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
             assert rc == 0
             expected = x.double() @ weight.double().t()
             torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4, msg=name)
+        # int8 by VNNI where the build has it (it quantizes the activations: its own reference
+        # in test_fused_decode.py); the same bits as this CPU's own build
+        codes, scales, sums = cpu_decode.pack_i8_vnni(i8.qweight, i8.scale)
+        y = torch.empty(m, n)
+        rc = cpu_decode.gemv(lib, cpu_decode.DT_I8P, codes, x, y, scale=scales, low=sums)
+        if not lib.plait_i8_vnni():
+            assert rc == -2
+            continue
+        native = torch.empty(m, n)
+        cpu_decode.gemv(
+            cpu_decode.library(), cpu_decode.DT_I8P, codes, x, native, scale=scales, low=sums
+        )
+        assert rc == 0 and torch.equal(y, native)

@@ -123,13 +123,26 @@ def test_fused_step_computes_what_torch_does(model_dirs, kind, dtype):
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantized_fused_step_computes_what_torch_does(model_dirs, quant):
     """The same codes and scales; torch's kernels take bfloat16 activations and scales, the
-    fused step float32: agreement to bfloat16's precision."""
-    state = _State(model_dirs["llama"], "bfloat16", [5, 17, 1, 40], quant=quant)
+    fused step float32: agreement to bfloat16's precision. int8 by AVX512_VNNI quantizes the
+    activations too: torch's int8 layers then compute that (``_i8_vnni_reference``), in a
+    float32 model (bfloat16 activations would move the int8 rounding of the largest
+    activations by a step a quarter of the time: as much as the quantization itself)."""
+    vnni = quant == "int8" and cpu_decode.library().plait_i8_vnni()
+    dtype = "float32" if vnni else "bfloat16"
+    state = _State(model_dirs["llama"], dtype, [5, 17, 1, 40], quant=quant)
+    if vnni:
+        for m in state.runner.model.modules():
+            if isinstance(m, Int8Linear):
+                m.forward = lambda x, m=m: (
+                    _i8_vnni_reference(m, x.reshape(-1, m.in_features).float())
+                    .to(x.dtype)
+                    .reshape(*x.shape[:-1], m.out_features)
+                )
     batch = state.decode_batch([0, 1, 2, 3], [7, 8, 9, 10])
     expected = state.torch_step(batch)
     got = state.fused_step(batch)
     err = torch.linalg.norm(got - expected) / torch.linalg.norm(expected)
-    assert err < 3e-2
+    assert err < (1e-4 if vnni else 3e-2)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
 
 
@@ -196,8 +209,10 @@ def test_same_bits_at_any_thread_count_and_batch(model_dirs, kind, dtype):
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantized_same_bits_alone_and_in_a_batch(model_dirs, quant):
-    # int8 in a batch of more than 4 rows runs weight blocks made bfloat16 once (AVX512_BF16);
-    # alone, the int8 tiles convert in registers: the same values in the same order
+    # int8 by AVX512_VNNI: lanes are weight rows, every activation row the same operations;
+    # without it, a batch of more than 4 rows runs weight blocks made bfloat16 once
+    # (AVX512_BF16) while alone the int8 tiles convert in registers: the same values in the
+    # same order
     state = _State(model_dirs["llama-hd64"], "bfloat16", [9, 30, 2, 14, 5, 21], quant=quant)
     full = state.fused_step(state.decode_batch([0, 1, 2, 3, 4, 5], [11, 12, 13, 14, 15, 16]))
     alone = state.fused_step(state.decode_batch([1], [12]), threads=1)
@@ -311,6 +326,60 @@ def test_quantized_products_against_float64(quant, n, m, k):
     assert rc == 0
     expected = xr.double() @ weight.double().t()
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def _i8_vnni_reference(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
+    """What DT_I8P computes: activations quantized per 32-element block (s = amax / 127,
+    q = x / s to nearest even), exact integer dot products per block, scaled by both scales."""
+    m, k = x.shape
+    xb = x.view(m, k // 32, 32)
+    s = xb.abs().amax(-1) / 127.0
+    inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
+    q = torch.round(xb * inv[..., None]).double()
+    codes = layer.qweight.double().view(layer.out_features, k // 32, 32)
+    dots = torch.einsum("mbk,nbk->mnb", q, codes)
+    return (dots * layer.scale.double()[None] * s.double()[:, None, :]).sum(-1)
+
+
+@pytest.mark.parametrize("n,k,m", [(48, 96, 1), (64, 576, 3), (32, 1536, 9), (960, 576, 17)])
+def test_int8_vnni_products_against_float64(n, k, m):
+    """DT_I8P (int8 codes by int8 activations, AVX512_VNNI) against its definition in float64,
+    the same bits at any thread count, and a row alone equal to the row in a batch."""
+    lib = cpu_decode.library()
+    if not lib.plait_i8_vnni():
+        pytest.skip("this CPU has no AVX512_VNNI")
+    gen = torch.Generator().manual_seed(n + k + m)
+    layer = Int8Linear.from_float(torch.randn(n, k, generator=gen))
+    x = torch.randn(m, k, generator=gen)
+    x[0, :32] = 0.0  # an all-zero block of activations: scale 0
+    codes, scales, sums = cpu_decode.pack_i8_vnni(layer.qweight, layer.scale)
+    outs = []
+    for threads in (1, 2):
+        y = torch.empty(m, n)
+        rc = cpu_decode.gemv(
+            lib, cpu_decode.DT_I8P, codes, x, y, scale=scales, low=sums, threads=threads
+        )
+        assert rc == 0
+        outs.append(y)
+    assert torch.equal(outs[0], outs[1])
+    torch.testing.assert_close(outs[0].double(), _i8_vnni_reference(layer, x), rtol=1e-5, atol=1e-4)
+    alone = torch.empty(1, n)
+    cpu_decode.gemv(lib, cpu_decode.DT_I8P, codes, x[-1:], alone, scale=scales, low=sums)
+    assert torch.equal(alone[0], outs[0][-1])
+    rows_not_16 = torch.empty(m, n - 8)
+    assert cpu_decode.gemv(lib, cpu_decode.DT_I8P, codes, x, rows_not_16, scale=scales) == -2
+
+
+def test_int8_vnni_packing_holds_every_code():
+    codes = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
+    scale = torch.rand(32, 2)
+    packed, scales, sums = cpu_decode.pack_i8_vnni(codes, scale)
+    assert packed.shape == (2, 16, 16, 4)  # [groups of 16 rows][in / 4][16][4]
+    assert torch.equal(packed[1, 3, 5], codes[16 + 5, 12:16])
+    assert torch.equal(scales[1, 1], scale[16:, 1])
+    assert int(sums[0, 1, 2]) == 128 * int(codes[2, 32:].sum())
+    with pytest.raises(ValueError, match="DT_I8P"):
+        cpu_decode.pack_i8_vnni(codes[:24], scale[:24])
 
 
 def _int4_dense(layer: Int4Linear) -> torch.Tensor:
