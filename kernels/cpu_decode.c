@@ -11,8 +11,9 @@
  *
  * Invariants:
  *  - Activations are float32 throughout (rounded to bfloat16 inside bfloat16 products, to
- *    int8 per 32-element block inside int8 ones by VNNI); weights are float32 or bfloat16,
- *    or int8 / int4 per 32-element block (see DT_I8, DT_I8P, DT_I4) with float32 scales;
+ *    int16 per 32-element block inside int8 / int4 ones by VNNI); weights are float32 or
+ *    bfloat16, or int8 / int4 per 32-element block (see DT_I8, DT_I4, DT_I8P) with float32
+ *    scales;
  *    KV is written in the pool's dtype (bfloat16 rounded to nearest even, as torch does).
  *  - Every output element is computed by exactly one thread, with a summation order that does
  *    not depend on the thread count: the results are the same bits at any thread count.
@@ -287,21 +288,23 @@ INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64
 
 /* Weight formats. DT_I8: int8 [out, in] with a float32 scale per 32-element block of a row
  * ([out, in / 32], GGUF's Q8_0; in a multiple of 32); the weight multiplied is q * scale in
- * float32 rounded to bfloat16 (nearest even), the values ``Int8Linear.dense`` holds. DT_I4: per 32-element
+ * float32 rounded to bfloat16 (nearest even), the values ``Int8Linear.dense`` holds (DT_I8P,
+ * by VNNI, multiplies q and scale exactly). DT_I4: per 32-element
  * group g of a row, W = scale[g] * code + low[g] with code in 0..15, packed two to a byte in
  * 16 bytes per group (byte j: element j in the low nibble, element 16 + j in the high one, the
  * layout of GGUF's Q4_0 / Q4_1) and float32 [out, in / 32] scales and lows. */
-enum { DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3, DT_I8P = 4 };
+enum { DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3, DT_I8P = 4, DT_I4P = 5 };
 
 typedef struct {
     const void *w;     /* [out, in], row-major (DT_I4: [out, in / 2] bytes) */
     int dtype;         /* DT_* */
     const float *scale, *low; /* DT_I8: scale; DT_I4: scale, low; [out, in / 32] */
-    const float *xsum;        /* DT_I4 without AVX-512: [M, in / 32] sums of activation groups */
+    const float *xsum;        /* DT_I4 without AVX-512: [M, in / 32] sums of activation groups;
+                                 DT_I8P / DT_I4P: sums of the int16 activations per block */
     const uint16_t *xb;       /* DT_BF16, DT_I8 with BF16_DOT: the activations in bfloat16 */
     uint16_t *conv;           /* DT_I8 batches with BF16_DOT: [nth, 4, in] weight blocks */
-    const uint8_t *xq;        /* DT_I8P: the activations as int8 per 32, + 128: [M, in] */
-    const float *xs;          /* DT_I8P: their scales [M, in / 32] */
+    const int16_t *xq;        /* DT_I8P / DT_I4P: activations as int16 per 32 [M, in] */
+    const float *xs;          /* DT_I8P / DT_I4P: their scales [M, in / 32] */
     int64_t in, out;
     const float *x;    /* [M, in] */
     const float *bias; /* [out] or NULL */
@@ -620,90 +623,143 @@ NT4_ROW(nt_i4_1, 1)
 NT4_ROW(nt_i4_2, 2)
 NT4_ROW(nt_i4_4, 4)
 
-/* DT_I8P: DT_I8's codes and scales packed for AVX512_VNNI, and int8 activations (llama.cpp's
- * Q8_0 x Q8_0). Converting int8 weights to bfloat16 cost ~8 instructions per 32 weights, so one
- * decode row was bound by the conversion, not by memory (64% of the read bandwidth, where
- * bfloat16 weights stream at 85-90%: bench_machine.py). Here ``vpdpbusd`` multiplies 64 bytes
- * of weights by 4 activation bytes broadcast, with no conversion.
- * Layout, per group of 16 output rows g: codes [in / 4][16][4] (lane r holds row 16g + r's 4
- * consecutive codes), then per 32-element block the 16 rows' float32 scales and 128 x the sum
- * of their codes (int32; the activations are stored + 128, unsigned, as vpdpbusd takes them).
- * Activations: per 32-element block, s = amax / 127 and q = x / s rounded to nearest even.
- * Order: per row, blocks in sequence, each block's integer dot product exact, then
- * acc += float(dot - 128 sum) * (s_w * s_x): lanes are rows, so there is no horizontal sum,
- * and a row's value does not depend on the other rows or the thread count. */
-#if defined(__AVX512VNNI__) && defined(__AVX512F__)
+/* DT_I8P and DT_I4P: the codes of DT_I8 / DT_I4 packed for AVX512_VNNI's ``vpdpwssd`` (16-bit
+ * integer pairs multiplied and summed into 32-bit lanes) against activations quantized to
+ * int16 per 32-element block (s = amax / 32767, q = x / s to nearest even: an error of 2^-16
+ * of the block's largest value, 100x below the bfloat16 rounding of torch's weight-only
+ * kernels, so still weight-only quantization in effect). Converting int8 weights to bfloat16
+ * cost ~8 instructions per 32 weights, so one decode row was bound by the conversion, not by
+ * memory (64% of the read bandwidth where bfloat16 weights stream at 85-90%: bench_machine).
+ * Here lanes are 16 output rows: a weight vector is widened once (int8 or 4-bit codes to
+ * int16) for every activation row, there is no horizontal sum, and per block
+ * acc += float(dot) * (s_w * s_x) (int4: s_x * (scale * dot + low * sum(q_x))), blocks in
+ * sequence: a row's bits do not depend on the other rows or the thread count.
+ * Layouts, per group of 16 rows g (then [in / 32][16] float32 scales, and int4's lows):
+ *  - DT_I8P: codes [in / 2][16][2] (lane r: row 16g + r's codes k, k + 1);
+ *  - DT_I4P: 32 bytes per 4 codes of the 16 rows: byte 2r + i holds code k0 + i of row r in
+ *    its low nibble and code k0 + 2 + i in its high one. */
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define I8_VNNI 1
+/* the pair of int16 activations k, k + 1 of row b, in every lane */
+#define X_PAIR(b, k) _mm512_set1_epi32(x_pair(xq + (int64_t)(b) * K + (k)))
+INLINE int32_t x_pair(const int16_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+/* the end of a tile: + bias, then stored or added (the residual) */
+INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
+    float *dst = a->y + (int64_t)m * a->ldy + 16 * g;
+    if (a->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(a->bias + 16 * g));
+    if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);
+    _mm512_storeu_ps(dst, v);
+}
 #define NT8P_TILE(NAME, NB)                                                                    \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
         const int64_t K = a->in, NBLK = K / 32;                                                \
         const int8_t *w = (const int8_t *)a->w + g * 16 * K;                                   \
         const float *sw = a->scale + g * 16 * NBLK;                                            \
-        const int32_t *corr = (const int32_t *)a->low + g * 16 * NBLK;                         \
-        const uint8_t *xq = a->xq + (int64_t)m0 * K;                                           \
+        const int16_t *xq = a->xq + (int64_t)m0 * K;                                           \
         const float *xs = a->xs + (int64_t)m0 * NBLK;                                          \
         __m512 f[NB];                                                                          \
         for (int b = 0; b < NB; b++) f[b] = _mm512_setzero_ps();                               \
         for (int64_t blk = 0; blk < NBLK; blk++) {                                             \
-            __m512i acc[NB];                                                                   \
-            for (int b = 0; b < NB; b++) acc[b] = _mm512_setzero_si512();                      \
-            for (int j = 0; j < 8; j++) {                                                      \
-                __m512i wv = _mm512_loadu_si512(w + (blk * 8 + j) * 64);                       \
+            __m512i e[NB], o[NB]; /* two chains: integer sums, exact in any order */           \
+            for (int b = 0; b < NB; b++) e[b] = o[b] = _mm512_setzero_si512();                 \
+            const int8_t *wb = w + blk * 512;                                                  \
+            for (int j = 0; j < 16; j += 2) {                                                  \
+                const __m256i *p = (const __m256i *)(wb + 32 * j);                             \
+                __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(p));                      \
+                __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(p + 1));                  \
                 for (int b = 0; b < NB; b++) {                                                 \
-                    int32_t x4;                                                                \
-                    memcpy(&x4, xq + b * K + blk * 32 + j * 4, 4);                             \
-                    acc[b] = _mm512_dpbusd_epi32(acc[b], _mm512_set1_epi32(x4), wv);           \
+                    e[b] = _mm512_dpwssd_epi32(e[b], w0, X_PAIR(b, blk * 32 + 2 * j));         \
+                    o[b] = _mm512_dpwssd_epi32(o[b], w1, X_PAIR(b, blk * 32 + 2 * j + 2));     \
                 }                                                                              \
             }                                                                                  \
-            __m512i c = _mm512_loadu_si512(corr + blk * 16);                                   \
             __m512 s = _mm512_loadu_ps(sw + blk * 16);                                         \
             for (int b = 0; b < NB; b++) {                                                     \
-                __m512 d = _mm512_cvtepi32_ps(_mm512_sub_epi32(acc[b], c));                    \
-                __m512 sb = _mm512_mul_ps(s, _mm512_set1_ps(xs[b * NBLK + blk]));              \
-                f[b] = _mm512_fmadd_ps(d, sb, f[b]);                                           \
+                __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(e[b], o[b]));                 \
+                f[b] = _mm512_fmadd_ps(dot, _mm512_mul_ps(s, _mm512_set1_ps(xs[b * NBLK + blk])), \
+                                       f[b]);                                                  \
             }                                                                                  \
         }                                                                                      \
-        for (int b = 0; b < NB; b++) {                                                         \
-            float *dst = a->y + (int64_t)(m0 + b) * a->ldy + 16 * g;                           \
-            __m512 v = f[b];                                                                   \
-            if (a->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(a->bias + 16 * g));              \
-            if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);                     \
-            _mm512_storeu_ps(dst, v);                                                          \
+        for (int b = 0; b < NB; b++) emit16(a, g, m0 + b, f[b]);                               \
+    }
+#define NT4P_TILE(NAME, NB)                                                                    \
+    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
+        const int64_t K = a->in, NBLK = K / 32;                                                \
+        const uint8_t *w = (const uint8_t *)a->w + g * 8 * K;                                  \
+        const float *sd = a->scale + g * 16 * NBLK, *sm = a->low + g * 16 * NBLK;              \
+        const int16_t *xq = a->xq + (int64_t)m0 * K;                                           \
+        const float *xs = a->xs + (int64_t)m0 * NBLK, *xz = a->xsum + (int64_t)m0 * NBLK;      \
+        const __m256i nib = _mm256_set1_epi8(15);                                              \
+        __m512 f[NB];                                                                          \
+        for (int b = 0; b < NB; b++) f[b] = _mm512_setzero_ps();                               \
+        for (int64_t blk = 0; blk < NBLK; blk++) {                                             \
+            __m512i e[NB], o[NB];                                                              \
+            for (int b = 0; b < NB; b++) e[b] = o[b] = _mm512_setzero_si512();                 \
+            const uint8_t *wb = w + blk * 256;                                                 \
+            for (int c = 0; c < 8; c++) { /* codes k0 .. k0 + 3, k0 = blk * 32 + 4c */         \
+                __m256i v = _mm256_loadu_si256((const void *)(wb + 32 * c));                   \
+                __m512i w0 = _mm512_cvtepu8_epi16(_mm256_and_si256(v, nib));                   \
+                __m512i w1 = _mm512_cvtepu8_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), nib)); \
+                for (int b = 0; b < NB; b++) {                                                 \
+                    e[b] = _mm512_dpwssd_epi32(e[b], w0, X_PAIR(b, blk * 32 + 4 * c));         \
+                    o[b] = _mm512_dpwssd_epi32(o[b], w1, X_PAIR(b, blk * 32 + 4 * c + 2));     \
+                }                                                                              \
+            }                                                                                  \
+            __m512 d = _mm512_loadu_ps(sd + blk * 16), m = _mm512_loadu_ps(sm + blk * 16);     \
+            for (int b = 0; b < NB; b++) {                                                     \
+                __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(e[b], o[b]));                 \
+                __m512 u = _mm512_fmadd_ps(d, dot,                                             \
+                                           _mm512_mul_ps(m, _mm512_set1_ps(xz[b * NBLK + blk]))); \
+                f[b] = _mm512_fmadd_ps(u, _mm512_set1_ps(xs[b * NBLK + blk]), f[b]);           \
+            }                                                                                  \
         }                                                                                      \
+        for (int b = 0; b < NB; b++) emit16(a, g, m0 + b, f[b]);                               \
     }
 NT8P_TILE(nt_i8p_1, 1)
 NT8P_TILE(nt_i8p_2, 2)
 NT8P_TILE(nt_i8p_4, 4)
 NT8P_TILE(nt_i8p_8, 8)
+NT4P_TILE(nt_i4p_1, 1)
+NT4P_TILE(nt_i4p_2, 2)
+NT4P_TILE(nt_i4p_4, 4)
+NT4P_TILE(nt_i4p_8, 8)
+
+typedef void (*ntp_kernel)(const gemv_args *, int64_t, int);
 
 /* Output rows [o0, o1), whole groups of 16; activation rows 8 at a time, while the group's
- * codes (16 x in bytes) stay in L1. */
-static void nt8p_rows(const gemv_args *a, int64_t o0, int64_t o1) {
+ * codes (16 x in bytes, or half that) stay in L1. */
+static void ntp_rows(const gemv_args *a, int64_t o0, int64_t o1) {
+    static const ntp_kernel k8[4] = {nt_i8p_1, nt_i8p_2, nt_i8p_4, nt_i8p_8};
+    static const ntp_kernel k4[4] = {nt_i4p_1, nt_i4p_2, nt_i4p_4, nt_i4p_8};
+    const ntp_kernel *k = a->dtype == DT_I8P ? k8 : k4;
     for (int64_t g = o0 / 16; g < o1 / 16; g++) {
         int m = 0;
-        for (; m + 8 <= a->M; m += 8) nt_i8p_8(a, g, m);
-        for (; m + 4 <= a->M; m += 4) nt_i8p_4(a, g, m);
-        for (; m + 2 <= a->M; m += 2) nt_i8p_2(a, g, m);
-        for (; m < a->M; m++) nt_i8p_1(a, g, m);
+        for (; m + 8 <= a->M; m += 8) k[3](a, g, m);
+        for (; m + 4 <= a->M; m += 4) k[2](a, g, m);
+        for (; m + 2 <= a->M; m += 2) k[1](a, g, m);
+        for (; m < a->M; m++) k[0](a, g, m);
     }
 }
 
-/* x [M, in] -> xq (int8 per 32-element block, + 128) and xs (the blocks' scales). */
-static void quantize_x(const float *x, int64_t n_blocks, uint8_t *xq, float *xs) {
+/* x [M, in] -> xq (int16 per 32-element block), xs (the blocks' scales) and xsum (each
+ * block's sum of its int16 values, exact in float32). */
+static void quantize_x(const float *x, int64_t n_blocks, int16_t *xq, float *xs, float *xsum) {
     const __m512 sign = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff));
     for (int64_t i = 0; i < n_blocks; i++) {
         __m512 a = _mm512_loadu_ps(x + 32 * i), b = _mm512_loadu_ps(x + 32 * i + 16);
         float amax = _mm512_reduce_max_ps(
             _mm512_max_ps(_mm512_and_ps(a, sign), _mm512_and_ps(b, sign)));
-        float s = amax / 127.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
+        float s = amax / 32767.0f, inv = s > 0.0f ? 1.0f / s : 0.0f;
         __m512 iv = _mm512_set1_ps(inv);
-        /* round to nearest even (the default rounding mode), then + 128 as a byte */
-        __m512i qa = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(a, iv)),
-                                      _mm512_set1_epi32(128));
-        __m512i qb = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(b, iv)),
-                                      _mm512_set1_epi32(128));
-        _mm_storeu_si128((void *)(xq + 32 * i), _mm512_cvtepi32_epi8(qa));
-        _mm_storeu_si128((void *)(xq + 32 * i + 16), _mm512_cvtepi32_epi8(qb));
+        /* round to nearest even (the default rounding mode) */
+        __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, iv));
+        __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, iv));
+        xsum[i] = (float)_mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+        _mm256_storeu_si256((void *)(xq + 32 * i), _mm512_cvtepi32_epi16(qa));
+        _mm256_storeu_si256((void *)(xq + 32 * i + 16), _mm512_cvtepi32_epi16(qb));
         xs[i] = s;
     }
 }
@@ -768,8 +824,8 @@ static void gemv_task(void *p, int tid, int nth) {
     split(a->out, 16, tid, nth, &lo, &hi);
     if (lo >= hi) return;
 #if I8_VNNI
-    if (a->dtype == DT_I8P) {
-        nt8p_rows(a, lo, hi);
+    if (a->dtype == DT_I8P || a->dtype == DT_I4P) {
+        ntp_rows(a, lo, hi);
         return;
     }
 #endif
@@ -789,19 +845,20 @@ static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
     for (; i < n; i++) dst[i] = f32_to_bf16(src[i]);
 }
 
-/* Returns -1 when a buffer found no memory, -2 for DT_I8P where it was not built (no VNNI)
+/* Returns -1 when a buffer found no memory, -2 for DT_I8P / DT_I4P where not built (no VNNI)
  * or rows not whole groups of 16. */
 static int gemv(gemv_args *a, int nth) {
-    if (a->dtype == DT_I8P) {
+    if (a->dtype == DT_I8P || a->dtype == DT_I4P) {
 #if I8_VNNI
         if (a->out % 16) return -2;
         const int64_t nblk = a->M * a->in / 32;
-        char *q = (char *)malloc((size_t)(a->M * a->in) + sizeof(float) * (size_t)nblk + 64);
+        int16_t *q = (int16_t *)malloc(2 * (size_t)(a->M * a->in) + 8 * (size_t)nblk + 64);
         if (!q) return -1;
-        float *xs = (float *)(q + ((a->M * a->in + 63) & ~(int64_t)63));
-        quantize_x(a->x, nblk, (uint8_t *)q, xs);
-        a->xq = (const uint8_t *)q;
+        float *xs = (float *)(q + a->M * a->in), *xz = xs + nblk;
+        quantize_x(a->x, nblk, q, xs, xz);
+        a->xq = q;
         a->xs = xs;
+        a->xsum = xz;
         parallel(gemv_task, a, nth);
         free(q);
         return 0;
@@ -1200,7 +1257,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
 int plait_gemv(const void *w, int dtype, const float *scale, const float *low, int64_t in,
                int64_t out, const float *x, const float *bias, float *y, int accumulate, int M,
                int nthreads) {
-    if ((dtype == DT_I8 || dtype == DT_I4 || dtype == DT_I8P) && in % 32)
+    if ((dtype == DT_I8 || dtype == DT_I4 || dtype == DT_I8P || dtype == DT_I4P) && in % 32)
         return -2; /* whole blocks only */
     nthreads = acquire_pool(nthreads);
     int64_t mat[MAT_COUNT] = {(int64_t)w, dtype, (int64_t)scale, (int64_t)low};
@@ -1213,5 +1270,5 @@ int plait_gemv(const void *w, int dtype, const float *scale, const float *low, i
 /* 1 when bfloat16 products round the activations to bfloat16 (AVX512_BF16), else 0. */
 int plait_bf16_dot(void) { return BF16_DOT; }
 
-/* 1 when DT_I8P (int8 by AVX512_VNNI) was built, else 0. */
+/* 1 when DT_I8P and DT_I4P (int8 / int4 by AVX512_VNNI) were built, else 0. */
 int plait_i8_vnni(void) { return I8_VNNI; }

@@ -34,7 +34,7 @@ _i64, _int, _double = ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _error: str | None = None
 
 # DT_* in cpu_decode.c: a product's weight format
-DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P = 0, 1, 2, 3, 4
+DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P, DT_I4P = 0, 1, 2, 3, 4, 5
 
 
 def _compiler() -> str | None:
@@ -149,20 +149,34 @@ def gemv(
     )  # fmt: skip
 
 
-def pack_i8_vnni(codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def pack_i8_vnni(codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     """``DT_I8P``'s layout of int8 codes [out, in] and their float32 block scales [out, in / 32]
-    (``out`` a multiple of 16, ``in`` of 32): per group of 16 rows, the codes as [in / 4][16][4],
-    the scales as [in / 32][16], and 128 x each block's sum of codes (int32) likewise."""
-    import torch
-
+    (``out`` a multiple of 16, ``in`` of 32): per group of 16 rows, the codes as [in / 2][16][2]
+    and the scales as [in / 32][16]."""
     n, k = codes.shape
     if n % 16 or k % 32 or scale.shape != (n, k // 32):
         raise ValueError(f"DT_I8P packs [16 x i, 32 x j] codes with [out, in / 32] scales, got "
                          f"{tuple(codes.shape)} and {tuple(scale.shape)}")  # fmt: skip
-    packed = codes.view(n // 16, 16, k // 4, 4).permute(0, 2, 1, 3).contiguous()
-    sums = codes.view(n, k // 32, 32).sum(-1, dtype=torch.int32) * 128
+    packed = codes.view(n // 16, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
+    return packed, _by_group(scale.float())
 
-    def by_group(t: Tensor) -> Tensor:
-        return t.reshape(n // 16, 16, k // 32).permute(0, 2, 1).contiguous()
 
-    return packed, by_group(scale.float()), by_group(sums)
+def pack_i4_vnni(codes: Tensor, scale: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``DT_I4P``'s layout of int4 codes [out, in] (0..15, one per byte) with their float32 block
+    scales and lows [out, in / 32]: per group of 16 rows, 32 bytes per 4 consecutive codes (byte
+    2r + i: code k0 + i of row r low, k0 + 2 + i high), then scales and lows as [in / 32][16]."""
+    import torch
+
+    n, k = codes.shape
+    if n % 16 or k % 32 or scale.shape != (n, k // 32) or low.shape != scale.shape:
+        raise ValueError(f"DT_I4P packs [16 x i, 32 x j] codes with [out, in / 32] scales and "
+                         f"lows, got {tuple(codes.shape)}, {tuple(scale.shape)}")  # fmt: skip
+    c = codes.to(torch.uint8).view(n // 16, 16, k // 4, 2, 2).permute(0, 2, 1, 3, 4)
+    packed = (c[..., 0, :] | (c[..., 1, :] << 4)).contiguous()  # [n/16, k/4, 16, 2]
+    return packed, _by_group(scale.float()), _by_group(low.float())
+
+
+def _by_group(t: Tensor) -> Tensor:
+    """[out, in / 32] -> [out / 16][in / 32][16]: a block's values for 16 rows, one vector."""
+    n, blocks = t.shape
+    return t.reshape(n // 16, 16, blocks).permute(0, 2, 1).contiguous()

@@ -10,8 +10,8 @@ Invariants:
 - Used only for forwards of at most ``max_rows`` tokens (decode steps, short prefills),
   on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
   float32 weights out before building it) or quantized (``Int8Linear``, ``Int4Linear``: their
-  codes, with float32 scales per 32-element block; int8 repacked for AVX512_VNNI where the
-  CPU has it, ``cpu_decode.pack_i8_vnni``), and a float32 or bfloat16 KV pool; ``unsupported`` names what
+  codes, with float32 scales per 32-element block; repacked for AVX512_VNNI where the CPU
+  has it, ``cpu_decode.pack_i8_vnni`` / ``pack_i4_vnni``), and a float32 or bfloat16 KV pool; ``unsupported`` names what
   rules a model out.
 - The address tables are rebuilt when the storage of any weight or buffer they point at was
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
@@ -37,8 +37,8 @@ from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 # Above this many tokens (by weight format) a forward goes through torch. The C products are
 # register-tiled (4 weight rows x 4 activation rows; bfloat16 by AVX512_BF16 dot products), so
 # for float32, bfloat16 and int8 they match or beat torch's GEMMs up to decode batches of 64;
-# int4's kernel unpacks one row at a time and loses to torch's dense copy past 8 (measured
-# with bench_threads at 8 and 32 requests: bench/RESULTS.md, issue 15).
+# int4's kernel without VNNI unpacks one row at a time and loses to torch's dense copy past 8
+# (measured with bench_threads at 8 and 32 requests: bench/RESULTS.md, issue 15).
 MAX_ROWS = {"float32": 64, "bfloat16": 64, "int8": 64, "int4": 8}
 
 _DTYPES = {torch.float32: cpu_decode.DT_F32, torch.bfloat16: cpu_decode.DT_BF16}
@@ -92,7 +92,9 @@ class FusedDecode:
         self.eps, self.scale = float(cfg.rms_norm_eps), cfg.head_dim**-0.5
         self.vocab = cfg.vocab_size
         tables = model.model.embed_tokens.weight.dtype
-        self.max_rows = MAX_ROWS[_kind(model.model.layers[0].mlp.down_proj)]
+        kind = _kind(model.model.layers[0].mlp.down_proj)
+        # int4 by VNNI is tiled like int8 (lanes are rows): not one row at a time
+        self.max_rows = MAX_ROWS["int8" if kind == "int4" and lib.plait_i8_vnni() else kind]
         self._cfg = torch.tensor(
             [
                 cfg.num_layers,
@@ -139,17 +141,29 @@ class FusedDecode:
         def packed_i8(lin: Int8Linear) -> list[int]:
             """DT_I8P's copy of an int8 layer (its codes and scales are the sources)."""
             self._sources += [lin.qweight, lin.scale]
-            codes, scales, sums = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale)
-            self._copies += [codes, scales, sums]
-            return [codes.data_ptr(), cpu_decode.DT_I8P, scales.data_ptr(), sums.data_ptr()]
+            codes, scales = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale)
+            self._copies += [codes, scales]
+            return [codes.data_ptr(), cpu_decode.DT_I8P, scales.data_ptr(), 0]
+
+        def packed_i4(lin: Int4Linear) -> list[int]:
+            """DT_I4P's copy of an int4 layer (its nibbles, scales and lows are the sources)."""
+            self._sources += [lin.nibbles, lin.group_scale, lin.group_low]
+            codes, scales, lows = cpu_decode.pack_i4_vnni(
+                lin.codes(), lin.group_scale, lin.group_low
+            )
+            self._copies += [codes, scales, lows]
+            return [codes.data_ptr(), cpu_decode.DT_I4P, scales.data_ptr(), lows.data_ptr()]
 
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
+            vnni = self.lib.plait_i8_vnni() and getattr(lin, "out_features", 1) % 16 == 0
             if isinstance(lin, Int8Linear):
-                if self.lib.plait_i8_vnni() and lin.out_features % 16 == 0:
+                if vnni:
                     return packed_i8(lin)
                 return [ptr(lin.qweight), cpu_decode.DT_I8, ptr(lin.scale), 0]
             if isinstance(lin, Int4Linear):
+                if vnni:
+                    return packed_i4(lin)
                 return [
                     ptr(lin.nibbles),
                     cpu_decode.DT_I4,

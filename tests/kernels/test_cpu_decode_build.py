@@ -68,16 +68,17 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
             assert rc == 0
             expected = x.double() @ weight.double().t()
             torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4, msg=name)
-        # int8 by VNNI where the build has it (it quantizes the activations: its own reference
+        # int8 / int4 by VNNI where the build has it (int16 activations: their own reference
         # in test_fused_decode.py); the same bits as this CPU's own build
-        codes, scales, sums = cpu_decode.pack_i8_vnni(i8.qweight, i8.scale)
-        y = torch.empty(m, n)
-        rc = cpu_decode.gemv(lib, cpu_decode.DT_I8P, codes, x, y, scale=scales, low=sums)
-        if not lib.plait_i8_vnni():
-            assert rc == -2
-            continue
-        native = torch.empty(m, n)
-        cpu_decode.gemv(
-            cpu_decode.library(), cpu_decode.DT_I8P, codes, x, native, scale=scales, low=sums
-        )
-        assert rc == 0 and torch.equal(y, native)
+        packs = {
+            cpu_decode.DT_I8P: (*cpu_decode.pack_i8_vnni(i8.qweight, i8.scale), None),
+            cpu_decode.DT_I4P: cpu_decode.pack_i4_vnni(i4.codes(), i4.group_scale, i4.group_low),
+        }
+        for code, (codes, scales, lows) in packs.items():
+            y, native = torch.empty(m, n), torch.empty(m, n)
+            rc = cpu_decode.gemv(lib, code, codes, x, y, scale=scales, low=lows)
+            if not lib.plait_i8_vnni():
+                assert rc == -2
+                continue
+            cpu_decode.gemv(cpu_decode.library(), code, codes, x, native, scale=scales, low=lows)
+            assert rc == 0 and torch.equal(y, native)

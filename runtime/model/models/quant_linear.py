@@ -3,9 +3,9 @@
 Decode streams every weight once per step, so fewer weight bytes is a faster step: int8 halves
 bfloat16's bytes, int4 quarters them. Both formats are GGUF's own (int8: Q8_0, one scale per
 32 elements; int4: Q4_0 / Q4_1 / Q4_K sub-blocks), so a GGUF's blocks load as stored. Decode
-steps run in the fused C step (``kernels/cpu_decode.c``), which reads the codes (int8: by
-AVX512_VNNI against activations quantized to int8 per 32-element block, as llama.cpp's Q8_0
-dot products, where the CPU has it; else made bfloat16 in registers); torch has a
+steps run in the fused C step (``kernels/cpu_decode.c``), which reads the codes (by AVX512_VNNI
+integer dot products against activations held as int16 per 32-element block, where the CPU has
+it; else widened in registers); torch has a
 kernel for int4's groups (``aten._weight_int4pack_mm_for_cpu``, vectorized for bfloat16
 activations only, so the activation is cast around the product) but none for int8 blocks (its
 ``_weight_int8pack_mm`` takes one scale per row, which cost greedy agreement with float32:
@@ -131,6 +131,11 @@ class Int4Linear(nn.Module):
         scale = ((high - low) / 15.0).clamp_min(1e-12)
         codes = torch.round((w - low[..., None]) / scale[..., None]).clamp_(0, 15)
         return cls(codes.reshape(out_features, in_features).to(torch.uint8), scale, low)
+
+    def codes(self) -> torch.Tensor:
+        """The [out, in] codes (0..15, uint8), unpacked from ``nibbles``."""
+        g = self.nibbles.view(self.out_features, -1, INT4_GROUP // 2)
+        return torch.stack([g & 15, g >> 4], dim=2).view(self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape

@@ -123,18 +123,18 @@ def test_fused_step_computes_what_torch_does(model_dirs, kind, dtype):
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantized_fused_step_computes_what_torch_does(model_dirs, quant):
     """The same codes and scales; torch's kernels take bfloat16 activations and scales, the
-    fused step float32: agreement to bfloat16's precision. int8 by AVX512_VNNI quantizes the
-    activations too: torch's int8 layers then compute that (``_i8_vnni_reference``), in a
-    float32 model (bfloat16 activations would move the int8 rounding of the largest
-    activations by a step a quarter of the time: as much as the quantization itself)."""
-    vnni = quant == "int8" and cpu_decode.library().plait_i8_vnni()
+    fused step float32: agreement to bfloat16's precision. By AVX512_VNNI the fused step
+    quantizes the activations to int16 per block: torch's quantized layers then compute that
+    (``_vnni_reference``), in a float32 model (bfloat16 activations would move many int16
+    roundings), and the two agree to float32's precision."""
+    vnni = cpu_decode.library().plait_i8_vnni()
     dtype = "float32" if vnni else "bfloat16"
     state = _State(model_dirs["llama"], dtype, [5, 17, 1, 40], quant=quant)
     if vnni:
         for m in state.runner.model.modules():
-            if isinstance(m, Int8Linear):
+            if isinstance(m, (Int8Linear, Int4Linear)):
                 m.forward = lambda x, m=m: (
-                    _i8_vnni_reference(m, x.reshape(-1, m.in_features).float())
+                    _vnni_reference(m, x.reshape(-1, m.in_features).float())
                     .to(x.dtype)
                     .reshape(*x.shape[:-1], m.out_features)
                 )
@@ -328,58 +328,83 @@ def test_quantized_products_against_float64(quant, n, m, k):
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
 
 
-def _i8_vnni_reference(layer: Int8Linear, x: torch.Tensor) -> torch.Tensor:
-    """What DT_I8P computes: activations quantized per 32-element block (s = amax / 127,
-    q = x / s to nearest even), exact integer dot products per block, scaled by both scales."""
+def _quantized_x(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DT_I8P / DT_I4P's activations: per 32-element block s = amax / 32767 and q = x / s to
+    nearest even (int16 values, as float64), with the scales [M, in / 32]."""
     m, k = x.shape
     xb = x.view(m, k // 32, 32)
-    s = xb.abs().amax(-1) / 127.0
+    s = xb.abs().amax(-1) / 32767.0
     inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
-    q = torch.round(xb * inv[..., None]).double()
-    codes = layer.qweight.double().view(layer.out_features, k // 32, 32)
-    dots = torch.einsum("mbk,nbk->mnb", q, codes)
-    return (dots * layer.scale.double()[None] * s.double()[:, None, :]).sum(-1)
+    return torch.round(xb * inv[..., None]).double(), s.double()
 
 
+def _vnni_reference(layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Tensor:
+    """What DT_I8P / DT_I4P compute, in float64: exact integer dot products per block, scaled
+    by both scales (int4: + low times the block's sum of activations)."""
+    q, s = _quantized_x(x)
+    k = x.shape[1]
+    if isinstance(layer, Int8Linear):
+        codes = layer.qweight.double().view(layer.out_features, k // 32, 32)
+        inner = torch.einsum("mbk,nbk->mnb", q, codes) * layer.scale.double()[None]
+    else:
+        codes = layer.codes().double().view(layer.out_features, k // 32, 32)
+        dots = torch.einsum("mbk,nbk->mnb", q, codes) * layer.group_scale.double()[None]
+        inner = dots + layer.group_low.double()[None] * q.sum(-1)[:, None, :]
+    return (inner * s[:, None, :]).sum(-1)
+
+
+def _packed(layer: Int8Linear | Int4Linear) -> tuple[int, torch.Tensor, dict]:
+    """The layer as DT_I8P / DT_I4P: format, codes and the ``gemv`` keywords of its scales."""
+    if isinstance(layer, Int8Linear):
+        codes, scales = cpu_decode.pack_i8_vnni(layer.qweight, layer.scale)
+        return cpu_decode.DT_I8P, codes, {"scale": scales}
+    codes, scales, lows = cpu_decode.pack_i4_vnni(layer.codes(), layer.group_scale, layer.group_low)
+    return cpu_decode.DT_I4P, codes, {"scale": scales, "low": lows}
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
 @pytest.mark.parametrize("n,k,m", [(48, 96, 1), (64, 576, 3), (32, 1536, 9), (960, 576, 17)])
-def test_int8_vnni_products_against_float64(n, k, m):
-    """DT_I8P (int8 codes by int8 activations, AVX512_VNNI) against its definition in float64,
+def test_vnni_products_against_float64(quant, n, k, m):
+    """DT_I8P / DT_I4P (AVX512_VNNI, int16 activations) against their definition in float64,
     the same bits at any thread count, and a row alone equal to the row in a batch."""
     lib = cpu_decode.library()
     if not lib.plait_i8_vnni():
         pytest.skip("this CPU has no AVX512_VNNI")
     gen = torch.Generator().manual_seed(n + k + m)
-    layer = Int8Linear.from_float(torch.randn(n, k, generator=gen))
+    dense = torch.randn(n, k, generator=gen)
+    layer = Int8Linear.from_float(dense) if quant == "int8" else Int4Linear.from_float(dense)
     x = torch.randn(m, k, generator=gen)
     x[0, :32] = 0.0  # an all-zero block of activations: scale 0
-    codes, scales, sums = cpu_decode.pack_i8_vnni(layer.qweight, layer.scale)
+    code, packed, scales = _packed(layer)
     outs = []
     for threads in (1, 2):
         y = torch.empty(m, n)
-        rc = cpu_decode.gemv(
-            lib, cpu_decode.DT_I8P, codes, x, y, scale=scales, low=sums, threads=threads
-        )
-        assert rc == 0
+        assert cpu_decode.gemv(lib, code, packed, x, y, threads=threads, **scales) == 0
         outs.append(y)
     assert torch.equal(outs[0], outs[1])
-    torch.testing.assert_close(outs[0].double(), _i8_vnni_reference(layer, x), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(outs[0].double(), _vnni_reference(layer, x), rtol=1e-5, atol=1e-4)
     alone = torch.empty(1, n)
-    cpu_decode.gemv(lib, cpu_decode.DT_I8P, codes, x[-1:], alone, scale=scales, low=sums)
+    cpu_decode.gemv(lib, code, packed, x[-1:], alone, **scales)
     assert torch.equal(alone[0], outs[0][-1])
     rows_not_16 = torch.empty(m, n - 8)
-    assert cpu_decode.gemv(lib, cpu_decode.DT_I8P, codes, x, rows_not_16, scale=scales) == -2
+    assert cpu_decode.gemv(lib, code, packed, x, rows_not_16, **scales) == -2
 
 
-def test_int8_vnni_packing_holds_every_code():
+def test_vnni_packing_holds_every_code():
     codes = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
     scale = torch.rand(32, 2)
-    packed, scales, sums = cpu_decode.pack_i8_vnni(codes, scale)
-    assert packed.shape == (2, 16, 16, 4)  # [groups of 16 rows][in / 4][16][4]
-    assert torch.equal(packed[1, 3, 5], codes[16 + 5, 12:16])
+    packed, scales = cpu_decode.pack_i8_vnni(codes, scale)
+    assert packed.shape == (2, 32, 16, 2)  # [groups of 16 rows][in / 2][16][2]
+    assert torch.equal(packed[1, 3, 5], codes[16 + 5, 6:8])
     assert torch.equal(scales[1, 1], scale[16:, 1])
-    assert int(sums[0, 1, 2]) == 128 * int(codes[2, 32:].sum())
     with pytest.raises(ValueError, match="DT_I8P"):
         cpu_decode.pack_i8_vnni(codes[:24], scale[:24])
+    nibbles = torch.randint(0, 16, (32, 64), dtype=torch.uint8)
+    packed4, _, lows = cpu_decode.pack_i4_vnni(nibbles, scale, -scale)
+    assert packed4.shape == (2, 16, 16, 2)  # 32 bytes per 4 codes of 16 rows
+    byte = int(packed4[1, 3, 5, 1])  # row 21, codes 12 + 1 (low nibble) and 12 + 3 (high)
+    assert byte == int(nibbles[21, 13]) | int(nibbles[21, 15]) << 4
+    assert torch.equal(lows[0, 1], -scale[:16, 1])
 
 
 def _int4_dense(layer: Int4Linear) -> torch.Tensor:
