@@ -2,11 +2,13 @@
 
 Each side runs in its own subprocess: two thread pools in one process (torch's OpenMP workers
 spin after each op) would slow whichever runs second. Prints ms per forward's products, GFLOP/s
-and the ratio, for float32, bfloat16 and int8 weights (``[out, in]``, as the fused step holds
-them; int8 (per 32-element block) against torch's weight-only ``_weight_int8pack_mm``, which
-has one scale per row: torch has no kernel for int8 blocks).
+and the ratio, for float32, bfloat16, int8 and int4 weights in the format the fused step reads
+(``fused_decode.product_weights``: int8 / int4 repacked for AVX512_VNNI where the CPU has it).
+torch's side: ``F.linear``; int8 its weight-only ``_weight_int8pack_mm``, which takes one scale
+per row (torch has no kernel for int8 blocks); int4 ``Int4Linear``'s own forward (torch's int4
+kernel up to 8 rows, its bfloat16 copy above).
 
-    python bench/bench_fused_products.py --rows 1,2,4,8,16,32,64
+    python bench/bench_fused_products.py --rows 1,2,4,8,16,32,64 --dtypes float32,bfloat16,int8,int4
 """
 
 from __future__ import annotations
@@ -31,42 +33,50 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
     import torch
 
     from plait.kernels import cpu_decode
+    from plait.runtime.model.fused_decode import product_weights
+    from plait.runtime.model.models.linear import Linear
+    from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 
     torch.set_num_threads(threads if which == "torch" else 1)
     lib = cpu_decode.library()
-    dt = getattr(torch, dtype)
-    code = {torch.float32: cpu_decode.DT_F32, torch.bfloat16: cpu_decode.DT_BF16}.get(
-        dt, cpu_decode.DT_I8
-    )
+    vnni = bool(lib.plait_i8_vnni())
 
-    def weight(o: int, i: int) -> torch.Tensor:
-        if dt == torch.int8:  # int8 codes, as Int8Linear holds them
-            return torch.randint(-127, 128, (o, i), dtype=torch.int8)
-        return torch.randn(o, i).to(dt)
+    def layer(o: int, i: int) -> torch.nn.Module:
+        dense = torch.randn(o, i) * 0.05
+        if dtype == "int8":
+            return Int8Linear.from_float(dense)
+        if dtype == "int4":
+            return Int4Linear.from_float(dense)
+        lin = Linear(i, o, bias=False, dtype=getattr(torch, dtype))
+        lin.set_layout(False)  # [out, in], as the fused step holds it
+        lin.weight.data = dense.to(getattr(torch, dtype))
+        return lin
 
-    weights = [[weight(o, i) for _ in range(n)] for i, o, n in SHAPES]
-    # int8's scales: per 32-element block for plait, per row for torch's kernel
-    scales = {(o, i): torch.rand(o, i // 32) * 0.01 for i, o, _ in SHAPES}
+    layers = [[layer(o, i) for _ in range(n)] for i, o, n in SHAPES]
+    # torch's int8 weight-only kernel takes one scale per row (it has none for blocks)
     row_scales = {o: torch.rand(o).bfloat16() for _, o, _ in SHAPES}
+    c_side = [[product_weights(lin, vnni) for lin in ls] for ls in layers]
     out = {}
     for m in rows:
         xs = [torch.randn(m, i) for i, _, _ in SHAPES]
         ys = [torch.empty(m, o) for _, o, _ in SHAPES]
 
-        def run(xs=xs, ys=ys, m=m) -> None:
-            for (i, o, _), ws, x, y in zip(SHAPES, weights, xs, ys):
-                if which == "torch" and dt == torch.int8:  # torch's weight-only int8 kernel
-                    xt, sc = x.bfloat16(), row_scales[o]
-                    for w in ws:
-                        torch.ops.aten._weight_int8pack_mm(xt, w, sc)
-                elif which == "torch":
-                    xt = x.to(dt)
-                    for w in ws:
-                        torch.nn.functional.linear(xt, w)
-                else:
-                    for w in ws:
-                        sc = scales[o, i] if dt == torch.int8 else None
-                        cpu_decode.gemv(lib, code, w, x, y, scale=sc, threads=threads)
+        def run(xs=xs, ys=ys) -> None:
+            for (_, o, _), ls, ps, x, y in zip(SHAPES, layers, c_side, xs, ys):
+                if which == "c":
+                    for p in ps:
+                        w, scale, low = p.tensors
+                        cpu_decode.gemv(
+                            lib, p.dtype, w, x, y, scale=scale, low=low, threads=threads
+                        )
+                elif dtype == "int8":
+                    xt = x.bfloat16()
+                    for lin in ls:
+                        torch.ops.aten._weight_int8pack_mm(xt, lin.qweight, row_scales[o])
+                else:  # the layer's own torch forward (int4: its kernel, or the dense copy)
+                    xt = x.to(torch.float32 if dtype == "float32" else torch.bfloat16)
+                    for lin in ls:
+                        lin(xt)
 
         run()
         start = time.perf_counter()

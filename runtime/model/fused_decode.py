@@ -24,6 +24,7 @@ Invariants:
 from __future__ import annotations
 
 import ctypes
+from dataclasses import dataclass
 
 import torch
 
@@ -77,6 +78,36 @@ def _kind(lin: torch.nn.Module) -> str:
     if isinstance(lin, Int4Linear):
         return "int4"
     return str(lin.weight.dtype).removeprefix("torch.")
+
+
+@dataclass(slots=True)
+class ProductWeights:
+    """A linear layer as the C products read it: ``dtype`` (``cpu_decode.DT_*``) and
+    ``tensors`` = (weight, scales, lows), None where the format has none; ``sources`` are the
+    layer's own tensors they were made from (the same objects where nothing was repacked)."""
+
+    dtype: int
+    tensors: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
+    sources: list[torch.Tensor]
+
+
+def product_weights(lin: torch.nn.Module, vnni: bool) -> ProductWeights:
+    """``lin`` in the fused step's format: float32 / bfloat16 weights as they are; int8 and
+    int4 codes repacked for AVX512_VNNI (``vnni``, rows in sixteens), else as they are."""
+    vnni = vnni and getattr(lin, "out_features", 1) % 16 == 0
+    if isinstance(lin, Int8Linear):
+        sources = [lin.qweight, lin.scale]
+        if vnni:
+            codes, scales = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale)
+            return ProductWeights(cpu_decode.DT_I8P, (codes, scales, None), sources)
+        return ProductWeights(cpu_decode.DT_I8, (lin.qweight, lin.scale, None), sources)
+    if isinstance(lin, Int4Linear):
+        held = (lin.nibbles, lin.group_scale, lin.group_low)
+        if vnni:
+            packed = cpu_decode.pack_i4_vnni(lin.codes(), lin.group_scale, lin.group_low)
+            return ProductWeights(cpu_decode.DT_I4P, packed, list(held))
+        return ProductWeights(cpu_decode.DT_I4, held, list(held))
+    return ProductWeights(_DTYPES[lin.weight.dtype], (lin.weight, None, None), [lin.weight])
 
 
 class FusedDecode:
@@ -138,39 +169,13 @@ class FusedDecode:
             self._copies.append(c)
             return c.data_ptr()
 
-        def packed_i8(lin: Int8Linear) -> list[int]:
-            """DT_I8P's copy of an int8 layer (its codes and scales are the sources)."""
-            self._sources += [lin.qweight, lin.scale]
-            codes, scales = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale)
-            self._copies += [codes, scales]
-            return [codes.data_ptr(), cpu_decode.DT_I8P, scales.data_ptr(), 0]
-
-        def packed_i4(lin: Int4Linear) -> list[int]:
-            """DT_I4P's copy of an int4 layer (its nibbles, scales and lows are the sources)."""
-            self._sources += [lin.nibbles, lin.group_scale, lin.group_low]
-            codes, scales, lows = cpu_decode.pack_i4_vnni(
-                lin.codes(), lin.group_scale, lin.group_low
-            )
-            self._copies += [codes, scales, lows]
-            return [codes.data_ptr(), cpu_decode.DT_I4P, scales.data_ptr(), lows.data_ptr()]
-
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
-            vnni = self.lib.plait_i8_vnni() and getattr(lin, "out_features", 1) % 16 == 0
-            if isinstance(lin, Int8Linear):
-                if vnni:
-                    return packed_i8(lin)
-                return [ptr(lin.qweight), cpu_decode.DT_I8, ptr(lin.scale), 0]
-            if isinstance(lin, Int4Linear):
-                if vnni:
-                    return packed_i4(lin)
-                return [
-                    ptr(lin.nibbles),
-                    cpu_decode.DT_I4,
-                    ptr(lin.group_scale),
-                    ptr(lin.group_low),
-                ]
-            return [ptr(lin.weight), _DTYPES[lin.weight.dtype], 0, 0]
+            p = product_weights(lin, bool(self.lib.plait_i8_vnni()))
+            self._sources += p.sources
+            self._copies += [t for t in p.tensors if t is not None]  # held: the tables point there
+            weight, scales, lows = (0 if t is None else t.data_ptr() for t in p.tensors)
+            return [weight, p.dtype, scales, lows]
 
         self._globals = torch.tensor(
             [
