@@ -25,6 +25,8 @@ from collections.abc import Callable
 import torch
 
 from plait.kernels import cpu_decode
+from plait.runtime.model.fused_decode import product_weights
+from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.quant_linear import (
     INT4_GROUP,
     INT8_BLOCK,
@@ -88,9 +90,10 @@ def step_weight_bytes(precision: str) -> int:
 
 def _weights(precision: str, total_bytes: int, threads: int) -> tuple[list[Callable], int]:
     """Distinct copies of the decoder's matrices (about ``total_bytes``) as M = 1 products, in
-    the format and kernel a decode step runs: the fused step's C products (``cpu_decode``), or
-    torch's where the C library cannot be built."""
+    the format and kernel a decode step runs: the fused step's C products
+    (``fused_decode.product_weights``), or torch's where the C library cannot be built."""
     lib = cpu_decode.library()
+    vnni = lib is not None and bool(lib.plait_i8_vnni())
     x32 = torch.randn(1, HIDDEN)
     calls: list[Callable] = []
     streamed = 0
@@ -100,28 +103,23 @@ def _weights(precision: str, total_bytes: int, threads: int) -> tuple[list[Calla
             x = torch.randn(1, in_f) if in_f != HIDDEN else x32
             y = torch.empty(1, out_f)
             if precision in ("float32", "bfloat16"):
-                dt = torch.float32 if precision == "float32" else torch.bfloat16
-                code = cpu_decode.DT_F32 if precision == "float32" else cpu_decode.DT_BF16
-                wt, parts = w.to(dt), {}
-                torch_call = lambda x=x.to(dt), wt=wt: torch.nn.functional.linear(x, wt)  # noqa: E731
-            elif precision == "int8":
-                layer = Int8Linear.from_float(w)
-                code, wt, parts = cpu_decode.DT_I8, layer.qweight, {"scale": layer.scale}
-                torch_call = None  # torch has no int8 block kernel
+                layer = Linear(in_f, out_f, dtype=getattr(torch, precision))
+                layer.set_layout(False)  # [out, in], as the fused step holds it
+                layer.weight.data = w.to(getattr(torch, precision))
             else:
-                layer = Int4Linear.from_float(w)
-                code, wt = cpu_decode.DT_I4, layer.nibbles
-                parts = {"scale": layer.group_scale, "low": layer.group_low}
-                torch_call = lambda x=x.bfloat16(), layer=layer: layer(x)  # noqa: E731
+                layer = (Int8Linear if precision == "int8" else Int4Linear).from_float(w)
+            p = product_weights(layer, vnni)
             if lib is not None:
                 calls.append(
-                    lambda code=code, wt=wt, x=x, y=y, parts=parts: cpu_decode.gemv(
-                        lib, code, wt, x, y, threads=threads, **parts
+                    lambda p=p, x=x, y=y: cpu_decode.gemv(
+                        lib, p.dtype, p.tensors[0], x, y, scale=p.tensors[1], low=p.tensors[2],
+                        threads=threads,
                     )
-                )
-            elif torch_call is not None:
-                calls.append(torch_call)
-            streamed += sum(t.numel() * t.element_size() for t in (wt, *parts.values()))
+                )  # fmt: skip
+            elif precision != "int8":  # torch has no int8 block kernel
+                xt = x if precision == "float32" else x.bfloat16()
+                calls.append(lambda xt=xt, layer=layer: layer(xt))
+            streamed += sum(t.numel() * t.element_size() for t in p.tensors if t is not None)
     return calls, streamed
 
 
