@@ -67,7 +67,8 @@ class Worker:
             self.ctx.term()
 
     def _drain(self) -> None:
-        while True:
+        # asked first: a recv that finds nothing raises zmq.Again, once a step
+        while self.sock.get(zmq.EVENTS) & zmq.POLLIN:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
