@@ -15,7 +15,11 @@ Invariants:
 - The address tables are rebuilt when the storage of any weight or buffer they point at was
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
   stale. A parameter replaced by a new object (``module.weight = Parameter(...)``) is not
-  seen by that check (walking the modules each step cost 0.7 ms): call ``refresh()``.
+  seen by that check (walking the modules each step cost 0.7 ms): call ``refresh()``. A
+  process whose model no code outside plait reaches (the worker, ``EngineCore.own_process``)
+  turns the check off (``check_addresses``; ~0.3 ms a step, the caches cold after the step
+  before): there nothing replaces a storage, and plait code that ever does must call
+  ``refresh()`` before the next forward.
 - Logits are float32 ``[M, vocab]``; outputs are the same bits at any thread count and for a
   request whatever else is in its batch (every product sums in one fixed order).
 """
@@ -117,6 +121,7 @@ class FusedDecode:
             dtype=torch.int64,
         )
         self._sources: list[torch.Tensor] = []  # held: a freed address is never reused
+        self.check_addresses = True  # False only where nothing replaces a storage unseen
         self._build()
 
     def refresh(self) -> None:
@@ -190,7 +195,7 @@ class FusedDecode:
         to its own position (``positions + 1``), so an extend is causal."""
         # a weight's or buffer's storage replaced? ~1 us a tensor, as the step before evicted
         # them from the caches (a list comprehension took a quarter longer than this map)
-        if list(map(_DATA_PTR, self._sources)) != self._addresses:
+        if self.check_addresses and list(map(_DATA_PTR, self._sources)) != self._addresses:
             self._build()
         n = batch.num_tokens
         table = batch.req_to_token

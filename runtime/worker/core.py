@@ -131,6 +131,14 @@ class EngineCore:
     def abort(self, rid: str) -> bool:
         return self.scheduler.abort(rid)
 
+    def own_process(self) -> None:
+        """For a process plait owns, whose model no code outside plait reaches (the worker,
+        the in-process server): torch's threads stay pinned between steps (``ModelRunner``),
+        and the fused step skips its per-call address check (``FusedDecode``)."""
+        self.runner.pin_torch_threads = True
+        if self.runner.fused is not None:
+            self.runner.fused.check_addresses = False
+
     def step(self) -> list[ReqOutput]:
         with self.runner.step_threads():
             return self.scheduler.step()

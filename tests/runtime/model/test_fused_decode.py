@@ -216,6 +216,22 @@ def test_a_replaced_weight_is_seen(model_dirs):
     assert torch.all(state.fused_step(batch) != 0)
 
 
+def test_with_the_address_check_off_a_replaced_weight_is_read_after_refresh(model_dirs):
+    """Off (a process plait owns, where nothing replaces a storage unseen), the step reads
+    the tables it has until ``refresh()``."""
+    state = _State(model_dirs["llama"], "float32", [4])
+    fused = state.runner.fused
+    fused.check_addresses = False
+    batch = state.decode_batch([0], [5])
+    before = state.fused_step(batch)
+    head = state.runner.model.lm_head
+    old = head.weight.data  # held, so the stale address stays readable
+    head.weight.data = torch.zeros_like(old)
+    assert torch.equal(state.fused_step(batch), before)
+    fused.refresh()
+    assert torch.count_nonzero(state.fused_step(batch)) == 0
+
+
 def test_batch_tensors_of_any_int_dtype_and_layout(model_dirs):
     """The step converts what is not contiguous int64 (the scheduler's batches are) and
     computes the same logits."""
