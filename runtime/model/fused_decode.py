@@ -16,10 +16,11 @@ Invariants:
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
   stale. A parameter replaced by a new object (``module.weight = Parameter(...)``) is not
   seen by that check (walking the modules each step cost 0.7 ms): call ``refresh()``. A
-  process whose model no code outside plait reaches (the worker, ``EngineCore.own_process``)
-  turns the check off (``check_addresses``; ~0.3 ms a step, the caches cold after the step
-  before): there nothing replaces a storage, and plait code that ever does must call
-  ``refresh()`` before the next forward.
+  process whose model no code outside plait reaches (the worker, ``EngineCore.own_process``),
+  or an in-process engine while no caller code runs between its steps (``EngineCore.owned``,
+  which checks once on entry), turns the per-call check off (``check_addresses``; ~0.3 ms a
+  step, the caches cold after the step before): nothing replaces a storage there, and plait
+  code that ever does must call ``refresh()`` before the next forward.
 - Logits are float32 ``[M, vocab]``; outputs are the same bits at any thread count and for a
   request whatever else is in its batch (every product sums in one fixed order).
 """
@@ -128,6 +129,13 @@ class FusedDecode:
         """Re-reads every address from the model and the pool (after replacing parameters)."""
         self._build()
 
+    def check(self) -> None:
+        """Rebuilds the tables if the storage of a weight or buffer they point at was replaced
+        (~1 us a tensor with the caches cold after a step; a list comprehension took a quarter
+        longer than this map)."""
+        if list(map(_DATA_PTR, self._sources)) != self._addresses:
+            self._build()
+
     def _build(self) -> None:
         """Lays every address out in the tables, and holds each tensor it took one from
         (``_sources``; a float32 copy's source, not the copy) for the per-call check."""
@@ -193,10 +201,8 @@ class FusedDecode:
         """Logits ``[R, vocab]`` of the flat tokens ``sample_index`` (default: every token),
         for a decode batch or a short prefill: each token attends to its request's slots up
         to its own position (``positions + 1``), so an extend is causal."""
-        # a weight's or buffer's storage replaced? ~1 us a tensor, as the step before evicted
-        # them from the caches (a list comprehension took a quarter longer than this map)
-        if self.check_addresses and list(map(_DATA_PTR, self._sources)) != self._addresses:
-            self._build()
+        if self.check_addresses:
+            self.check()
         n = batch.num_tokens
         table = batch.req_to_token
         ids, pos, loc = (

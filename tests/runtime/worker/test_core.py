@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from plait.runtime.config import EngineConfig
@@ -40,3 +41,21 @@ def test_owning_the_process_changes_no_token(tiny_model_dir):
         owned.check_idle()
     finally:
         torch.set_num_threads(before)
+
+
+def test_owned_checks_the_fused_step_once_on_entry_and_restores_on_exit(tiny_model_dir):
+    """``owned`` (an in-process engine's non-streamed generate): a weight replaced before it
+    is seen; inside, no per-call check and torch's threads pinned; on exit, both as before."""
+    core = EngineCore(EngineConfig.from_kwargs(tiny_model_dir("llama"), max_total_tokens=1024))
+    fused = core.runner.fused
+    if fused is None:
+        pytest.skip("no fused decode step on this machine")
+    threads = torch.get_num_threads()
+    head = core.runner.model.lm_head
+    head.weight.data = torch.zeros_like(head.weight)  # every logit 0: greedy picks token 0
+    with core.owned():
+        assert not fused.check_addresses and core.runner.pin_torch_threads
+        out = generate(core, [[5, 6, 7], [8]], 4)
+    assert all(set(ids) == {0} for ids in out.values())
+    assert fused.check_addresses and not core.runner.pin_torch_threads
+    assert torch.get_num_threads() == threads
