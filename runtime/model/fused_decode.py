@@ -78,8 +78,8 @@ def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.de
 
 
 def _int64(t: torch.Tensor) -> torch.Tensor:
-    """``t`` as a contiguous int64 tensor; ``t`` itself when it is one (the batch's tensors
-    are: that test costs a tenth of ``.to()``'s)."""
+    """``t`` as a contiguous int64 tensor: ``t`` itself when it is one, as the scheduler's
+    batch tensors are (the test costs a tenth of a ``.to()`` that returns ``t``)."""
     if t.dtype is torch.int64 and t.is_contiguous():
         return t
     return t.to(torch.int64).contiguous()
