@@ -78,9 +78,10 @@ class Engine(TextAPI):
             return self._stream(streams)
         finals: dict[str, OutputChunk] = {}
         try:
-            for _, chunk in self._run(streams):
-                if chunk.finished:
-                    finals[chunk.rid] = chunk
+            with self.core.owned():  # no code of the caller's runs between these steps
+                for _, chunk in self._run(streams):
+                    if chunk.finished:
+                        finals[chunk.rid] = chunk
         except BaseException:
             self._abort_unfinished(streams, finals)
             raise

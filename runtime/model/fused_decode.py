@@ -16,7 +16,12 @@ Invariants:
 - The address tables are rebuilt when the storage of any weight or buffer they point at was
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
   stale. A parameter replaced by a new object (``module.weight = Parameter(...)``) is not
-  seen by that check (walking the modules each step cost 0.7 ms): call ``refresh()``.
+  seen by that check (walking the modules each step cost 0.7 ms): call ``refresh()``. A
+  process whose model no code outside plait reaches (the worker, ``EngineCore.own_process``),
+  or an in-process engine while no caller code runs between its steps (``EngineCore.owned``,
+  which checks once on entry), turns the per-call check off (``check_addresses``; ~0.3 ms a
+  step, the caches cold after the step before): nothing replaces a storage there, and plait
+  code that ever does must call ``refresh()`` before the next forward.
 - Logits are float32 ``[M, vocab]``; outputs are the same bits at any thread count and for a
   request whatever else is in its batch (every product sums in one fixed order).
 """
@@ -43,6 +48,7 @@ from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 MAX_ROWS = {"float32": 64, "bfloat16": 64, "int8": 64, "int4": 8}
 
 _DTYPES = {torch.float32: cpu_decode.DT_F32, torch.bfloat16: cpu_decode.DT_BF16}
+_DATA_PTR = torch.Tensor.data_ptr
 
 
 def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.device) -> str | None:
@@ -70,6 +76,14 @@ def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.de
     if cpu_decode.library() is None:
         return cpu_decode.build_error()
     return None
+
+
+def _int64(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous int64 tensor: ``t`` itself when it is one, as the scheduler's
+    batch tensors are (the test costs a tenth of a ``.to()`` that returns ``t``)."""
+    if t.dtype is torch.int64 and t.is_contiguous():
+        return t
+    return t.to(torch.int64).contiguous()
 
 
 def _kind(lin: torch.nn.Module) -> str:
@@ -141,11 +155,19 @@ class FusedDecode:
             dtype=torch.int64,
         )
         self._sources: list[torch.Tensor] = []  # held: a freed address is never reused
+        self.check_addresses = True  # False only where nothing replaces a storage unseen
         self._build()
 
     def refresh(self) -> None:
         """Re-reads every address from the model and the pool (after replacing parameters)."""
         self._build()
+
+    def check(self) -> None:
+        """Rebuilds the tables if the storage of a weight or buffer they point at was replaced
+        (~1 us a tensor with the caches cold after a step; a list comprehension took a quarter
+        longer than this map)."""
+        if list(map(_DATA_PTR, self._sources)) != self._addresses:
+            self._build()
 
     def _build(self) -> None:
         """Lays every address out in the tables, and holds each tensor it took one from
@@ -212,23 +234,22 @@ class FusedDecode:
         """Logits ``[R, vocab]`` of the flat tokens ``sample_index`` (default: every token),
         for a decode batch or a short prefill: each token attends to its request's slots up
         to its own position (``positions + 1``), so an extend is causal."""
-        if [t.data_ptr() for t in self._sources] != self._addresses:
-            self._build()  # a weight's or buffer's storage was replaced (~40 us to check)
+        if self.check_addresses:
+            self.check()
         n = batch.num_tokens
         table = batch.req_to_token
         ids, pos, loc = (
-            t.to(torch.int64).contiguous()
-            for t in (batch.input_ids, batch.positions, batch.out_cache_loc)
+            _int64(batch.input_ids),
+            _int64(batch.positions),
+            _int64(batch.out_cache_loc),
         )
         if batch.mode == ForwardMode.DECODE:
             rows, seq = batch.req_pool_indices, batch.seq_lens
         else:  # per token: its request's row, and the keys up to its own position
             ext = torch.tensor(batch.extend_lens_cpu, device=batch.req_pool_indices.device)
             rows, seq = batch.req_pool_indices.repeat_interleave(ext), pos + 1
-        rows, seq = rows.to(torch.int64).contiguous(), seq.to(torch.int64).contiguous()
-        if sample_index is None:
-            sample_index = torch.arange(n)
-        sample = sample_index.to(torch.int64).contiguous()
+        rows, seq = _int64(rows), _int64(seq)
+        sample = _int64(torch.arange(n) if sample_index is None else sample_index)
         logits = torch.empty(sample.numel(), self.vocab, dtype=torch.float32)
         assert table.is_contiguous() and table.dtype == torch.int64
         rc = self.lib.plait_decode_step(

@@ -46,7 +46,7 @@ def build_app(args: ServerArgs) -> tuple[FastAPI, Callable[[], None]]:
         from plait.runtime.worker.core import EngineCore
 
         core = EngineCore(args.engine)
-        core.runner.pin_torch_threads = True  # the server's own process
+        core.own_process()
         backend = EngineThread(core)
         tokenizer = core.tokenizer
         stop = backend.close

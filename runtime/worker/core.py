@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,35 @@ class EngineCore:
 
     def abort(self, rid: str) -> bool:
         return self.scheduler.abort(rid)
+
+    def own_process(self) -> None:
+        """For a process plait owns, whose model no code outside plait reaches (the worker,
+        the in-process server): torch's threads stay pinned between steps (``ModelRunner``),
+        and the fused step skips its per-call address check (``FusedDecode``)."""
+        self.runner.pin_torch_threads = True
+        if self.runner.fused is not None:
+            self.runner.fused.check_addresses = False
+
+    @contextmanager
+    def owned(self) -> Iterator[None]:
+        """``own_process``'s settings while the caller runs no code of its own between steps
+        (an in-process engine's non-streamed ``generate``): the fused step checks its addresses
+        once, here, and torch's threads are pinned once, not per step; the caller's thread
+        count and the per-call check are back on exit. Nothing in a process that owns itself."""
+        runner, fused = self.runner, self.runner.fused
+        if runner.pin_torch_threads:  # the worker's, the server's, or an enclosing owned()
+            yield
+            return
+        with runner.step_threads():
+            if fused is None or not fused.check_addresses:
+                yield
+                return
+            fused.check()
+            fused.check_addresses = False
+            try:
+                yield
+            finally:
+                fused.check_addresses = True
 
     def step(self) -> list[ReqOutput]:
         with self.runner.step_threads():

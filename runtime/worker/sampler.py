@@ -68,6 +68,15 @@ def uniform_noise(
     return u.add_(0.5).mul_(2.0**-53)
 
 
+def argmax_rows(logits: torch.Tensor) -> torch.Tensor:
+    """int64 ``[B]``: each row's argmax, the first of tied maxima (a NaN counts as the
+    maximum), as ``logits.argmax(dim=-1)`` gives it. On the CPU through numpy, whose
+    vectorized argmax takes a tenth of torch's over a 49k vocabulary (45 -> 5 us)."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and not logits.requires_grad:
+        return torch.from_numpy(logits.numpy().argmax(axis=-1))
+    return logits.argmax(dim=-1)
+
+
 @dataclass(slots=True)
 class SampleOutput:
     """The chosen tokens; log-probs are under the raw model distribution (before temperature,
@@ -123,11 +132,11 @@ class Sampler:
     ) -> SampleOutput:
         processed = apply_logit_processors(logits, info)
         if info.is_all_greedy:
-            next_ids = processed.argmax(dim=-1)
+            next_ids = argmax_rows(processed)
         else:
             next_ids = self._sample(processed, info)
             if info.greedy_rows is not None:
-                next_ids = torch.where(info.greedy_rows, processed.argmax(dim=-1), next_ids)
+                next_ids = torch.where(info.greedy_rows, argmax_rows(processed), next_ids)
         if not return_logprobs:
             return SampleOutput(next_ids, None, None, None)
         logprobs = torch.log_softmax(logits.float(), dim=-1)

@@ -67,7 +67,8 @@ class Worker:
             self.ctx.term()
 
     def _drain(self) -> None:
-        while True:
+        # asked first: a recv that finds nothing raises zmq.Again, once a step
+        while self.sock.get(zmq.EVENTS) & zmq.POLLIN:
             try:
                 frames = self.sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -168,7 +169,7 @@ def main() -> None:
     if not isinstance(msg, m.StartWorker):
         sys.exit(f"expected a StartWorker message on stdin, got {type(msg).__name__}")
     core = EngineCore(EngineConfig.from_dict(msg.config))
-    core.runner.pin_torch_threads = True  # this process is the worker's own
+    core.own_process()
     worker = Worker(core, sys.argv[2], parent_pid=parent)
 
     def stop(_signum: int, _frame: object) -> None:

@@ -231,6 +231,37 @@ def test_a_replaced_weight_is_seen(model_dirs):
     assert torch.all(state.fused_step(batch) != 0)
 
 
+def test_with_the_address_check_off_a_replaced_weight_is_read_after_refresh(model_dirs):
+    """Off (a process plait owns, where nothing replaces a storage unseen), the step reads
+    the tables it has until ``refresh()``."""
+    state = _State(model_dirs["llama"], "float32", [4])
+    fused = state.runner.fused
+    fused.check_addresses = False
+    batch = state.decode_batch([0], [5])
+    before = state.fused_step(batch)
+    head = state.runner.model.lm_head
+    old = head.weight.data  # held, so the stale address stays readable
+    head.weight.data = torch.zeros_like(old)
+    assert torch.equal(state.fused_step(batch), before)
+    fused.refresh()
+    assert torch.count_nonzero(state.fused_step(batch)) == 0
+
+
+def test_batch_tensors_of_any_int_dtype_and_layout(model_dirs):
+    """The step converts what is not contiguous int64 (the scheduler's batches are) and
+    computes the same logits."""
+    state = _State(model_dirs["llama"], "float32", [4, 9])
+    batch = state.decode_batch([0, 1], [5, 6])
+    expected = state.fused_step(batch)
+    for field in ("input_ids", "positions", "out_cache_loc", "req_pool_indices", "seq_lens"):
+        t = getattr(batch, field)
+        strided = torch.stack([t, t], dim=1)[:, 0]  # the same values, not contiguous
+        for other in (t.to(torch.int32), strided):
+            setattr(batch, field, other)
+            assert torch.equal(state.fused_step(batch), expected)
+        setattr(batch, field, t)
+
+
 def test_runner_takes_the_fused_step_for_small_forwards(model_dirs):
     state = _State(model_dirs["llama"], "float32", [3, 4])
     calls = []

@@ -16,6 +16,7 @@ from plait.runtime.worker.sampler import (
     Sampler,
     SamplingBatchInfo,
     apply_logit_processors,
+    argmax_rows,
     uniform_noise,
 )
 
@@ -61,6 +62,23 @@ def test_greedy_is_argmax() -> None:
     assert info.is_all_greedy
     out = Sampler()(logits, info, False)
     assert torch.equal(out.next_token_ids, logits.argmax(-1))
+
+
+def test_argmax_rows_is_torch_argmax_with_ties_nan_and_inf() -> None:
+    nan, inf = float("nan"), float("inf")
+    logits = torch.tensor(
+        [
+            [1.0, 3.0, 3.0, 2.0],  # a tie: the first maximum
+            [nan, 1.0, nan, 5.0],  # a NaN counts as the maximum
+            [-inf, -inf, -inf, -inf],
+            [1.0, 2.0, inf, inf],
+        ]
+    )
+    for rows in (logits, logits.flip(-1), logits.t().contiguous().t()):
+        got = argmax_rows(rows)
+        assert got.dtype == torch.int64 and torch.equal(got, rows.argmax(dim=-1))
+    assert torch.equal(argmax_rows(logits.bfloat16()), logits.bfloat16().argmax(dim=-1))
+    assert argmax_rows(torch.empty(0, 4)).shape == (0,)
 
 
 def test_greedy_rows_in_mixed_batch_are_argmax() -> None:
