@@ -163,16 +163,16 @@ def pack_i8_vnni(codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
 
 def pack_i4_vnni(codes: Tensor, scale: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """``DT_I4P``'s layout of int4 codes [out, in] (0..15, one per byte) with their float32 block
-    scales and lows [out, in / 32]: per group of 16 rows, 32 bytes per 4 consecutive codes (byte
-    2r + i: code k0 + i of row r low, k0 + 2 + i high), then scales and lows as [in / 32][16]."""
+    scales and lows [out, in / 32]: per group of 16 rows, 64 bytes per 8 consecutive codes (byte
+    4r + i: code k0 + i of row r low, k0 + 4 + i high), then scales and lows as [in / 32][16]."""
     import torch
 
     n, k = codes.shape
     if n % 16 or k % 32 or scale.shape != (n, k // 32) or low.shape != scale.shape:
         raise ValueError(f"DT_I4P packs [16 x i, 32 x j] codes with [out, in / 32] scales and "
                          f"lows, got {tuple(codes.shape)}, {tuple(scale.shape)}")  # fmt: skip
-    c = codes.to(torch.uint8).view(n // 16, 16, k // 4, 2, 2).permute(0, 2, 1, 3, 4)
-    packed = (c[..., 0, :] | (c[..., 1, :] << 4)).contiguous()  # [n/16, k/4, 16, 2]
+    c = codes.to(torch.uint8).view(n // 16, 16, k // 8, 2, 4).permute(0, 2, 1, 3, 4)
+    packed = (c[..., 0, :] | (c[..., 1, :] << 4)).contiguous()  # [n/16, k/8, 16, 4]
     return packed, _by_group(scale.float()), _by_group(low.float())
 
 

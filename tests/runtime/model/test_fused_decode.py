@@ -359,12 +359,12 @@ def test_quantized_products_against_float64(quant, n, m, k):
     torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4)
 
 
-def _quantized_x(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """DT_I8P / DT_I4P's activations: per 32-element block s = amax / 32767 and q = x / s to
-    nearest even (int16 values, as float64), with the scales [M, in / 32]."""
+def _quantized_x(x: torch.Tensor, top: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """DT_I8P / DT_I4P's activations: per 32-element block s = amax / ``top`` (32767: int16;
+    8191: int4's 14 bits) and q = x / s to nearest even (as float64), with the scales."""
     m, k = x.shape
     xb = x.view(m, k // 32, 32)
-    s = xb.abs().amax(-1) / 32767.0
+    s = xb.abs().amax(-1) / top
     inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
     return torch.round(xb * inv[..., None]).double(), s.double()
 
@@ -372,7 +372,7 @@ def _quantized_x(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def _vnni_reference(layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Tensor:
     """What DT_I8P / DT_I4P compute, in float64: exact integer dot products per block, scaled
     by both scales (int4: + low times the block's sum of activations)."""
-    q, s = _quantized_x(x)
+    q, s = _quantized_x(x, 32767.0 if isinstance(layer, Int8Linear) else 8191.0)
     k = x.shape[1]
     if isinstance(layer, Int8Linear):
         codes = layer.qweight.double().view(layer.out_features, k // 32, 32)
@@ -432,9 +432,9 @@ def test_vnni_packing_holds_every_code():
         cpu_decode.pack_i8_vnni(codes[:24], scale[:24])
     nibbles = torch.randint(0, 16, (32, 64), dtype=torch.uint8)
     packed4, _, lows = cpu_decode.pack_i4_vnni(nibbles, scale, -scale)
-    assert packed4.shape == (2, 16, 16, 2)  # 32 bytes per 4 codes of 16 rows
-    byte = int(packed4[1, 3, 5, 1])  # row 21, codes 12 + 1 (low nibble) and 12 + 3 (high)
-    assert byte == int(nibbles[21, 13]) | int(nibbles[21, 15]) << 4
+    assert packed4.shape == (2, 8, 16, 4)  # 64 bytes per 8 codes of 16 rows
+    byte = int(packed4[1, 3, 5, 1])  # row 21, codes 24 + 1 (low nibble) and 24 + 5 (high)
+    assert byte == int(nibbles[21, 25]) | int(nibbles[21, 29]) << 4
     assert torch.equal(lows[0, 1], -scale[:16, 1])
 
 
