@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,6 +109,34 @@ def split(wall: float, step: Any, fwd: Any, sample: Any, lib: TimedLib) -> dict[
     }
 
 
+class Phases:
+    """Times a ``with`` body by phase: timers on ``EngineCore.step``, ``ModelRunner.forward``
+    and ``Scheduler._sample`` (``method_timer``: ``step_timers.MethodTimer``) and the C step's
+    (``lib``); ``run`` is the body's ``Run`` of ``tokens`` after it."""
+
+    def __init__(self, method_timer: Any, core: Any, lib: TimedLib, tokens: int) -> None:
+        self.timers = [
+            method_timer(core, "step"),
+            method_timer(core.runner, "forward"),
+            method_timer(core.scheduler, "_sample"),
+        ]
+        self.lib, self.tokens = lib, tokens
+        self.run: Run | None = None
+
+    def __enter__(self) -> Phases:
+        self.stack = ExitStack()
+        for timer in self.timers:
+            self.stack.enter_context(timer)
+        self.lib.seconds = 0.0
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self.start
+        self.stack.close()
+        self.run = Run(self.tokens, wall, split(wall, *self.timers, self.lib))
+
+
 class InProcess:
     def __init__(self, plait: Any, variant: str) -> None:
         engine_mod = importlib.import_module("plait.runtime.engine")
@@ -122,21 +151,15 @@ class InProcess:
         self.engine.generate(PROMPT, {"max_new_tokens": 8, "temperature": 0})  # warm up
 
     def run(self, tag: str, params: dict[str, Any], stream: bool) -> Run:
-        core, MT = self.engine.core, self.MethodTimer
-        self.lib.seconds = 0.0
-        with (
-            MT(core, "step") as step,
-            MT(core.runner, "forward") as fwd,
-            MT(core.scheduler, "_sample") as sample,
-        ):
-            t = time.perf_counter()
+        timed = Phases(self.MethodTimer, self.engine.core, self.lib, params["max_new_tokens"])
+        with timed:
             if stream:
                 for _ in self.engine.generate(f"{PROMPT} {tag}", params, stream=True):
                     pass
             else:
                 self.engine.generate(f"{PROMPT} {tag}", params)
-            wall = time.perf_counter() - t
-        return Run(params["max_new_tokens"], wall, split(wall, step, fwd, sample, self.lib))
+        assert timed.run is not None
+        return timed.run
 
 
 class WorkerLoop:
@@ -172,23 +195,17 @@ class WorkerLoop:
         self.client.send(m.encode(m.GenerateReq(f"bench-{tag}", ids, params, stream)))
         while not w.sock.poll(1000):
             pass
-        self.lib.seconds = 0.0
-        MT = self.MethodTimer
-        with (
-            MT(core, "step") as step,
-            MT(core.runner, "forward") as fwd,
-            MT(core.scheduler, "_sample") as sample,
-        ):
-            t = time.perf_counter()
+        timed = Phases(self.MethodTimer, core, self.lib, params["max_new_tokens"])
+        with timed:
             while True:
                 w._drain()
                 if not core.has_work:
                     break
                 w._step()
-            wall = time.perf_counter() - t
         while self.client.poll(0):
             self.client.recv()
-        return Run(params["max_new_tokens"], wall, split(wall, step, fwd, sample, self.lib))
+        assert timed.run is not None
+        return timed.run
 
     def close(self) -> None:
         self.client.close(0)

@@ -11,8 +11,8 @@ Invariants:
   on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
   float32 weights out before building it) or quantized (``Int8Linear``, ``Int4Linear``: their
   codes, with float32 scales per 32-element block; repacked for AVX512_VNNI where the CPU
-  has it, ``cpu_decode.pack_i8_vnni`` / ``pack_i4_vnni``), and a float32 or bfloat16 KV pool; ``unsupported`` names what
-  rules a model out.
+  has it, ``cpu_decode.pack_i8_vnni`` / ``pack_i4_vnni``), and a float32 or bfloat16 KV pool;
+  ``unsupported`` names what rules a model out.
 - The address tables are rebuilt when the storage of any weight or buffer they point at was
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
   stale. A parameter replaced by a new object (``module.weight = Parameter(...)``) is not
@@ -40,12 +40,13 @@ from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
 from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 
-# Above this many tokens (by weight format) a forward goes through torch. The C products are
-# register-tiled (4 weight rows x 4 activation rows; bfloat16 by AVX512_BF16 dot products), so
-# for float32, bfloat16 and int8 they match or beat torch's GEMMs up to decode batches of 64;
-# int4's kernel without VNNI unpacks one row at a time and loses to torch's dense copy past 8
-# (measured with bench_threads at 8 and 32 requests: bench/RESULTS.md, issue 15).
-MAX_ROWS = {"float32": 64, "bfloat16": 64, "int8": 64, "int4": 8}
+# Above this many tokens a forward goes through torch. The C products are register-tiled
+# (4 weight rows x 4 activation rows, or 16 rows a vector for the VNNI formats), so they match
+# or beat torch's GEMMs up to decode batches of 64; the int4 kernel without VNNI (DT_I4)
+# unpacks one row at a time and loses to torch's dense copy past 8 (measured with bench_threads
+# at 8 and 32 requests: bench/RESULTS.md, issue 15). A model's limit is its slowest format's.
+MAX_ROWS = 64
+MAX_ROWS_BY_FORMAT = {cpu_decode.DT_I4: 8}
 
 _DTYPES = {torch.float32: cpu_decode.DT_F32, torch.bfloat16: cpu_decode.DT_BF16}
 _DATA_PTR = torch.Tensor.data_ptr
@@ -84,14 +85,6 @@ def _int64(t: torch.Tensor) -> torch.Tensor:
     if t.dtype is torch.int64 and t.is_contiguous():
         return t
     return t.to(torch.int64).contiguous()
-
-
-def _kind(lin: torch.nn.Module) -> str:
-    if isinstance(lin, Int8Linear):
-        return "int8"
-    if isinstance(lin, Int4Linear):
-        return "int4"
-    return str(lin.weight.dtype).removeprefix("torch.")
 
 
 @dataclass(slots=True)
@@ -137,9 +130,6 @@ class FusedDecode:
         self.eps, self.scale = float(cfg.rms_norm_eps), cfg.head_dim**-0.5
         self.vocab = cfg.vocab_size
         tables = model.model.embed_tokens.weight.dtype
-        kind = _kind(model.model.layers[0].mlp.down_proj)
-        # int4 by VNNI is tiled like int8 (lanes are rows): not one row at a time
-        self.max_rows = MAX_ROWS["int8" if kind == "int4" and lib.plait_i8_vnni() else kind]
         self._cfg = torch.tensor(
             [
                 cfg.num_layers,
@@ -178,6 +168,7 @@ class FusedDecode:
         m = self.model.model
         self._copies: list[torch.Tensor] = []
         self._sources = []
+        self.max_rows = MAX_ROWS  # lowered by the formats read below
 
         def ptr(t: torch.Tensor) -> int:
             self._sources.append(t)
@@ -194,6 +185,7 @@ class FusedDecode:
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
             p = product_weights(lin, bool(self.lib.plait_i8_vnni()))
+            self.max_rows = min(self.max_rows, MAX_ROWS_BY_FORMAT.get(p.dtype, MAX_ROWS))
             self._sources += p.sources
             self._copies += [t for t in p.tensors if t is not None]  # held: the tables point there
             weight, scales, lows = (0 if t is None else t.data_ptr() for t in p.tensors)

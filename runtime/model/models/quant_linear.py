@@ -4,12 +4,12 @@ Decode streams every weight once per step, so fewer weight bytes is a faster ste
 bfloat16's bytes, int4 quarters them. Both formats are GGUF's own (int8: Q8_0, one scale per
 32 elements; int4: Q4_0 / Q4_1 / Q4_K sub-blocks), so a GGUF's blocks load as stored. Decode
 steps run in the fused C step (``kernels/cpu_decode.c``), which reads the codes (by AVX512_VNNI
-integer dot products against activations held as int16 per 32-element block, where the CPU has
-it; else widened in registers); torch has a
-kernel for int4's groups (``aten._weight_int4pack_mm_for_cpu``, vectorized for bfloat16
-activations only, so the activation is cast around the product) but none for int8 blocks (its
-``_weight_int8pack_mm`` takes one scale per row, which cost greedy agreement with float32:
-54.7%, bench/RESULTS.md), so int8 outside the fused step multiplies by its bfloat16 copy.
+integer dot products against activations quantized to 16 / 14 bits per 32-element block where
+the CPU has it; else widened in registers). torch has a kernel for int4's groups
+(``aten._weight_int4pack_mm_for_cpu``, vectorized for bfloat16 activations only, so the
+activation is cast around the product) but none for int8 blocks (its ``_weight_int8pack_mm``
+takes one scale per row, which cost greedy agreement with float32: 54.7%, bench/RESULTS.md),
+so int8 outside the fused step multiplies by its bfloat16 copy.
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ _COMPUTE = torch.bfloat16
 class Int8Linear(nn.Module):
     """``y = x Wᵀ`` with ``W[n, k] = bf16(q[n, k] * scale[n, k // 32])``: ``q`` int8,
     ``scale`` float32 ``[out, in / 32]`` (GGUF Q8_0's ``d``), the product taken in float32 and
-    rounded to bfloat16 (nearest even). ``dense`` holds W; the fused C step makes the same
-    values in registers from ``qweight`` and ``scale``, so both paths multiply by the same W.
+    rounded to bfloat16 (nearest even): ``dense`` holds it, for torch's path. The fused C step
+    reads ``qweight`` and ``scale``: by AVX512_VNNI it multiplies ``q * scale`` exactly (against
+    activations held as int16 per block), else it makes ``dense``'s values in registers.
     """
 
     def __init__(self, qweight: torch.Tensor, scale: torch.Tensor) -> None:

@@ -276,6 +276,36 @@ def test_runner_takes_the_fused_step_for_small_forwards(model_dirs):
     many.runner.forward(many.decode_batch(list(range(8)), [5] * 8), torch.arange(8))
 
 
+class _NoVnni:
+    """The fused step's library as a CPU without AVX512_VNNI builds it (DT_I8 / DT_I4)."""
+
+    def __init__(self, lib) -> None:
+        self.lib = lib
+
+    def plait_i8_vnni(self) -> int:
+        return 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.lib, name)
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_the_row_limit_follows_the_formats_read(model_dirs, quant):
+    """int4 one row at a time (DT_I4) loses to torch past 8 rows; the VNNI formats, and int8's
+    tiles, go to 64: the limit is the slowest format the step reads, after every rebuild."""
+    state = _State(model_dirs["llama"], "bfloat16", [3], quant=quant)
+    fused = state.runner.fused
+    vnni = bool(fused.lib.plait_i8_vnni())
+    assert fused.max_rows == (8 if quant == "int4" and not vnni else 64)
+    fused.lib = _NoVnni(fused.lib)
+    fused.refresh()
+    assert fused.max_rows == (8 if quant == "int4" else 64)
+    batch = state.decode_batch([0], [5])
+    assert torch.equal(
+        fused.forward(batch, 1), fused.forward(batch, 2)
+    )  # the DT_I4 / DT_I8 step runs
+
+
 def test_a_forward_past_the_fused_rows_runs_torch_on_every_thread(model_dirs):
     """torch runs on one thread while the fused step does the products; a bfloat16 prefill
     past its rows is torch's products, and gets the caller's threads (on one: half speed)."""
