@@ -89,6 +89,17 @@ class SchedulerConfig:
         256, (int,), "sjf/random: a request queued this many steps is promoted ahead"
     )
     schedule_seed: int = _opt(0, (int,), "seed of the random policy")
+    # vLLM's --num-scheduler-steps: the scheduling, the worker loop and the records once for
+    # several forwards (a decode step of a small model on the CPU spends ~10% outside its forward)
+    num_scheduler_steps: int = _opt(
+        1,
+        (int,),
+        "decode forwards per scheduler step, until a record is due or a request arrives",
+    )
+    # SGLang's --stream-interval: fewer, larger chunks cost the server and client less a token
+    stream_interval: int = _opt(
+        1, (int,), "a stream's tokens are sent every this many (its first and last at once)"
+    )
 
     def validate(self) -> None:
         _choice(self, "schedule_policy", SCHEDULE_POLICIES)
@@ -98,6 +109,8 @@ class SchedulerConfig:
         _at_least(self, "max_running_requests", 1)
         _at_least(self, "priority_scheduling_preemption_threshold", 0)
         _at_least(self, "sjf_starvation_steps", 1)
+        _at_least(self, "stream_interval", 1)
+        _at_least(self, "num_scheduler_steps", 1)
         for name in ("fair_input_weight", "fair_output_weight"):
             if getattr(self, name) < 0:
                 raise InvalidRequestError(name, f"must be >= 0, got {getattr(self, name)}")

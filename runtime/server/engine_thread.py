@@ -94,13 +94,17 @@ class EngineThread:
 
     # ---- engine thread --------------------------------------------------------------------
 
+    def _pending(self) -> bool:
+        """A submit, abort or call waits in the inbox."""
+        return not self._inbox.empty()
+
     def _loop(self) -> None:
         try:
             while not self._stopped:
                 self._drain(block=not self.core.has_work)
                 if self.core.has_work:
                     try:
-                        outputs = self.core.step()
+                        outputs = self.core.step(self._pending)
                     except Exception as e:  # the batch's requests fail; the engine serves on
                         outputs = self.core.fail_all(f"{type(e).__name__}: {e}")
                     for out in outputs:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -162,9 +162,11 @@ class EngineCore:
             finally:
                 fused.check_addresses = True
 
-    def step(self) -> list[ReqOutput]:
+    def step(self, interrupted: Callable[[], bool] | None = None) -> list[ReqOutput]:
+        """One scheduler step; ``interrupted`` (a message waits for the caller) ends a step of
+        several decode forwards (``num_scheduler_steps``) early."""
         with self.runner.step_threads():
-            return self.scheduler.step()
+            return self.scheduler.step(interrupted)
 
     def fail_all(self, message: str) -> list[ReqOutput]:
         """After a step raised: the batch's state is unknown, so every live request fails

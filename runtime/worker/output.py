@@ -27,9 +27,17 @@ class SchedulerStats:
     queue_times: QueueTimes = field(default_factory=QueueTimes)
 
 
-def take_output(req: Req) -> ReqOutput | None:
+def stream_due(req: Req, stream_interval: int) -> bool:
+    """Whether a running streamed request has a chunk to send: its first token, or
+    ``stream_interval`` tokens unsent."""
+    unsent = len(req.output_ids) - req.sent_ids
+    return req.stream and unsent > 0 and (req.sent_ids == 0 or unsent >= stream_interval)
+
+
+def take_output(req: Req, stream_interval: int = 1) -> ReqOutput | None:
     """The record of what ``req`` produced since its previous record, or None when there is
-    nothing to say (a non-streamed request reports only once, when it ends).
+    nothing to say: a non-streamed request reports only once, when it ends; a streamed one its
+    first token at once, then whenever ``stream_interval`` tokens are unsent, and its end.
 
     Advances the request's ``sent_*`` counters, so every token, logprob and the prompt's
     logprobs are carried exactly once; the cost is proportional to the new tokens.
@@ -43,7 +51,7 @@ def take_output(req: Req) -> ReqOutput | None:
         reason = req.finished_reason.to_dict() if req.finished_reason else None
         return ReqOutput(req.rid, 0, [], reason, error=error)
     finished = req.finished_reason is not None
-    if not finished and (not req.stream or req.sent_ids >= len(req.output_ids)):
+    if not finished and not stream_due(req, stream_interval):
         return None
     start = req.sent_ids
     out = ReqOutput(

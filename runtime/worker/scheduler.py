@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -13,7 +14,7 @@ from plait.runtime.errors import InvalidRequestError
 from plait.runtime.messages import ReqOutput
 from plait.runtime.model.model_runner import ModelRunner
 from plait.runtime.worker.length_ranker import LengthRanker
-from plait.runtime.worker.output import SchedulerStats, take_output
+from plait.runtime.worker.output import SchedulerStats, stream_due, take_output
 from plait.runtime.worker.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
 from plait.runtime.worker.request import FinishReason, Req
 from plait.runtime.worker.sampler import Sampler
@@ -38,7 +39,12 @@ class Scheduler:
     radix tree. With priority scheduling, a waiting request more urgent than running ones (by
     more than the threshold) that cannot be admitted retracts the least urgent of them the
     same way, so nothing is lost. ``step_count`` counts steps; latencies in tests and the
-    scheduling benchmark are measured in it.
+    scheduling benchmark are measured in it. A step whose batch only decodes runs up to
+    ``num_scheduler_steps`` decode forwards, each exactly as a step of its own would (room
+    checked, sampled, stopped); it goes on only while no record is due (no request finished,
+    no stream has a chunk to send), nothing waits to be admitted, no running request is
+    constrained (jump-forward runs between steps) and the caller's ``interrupted`` (a message
+    arrived) is false: no output, arrival or abort waits behind it.
     """
 
     def __init__(
@@ -170,10 +176,11 @@ class Scheduler:
 
     # ---- one step -------------------------------------------------------------------------
 
-    def step(self) -> list[ReqOutput]:
-        """Runs one forward; returns one record per request that produced output, finished or
-        failed (a non-streamed request only when it ends)."""
-        return self._outputs(self._step())
+    def step(self, interrupted: Callable[[], bool] | None = None) -> list[ReqOutput]:
+        """Runs one forward (or several decode forwards, see the class); returns one record per
+        request that produced output, finished or failed (a non-streamed request only when it
+        ends). ``interrupted``: whether the caller has a message to hand in before the next."""
+        return self._outputs(self._step(interrupted))
 
     def _outputs(self, touched: list[Req]) -> list[ReqOutput]:
         outputs: list[ReqOutput] = []
@@ -183,7 +190,7 @@ class Scheduler:
             if id(req) in seen:
                 continue
             seen.add(id(req))
-            out = take_output(req)
+            out = take_output(req, self.config.stream_interval)
             if out is None:
                 continue
             if out.error is not None or out.finish_reason is not None:
@@ -197,7 +204,7 @@ class Scheduler:
             outputs.append(out)
         return outputs
 
-    def _step(self) -> list[Req]:
+    def _step(self, interrupted: Callable[[], bool] | None = None) -> list[Req]:
         self.step_count += 1
         touched, self.aborted = self.aborted, []
         if self.grammar is not None:
@@ -209,10 +216,32 @@ class Scheduler:
         if reqs:
             touched += self._run_extend(reqs, self.running if mix else [])
         elif self.running:
-            touched += self._run_decode()
+            decoded = self._run_decode()
+            touched += decoded
+            for _ in range(self.config.num_scheduler_steps - 1):
+                if not self._may_decode_again(decoded, interrupted):
+                    break
+                decoded = self._run_decode()
+                touched += decoded
         if self.is_idle():
             self.new_token_ratio = self.config.init_new_token_ratio
         return touched
+
+    def _may_decode_again(self, decoded: list[Req], interrupted: Callable[[], bool] | None) -> bool:
+        """Whether another decode forward in this step does what the next step would: the
+        batch still decodes, none of ``decoded`` (the last forward's) has a record due, and
+        nothing the next step would do first is pending."""
+        if not self.running or self.waiting or self.chunked_req is not None or self.aborted:
+            return False
+        interval = self.config.stream_interval
+        if any(r.finished or stream_due(r, interval) for r in decoded):
+            return False
+        grammar = self.grammar
+        if grammar is not None and (
+            grammar.waiting or any(r.grammar is not None for r in self.running)
+        ):
+            return False
+        return interrupted is None or not interrupted()
 
     def _mix_decodes(self) -> bool:
         """Mix when there is something to prefill, and only while the decodes leave at least

@@ -126,7 +126,7 @@ class Worker:
 
     def _step(self) -> None:
         try:
-            outputs = self.core.step()
+            outputs = self.core.step(self._pending)
         except Exception as e:
             traceback.print_exc(file=sys.stderr)
             outputs = self.core.fail_all(_describe(e))
@@ -140,6 +140,10 @@ class Worker:
             by_client[identity].append(out)
         for identity, batch in by_client.items():
             self._send(identity, m.BatchOut(batch))
+
+    def _pending(self) -> bool:
+        """A message waits on the socket (a flag read, no syscall)."""
+        return bool(self.sock.get(zmq.EVENTS) & zmq.POLLIN)
 
     def _send(self, identity: bytes, msg: m.Message) -> None:
         try:
