@@ -73,8 +73,10 @@ def gemm_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
 
 
 def step_weight_bytes(precision: str) -> int:
-    """Bytes of weights one decode step reads (per-block float32 scales, and int4's lows,
-    included; before 2026-12-02 int4's lows were left out: its bound was 12% too high)."""
+    """Bytes of weights one decode step reads, per-block scales and int4's lows included (before
+    2026-12-02 int4's lows were left out: its bound was 12% too high). int4's scales and lows
+    are float16 in the fused step's VNNI format (DT_I4PH: the default GGUF's Q4_1 values, and
+    ``Int4Linear.from_float``'s), float32 without VNNI."""
     layer = sum(o * i for o, i in LAYER_SHAPES) * LAYERS
     head = VOCAB * HIDDEN
     if precision == "float32":
@@ -84,8 +86,10 @@ def step_weight_bytes(precision: str) -> int:
     head_int8 = head + 4 * (head // INT8_BLOCK)  # the head is int8 in both quantized modes
     if precision == "int8":
         return layer + 4 * (layer // INT8_BLOCK) + head_int8
-    if precision == "int4":  # a float32 scale and a float32 low per group
-        return layer // 2 + 8 * (layer // INT4_GROUP) + head_int8
+    if precision == "int4":  # a scale and a low per group
+        lib = cpu_decode.library()
+        per_group = 4 if lib is not None and lib.plait_i8_vnni() else 8
+        return layer // 2 + per_group * (layer // INT4_GROUP) + head_int8
     raise ValueError(precision)
 
 

@@ -81,7 +81,7 @@ def free_port() -> int:
 class Server:
     """One server process; ``with`` starts it, waits for /health, and stops it."""
 
-    def __init__(self, system: str, threads: int, log_dir: Path, stream_interval: int = 1) -> None:
+    def __init__(self, system: str, threads: int, log_dir: Path, plait_flags: list[str]) -> None:
         self.kind, self.precision, extra = SYSTEMS[system]
         self.port = free_port()
         self.log = log_dir / f"{system}.log"
@@ -89,7 +89,7 @@ class Server:
             self.cmd = [
                 sys.executable, "-m", "plait.runtime.server", "--port", str(self.port),
                 "--num-threads", str(threads), "--max-running-requests", "64",
-                "--stream-interval", str(stream_interval), *extra,
+                *plait_flags, *extra,
             ]  # fmt: skip
         else:
             model = CACHE / "models" / f"SmolLM2-135M-Instruct.{extra[0]}.gguf"
@@ -226,6 +226,9 @@ def main() -> None:
     ap.add_argument(
         "--stream-interval", type=int, default=1, help="plait's --stream-interval (tokens a chunk)"
     )
+    ap.add_argument(
+        "--num-scheduler-steps", type=int, default=1, help="plait's decode forwards a step"
+    )
     # the issue's sizes by default; smaller ones for a smoke run
     ap.add_argument("--batch-requests", type=int, default=32, help="shared / distinct requests")
     ap.add_argument("--batch-new", type=int, default=64, help="new tokens per batch request")
@@ -244,7 +247,9 @@ def main() -> None:
     bound = ReadBound() if "single" in workloads else None
     for system in args.systems.split(","):
         try:
-            server = Server(system, args.threads, log_dir, args.stream_interval)
+            flags = ["--stream-interval", str(args.stream_interval),
+                     "--num-scheduler-steps", str(args.num_scheduler_steps)]  # fmt: skip
+            server = Server(system, args.threads, log_dir, flags)
         except FileNotFoundError as e:
             print(f"skip {system}: {e}")
             continue
@@ -269,7 +274,8 @@ def report(results: dict, workloads: list[str], args: argparse.Namespace) -> Non
     med = {s: {w: statistics.median(r[w]) for w in workloads} for s, r in results.items()}
     print(
         f"\nmedians of {args.repeats} (tok/s), spread = max/min - 1; plait --stream-interval "
-        f"{args.stream_interval}; load {os.getloadavg()}"
+        f"{args.stream_interval} --num-scheduler-steps {args.num_scheduler_steps}; "
+        f"load {os.getloadavg()}"
     )
     print("| system | " + " | ".join(workloads) + " |")
     print("| --- |" + " --- |" * len(workloads))

@@ -34,7 +34,7 @@ _i64, _int, _double = ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _error: str | None = None
 
 # DT_* in cpu_decode.c: a product's weight format
-DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P, DT_I4P = 0, 1, 2, 3, 4, 5
+DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P, DT_I4P, DT_I4PH = 0, 1, 2, 3, 4, 5, 6
 
 
 def _compiler() -> str | None:
@@ -161,10 +161,13 @@ def pack_i8_vnni(codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
     return packed, _by_group(scale.float())
 
 
-def pack_i4_vnni(codes: Tensor, scale: Tensor, low: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``DT_I4P``'s layout of int4 codes [out, in] (0..15, one per byte) with their float32 block
-    scales and lows [out, in / 32]: per group of 16 rows, 64 bytes per 8 consecutive codes (byte
-    4r + i: code k0 + i of row r low, k0 + 4 + i high), then scales and lows as [in / 32][16]."""
+def pack_i4_vnni(
+    codes: Tensor, scale: Tensor, low: Tensor, half: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``DT_I4P``'s layout of int4 codes [out, in] (0..15, one per byte) with their block scales
+    and lows [out, in / 32]: per group of 16 rows, 64 bytes per 8 consecutive codes (byte
+    4r + i: code k0 + i of row r low, k0 + 4 + i high), then scales and lows as [in / 32][16],
+    in float32, or with ``half`` in float16 (``DT_I4PH``; the caller checks they are exact)."""
     import torch
 
     n, k = codes.shape
@@ -173,7 +176,8 @@ def pack_i4_vnni(codes: Tensor, scale: Tensor, low: Tensor) -> tuple[Tensor, Ten
                          f"lows, got {tuple(codes.shape)}, {tuple(scale.shape)}")  # fmt: skip
     c = codes.to(torch.uint8).view(n // 16, 16, k // 8, 2, 4).permute(0, 2, 1, 3, 4)
     packed = (c[..., 0, :] | (c[..., 1, :] << 4)).contiguous()  # [n/16, k/8, 16, 4]
-    return packed, _by_group(scale.float()), _by_group(low.float())
+    dtype = torch.float16 if half else torch.float32
+    return packed, _by_group(scale.to(dtype)), _by_group(low.to(dtype))
 
 
 def _by_group(t: Tensor) -> Tensor:

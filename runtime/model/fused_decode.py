@@ -98,9 +98,14 @@ class ProductWeights:
     sources: list[torch.Tensor]
 
 
+def _exact_in_half(t: torch.Tensor) -> bool:
+    return bool(torch.equal(t.to(torch.float16).to(t.dtype), t))
+
+
 def product_weights(lin: torch.nn.Module, vnni: bool) -> ProductWeights:
     """``lin`` in the fused step's format: float32 / bfloat16 weights as they are; int8 and
-    int4 codes repacked for AVX512_VNNI (``vnni``, rows in sixteens), else as they are."""
+    int4 codes repacked for AVX512_VNNI (``vnni``, rows in sixteens; int4's scales and lows in
+    float16 when every one is a float16 value), else as they are."""
     vnni = vnni and getattr(lin, "out_features", 1) % 16 == 0
     if isinstance(lin, Int8Linear):
         sources = [lin.qweight, lin.scale]
@@ -110,9 +115,12 @@ def product_weights(lin: torch.nn.Module, vnni: bool) -> ProductWeights:
         return ProductWeights(cpu_decode.DT_I8, (lin.qweight, lin.scale, None), sources)
     if isinstance(lin, Int4Linear):
         held = (lin.nibbles, lin.group_scale, lin.group_low)
-        if vnni:
-            packed = cpu_decode.pack_i4_vnni(lin.codes(), lin.group_scale, lin.group_low)
-            return ProductWeights(cpu_decode.DT_I4P, packed, list(held))
+        if vnni:  # float16 scales and lows where that is exact (GGUF Q4_0 / Q4_1, from_float)
+            half = _exact_in_half(lin.group_scale) and _exact_in_half(lin.group_low)
+            packed = cpu_decode.pack_i4_vnni(lin.codes(), lin.group_scale, lin.group_low, half)
+            return ProductWeights(
+                cpu_decode.DT_I4PH if half else cpu_decode.DT_I4P, packed, list(held)
+            )
         return ProductWeights(cpu_decode.DT_I4, held, list(held))
     return ProductWeights(_DTYPES[lin.weight.dtype], (lin.weight, None, None), [lin.weight])
 

@@ -73,6 +73,9 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
         packs = {
             cpu_decode.DT_I8P: (*cpu_decode.pack_i8_vnni(i8.qweight, i8.scale), None),
             cpu_decode.DT_I4P: cpu_decode.pack_i4_vnni(i4.codes(), i4.group_scale, i4.group_low),
+            cpu_decode.DT_I4PH: cpu_decode.pack_i4_vnni(
+                i4.codes(), i4.group_scale, i4.group_low, half=True
+            ),
         }
         for code, (codes, scales, lows) in packs.items():
             y, native = torch.empty(m, n), torch.empty(m, n)

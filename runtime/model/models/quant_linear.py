@@ -85,6 +85,12 @@ class Int8Linear(nn.Module):
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
+def _as_half_values(t: torch.Tensor) -> torch.Tensor:
+    """``t`` rounded to float16 values (held in float32), or ``t`` itself if one overflows."""
+    rounded = t.to(torch.float16).float()
+    return rounded if bool(torch.isfinite(rounded).all()) else t
+
+
 class Int4Linear(nn.Module):
     """``y = x Wᵀ`` with ``W[n, k] = scale[n, g] * code[n, k] + low[n, g]``, ``g = k // 32``.
 
@@ -125,13 +131,16 @@ class Int4Linear(nn.Module):
 
     @classmethod
     def from_float(cls, weight: torch.Tensor) -> Int4Linear:
-        """Asymmetric min/max quantization per 32-element group of a dense [out, in] weight."""
+        """Asymmetric min/max quantization per 32-element group of a dense [out, in] weight, as
+        GGUF Q4_1: codes from the float32 scale and low, which are then stored as float16
+        values (kept in float32 where one would overflow float16)."""
         out_features, in_features = weight.shape
         w = weight.float().reshape(out_features, in_features // INT4_GROUP, INT4_GROUP)
         low, high = w.amin(dim=-1), w.amax(dim=-1)
         scale = ((high - low) / 15.0).clamp_min(1e-12)
         codes = torch.round((w - low[..., None]) / scale[..., None]).clamp_(0, 15)
-        return cls(codes.reshape(out_features, in_features).to(torch.uint8), scale, low)
+        codes = codes.reshape(out_features, in_features).to(torch.uint8)
+        return cls(codes, _as_half_values(scale), _as_half_values(low))
 
     def codes(self) -> torch.Tensor:
         """The [out, in] codes (0..15, uint8), unpacked from ``nibbles``."""

@@ -13,6 +13,7 @@ from plait.kernels.select import make_attention_backend
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
+from plait.runtime.model.fused_decode import product_weights
 from plait.runtime.model.loader import load_model
 from plait.runtime.model.model_runner import ModelRunner
 from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
@@ -415,28 +416,47 @@ def _vnni_reference(layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Te
 
 
 def _packed(layer: Int8Linear | Int4Linear) -> tuple[int, torch.Tensor, dict]:
-    """The layer as DT_I8P / DT_I4P: format, codes and the ``gemv`` keywords of its scales."""
-    if isinstance(layer, Int8Linear):
-        codes, scales = cpu_decode.pack_i8_vnni(layer.qweight, layer.scale)
-        return cpu_decode.DT_I8P, codes, {"scale": scales}
-    codes, scales, lows = cpu_decode.pack_i4_vnni(layer.codes(), layer.group_scale, layer.group_low)
-    return cpu_decode.DT_I4P, codes, {"scale": scales, "low": lows}
+    """The layer as the fused step packs it (DT_I8P, DT_I4P or DT_I4PH): format, codes and the
+    ``gemv`` keywords of its scales."""
+    p = product_weights(layer, vnni=True)
+    codes, scales, lows = p.tensors
+    return p.dtype, codes, {"scale": scales} | ({"low": lows} if lows is not None else {})
 
 
-@pytest.mark.parametrize("quant", ["int8", "int4"])
+def _int4_float32_scales(dense: torch.Tensor) -> Int4Linear:
+    """An int4 layer whose scales and lows are not float16 values (a Q4_K-like source)."""
+    layer = Int4Linear.from_float(dense)
+    layer.group_scale.mul_(1.0 + 2.0**-13)
+    layer.group_low.mul_(1.0 - 2.0**-13)
+    return layer
+
+
+@pytest.mark.parametrize("quant", ["int8", "int4", "int4-float32-scales"])
 @pytest.mark.parametrize("n,k,m", [(48, 96, 1), (64, 576, 3), (32, 1536, 9), (960, 576, 17)])
 def test_vnni_products_against_float64(quant, n, k, m):
-    """DT_I8P / DT_I4P (AVX512_VNNI, int16 activations) against their definition in float64,
-    the same bits at any thread count, and a row alone equal to the row in a batch."""
+    """DT_I8P / DT_I4PH / DT_I4P (AVX512_VNNI, int16 activations) against their definition in
+    float64, the same bits at any thread count, and a row alone equal to the row in a batch."""
     lib = cpu_decode.library()
     if not lib.plait_i8_vnni():
         pytest.skip("this CPU has no AVX512_VNNI")
     gen = torch.Generator().manual_seed(n + k + m)
     dense = torch.randn(n, k, generator=gen)
-    layer = Int8Linear.from_float(dense) if quant == "int8" else Int4Linear.from_float(dense)
+    layer = {
+        "int8": Int8Linear.from_float,
+        "int4": Int4Linear.from_float,
+        "int4-float32-scales": _int4_float32_scales,
+    }[quant](dense)
     x = torch.randn(m, k, generator=gen)
     x[0, :32] = 0.0  # an all-zero block of activations: scale 0
     code, packed, scales = _packed(layer)
+    assert (
+        code
+        == {
+            "int8": cpu_decode.DT_I8P,
+            "int4": cpu_decode.DT_I4PH,
+            "int4-float32-scales": cpu_decode.DT_I4P,
+        }[quant]
+    )
     outs = []
     for threads in (1, 2):
         y = torch.empty(m, n)
@@ -466,6 +486,9 @@ def test_vnni_packing_holds_every_code():
     byte = int(packed4[1, 3, 5, 1])  # row 21, codes 24 + 1 (low nibble) and 24 + 5 (high)
     assert byte == int(nibbles[21, 25]) | int(nibbles[21, 29]) << 4
     assert torch.equal(lows[0, 1], -scale[:16, 1])
+    _, scales16, lows16 = cpu_decode.pack_i4_vnni(nibbles, scale, -scale, half=True)
+    assert scales16.dtype == lows16.dtype == torch.float16
+    assert torch.equal(scales16[1, 1], scale[16:, 1].half())
 
 
 def _int4_dense(layer: Int4Linear) -> torch.Tensor:
