@@ -14,11 +14,15 @@ the same GGUF. Four workloads:
 Every repeat uses fresh prompts (a per-repeat header / seed), so neither server answers from a
 cache filled by an earlier repeat; within a workload, caching is each server's own business.
 Prints medians over ``--repeats``, the repeat spread (max / min - 1), ratios plait / llama.cpp
-at the same precision, and single-stream decode as a fraction of the read-bandwidth bound.
+at the same precision, and single-stream decode as a fraction of the read-bandwidth bound,
+each repeat against a bound measured just before it. This host's speed shifts 30-50% within
+minutes; ``--pairs`` keeps a precision's two servers up together and alternates their runs
+(one serving at a time), so each ratio compares the same minutes.
 
 Needs ``bench/build_llama_server.sh`` run first (llama.cpp systems are skipped otherwise).
 
     python bench/bench_vs_llamacpp.py                       # everything, 3 repeats
+    python bench/bench_vs_llamacpp.py --pairs               # each precision's pair alternating
     python bench/bench_vs_llamacpp.py --systems plait-f32,llama-F32 --workloads single --repeats 1
     python bench/bench_vs_llamacpp.py --systems plait-bf16,llama-BF16 --repeats 1 --single-new 16 \
         --batch-requests 4 --batch-new 8 --conversations 2 --turns 2 --turn-new 8   # smoke
@@ -37,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -235,6 +240,9 @@ def main() -> None:
     ap.add_argument("--conversations", type=int, default=8)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--turn-new", type=int, default=32, help="new tokens per turn")
+    ap.add_argument(
+        "--pairs", action="store_true", help="a precision's servers up together, runs alternating"
+    )
     ap.add_argument("--log-dir", default="/tmp/plait-vs-llamacpp")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args()
@@ -245,29 +253,46 @@ def main() -> None:
     # this host's read bandwidth moves 30-50% within minutes: each single-stream repeat is
     # judged against a bound measured just before it (``read_gbps`` beside ``single``)
     bound = ReadBound() if "single" in workloads else None
-    for system in args.systems.split(","):
-        try:
-            flags = ["--stream-interval", str(args.stream_interval),
-                     "--num-scheduler-steps", str(args.num_scheduler_steps)]  # fmt: skip
-            server = Server(system, args.threads, log_dir, flags)
-        except FileNotFoundError as e:
-            print(f"skip {system}: {e}")
-            continue
-        print(f"{system}: starting (load {os.getloadavg()[0]:.2f})", flush=True)
-        with server:
-            asyncio.run(run_workload(server.base, "single", -1, argparse.Namespace(single_new=8)))
-            results[system] = {w: [] for w in workloads} | ({"read_gbps": []} if bound else {})
+    flags = ["--stream-interval", str(args.stream_interval),
+             "--num-scheduler-steps", str(args.num_scheduler_steps)]  # fmt: skip
+    for group in _groups(args.systems.split(","), args.pairs):
+        with ExitStack() as stack:
+            servers: dict[str, Server] = {}
+            for system in group:
+                try:
+                    server = Server(system, args.threads, log_dir, flags)
+                except FileNotFoundError as e:
+                    print(f"skip {system}: {e}")
+                    continue
+                print(f"{system}: starting (load {os.getloadavg()[0]:.2f})", flush=True)
+                servers[system] = stack.enter_context(server)
+                warm = argparse.Namespace(single_new=8)
+                asyncio.run(run_workload(server.base, "single", -1, warm))
+                results[system] = {w: [] for w in workloads} | ({"read_gbps": []} if bound else {})
             for rep in range(args.repeats):
                 for w in workloads:
-                    if w == "single" and bound is not None:
-                        results[system]["read_gbps"].append(bound.measure() / 1e9)
-                    r = asyncio.run(run_workload(server.base, w, rep, args))
-                    results[system][w].append(r.rate)
-                    print(f"  {system} {w} rep {rep}: {r.rate:.1f} tok/s ({r.tokens} tok in "
-                          f"{r.seconds:.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)  # fmt: skip
+                    for system, server in servers.items():  # one serving at a time
+                        if w == "single" and bound is not None:
+                            results[system]["read_gbps"].append(bound.measure() / 1e9)
+                        r = asyncio.run(run_workload(server.base, w, rep, args))
+                        results[system][w].append(r.rate)
+                        print(f"  {system} {w} rep {rep}: {r.rate:.1f} tok/s ({r.tokens} tok in "
+                              f"{r.seconds:.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)  # fmt: skip
     report(results, workloads, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def _groups(systems: list[str], pairs: bool) -> list[list[str]]:
+    """One system at a time, or with ``pairs`` the systems of one precision together (plait's
+    and llama.cpp's: both servers up, their runs alternating, one serving at a time), so a
+    pair's ratio is measured in the same minutes of this host's shifting speed."""
+    if not pairs:
+        return [[s] for s in systems]
+    by_precision: dict[str, list[str]] = {}
+    for s in systems:
+        by_precision.setdefault(SYSTEMS[s][1], []).append(s)
+    return list(by_precision.values())
 
 
 def report(results: dict, workloads: list[str], args: argparse.Namespace) -> None:
