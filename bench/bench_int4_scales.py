@@ -17,7 +17,6 @@ import time
 
 from tqdm import tqdm
 
-import plait.runtime.model.fused_decode as fused_decode
 from plait.kernels import cpu_decode
 from plait.runtime.config import EngineConfig
 from plait.runtime.sampling_params import SamplingParams
@@ -42,15 +41,14 @@ def main() -> None:
     fused = core.runner.fused
     assert fused is not None
     ids = core.tokenizer.encode(PROMPT)
-    exact_in_half = fused_decode._exact_in_half
-    formats = {"float16": exact_in_half, "float32": lambda t: False}
+    formats = {"float16": True, "float32": False}  # FusedDecode.half_scales
     times: dict[str, list[float]] = {name: [] for name in formats}
     tokens: dict[str, list[int]] = {}
     n = 0
 
     def run(name: str) -> float:
         nonlocal n
-        fused_decode._exact_in_half = formats[name]
+        fused.half_scales = formats[name]
         fused.refresh()
         n += 1
         params = SamplingParams(max_new_tokens=args.new, temperature=0, ignore_eos=True)
@@ -71,7 +69,7 @@ def main() -> None:
             for name in formats:
                 times[name].append(run(name) * 1e6)
     finally:
-        fused_decode._exact_in_half = exact_in_half
+        fused.half_scales = True
         fused.refresh()
     for name, v in times.items():
         print(f"{name} scales: min {min(v):.0f} us/token, median {statistics.median(v):.0f}")

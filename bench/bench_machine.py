@@ -49,9 +49,19 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
     return best
 
 
+class ReadBound:
+    """The read bandwidth now: the fastest of ``repeats`` sums over one buffer of ``gib``
+    GiB, allocated once, so a bench can measure it again and again between its runs."""
+
+    def __init__(self, gib: float = 1.0) -> None:
+        self.buf = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)
+
+    def measure(self, repeats: int = 3) -> float:
+        return self.buf.numel() * 4 / _best(lambda: self.buf.sum(), repeats)
+
+
 def read_bandwidth(gib: float, repeats: int) -> float:
-    buf = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)
-    return buf.numel() * 4 / _best(lambda: buf.sum(), repeats)
+    return ReadBound(gib).measure(repeats)
 
 
 def copy_bandwidth(gib: float, repeats: int) -> float:

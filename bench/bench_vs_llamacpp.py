@@ -47,6 +47,7 @@ from pathlib import Path
 
 import httpx
 
+from plait.bench.bench_machine import ReadBound, step_weight_bytes
 from plait.bench.workloads import FEW_SHOT, QUESTIONS, WORDS, distinct_prompts
 
 CACHE = Path(os.environ.get("PLAIT_LLAMA_CACHE", Path.home() / ".cache" / "plait-llamacpp"))
@@ -211,8 +212,6 @@ async def run_workload(base: str, workload: str, rep: int, args: argparse.Namesp
 def step_bytes(precision: str, kind: str) -> int:
     """Weight bytes one decode step reads: plait's from its layers, llama.cpp's from the file."""
     if kind == "plait":
-        from plait.bench.bench_machine import step_weight_bytes
-
         return step_weight_bytes({"f32": "float32", "bf16": "bfloat16"}.get(precision, precision))
     from gguf import GGUFReader
 
@@ -331,25 +330,6 @@ def report(results: dict, workloads: list[str], args: argparse.Namespace) -> Non
             print(f"| {s} | {nbytes / 1e6:.0f} MB | {bw / 1e9:.1f} | {bw / nbytes:.0f} | "
                   f"{med[s]['single']:.1f} | {statistics.median(fractions):.0%} "
                   f"({min(fractions):.0%}-{max(fractions):.0%}) |")  # fmt: skip
-
-
-class ReadBound:
-    """The read bandwidth now: the fastest of three sums over one buffer of 1 GiB, allocated
-    once (``bench_machine.read_bandwidth``'s measure)."""
-
-    def __init__(self, gib: float = 1.0) -> None:
-        import torch
-
-        self.buf = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)
-
-    def measure(self, repeats: int = 3) -> float:
-        self.buf.sum()
-        best = float("inf")
-        for _ in range(repeats):
-            t = time.perf_counter()
-            self.buf.sum()
-            best = min(best, time.perf_counter() - t)
-        return self.buf.numel() * 4 / best
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ Invariants:
   on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
   float32 weights out before building it) or quantized (``Int8Linear``, ``Int4Linear``: their
   codes, with float32 scales per 32-element block; repacked for AVX512_VNNI where the CPU
-  has it, ``cpu_decode.pack_i8_vnni`` / ``pack_i4_vnni``), and a float32 or bfloat16 KV pool;
+  has it, ``cpu_decode.pack_i8_vnni`` / ``pack_i4_vnni``, int4's scales and lows then in
+  float16 where every one is a float16 value), and a float32 or bfloat16 KV pool;
   ``unsupported`` names what rules a model out.
 - The address tables are rebuilt when the storage of any weight or buffer they point at was
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
@@ -102,10 +103,10 @@ def _exact_in_half(t: torch.Tensor) -> bool:
     return bool(torch.equal(t.to(torch.float16).to(t.dtype), t))
 
 
-def product_weights(lin: torch.nn.Module, vnni: bool) -> ProductWeights:
+def product_weights(lin: torch.nn.Module, vnni: bool, half_scales: bool = True) -> ProductWeights:
     """``lin`` in the fused step's format: float32 / bfloat16 weights as they are; int8 and
     int4 codes repacked for AVX512_VNNI (``vnni``, rows in sixteens; int4's scales and lows in
-    float16 when every one is a float16 value), else as they are."""
+    float16 when ``half_scales`` and every one is a float16 value), else as they are."""
     vnni = vnni and getattr(lin, "out_features", 1) % 16 == 0
     if isinstance(lin, Int8Linear):
         sources = [lin.qweight, lin.scale]
@@ -116,7 +117,7 @@ def product_weights(lin: torch.nn.Module, vnni: bool) -> ProductWeights:
     if isinstance(lin, Int4Linear):
         held = (lin.nibbles, lin.group_scale, lin.group_low)
         if vnni:  # float16 scales and lows where that is exact (GGUF Q4_0 / Q4_1, from_float)
-            half = _exact_in_half(lin.group_scale) and _exact_in_half(lin.group_low)
+            half = half_scales and _exact_in_half(lin.group_scale) and _exact_in_half(lin.group_low)
             packed = cpu_decode.pack_i4_vnni(lin.codes(), lin.group_scale, lin.group_low, half)
             return ProductWeights(
                 cpu_decode.DT_I4PH if half else cpu_decode.DT_I4P, packed, list(held)
@@ -154,6 +155,7 @@ class FusedDecode:
         )
         self._sources: list[torch.Tensor] = []  # held: a freed address is never reused
         self.check_addresses = True  # False only where nothing replaces a storage unseen
+        self.half_scales = True  # int4 by VNNI: float16 scales where exact (refresh() after)
         self._build()
 
     def refresh(self) -> None:
@@ -192,7 +194,7 @@ class FusedDecode:
 
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
-            p = product_weights(lin, bool(self.lib.plait_i8_vnni()))
+            p = product_weights(lin, bool(self.lib.plait_i8_vnni()), self.half_scales)
             self.max_rows = min(self.max_rows, MAX_ROWS_BY_FORMAT.get(p.dtype, MAX_ROWS))
             self._sources += p.sources
             self._copies += [t for t in p.tensors if t is not None]  # held: the tables point there

@@ -425,10 +425,9 @@ def _packed(layer: Int8Linear | Int4Linear) -> tuple[int, torch.Tensor, dict]:
 
 def _int4_float32_scales(dense: torch.Tensor) -> Int4Linear:
     """An int4 layer whose scales and lows are not float16 values (a Q4_K-like source)."""
-    layer = Int4Linear.from_float(dense)
-    layer.group_scale.mul_(1.0 + 2.0**-13)
-    layer.group_low.mul_(1.0 - 2.0**-13)
-    return layer
+    base = Int4Linear.from_float(dense)
+    scale, low = base.group_scale * (1.0 + 2.0**-13), base.group_low * (1.0 - 2.0**-13)
+    return Int4Linear(base.codes(), scale, low)
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4", "int4-float32-scales"])

@@ -121,11 +121,13 @@ def test_a_constrained_request_keeps_one_forward_a_step(tiny_lm_dir):
     assert core.scheduler.grammar is not None
     params = SamplingParams.from_dict({"max_new_tokens": 40, "temperature": 0, "regex": "[ab]{30}"})
     core.add_request("c", [5, 6, 7], params)
-    steps = 0
+    steps, records = 0, []
     while core.has_work:
-        core.step()
+        records += core.step()
         steps += 1
-    assert core.scheduler.stats.forward_count <= steps
+    (out,) = records
+    assert out.error is None and len(out.new_ids) > 8  # it decoded, and did so constrained
+    assert 1 < core.scheduler.stats.forward_count <= steps
 
 
 def test_stream_interval_sends_the_first_token_then_every_k_and_the_end(tiny_model_dir):
