@@ -3,7 +3,9 @@
 Each side runs in its own subprocess: two thread pools in one process (torch's OpenMP workers
 spin after each op) would slow whichever runs second. Prints ms per forward's products, GFLOP/s
 and the ratio, for float32, bfloat16, int8 and int4 weights in the format the fused step reads
-(``fused_decode.product_weights``: int8 / int4 repacked for AVX512_VNNI where the CPU has it).
+(``fused_decode.product_weights``: int8 / int4 repacked where the CPU has the packed kernels,
+AVX512_VNNI or AVX2; ``--unpacked`` adds a column of the C products on the formats as they are,
+DT_I8 / DT_I4, alternatives of the same process order).
 torch's side: ``F.linear``; int8 its weight-only ``_weight_int8pack_mm``, which takes one scale
 per row (torch has no kernel for int8 blocks); int4 ``Int4Linear``'s own forward (torch's int4
 kernel up to 8 rows, its bfloat16 copy above).
@@ -39,7 +41,7 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
 
     torch.set_num_threads(threads if which == "torch" else 1)
     lib = cpu_decode.library()
-    vnni = bool(lib.plait_i8_vnni())
+    packed = which == "c" and bool(lib.plait_packed_dot())
 
     def layer(o: int, i: int) -> torch.nn.Module:
         dense = torch.randn(o, i) * 0.05
@@ -55,7 +57,7 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
     layers = [[layer(o, i) for _ in range(n)] for i, o, n in SHAPES]
     # torch's int8 weight-only kernel takes one scale per row (it has none for blocks)
     row_scales = {o: torch.rand(o).bfloat16() for _, o, _ in SHAPES}
-    c_side = [[product_weights(lin, vnni) for lin in ls] for ls in layers]
+    c_side = [[product_weights(lin, packed) for lin in ls] for ls in layers]
     out = {}
     for m in rows:
         xs = [torch.randn(m, i) for i, _, _ in SHAPES]
@@ -63,7 +65,7 @@ def _side(which: str, dtype: str, rows: list[int], threads: int, repeats: int) -
 
         def run(xs=xs, ys=ys) -> None:
             for (_, o, _), ls, ps, x, y in zip(SHAPES, layers, c_side, xs, ys):
-                if which == "c":
+                if which in ("c", "c-unpacked"):
                     for p in ps:
                         w, scale, low = p.tensors
                         cpu_decode.gemv(
@@ -92,6 +94,9 @@ def main() -> None:
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument(
+        "--unpacked", action="store_true", help="int8 / int4: also the C products unpacked"
+    )
     ap.add_argument("--side", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     rows = [int(r) for r in args.rows.split(",")]
@@ -101,11 +106,13 @@ def main() -> None:
         print(json.dumps({str(k): v for k, v in res.items()}))
         return
     print(f"{PARAMS / 1e6:.1f} M weights per forward, {args.threads} threads")
-    print("| weights | rows | C (fused step) | torch | C / torch speed |")
-    print("| --- | --- | --- | --- | --- |")
+    extra = " C unpacked | packed / unpacked speed |" if args.unpacked else ""
+    print(f"| weights | rows | C (fused step) | torch | C / torch speed |{extra}")
+    print("| --- | --- | --- | --- | --- |" + " --- | --- |" * bool(args.unpacked))
     for dtype in args.dtypes.split(","):
         res = {}
-        for which in ("c", "torch"):
+        sides = ["c", "torch"] + ["c-unpacked"] * (args.unpacked and dtype in ("int8", "int4"))
+        for which in sides:
             cmd = [sys.executable, __file__, "--side", f"{which}:{dtype}", "--rows", args.rows]
             cmd += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
             line = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
@@ -113,10 +120,16 @@ def main() -> None:
         for m in rows:
             c, t = res["c"][m], res["torch"][m]
             gf = 2 * m * PARAMS / 1e9
-            print(
+            line = (
                 f"| {dtype} | {m} | {c * 1e3:.1f} ms ({gf / c:.0f} GFLOP/s) | "
                 f"{t * 1e3:.1f} ms ({gf / t:.0f} GFLOP/s) | {t / c:.2f}x |"
             )
+            if "c-unpacked" in res:
+                u = res["c-unpacked"][m]
+                line += f" {u * 1e3:.1f} ms ({gf / u:.0f} GFLOP/s) | {u / c:.2f}x |"
+            elif args.unpacked:
+                line += " - | - |"
+            print(line)
 
 
 if __name__ == "__main__":

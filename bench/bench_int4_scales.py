@@ -31,8 +31,8 @@ def main() -> None:
     ap.add_argument("--new", type=int, default=128)
     args = ap.parse_args()
     lib = cpu_decode.library()
-    if lib is None or not lib.plait_i8_vnni():
-        raise SystemExit("needs the fused step with AVX512_VNNI (DT_I4P / DT_I4PH)")
+    if lib is None or not lib.plait_packed_dot():
+        raise SystemExit("needs the fused step's packed kernels, AVX512_VNNI or AVX2 (DT_I4PH)")
     config = EngineConfig.from_kwargs(
         None, max_total_tokens=4096, dtype="bfloat16", quantization="int4"
     )

@@ -98,7 +98,7 @@ def step_weight_bytes(precision: str) -> int:
         return layer + 4 * (layer // INT8_BLOCK) + head_int8
     if precision == "int4":  # a scale and a low per group
         lib = cpu_decode.library()
-        per_group = 4 if lib is not None and lib.plait_i8_vnni() else 8
+        per_group = 4 if lib is not None and lib.plait_packed_dot() else 8
         return layer // 2 + per_group * (layer // INT4_GROUP) + head_int8
     raise ValueError(precision)
 
@@ -108,7 +108,7 @@ def _weights(precision: str, total_bytes: int, threads: int) -> tuple[list[Calla
     the format and kernel a decode step runs: the fused step's C products
     (``fused_decode.product_weights``), or torch's where the C library cannot be built."""
     lib = cpu_decode.library()
-    vnni = lib is not None and bool(lib.plait_i8_vnni())
+    packed = lib is not None and bool(lib.plait_packed_dot())
     x32 = torch.randn(1, HIDDEN)
     calls: list[Callable] = []
     streamed = 0
@@ -123,7 +123,7 @@ def _weights(precision: str, total_bytes: int, threads: int) -> tuple[list[Calla
                 layer.weight.data = w.to(getattr(torch, precision))
             else:
                 layer = (Int8Linear if precision == "int8" else Int4Linear).from_float(w)
-            p = product_weights(layer, vnni)
+            p = product_weights(layer, packed)
             if lib is not None:
                 calls.append(
                     lambda p=p, x=x, y=y: cpu_decode.gemv(

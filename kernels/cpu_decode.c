@@ -649,6 +649,7 @@ NT4_ROW(nt_i4_4, 4)
  *    and a sixth fewer bytes to read than float32). */
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define I8_VNNI 1
+#define PACKED_DOT 2
 /* the pair of int16 activations k, k + 1 of row b, in every lane */
 #define X_PAIR(b, k) _mm512_set1_epi32(x_pair(xq + (int64_t)(b) * K + (k)))
 INLINE int32_t x_pair(const int16_t *p) {
@@ -757,24 +758,6 @@ NT4P_TILE(nt_i4ph_2, 2, uint16_t, LOAD16_F16)
 NT4P_TILE(nt_i4ph_4, 4, uint16_t, LOAD16_F16)
 NT4P_TILE(nt_i4ph_8, 8, uint16_t, LOAD16_F16)
 
-typedef void (*ntp_kernel)(const gemv_args *, int64_t, int);
-
-/* Output rows [o0, o1), whole groups of 16; activation rows 8 at a time, while the group's
- * codes (16 x in bytes, or half that) stay in L1. */
-static void ntp_rows(const gemv_args *a, int64_t o0, int64_t o1) {
-    static const ntp_kernel k8[4] = {nt_i8p_1, nt_i8p_2, nt_i8p_4, nt_i8p_8};
-    static const ntp_kernel k4[4] = {nt_i4p_1, nt_i4p_2, nt_i4p_4, nt_i4p_8};
-    static const ntp_kernel k4h[4] = {nt_i4ph_1, nt_i4ph_2, nt_i4ph_4, nt_i4ph_8};
-    const ntp_kernel *k = a->dtype == DT_I8P ? k8 : a->dtype == DT_I4P ? k4 : k4h;
-    for (int64_t g = o0 / 16; g < o1 / 16; g++) {
-        int m = 0;
-        for (; m + 8 <= a->M; m += 8) k[3](a, g, m);
-        for (; m + 4 <= a->M; m += 4) k[2](a, g, m);
-        for (; m + 2 <= a->M; m += 2) k[1](a, g, m);
-        for (; m < a->M; m++) k[0](a, g, m);
-    }
-}
-
 /* x [M, in] -> per 32-element block q = x / s to nearest even, s = amax / ``top`` (32767:
  * int16 for DT_I8P into xq; 8191: 14 bits for DT_I4P, split into xh = q >> 7 and
  * xl = q & 127), xs (the blocks' scales) and xsum (each block's sum of q, exact in float32). */
@@ -806,8 +789,203 @@ static void quantize_x(const float *x, int64_t n_blocks, float top, int16_t *xq,
         xs[i] = s;
     }
 }
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define I8_VNNI 0
+#define PACKED_DOT 1
+/* The packed formats without VNNI (AVX2 alone: Zen 2 / 3, Haswell to Skylake client): the
+ * same layouts, a 16-row group taken as two halves of 8 rows (8 lanes of 32 bits). int8 by
+ * ``vpmaddwd`` (int16 pairs into 32 bits: ``vpdpwssd`` without its add); int4 by
+ * ``vpmaddubsw`` (unsigned codes x signed activation bytes, pairs into 16 bits), a block's
+ * 16-bit sums of the high and the low bytes then widened by ``vpmaddwd`` against ones. Every
+ * block's integer dot is exact (int4's 16-bit sums stay under 2^15: 8 pairs of at most
+ * 2 x 15 x 127), so it is the VNNI kernels' integer, and the float steps after it are theirs
+ * lane by lane: the same bits as an AVX512_VNNI build. Measured against the float kernels
+ * they replace here (DT_I8's bfloat16 rounding per weight, DT_I4's widening to float32): see
+ * bench/RESULTS.md. */
+INLINE int32_t x_pair(const int16_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+INLINE int32_t x_quad(const int8_t *p) {
+    int32_t v;
+    memcpy(&v, p, 4);
+    return v;
+}
+/* the end of a half tile (output rows o .. o + 7): + bias, then stored or added */
+INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
+    float *dst = a->y + (int64_t)m * a->ldy + o;
+    if (a->bias) v = _mm256_add_ps(v, _mm256_loadu_ps(a->bias + o));
+    if (a->accumulate) v = _mm256_add_ps(_mm256_loadu_ps(dst), v);
+    _mm256_storeu_ps(dst, v);
+}
+/* One accumulator per half and activation row (the two halves are the independent chains
+ * the VNNI kernel gets from its two; integer sums, so the same value in any order). */
+#define NT8P_TILE(NAME, NB)                                                                    \
+    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
+        const int64_t K = a->in, NBLK = K / 32;                                                \
+        const int8_t *w = (const int8_t *)a->w + g * 16 * K;                                   \
+        const float *sw = a->scale + g * 16 * NBLK;                                            \
+        const int16_t *xq = a->xq + (int64_t)m0 * K;                                           \
+        const float *xs = a->xs + (int64_t)m0 * NBLK;                                          \
+        for (int h = 0; h < 2; h++) {                                                          \
+            __m256 f[NB];                                                                      \
+            for (int b = 0; b < NB; b++) f[b] = _mm256_setzero_ps();                           \
+            for (int64_t blk = 0; blk < NBLK; blk++) {                                         \
+                __m256i e[NB];                                                                 \
+                for (int b = 0; b < NB; b++) e[b] = _mm256_setzero_si256();                    \
+                const int8_t *wb = w + blk * 512 + 16 * h;                                     \
+                for (int j = 0; j < 16; j++) { /* pair j: codes blk * 32 + 2j, + 1 */          \
+                    __m256i wj = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(wb + 32 * j))); \
+                    for (int b = 0; b < NB; b++) {                                             \
+                        const __m256i xp =                                                     \
+                            _mm256_set1_epi32(x_pair(xq + (int64_t)b * K + blk * 32 + 2 * j)); \
+                        e[b] = _mm256_add_epi32(e[b], _mm256_madd_epi16(wj, xp));              \
+                    }                                                                          \
+                }                                                                              \
+                __m256 s = _mm256_loadu_ps(sw + blk * 16 + 8 * h);                             \
+                for (int b = 0; b < NB; b++) {                                                 \
+                    __m256 dot = _mm256_cvtepi32_ps(e[b]);                                     \
+                    f[b] = _mm256_fmadd_ps(                                                    \
+                        dot, _mm256_mul_ps(s, _mm256_set1_ps(xs[b * NBLK + blk])), f[b]);      \
+                }                                                                              \
+            }                                                                                  \
+            for (int b = 0; b < NB; b++) emit8(a, 16 * g + 8 * h, m0 + b, f[b]);               \
+        }                                                                                      \
+    }
+#define NT4P_TILE(NAME, NB, ST, LOAD8)                                                         \
+    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
+        const int64_t K = a->in, NBLK = K / 32;                                                \
+        const int8_t *xh = a->xh + (int64_t)m0 * K, *xl = a->xl + (int64_t)m0 * K;             \
+        const float *xs = a->xs + (int64_t)m0 * NBLK, *xz = a->xsum + (int64_t)m0 * NBLK;      \
+        const __m256i nib = _mm256_set1_epi8(15), one = _mm256_set1_epi16(1);                  \
+        for (int h = 0; h < 2; h++) {                                                          \
+            const uint8_t *w = (const uint8_t *)a->w + g * 8 * K + 32 * h;                     \
+            const ST *sd = (const ST *)a->scale + g * 16 * NBLK + 8 * h;                       \
+            const ST *sm = (const ST *)a->low + g * 16 * NBLK + 8 * h;                         \
+            __m256 f[NB];                                                                      \
+            for (int b = 0; b < NB; b++) f[b] = _mm256_setzero_ps();                           \
+            for (int64_t blk = 0; blk < NBLK; blk++) {                                         \
+                __m256i hi[NB], lo[NB]; /* 16-bit sums of the high and low bytes: exact */     \
+                for (int b = 0; b < NB; b++) hi[b] = lo[b] = _mm256_setzero_si256();           \
+                for (int c = 0; c < 4; c++) { /* codes k0 .. k0 + 7, k0 = blk * 32 + 8c */     \
+                    __m256i v = _mm256_loadu_si256((const void *)(w + (blk * 4 + c) * 64));   \
+                    __m256i w0 = _mm256_and_si256(v, nib);                                     \
+                    __m256i w1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);               \
+                    const int64_t k0 = blk * 32 + 8 * c;                                       \
+                    for (int b = 0; b < NB; b++) {                                             \
+                        const int64_t o = (int64_t)b * K + k0;                                 \
+                        hi[b] = _mm256_add_epi16(                                              \
+                            hi[b], _mm256_add_epi16(                                           \
+                                       _mm256_maddubs_epi16(w0, _mm256_set1_epi32(x_quad(xh + o))), \
+                                       _mm256_maddubs_epi16(w1, _mm256_set1_epi32(x_quad(xh + o + 4))))); \
+                        lo[b] = _mm256_add_epi16(                                              \
+                            lo[b], _mm256_add_epi16(                                           \
+                                       _mm256_maddubs_epi16(w0, _mm256_set1_epi32(x_quad(xl + o))), \
+                                       _mm256_maddubs_epi16(w1, _mm256_set1_epi32(x_quad(xl + o + 4))))); \
+                    }                                                                          \
+                }                                                                              \
+                __m256 d = LOAD8(sd + blk * 16), m = LOAD8(sm + blk * 16);                     \
+                for (int b = 0; b < NB; b++) {                                                 \
+                    __m256i q = _mm256_add_epi32(                                              \
+                        _mm256_slli_epi32(_mm256_madd_epi16(hi[b], one), 7),                   \
+                        _mm256_madd_epi16(lo[b], one));                                        \
+                    __m256 u = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(q),                       \
+                                               _mm256_mul_ps(m, _mm256_set1_ps(xz[b * NBLK + blk]))); \
+                    f[b] = _mm256_fmadd_ps(u, _mm256_set1_ps(xs[b * NBLK + blk]), f[b]);       \
+                }                                                                              \
+            }                                                                                  \
+            for (int b = 0; b < NB; b++) emit8(a, 16 * g + 8 * h, m0 + b, f[b]);               \
+        }                                                                                      \
+    }
+/* A tile of 8 activation rows as two of 4 (16 registers: 8 rows' sums would spill) */
+#define TWO_FOURS(NAME, FOUR)                                                                  \
+    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
+        FOUR(a, g, m0);                                                                        \
+        FOUR(a, g, m0 + 4);                                                                    \
+    }
+NT8P_TILE(nt_i8p_1, 1)
+NT8P_TILE(nt_i8p_2, 2)
+NT8P_TILE(nt_i8p_4, 4)
+TWO_FOURS(nt_i8p_8, nt_i8p_4)
+#define LOAD8_F32(p) _mm256_loadu_ps(p)
+#define LOAD8_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+NT4P_TILE(nt_i4p_1, 1, float, LOAD8_F32)
+NT4P_TILE(nt_i4p_2, 2, float, LOAD8_F32)
+NT4P_TILE(nt_i4p_4, 4, float, LOAD8_F32)
+TWO_FOURS(nt_i4p_8, nt_i4p_4)
+NT4P_TILE(nt_i4ph_1, 1, uint16_t, LOAD8_F16)
+NT4P_TILE(nt_i4ph_2, 2, uint16_t, LOAD8_F16)
+NT4P_TILE(nt_i4ph_4, 4, uint16_t, LOAD8_F16)
+TWO_FOURS(nt_i4ph_8, nt_i4ph_4)
+
+/* ``quantize_x`` of the VNNI build with 8 lanes: the same maximum, scale, rounding and sums
+ * (the same values), narrowed by saturating packs (no value is out of range). */
+INLINE __m256i pack32_16(__m256i a, __m256i b) { /* 16 int32 -> 16 int16, in order */
+    return _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), 0xD8);
+}
+static void quantize_x(const float *x, int64_t n_blocks, float top, int16_t *xq, int8_t *xh,
+                       int8_t *xl, float *xs, float *xsum) {
+    const __m256 sign = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (int64_t i = 0; i < n_blocks; i++) {
+        __m256 v[4];
+        for (int j = 0; j < 4; j++) v[j] = _mm256_loadu_ps(x + 32 * i + 8 * j);
+        __m256 mx = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], sign), _mm256_and_ps(v[1], sign)),
+                                  _mm256_max_ps(_mm256_and_ps(v[2], sign), _mm256_and_ps(v[3], sign)));
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        float amax = _mm_cvtss_f32(m4);
+        float s = amax / top, inv = s > 0.0f ? 1.0f / s : 0.0f;
+        __m256 iv = _mm256_set1_ps(inv);
+        __m256i q[4]; /* round to nearest even (the default rounding mode) */
+        for (int j = 0; j < 4; j++) q[j] = _mm256_cvtps_epi32(_mm256_mul_ps(v[j], iv));
+        __m256i t = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0x4E));
+        t4 = _mm_add_epi32(t4, _mm_shuffle_epi32(t4, 0xB1));
+        xsum[i] = (float)_mm_cvtsi128_si32(t4);
+        if (xq) {
+            _mm256_storeu_si256((void *)(xq + 32 * i), pack32_16(q[0], q[1]));
+            _mm256_storeu_si256((void *)(xq + 32 * i + 16), pack32_16(q[2], q[3]));
+        } else {
+            const __m256i low7 = _mm256_set1_epi32(127);
+            __m256i h[4], l[4];
+            for (int j = 0; j < 4; j++) {
+                h[j] = _mm256_srai_epi32(q[j], 7);
+                l[j] = _mm256_and_si256(q[j], low7);
+            }
+            __m256i hb = _mm256_packs_epi16(pack32_16(h[0], h[1]), pack32_16(h[2], h[3]));
+            __m256i lb = _mm256_packs_epi16(pack32_16(l[0], l[1]), pack32_16(l[2], l[3]));
+            _mm256_storeu_si256((void *)(xh + 32 * i), _mm256_permute4x64_epi64(hb, 0xD8));
+            _mm256_storeu_si256((void *)(xl + 32 * i), _mm256_permute4x64_epi64(lb, 0xD8));
+        }
+        xs[i] = s;
+    }
+}
 #else
 #define I8_VNNI 0
+#define PACKED_DOT 0
+#endif
+
+#if PACKED_DOT
+typedef void (*ntp_kernel)(const gemv_args *, int64_t, int);
+
+/* Output rows [o0, o1), whole groups of 16; activation rows 8 at a time, while the group's
+ * codes (16 x in bytes, or half that) stay in L1. */
+static void ntp_rows(const gemv_args *a, int64_t o0, int64_t o1) {
+    static const ntp_kernel k8[4] = {nt_i8p_1, nt_i8p_2, nt_i8p_4, nt_i8p_8};
+    static const ntp_kernel k4[4] = {nt_i4p_1, nt_i4p_2, nt_i4p_4, nt_i4p_8};
+    static const ntp_kernel k4h[4] = {nt_i4ph_1, nt_i4ph_2, nt_i4ph_4, nt_i4ph_8};
+    const ntp_kernel *k = a->dtype == DT_I8P ? k8 : a->dtype == DT_I4P ? k4 : k4h;
+    for (int64_t g = o0 / 16; g < o1 / 16; g++) {
+        int m = 0;
+        for (; m + 8 <= a->M; m += 8) k[3](a, g, m);
+        for (; m + 4 <= a->M; m += 4) k[2](a, g, m);
+        for (; m + 2 <= a->M; m += 2) k[1](a, g, m);
+        for (; m < a->M; m++) k[0](a, g, m);
+    }
+}
 #endif
 
 /* (args, first output row o, first activation row m0, the weight rows of o on) */
@@ -866,7 +1044,7 @@ static void gemv_task(void *p, int tid, int nth) {
     int64_t lo, hi;
     split(a->out, 16, tid, nth, &lo, &hi);
     if (lo >= hi) return;
-#if I8_VNNI
+#if PACKED_DOT
     if (is_packed(a->dtype)) {
         ntp_rows(a, lo, hi);
         return;
@@ -889,10 +1067,10 @@ static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
 }
 
 /* Returns -1 when a buffer found no memory, -2 for DT_I8P / DT_I4P / DT_I4PH where not built
- * (no VNNI) or rows not whole groups of 16. */
+ * (neither AVX512_VNNI nor AVX2) or rows not whole groups of 16. */
 static int gemv(gemv_args *a, int nth) {
     if (is_packed(a->dtype)) {
-#if I8_VNNI
+#if PACKED_DOT
         if (a->out % 16) return -2;
         const int64_t nblk = a->M * a->in / 32;
         int16_t *q = (int16_t *)malloc(2 * (size_t)(a->M * a->in) + 8 * (size_t)nblk + 64);
@@ -1320,5 +1498,9 @@ int plait_gemv(const void *w, int dtype, const float *scale, const float *low, i
 /* 1 when bfloat16 products round the activations to bfloat16 (AVX512_BF16), else 0. */
 int plait_bf16_dot(void) { return BF16_DOT; }
 
-/* 1 when DT_I8P, DT_I4P and DT_I4PH (int8 / int4 by AVX512_VNNI) were built, else 0. */
+/* 1 when DT_I8P, DT_I4P and DT_I4PH run by AVX512_VNNI, else 0. */
 int plait_i8_vnni(void) { return I8_VNNI; }
+
+/* Whether DT_I8P, DT_I4P and DT_I4PH were built: 2 by AVX512_VNNI, 1 by AVX2, 0 not (their
+ * products then return -2). Both builds give the same bits. */
+int plait_packed_dot(void) { return PACKED_DOT; }

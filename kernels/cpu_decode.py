@@ -111,6 +111,8 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.plait_bf16_dot.argtypes = []
     lib.plait_i8_vnni.restype = _int
     lib.plait_i8_vnni.argtypes = []
+    lib.plait_packed_dot.restype = _int
+    lib.plait_packed_dot.argtypes = []
     lib.plait_gemv.restype = _int
     lib.plait_gemv.argtypes = [_vp, _int, _vp, _vp, _i64, _i64, _vp, _vp, _vp, _int, _int, _int]
     return lib

@@ -10,9 +10,10 @@ Invariants:
 - Used only for forwards of at most ``max_rows`` tokens (decode steps, short prefills),
   on the CPU, for weights in float32 or bfloat16 held ``[out, in]`` (``ModelRunner`` re-lays
   float32 weights out before building it) or quantized (``Int8Linear``, ``Int4Linear``: their
-  codes, with float32 scales per 32-element block; repacked for AVX512_VNNI where the CPU
-  has it, ``cpu_decode.pack_i8_vnni`` / ``pack_i4_vnni``, int4's scales and lows then in
-  float16 where every one is a float16 value), and a float32 or bfloat16 KV pool;
+  codes, with float32 scales per 32-element block; repacked where the library has the packed
+  kernels, by AVX512_VNNI or AVX2, ``cpu_decode.pack_i8_vnni`` / ``pack_i4_vnni``, int4's
+  scales and lows then in float16 where every one is a float16 value), and a float32 or
+  bfloat16 KV pool;
   ``unsupported`` names what rules a model out.
 - The address tables are rebuilt when the storage of any weight or buffer they point at was
   replaced (``param.data = ...``, checked at every call), so a reloaded weight is never read
@@ -42,8 +43,8 @@ from plait.runtime.model.models.llama import LlamaForCausalLM
 from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 
 # Above this many tokens a forward goes through torch. The C products are register-tiled
-# (4 weight rows x 4 activation rows, or 16 rows a vector for the VNNI formats), so they match
-# or beat torch's GEMMs up to decode batches of 64; the int4 kernel without VNNI (DT_I4)
+# (4 weight rows x 4 activation rows, or 16 rows a vector for the packed formats), so they match
+# or beat torch's GEMMs up to decode batches of 64; the int4 kernel unpacked (DT_I4)
 # unpacks one row at a time and loses to torch's dense copy past 8 (measured with bench_threads
 # at 8 and 32 requests: bench/RESULTS.md, issue 15). A model's limit is its slowest format's.
 MAX_ROWS = 64
@@ -103,24 +104,25 @@ def _exact_in_half(t: torch.Tensor) -> bool:
     return bool(torch.equal(t.to(torch.float16).to(t.dtype), t))
 
 
-def product_weights(lin: torch.nn.Module, vnni: bool, half_scales: bool = True) -> ProductWeights:
+def product_weights(lin: torch.nn.Module, packed: bool, half_scales: bool = True) -> ProductWeights:
     """``lin`` in the fused step's format: float32 / bfloat16 weights as they are; int8 and
-    int4 codes repacked for AVX512_VNNI (``vnni``, rows in sixteens; int4's scales and lows in
-    float16 when ``half_scales`` and every one is a float16 value), else as they are."""
-    vnni = vnni and getattr(lin, "out_features", 1) % 16 == 0
+    int4 codes repacked (``packed``: the library has the packed kernels, AVX512_VNNI or AVX2;
+    rows in sixteens; int4's scales and lows in float16 when ``half_scales`` and every one is
+    a float16 value), else as they are."""
+    packed = packed and getattr(lin, "out_features", 1) % 16 == 0
     if isinstance(lin, Int8Linear):
         sources = [lin.qweight, lin.scale]
-        if vnni:
+        if packed:
             codes, scales = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale)
             return ProductWeights(cpu_decode.DT_I8P, (codes, scales, None), sources)
         return ProductWeights(cpu_decode.DT_I8, (lin.qweight, lin.scale, None), sources)
     if isinstance(lin, Int4Linear):
         held = (lin.nibbles, lin.group_scale, lin.group_low)
-        if vnni:  # float16 scales and lows where that is exact (GGUF Q4_0 / Q4_1, from_float)
+        if packed:  # float16 scales and lows where that is exact (GGUF Q4_0 / Q4_1, from_float)
             half = half_scales and _exact_in_half(lin.group_scale) and _exact_in_half(lin.group_low)
-            packed = cpu_decode.pack_i4_vnni(lin.codes(), lin.group_scale, lin.group_low, half)
+            tensors = cpu_decode.pack_i4_vnni(lin.codes(), lin.group_scale, lin.group_low, half)
             return ProductWeights(
-                cpu_decode.DT_I4PH if half else cpu_decode.DT_I4P, packed, list(held)
+                cpu_decode.DT_I4PH if half else cpu_decode.DT_I4P, tensors, list(held)
             )
         return ProductWeights(cpu_decode.DT_I4, held, list(held))
     return ProductWeights(_DTYPES[lin.weight.dtype], (lin.weight, None, None), [lin.weight])
@@ -155,7 +157,7 @@ class FusedDecode:
         )
         self._sources: list[torch.Tensor] = []  # held: a freed address is never reused
         self.check_addresses = True  # False only where nothing replaces a storage unseen
-        self.half_scales = True  # int4 by VNNI: float16 scales where exact (refresh() after)
+        self.half_scales = True  # packed int4: float16 scales where exact (refresh() after)
         self._build()
 
     def refresh(self) -> None:
@@ -194,7 +196,7 @@ class FusedDecode:
 
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
-            p = product_weights(lin, bool(self.lib.plait_i8_vnni()), self.half_scales)
+            p = product_weights(lin, bool(self.lib.plait_packed_dot()), self.half_scales)
             self.max_rows = min(self.max_rows, MAX_ROWS_BY_FORMAT.get(p.dtype, MAX_ROWS))
             self._sources += p.sources
             self._copies += [t for t in p.tensors if t is not None]  # held: the tables point there

@@ -25,7 +25,8 @@ def _host_has(flag: str) -> bool:
 
 
 # builds for CPUs with fewer vector instructions than this one: without AVX512_BF16 (float32
-# FMAs on widened weights), and AVX2 alone (no AVX-512: int4's widening kernel)
+# FMAs on widened weights), and AVX2 alone (no AVX-512: int4's widening kernel, and the packed
+# int8 / int4 formats by vpmaddwd / vpmaddubsw instead of VNNI)
 NARROWER = {
     "avx512-no-bf16": (["-march=native", "-mno-avx512bf16"], "avx512f"),
     "avx2": (["-march=x86-64-v3"], "avx2"),
@@ -46,6 +47,8 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
     cpu_decode._build(cpu_decode._compiler(), out, [*base, *flags])
     lib = cpu_decode.typed(ctypes.CDLL(str(out)))
     assert lib.plait_bf16_dot() == 0
+    if target == "avx2":
+        assert lib.plait_packed_dot() == 1  # the AVX2 kernels of the packed formats
     gen = torch.Generator().manual_seed(7)
     n, k = 48, 96  # torch's int4 packing needs rows in sixteens
     dense = torch.randn(n, k, generator=gen)
@@ -68,8 +71,9 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
             assert rc == 0
             expected = x.double() @ weight.double().t()
             torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-4, msg=name)
-        # int8 / int4 by VNNI where the build has it (int16 activations: their own reference
-        # in test_fused_decode.py); the same bits as this CPU's own build
+        # the packed int8 / int4 formats where the build has them (AVX512_VNNI or AVX2; int16
+        # activations: their own reference in test_fused_decode.py); the same bits as this
+        # CPU's own build, whichever instructions each runs them by
         packs = {
             cpu_decode.DT_I8P: (*cpu_decode.pack_i8_vnni(i8.qweight, i8.scale), None),
             cpu_decode.DT_I4P: cpu_decode.pack_i4_vnni(i4.codes(), i4.group_scale, i4.group_low),
@@ -80,7 +84,7 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
         for code, (codes, scales, lows) in packs.items():
             y, native = torch.empty(m, n), torch.empty(m, n)
             rc = cpu_decode.gemv(lib, code, codes, x, y, scale=scales, low=lows)
-            if not lib.plait_i8_vnni():
+            if not lib.plait_packed_dot():
                 assert rc == -2
                 continue
             cpu_decode.gemv(cpu_decode.library(), code, codes, x, native, scale=scales, low=lows)

@@ -124,11 +124,11 @@ def test_fused_step_computes_what_torch_does(model_dirs, kind, dtype):
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantized_fused_step_computes_what_torch_does(model_dirs, quant):
     """The same codes and scales; torch's kernels take bfloat16 activations and scales, the
-    fused step float32: agreement to bfloat16's precision. By AVX512_VNNI the fused step
-    quantizes the activations to int16 per block: torch's quantized layers then compute that
-    (``_vnni_reference``), in a float32 model (bfloat16 activations would move many int16
-    roundings), and the two agree to float32's precision."""
-    vnni = cpu_decode.library().plait_i8_vnni()
+    fused step float32: agreement to bfloat16's precision. With the packed formats (AVX512_VNNI
+    or AVX2) the fused step quantizes the activations to int16 per block: torch's quantized
+    layers then compute that (``_vnni_reference``), in a float32 model (bfloat16 activations
+    would move many int16 roundings), and the two agree to float32's precision."""
+    vnni = cpu_decode.library().plait_packed_dot()
     dtype = "float32" if vnni else "bfloat16"
     state = _State(model_dirs["llama"], dtype, [5, 17, 1, 40], quant=quant)
     if vnni:
@@ -277,13 +277,14 @@ def test_runner_takes_the_fused_step_for_small_forwards(model_dirs):
     many.runner.forward(many.decode_batch(list(range(8)), [5] * 8), torch.arange(8))
 
 
-class _NoVnni:
-    """The fused step's library as a CPU without AVX512_VNNI builds it (DT_I8 / DT_I4)."""
+class _Unpacked:
+    """The fused step's library as a CPU without the packed kernels (neither AVX512_VNNI nor
+    AVX2) builds it: DT_I8 / DT_I4."""
 
     def __init__(self, lib) -> None:
         self.lib = lib
 
-    def plait_i8_vnni(self) -> int:
+    def plait_packed_dot(self) -> int:
         return 0
 
     def __getattr__(self, name: str):
@@ -292,13 +293,14 @@ class _NoVnni:
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_the_row_limit_follows_the_formats_read(model_dirs, quant):
-    """int4 one row at a time (DT_I4) loses to torch past 8 rows; the VNNI formats, and int8's
-    tiles, go to 64: the limit is the slowest format the step reads, after every rebuild."""
+    """int4 one row at a time (DT_I4) loses to torch past 8 rows; the packed formats, and
+    int8's tiles, go to 64: the limit is the slowest format the step reads, after every
+    rebuild."""
     state = _State(model_dirs["llama"], "bfloat16", [3], quant=quant)
     fused = state.runner.fused
-    vnni = bool(fused.lib.plait_i8_vnni())
-    assert fused.max_rows == (8 if quant == "int4" and not vnni else 64)
-    fused.lib = _NoVnni(fused.lib)
+    packed = bool(fused.lib.plait_packed_dot())
+    assert fused.max_rows == (8 if quant == "int4" and not packed else 64)
+    fused.lib = _Unpacked(fused.lib)
     fused.refresh()
     assert fused.max_rows == (8 if quant == "int4" else 64)
     batch = state.decode_batch([0], [5])
@@ -418,7 +420,7 @@ def _vnni_reference(layer: Int8Linear | Int4Linear, x: torch.Tensor) -> torch.Te
 def _packed(layer: Int8Linear | Int4Linear) -> tuple[int, torch.Tensor, dict]:
     """The layer as the fused step packs it (DT_I8P, DT_I4P or DT_I4PH): format, codes and the
     ``gemv`` keywords of its scales."""
-    p = product_weights(layer, vnni=True)
+    p = product_weights(layer, packed=True)
     codes, scales, lows = p.tensors
     return p.dtype, codes, {"scale": scales} | ({"low": lows} if lows is not None else {})
 
@@ -436,8 +438,8 @@ def test_vnni_products_against_float64(quant, n, k, m):
     """DT_I8P / DT_I4PH / DT_I4P (AVX512_VNNI, int16 activations) against their definition in
     float64, the same bits at any thread count, and a row alone equal to the row in a batch."""
     lib = cpu_decode.library()
-    if not lib.plait_i8_vnni():
-        pytest.skip("this CPU has no AVX512_VNNI")
+    if not lib.plait_packed_dot():
+        pytest.skip("this CPU has neither AVX512_VNNI nor AVX2")
     gen = torch.Generator().manual_seed(n + k + m)
     dense = torch.randn(n, k, generator=gen)
     layer = {
