@@ -88,6 +88,24 @@ INLINE f32x16 load_bf16(const uint16_t *p) {
     return f;
 #endif
 }
+/* VW bfloat16 values widened to float32 */
+INLINE vfw load_bf16_vw(const uint16_t *p) {
+#if VW == 16
+    return load_bf16(p);
+#elif defined(__AVX2__) /* one widening load */
+    __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const void *)p)), 16);
+    vfw f;
+    memcpy(&f, &w, 32);
+    return f;
+#else
+    u16xw h;
+    memcpy(&h, p, sizeof h);
+    u32xw w = __builtin_convertvector(h, u32xw) << 16;
+    vfw f;
+    memcpy(&f, &w, sizeof f);
+    return f;
+#endif
+}
 /* Bytes to floats by zero extension (widen, then convert: gcc 12 scalarises a direct
  * conversion, and any sign extension of bytes). */
 INLINE f32x16 u8_to_f32(u8x16 v) {
@@ -150,43 +168,50 @@ INLINE f32x16 hsum16(const f32x16 *v) {
            __builtin_shufflevector(t[0], t[1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15,
                                    29, 31);
 }
-INLINE f32x16 vselect(i32x16 mask, f32x16 a, f32x16 b) {
-    i32x16 ai, bi;
-    memcpy(&ai, &a, 64);
-    memcpy(&bi, &b, 64);
-    i32x16 r = (mask & ai) | (~mask & bi);
-    f32x16 f;
-    memcpy(&f, &r, 64);
+INLINE vfw vsplat(float a) { return (vfw){0} + a; }
+INLINE vfw load_vw(const float *p) {
+    vfw v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+INLINE void store_vw(float *p, vfw v) { memcpy(p, &v, sizeof v); }
+INLINE vfw vselect(i32xw mask, vfw a, vfw b) {
+    i32xw ai, bi;
+    memcpy(&ai, &a, sizeof ai);
+    memcpy(&bi, &b, sizeof bi);
+    i32xw r = (mask & ai) | (~mask & bi);
+    vfw f;
+    memcpy(&f, &r, sizeof f);
     return f;
 }
 /* exp(x) for float32: Cephes' expf polynomial with the exponent added to the bits; relative
  * error ~2 ulp, exp(x) = 0 below -87.3 (softmax's weights there are below float32's range). */
-INLINE f32x16 vexp(f32x16 x) {
-    const f32x16 hi = splat(88.3762626647949f), lo = splat(-87.3365478515625f);
-    i32x16 under = x < lo;
+INLINE vfw vexp(vfw x) {
+    const vfw hi = vsplat(88.3762626647949f), lo = vsplat(-87.3365478515625f);
+    i32xw under = x < lo;
     x = vselect(x > hi, hi, x);
     x = vselect(under, lo, x);
-    const f32x16 magic = splat(12582912.0f); /* 1.5 * 2^23: adds round to an integer */
-    f32x16 t = x * splat(1.44269504088896341f) + magic;
-    f32x16 n = t - magic;
-    f32x16 r = x - n * splat(0.693359375f);
-    r = r - n * splat(-2.12194440e-4f);
-    f32x16 p = splat(1.9875691500e-4f);
-    p = p * r + splat(1.3981999507e-3f);
-    p = p * r + splat(8.3334519073e-3f);
-    p = p * r + splat(4.1665795894e-2f);
-    p = p * r + splat(1.6666665459e-1f);
-    p = p * r + splat(5.0000001201e-1f);
-    p = p * (r * r) + r + splat(1.0f);
-    i32x16 ni = __builtin_convertvector(n, i32x16);
-    i32x16 pi;
-    memcpy(&pi, &p, 64);
+    const vfw magic = vsplat(12582912.0f); /* 1.5 * 2^23: adds round to an integer */
+    vfw t = x * vsplat(1.44269504088896341f) + magic;
+    vfw n = t - magic;
+    vfw r = x - n * vsplat(0.693359375f);
+    r = r - n * vsplat(-2.12194440e-4f);
+    vfw p = vsplat(1.9875691500e-4f);
+    p = p * r + vsplat(1.3981999507e-3f);
+    p = p * r + vsplat(8.3334519073e-3f);
+    p = p * r + vsplat(4.1665795894e-2f);
+    p = p * r + vsplat(1.6666665459e-1f);
+    p = p * r + vsplat(5.0000001201e-1f);
+    p = p * (r * r) + r + vsplat(1.0f);
+    i32xw ni = __builtin_convertvector(n, i32xw);
+    i32xw pi;
+    memcpy(&pi, &p, sizeof pi);
     pi += ni << 23;
-    memcpy(&p, &pi, 64);
-    return vselect(under, splat(0.0f), p);
+    memcpy(&p, &pi, sizeof p);
+    return vselect(under, vsplat(0.0f), p);
 }
 INLINE float sexp(float x) {
-    f32x16 v = vexp(splat(x));
+    vfw v = vexp(vsplat(x));
     return v[0];
 }
 
@@ -534,25 +559,13 @@ INLINE float f32_id(float v) { return v; }
 INLINE float i8_to_f32(int8_t v) { return (float)v; }
 
 /* NT_TILE's loads of VW weights (sc, k: DT_I8's row scales and the block's first element). */
-INLINE vfw load_vw(const float *p) {
-    vfw v;
-    memcpy(&v, p, sizeof v);
-    return v;
-}
 INLINE vfw tload_f32(const float *p, const float *sc, int64_t k) {
     (void)sc, (void)k;
     return load_vw(p);
 }
 INLINE vfw tload_bf16(const uint16_t *p, const float *sc, int64_t k) {
     (void)sc, (void)k;
-#if VW == 16
-    return load_bf16(p);
-#else /* one widening load */
-    __m256i w = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const void *)p)), 16);
-    vfw f;
-    memcpy(&f, &w, 32);
-    return f;
-#endif
+    return load_bf16_vw(p);
 }
 /* q * scale in float32 rounded to bfloat16 (nearest even), as ``wload_i8`` and ``Int8Linear``
  * (q = (q ^ 0x80) - 128 converts exactly; gcc scalarises a sign-extending conversion). */
@@ -1056,22 +1069,17 @@ static const nt_kernel tiles[4][2][3] = {
 #endif
     {{nt_i4_1, nt_i4_2, nt_i4_4}, {NULL, NULL, NULL}}};
 
-/* Whether a lone activation row takes one weight row at a time (one sequential stream per
- * thread: 85-90% of the read bandwidth with AVX-512) or 4 (AVX2: one row at a time read 18.2
- * GB/s, 4 rows 25.0 for float32, 15.7 and 23.5 for bfloat16, on a 2-core Zen 3). The same
- * bits either way. */
-#define ONE_ROW_STREAM (VW == 16)
-
-/* Output rows [o0, o1). With one activation row a weight row is one stream (4 without
- * ONE_ROW_STREAM); with more, blocks of 4 weight rows stay in L1 while every activation row
- * passes over them. int8 blocks with
+/* Output rows [o0, o1). With one activation row a weight row is one stream (also with AVX2:
+ * 4 rows at a time, 4 streams, lost a float32 decode step 24 -> 19 tok/s and a bfloat16 one
+ * 37 -> 30 on a 2-core Zen 3, though they won on 4096 x 4096 products); with more, blocks
+ * of 4 weight rows stay in L1 while every activation row passes over them. int8 blocks with
  * more than one activation tile are made bfloat16 once into ``conv`` (4 rows) and run by the
  * bfloat16 tiles: the same values in the same order as the int8 tiles (same bits), without
  * converting each weight again for every tile. */
 static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) {
     static const int64_t half_bytes[4] = {8, 4, 2, 1}; /* 2 x bytes per weight, by DT_* */
     const int64_t row = a->in * half_bytes[a->dtype] / 2;
-    const int ro = (a->M >= 4 || !ONE_ROW_STREAM) && a->dtype != DT_I4 ? 4 : 1;
+    const int ro = a->M >= 4 && a->dtype != DT_I4 ? 4 : 1;
     const nt_kernel *k = tiles[a->dtype][ro == 4], *k1 = tiles[a->dtype][0];
     int64_t o = o0;
     for (; o + ro <= o1; o += ro) {
@@ -1234,9 +1242,9 @@ typedef struct {
  * in two bfloat16 parts (``qb``: [hi | lo], q = hi + lo to ~16 bits), the his then the los:
  * a query rounded to bfloat16 alone cost greedy agreement with float32 (97.4% -> 91.7%,
  * bench_quant_accuracy); else the keys widened and FMAs. */
-INLINE f32x16 qk_lanes(const attn_args *a, const float *q, const uint16_t *qb, int64_t off,
-                       const int D, const int bf) {
-    f32x16 acc = splat(0.0f);
+INLINE void qk_parts(const attn_args *a, const float *q, const uint16_t *qb, int64_t off,
+                     const int D, const int bf, vfw *acc) {
+    for (int h = 0; h < VPARTS; h++) acc[h] = (vfw){0};
     if (bf) {
         const uint16_t *k = (const uint16_t *)a->kc + off;
 #if BF16_DOT
@@ -1248,34 +1256,44 @@ INLINE f32x16 qk_lanes(const attn_args *a, const float *q, const uint16_t *qb, i
             for (int d = 0; d < D; d += 32)
                 d2 = _mm512_dpbf16_ps(d2, (__m512bh)_mm512_loadu_si512(qb + D + d),
                                       (__m512bh)_mm512_loadu_si512(k + d));
-            memcpy(&acc, &d2, 64);
-            return acc;
+            memcpy(acc, &d2, 64);
+            return;
         }
 #endif
         (void)qb;
-        for (int d = 0; d < D; d += 16) acc += load_f32(q + d) * load_bf16(k + d);
+        for (int d = 0; d < D; d += 16)
+            for (int h = 0; h < VPARTS; h++)
+                acc[h] += load_vw(q + d + VW * h) * load_bf16_vw(k + d + VW * h);
     } else {
         const float *k = (const float *)a->kc + off;
-        for (int d = 0; d < D; d += 16) acc += load_f32(q + d) * load_f32(k + d);
+        for (int d = 0; d < D; d += 16)
+            for (int h = 0; h < VPARTS; h++)
+                acc[h] += load_vw(q + d + VW * h) * load_vw(k + d + VW * h);
     }
-    return acc;
 }
 
-/* sc[s] = (q . k_s) * scale for s in [0, S), 16 keys at a time summed by ``hsum16`` (each
- * lane in ``hsum``'s order, so a score has the same bits in a block or in the tail). */
+/* sc[s] = (q . k_s) * scale for s in [0, S); with AVX-512 16 keys at a time summed by
+ * ``hsum16`` (each lane in ``hsum``'s order, so a score has the same bits in a block or in the
+ * tail). */
 INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
                       const int64_t *slot, int64_t S, int kvh, float *sc, const int D,
                       const int bf) {
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
     int64_t s = 0;
+#if VW == 16
     for (; s + 16 <= S; s += 16) {
         f32x16 acc[16];
-        for (int j = 0; j < 16; j++) acc[j] = qk_lanes(a, q, qb, slot[s + j] * HD + kvo, D, bf);
+        for (int j = 0; j < 16; j++) qk_parts(a, q, qb, slot[s + j] * HD + kvo, D, bf, &acc[j]);
         f32x16 v = hsum16(acc); /* lane 4k + i: key 4i + k */
         v = __builtin_shufflevector(v, v, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         store_f32(sc + s, v * splat(a->scale));
     }
-    for (; s < S; s++) sc[s] = hsum(qk_lanes(a, q, qb, slot[s] * HD + kvo, D, bf)) * a->scale;
+#endif
+    for (; s < S; s++) {
+        vfw acc[VPARTS];
+        qk_parts(a, q, qb, slot[s] * HD + kvo, D, bf, acc);
+        sc[s] = hsum_parts(acc) * a->scale;
+    }
 }
 
 /* Softmax's numerators in place over sc[0, S); returns their sum. */
@@ -1285,9 +1303,12 @@ static float softmax_weights(float *sc, int64_t S) {
     float sum = 0.0f;
     int64_t s = 0;
     for (; s + 16 <= S; s += 16) {
-        f32x16 e = vexp(load_f32(sc + s) - splat(mx));
-        store_f32(sc + s, e);
-        sum += hsum(e);
+        vfw e[VPARTS];
+        for (int h = 0; h < VPARTS; h++) {
+            e[h] = vexp(load_vw(sc + s + VW * h) - vsplat(mx));
+            store_vw(sc + s + VW * h, e[h]);
+        }
+        sum += hsum_parts(e);
     }
     for (; s < S; s++) {
         sc[s] = sexp(sc[s] - mx);
@@ -1302,22 +1323,22 @@ INLINE void pv_heads(const attn_args *a, const int64_t *slot, int64_t S, int kvh
                      int64_t ld, const float *sums, float *dst, const int NH, const int D,
                      const int bf) {
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
-    f32x16 o[4][16]; /* NH <= 4, D <= 256; not [NH][D / 16]: a VLA would stay in memory */
+    vfw o[4][256 / VW]; /* NH <= 4, D <= 256; not [NH][D / VW]: a VLA would stay in memory */
     for (int h = 0; h < NH; h++)
-        for (int d = 0; d < D / 16; d++) o[h][d] = splat(0.0f);
+        for (int d = 0; d < D / VW; d++) o[h][d] = (vfw){0};
     for (int64_t s = 0; s < S; s++) {
         const int64_t off = slot[s] * HD + kvo;
-        f32x16 p[4];
-        for (int h = 0; h < NH; h++) p[h] = splat(w[h * ld + s]);
-        for (int d = 0; d < D / 16; d++) {
-            f32x16 v = bf ? load_bf16((const uint16_t *)a->vc + off + 16 * d)
-                          : load_f32((const float *)a->vc + off + 16 * d);
+        vfw p[4];
+        for (int h = 0; h < NH; h++) p[h] = vsplat(w[h * ld + s]);
+        for (int d = 0; d < D / VW; d++) {
+            vfw v = bf ? load_bf16_vw((const uint16_t *)a->vc + off + VW * d)
+                       : load_vw((const float *)a->vc + off + VW * d);
             for (int h = 0; h < NH; h++) o[h][d] += p[h] * v;
         }
     }
     for (int h = 0; h < NH; h++) {
-        f32x16 inv = splat(1.0f / sums[h]);
-        for (int d = 0; d < D / 16; d++) store_f32(dst + (int64_t)h * D + 16 * d, o[h][d] * inv);
+        vfw inv = vsplat(1.0f / sums[h]);
+        for (int d = 0; d < D / VW; d++) store_vw(dst + (int64_t)h * D + VW * d, o[h][d] * inv);
     }
 }
 
@@ -1408,10 +1429,10 @@ static void silu_task(void *p, int tid, int nth) {
         int64_t m = i / a->I, j = i % a->I;
         const float *g = a->gu + m * 2 * a->I, *u = g + a->I;
         float *dst = a->act + m * a->I;
-        if (j + 16 <= a->I && i + 16 <= hi) {
-            f32x16 gv = load_f32(g + j);
-            store_f32(dst + j, gv / (splat(1.0f) + vexp(-gv)) * load_f32(u + j));
-            i += 16;
+        if (j + VW <= a->I && i + VW <= hi) {
+            vfw gv = load_vw(g + j);
+            store_vw(dst + j, gv / (vsplat(1.0f) + vexp(-gv)) * load_vw(u + j));
+            i += VW;
         } else {
             dst[j] = g[j] / (1.0f + sexp(-g[j])) * u[j];
             i += 1;
@@ -1423,13 +1444,15 @@ static void rms_norm(const float *x, const float *w, float *y, int M, int64_t H,
     for (int m = 0; m < M; m++) {
         const float *xr = x + m * H;
         float *yr = y + m * H;
-        f32x16 acc = splat(0.0f);
+        vfw acc[VPARTS];
+        for (int h = 0; h < VPARTS; h++) acc[h] = (vfw){0};
         int64_t i = 0;
-        for (; i + 16 <= H; i += 16) {
-            f32x16 v = load_f32(xr + i);
-            acc += v * v;
-        }
-        float ss = hsum(acc);
+        for (; i + 16 <= H; i += 16)
+            for (int h = 0; h < VPARTS; h++) {
+                vfw v = load_vw(xr + i + VW * h);
+                acc[h] += v * v;
+            }
+        float ss = hsum_parts(acc);
         for (; i < H; i++) ss += xr[i] * xr[i];
         float rstd = 1.0f / sqrtf(ss / (float)H + eps);
         for (i = 0; i < H; i++) yr[i] = w[i] * (xr[i] * rstd);
