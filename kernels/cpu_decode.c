@@ -966,22 +966,96 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
         }                                                                                      \
     }
 /* A tile of 8 activation rows as two of 4 (16 registers: 8 rows' sums would spill) */
+/* One activation row: both halves of a group in one pass (one stream through its codes, and
+ * each activation broadcast once for the 16 rows); the same integers and float steps. */
+#define NT8P_ONE(NAME)                                                                         \
+    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
+        const int64_t K = a->in, NBLK = K / 32;                                                \
+        const int8_t *w = (const int8_t *)a->w + g * 16 * K;                                   \
+        const float *sw = a->scale + g * 16 * NBLK;                                            \
+        const int16_t *xq = a->xq + (int64_t)m0 * K;                                           \
+        const float *xs = a->xs + (int64_t)m0 * NBLK;                                          \
+        __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();                             \
+        for (int64_t blk = 0; blk < NBLK; blk++) {                                             \
+            __m256i e0 = _mm256_setzero_si256(), e1 = _mm256_setzero_si256();                  \
+            const int8_t *wb = w + blk * 512;                                                  \
+            for (int j = 0; j < 16; j++) {                                                     \
+                if ((j & 1) == 0) __builtin_prefetch(wb + 32 * j + PACKED_AHEAD, 0, 3);        \
+                const __m256i xp = _mm256_set1_epi32(x_pair(xq + blk * 32 + 2 * j));           \
+                __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(wb + 32 * j))); \
+                __m256i w1 =                                                                   \
+                    _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(wb + 32 * j + 16)));   \
+                e0 = _mm256_add_epi32(e0, _mm256_madd_epi16(w0, xp));                          \
+                e1 = _mm256_add_epi32(e1, _mm256_madd_epi16(w1, xp));                          \
+            }                                                                                  \
+            __m256 sx = _mm256_set1_ps(xs[blk]);                                               \
+            f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e0),                                       \
+                                 _mm256_mul_ps(_mm256_loadu_ps(sw + blk * 16), sx), f0);       \
+            f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e1),                                       \
+                                 _mm256_mul_ps(_mm256_loadu_ps(sw + blk * 16 + 8), sx), f1);   \
+        }                                                                                      \
+        emit8(a, 16 * g, m0, f0);                                                              \
+        emit8(a, 16 * g + 8, m0, f1);                                                          \
+    }
+#define NT4P_ONE(NAME, ST, LOAD8)                                                              \
+    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
+        const int64_t K = a->in, NBLK = K / 32;                                                \
+        const uint8_t *w = (const uint8_t *)a->w + g * 8 * K;                                  \
+        const ST *sd = (const ST *)a->scale + g * 16 * NBLK;                                   \
+        const ST *sm = (const ST *)a->low + g * 16 * NBLK;                                     \
+        const int8_t *xh = a->xh + (int64_t)m0 * K, *xl = a->xl + (int64_t)m0 * K;             \
+        const float *xs = a->xs + (int64_t)m0 * NBLK, *xz = a->xsum + (int64_t)m0 * NBLK;      \
+        const __m256i nib = _mm256_set1_epi8(15), one = _mm256_set1_epi16(1);                  \
+        __m256 f[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};                              \
+        for (int64_t blk = 0; blk < NBLK; blk++) {                                             \
+            __m256i hi[2], lo[2];                                                              \
+            hi[0] = hi[1] = lo[0] = lo[1] = _mm256_setzero_si256();                            \
+            for (int c = 0; c < 4; c++) {                                                      \
+                const uint8_t *p = w + (blk * 4 + c) * 64;                                     \
+                __builtin_prefetch(p + PACKED_AHEAD, 0, 3);                                    \
+                const int64_t k0 = blk * 32 + 8 * c;                                           \
+                const __m256i h0 = _mm256_set1_epi32(x_quad(xh + k0));                         \
+                const __m256i h4 = _mm256_set1_epi32(x_quad(xh + k0 + 4));                     \
+                const __m256i l0 = _mm256_set1_epi32(x_quad(xl + k0));                         \
+                const __m256i l4 = _mm256_set1_epi32(x_quad(xl + k0 + 4));                     \
+                for (int h = 0; h < 2; h++) {                                                  \
+                    __m256i v = _mm256_loadu_si256((const void *)(p + 32 * h));                \
+                    __m256i w0 = _mm256_and_si256(v, nib);                                     \
+                    __m256i w1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), nib);               \
+                    hi[h] = _mm256_add_epi16(hi[h], _mm256_add_epi16(_mm256_maddubs_epi16(w0, h0), \
+                                                                     _mm256_maddubs_epi16(w1, h4))); \
+                    lo[h] = _mm256_add_epi16(lo[h], _mm256_add_epi16(_mm256_maddubs_epi16(w0, l0), \
+                                                                     _mm256_maddubs_epi16(w1, l4))); \
+                }                                                                              \
+            }                                                                                  \
+            const __m256 sz = _mm256_set1_ps(xz[blk]), sx = _mm256_set1_ps(xs[blk]);           \
+            for (int h = 0; h < 2; h++) {                                                      \
+                __m256i q = _mm256_add_epi32(_mm256_slli_epi32(_mm256_madd_epi16(hi[h], one), 7), \
+                                             _mm256_madd_epi16(lo[h], one));                   \
+                __m256 u = _mm256_fmadd_ps(LOAD8(sd + blk * 16 + 8 * h), _mm256_cvtepi32_ps(q), \
+                                           _mm256_mul_ps(LOAD8(sm + blk * 16 + 8 * h), sz));   \
+                f[h] = _mm256_fmadd_ps(u, sx, f[h]);                                           \
+            }                                                                                  \
+        }                                                                                      \
+        emit8(a, 16 * g, m0, f[0]);                                                            \
+        emit8(a, 16 * g + 8, m0, f[1]);                                                        \
+    }
 #define TWO_FOURS(NAME, FOUR)                                                                  \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
         FOUR(a, g, m0);                                                                        \
         FOUR(a, g, m0 + 4);                                                                    \
     }
-NT8P_TILE(nt_i8p_1, 1)
+NT8P_ONE(nt_i8p_1)
 NT8P_TILE(nt_i8p_2, 2)
 NT8P_TILE(nt_i8p_4, 4)
 TWO_FOURS(nt_i8p_8, nt_i8p_4)
 #define LOAD8_F32(p) _mm256_loadu_ps(p)
 #define LOAD8_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-NT4P_TILE(nt_i4p_1, 1, float, LOAD8_F32)
+NT4P_ONE(nt_i4p_1, float, LOAD8_F32)
 NT4P_TILE(nt_i4p_2, 2, float, LOAD8_F32)
 NT4P_TILE(nt_i4p_4, 4, float, LOAD8_F32)
 TWO_FOURS(nt_i4p_8, nt_i4p_4)
-NT4P_TILE(nt_i4ph_1, 1, uint16_t, LOAD8_F16)
+NT4P_ONE(nt_i4ph_1, uint16_t, LOAD8_F16)
 NT4P_TILE(nt_i4ph_2, 2, uint16_t, LOAD8_F16)
 NT4P_TILE(nt_i4ph_4, 4, uint16_t, LOAD8_F16)
 TWO_FOURS(nt_i4ph_8, nt_i4ph_4)
