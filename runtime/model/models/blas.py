@@ -11,32 +11,59 @@ each op while OpenBLAS's run, and the other way round (measured: a decode step 7
 So a forward whose products go here runs torch's own ops on one thread and gives its thread
 budget to OpenBLAS (``ModelRunner``).
 
-Bits: OpenBLAS splits a product by rows and columns, never along the summed dimension, so
-results are the same at any thread count (a test checks); they differ from MKL's in the last
-bits (the greedy outputs against transformers, which uses MKL, are tested).
+Bits: OpenBLAS's own threads do not keep a product's bits at every thread count (on a Zen 3
+its Haswell kernels gave 1 and 2 threads different bits from 16 rows up). So OpenBLAS runs one
+thread a call here, and ``matmul`` splits a product into column blocks of a fixed width
+(``COLUMN_BLOCK``) that ``threads`` threads of plait's own take in turn: every output is one
+single-threaded call's, the same whatever the thread count (a test checks). Results differ
+from MKL's in the last bits (the greedy outputs against transformers, which uses MKL, are
+tested).
 """
 
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from plait.runtime.errors import InvalidRequestError
 
+# The columns a single-threaded OpenBLAS call computes: wide enough that each call's packing
+# of the activations is small against its product, narrow enough that 2-8 threads share the
+# model's products (576 to 49152 columns) evenly.
+COLUMN_BLOCK = 256
+
 
 class OpenBLAS:
-    """numpy's OpenBLAS: its thread count, set only when it changes."""
+    """numpy's OpenBLAS held at one thread a call, and the ``threads`` (``set_threads``) that
+    ``matmul`` spreads a product's column blocks over."""
 
     def __init__(self, controller: object) -> None:
         self._controller = controller
+        self._limited = False
         self._threads: int | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def set_threads(self, n: int) -> None:
+        if not self._limited:
+            self._controller.limit(limits=1)  # type: ignore[attr-defined]
+            self._limited = True
         if n != self._threads:
-            self._controller.limit(limits=n)  # type: ignore[attr-defined]
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(n, thread_name_prefix="plait-blas") if n > 1 else None
             self._threads = n
+
+    def map(self, fn, items: list) -> None:
+        """``fn`` over ``items`` on the threads (the caller's alone at one thread)."""
+        if self._pool is None or len(items) == 1:
+            for item in items:
+                fn(item)
+            return
+        for f in [self._pool.submit(fn, item) for item in items]:
+            f.result()
 
 
 @functools.cache
@@ -79,8 +106,26 @@ def resolve(choice: str, device: torch.device, weight_bytes: int) -> OpenBLAS | 
 
 def matmul(x: torch.Tensor, weight: np.ndarray, transposed: bool) -> torch.Tensor:
     """``x @ weight`` (``transposed``: weight is ``[in, out]``) or ``x @ weight.T`` (``[out,
-    in]``) for a float32 CPU ``x`` of any leading shape; a new float32 tensor."""
+    in]``) for a float32 CPU ``x`` of any leading shape; a new float32 tensor. Column blocks of
+    ``COLUMN_BLOCK`` on numpy's OpenBLAS's threads (``set_threads``; one thread where none was
+    set): the same bits at any thread count."""
     lead = x.shape[:-1]
     xn = x.reshape(-1, x.shape[-1]).numpy()
-    y = xn @ weight if transposed else xn @ weight.T
-    return torch.from_numpy(y).reshape(*lead, y.shape[-1])
+    n_out = weight.shape[1] if transposed else weight.shape[0]
+    y = np.empty((xn.shape[0], n_out), np.float32)
+
+    def block(c0: int) -> None:
+        c1 = min(c0 + COLUMN_BLOCK, n_out)
+        w = weight[:, c0:c1] if transposed else weight[c0:c1].T
+        y[:, c0:c1] = xn @ w
+
+    blas = numpy_openblas()
+    starts = list(range(0, n_out, COLUMN_BLOCK))
+    if blas is None:
+        for c0 in starts:
+            block(c0)
+    else:
+        if blas._threads is None:
+            blas.set_threads(1)
+        blas.map(block, starts)
+    return torch.from_numpy(y).reshape(*lead, n_out)

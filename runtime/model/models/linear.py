@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plait.runtime.model.models import blas
+from plait.runtime.model.models import bf16_products, blas
 
 # A bfloat16 forward of at most this many rows takes ATen's own matrix-vector kernel (oneDNN
 # off): 1.3-1.8x faster than oneDNN's at 1-2 rows, several times slower from 4 rows up
@@ -83,4 +83,6 @@ class Linear(nn.Module):
                 return F.linear(x, self.weight, self.bias)
             finally:
                 torch.backends.mkldnn.enabled = True
+        if x.dtype == torch.bfloat16 and self.weight.dtype == torch.bfloat16:
+            return bf16_products.linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)

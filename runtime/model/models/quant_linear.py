@@ -3,9 +3,9 @@
 Decode streams every weight once per step, so fewer weight bytes is a faster step: int8 halves
 bfloat16's bytes, int4 quarters them. Both formats are GGUF's own (int8: Q8_0, one scale per
 32 elements; int4: Q4_0 / Q4_1 / Q4_K sub-blocks), so a GGUF's blocks load as stored. Decode
-steps run in the fused C step (``kernels/cpu_decode.c``), which reads the codes (by AVX512_VNNI
-integer dot products against activations quantized to 16 / 14 bits per 32-element block where
-the CPU has it; else widened in registers). torch has a kernel for int4's groups
+steps run in the fused C step (``kernels/cpu_decode.c``), which reads the codes (by integer dot
+products, AVX512_VNNI or AVX2, against activations quantized to 16 / 14 bits per 32-element
+block where the CPU has either; else widened in registers). torch has a kernel for int4's groups
 (``aten._weight_int4pack_mm_for_cpu``, vectorized for bfloat16 activations only, so the
 activation is cast around the product) but none for int8 blocks (its ``_weight_int8pack_mm``
 takes one scale per row, which cost greedy agreement with float32: 54.7%, bench/RESULTS.md),
@@ -15,8 +15,9 @@ so int8 outside the fused step multiplies by its bfloat16 copy.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from plait.runtime.model.models import bf16_products
 
 QUANTIZATIONS = ("int8", "int4")
 # Above this many rows an int4 forward in torch multiplies by a bfloat16 copy of the dequantized
@@ -81,7 +82,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
-        y = F.linear(x.reshape(-1, self.in_features).to(_COMPUTE), self.dense)
+        y = bf16_products.linear(x.reshape(-1, self.in_features).to(_COMPUTE), self.dense)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
 
 
@@ -151,7 +152,7 @@ class Int4Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features).to(_COMPUTE).contiguous()
         if x2.shape[0] > DENSE_ABOVE_ROWS:
-            y = F.linear(x2, self.dense)
+            y = bf16_products.linear(x2, self.dense)
         else:
             y = torch.ops.aten._weight_int4pack_mm_for_cpu(
                 x2, self.packed, INT4_GROUP, self.scales_zeros
