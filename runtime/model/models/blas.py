@@ -23,6 +23,7 @@ tested).
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -56,7 +57,7 @@ class OpenBLAS:
             self._pool = ThreadPoolExecutor(n, thread_name_prefix="plait-blas") if n > 1 else None
             self._threads = n
 
-    def map(self, fn, items: list) -> None:
+    def map(self, fn: Callable[[int], None], items: list[int]) -> None:
         """``fn`` over ``items`` on the threads (the caller's alone at one thread)."""
         if self._pool is None or len(items) == 1:
             for item in items:
