@@ -126,11 +126,13 @@ INLINE uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN kept quiet 
 }
 /* The sum of 16 lanes by halving (lane i + 8, then + 4, + 2, + 1) in registers: a fixed
  * order, and no round trip through memory (which made it the cost of a short row). */
-INLINE float hsum(f32x16 v) {
-    f32x8 a = __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
-              __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+INLINE float hsum8(f32x8 a) { /* hsum's steps after the first halving */
     f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
     return (b[0] + b[2]) + (b[1] + b[3]);
+}
+INLINE float hsum(f32x16 v) {
+    return hsum8(__builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7) +
+                 __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
 }
 /* ``hsum`` of 16 lanes held as VPARTS parts of VW lanes: the same additions in the same order
  * (the first halving, lane i + lane i + 8, is the two halves' sum). */
@@ -138,9 +140,7 @@ INLINE float hsum_parts(const vfw *v) {
 #if VW == 16
     return hsum(v[0]);
 #else
-    f32x8 a = v[0] + v[1];
-    f32x4 b = __builtin_shufflevector(a, a, 0, 1, 2, 3) + __builtin_shufflevector(a, a, 4, 5, 6, 7);
-    return (b[0] + b[2]) + (b[1] + b[3]);
+    return hsum8(v[0] + v[1]);
 #endif
 }
 /* 16 sums at once, each in exactly ``hsum``'s order (so the same bits): lane 4k + i holds
@@ -706,11 +706,7 @@ NT4_ROW(nt_i4_4, 4)
  *    its low nibble and code k0 + 4 + i in its high one;
  *  - DT_I4PH: DT_I4P with float16 scales and lows (GGUF Q4_0 / Q4_1 store theirs so: exact,
  *    and a sixth fewer bytes to read than float32). */
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define I8_VNNI 1
-#define PACKED_DOT 2
-/* the pair of int16 activations k, k + 1 of row b, in every lane */
-#define X_PAIR(b, k) _mm512_set1_epi32(x_pair(xq + (int64_t)(b) * K + (k)))
+/* the pair of int16 activations k, k + 1 as one 32-bit lane (the packed kernels' broadcast) */
 INLINE int32_t x_pair(const int16_t *p) {
     int32_t v;
     memcpy(&v, p, 4);
@@ -722,6 +718,11 @@ INLINE int32_t x_quad(const int8_t *p) {
     memcpy(&v, p, 4);
     return v;
 }
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define I8_VNNI 1
+#define PACKED_DOT 2
+/* x_pair of row b at k, in every lane */
+#define X_PAIR(b, k) _mm512_set1_epi32(x_pair(xq + (int64_t)(b) * K + (k)))
 /* the end of a tile: + bias, then stored or added (the residual) */
 INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
     float *dst = a->y + (int64_t)m * a->ldy + 16 * g;
@@ -861,16 +862,6 @@ static void quantize_x(const float *x, int64_t n_blocks, float top, int16_t *xq,
  * lane by lane: the same bits as an AVX512_VNNI build. Measured against the float kernels
  * they replace here (DT_I8's bfloat16 rounding per weight, DT_I4's widening to float32): see
  * bench/RESULTS.md. */
-INLINE int32_t x_pair(const int16_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
-INLINE int32_t x_quad(const int8_t *p) {
-    int32_t v;
-    memcpy(&v, p, 4);
-    return v;
-}
 /* The first pass over a group (its first half) asks for the line this many bytes ahead: M = 1
  * products of 4096 x 4096 on a 2-core Zen 3 streamed int4 at 13.3 GB/s without, 15.2 with
  * (int8 14.3, 15.0; best of 4); a whole int4 decode step gained ~2% by median. */

@@ -41,14 +41,17 @@ def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
 
 
-def _cpu_flags() -> str:
+@functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags as the kernel lists them (``/proc/cpuinfo``'s ``flags`` line,
+    ``Features`` on Arm), e.g. ``avx2``, ``avx512_vnni``; None where the system lists none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("flags", "Features")):
-                return line
+                return frozenset(line.partition(":")[2].split())
     except OSError:
         pass
-    return platform.processor()
+    return None
 
 
 def _library_path(cc: str) -> Path:
@@ -58,7 +61,7 @@ def _library_path(cc: str) -> Path:
         SOURCE.read_bytes(),
         " ".join(FLAGS).encode(),
         version.encode(),
-        _cpu_flags().encode(),
+        " ".join(sorted(cpu_flags() or [platform.processor()])).encode(),
     ):
         h.update(part + b"\0")
     return default_cache_dir() / "kernels" / f"cpu_decode-{h.hexdigest()[:16]}.so"

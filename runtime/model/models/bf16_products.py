@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import functools
 import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from plait.kernels import cpu_decode
 
 # CPU flags (Linux /proc/cpuinfo) with bfloat16 multiplies torch's GEMM uses
 _NATIVE_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
@@ -26,13 +27,10 @@ _NATIVE_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 @functools.cache
 def native_bf16() -> bool:
     """Whether this CPU has bfloat16 arithmetic torch's GEMM uses (True where unknown)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return any(f in line.split() for f in _NATIVE_FLAGS)
-    except OSError:
-        pass
-    return platform.machine() not in ("x86_64", "AMD64")
+    flags = cpu_decode.cpu_flags()
+    if flags is None:
+        return platform.machine() not in ("x86_64", "AMD64")
+    return any(f in flags for f in _NATIVE_FLAGS)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

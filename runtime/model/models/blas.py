@@ -39,31 +39,55 @@ COLUMN_BLOCK = 256
 
 class OpenBLAS:
     """numpy's OpenBLAS held at one thread a call, and the ``threads`` (``set_threads``) that
-    ``matmul`` spreads a product's column blocks over."""
+    ``map`` spreads a product's column blocks over: the caller's own thread and workers of one
+    pool, kept for the process (the thread policy switches a forward between 1 and 2 threads;
+    a switch starts no thread)."""
 
     def __init__(self, controller: object) -> None:
         self._controller = controller
         self._limited = False
-        self._threads: int | None = None
+        self._threads = 1
         self._pool: ThreadPoolExecutor | None = None
+        self._workers = 0
 
-    def set_threads(self, n: int) -> None:
+    def _limit(self) -> None:
         if not self._limited:
             self._controller.limit(limits=1)  # type: ignore[attr-defined]
             self._limited = True
-        if n != self._threads:
-            if self._pool is not None:
-                self._pool.shutdown(wait=True)
-            self._pool = ThreadPoolExecutor(n, thread_name_prefix="plait-blas") if n > 1 else None
-            self._threads = n
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    def set_threads(self, n: int) -> None:
+        """The threads the next ``map`` calls use (at least 1)."""
+        self._limit()
+        self._threads = max(1, n)
 
     def map(self, fn: Callable[[int], None], items: list[int]) -> None:
-        """``fn`` over ``items`` on the threads (the caller's alone at one thread)."""
-        if self._pool is None or len(items) == 1:
+        """``fn`` over every item once, on up to ``threads`` threads (the caller's among them),
+        each taking the next item left; returns when all are done."""
+        self._limit()
+        n = min(self._threads, len(items))
+        if n <= 1:
             for item in items:
                 fn(item)
             return
-        for f in [self._pool.submit(fn, item) for item in items]:
+        if self._workers < n - 1:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            self._pool = ThreadPoolExecutor(n - 1, thread_name_prefix="plait-blas")
+            self._workers = n - 1
+        assert self._pool is not None
+        left = iter(items)  # one list iterator: each next() is atomic under the GIL
+
+        def drain() -> None:
+            for item in left:
+                fn(item)
+
+        helpers = [self._pool.submit(drain) for _ in range(n - 1)]
+        drain()
+        for f in helpers:
             f.result()
 
 
@@ -126,7 +150,5 @@ def matmul(x: torch.Tensor, weight: np.ndarray, transposed: bool) -> torch.Tenso
         for c0 in starts:
             block(c0)
     else:
-        if blas._threads is None:
-            blas.set_threads(1)
         blas.map(block, starts)
     return torch.from_numpy(y).reshape(*lead, n_out)

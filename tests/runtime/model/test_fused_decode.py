@@ -128,10 +128,10 @@ def test_quantized_fused_step_computes_what_torch_does(model_dirs, quant):
     or AVX2) the fused step quantizes the activations to int16 per block: torch's quantized
     layers then compute that (``_vnni_reference``), in a float32 model (bfloat16 activations
     would move many int16 roundings), and the two agree to float32's precision."""
-    vnni = cpu_decode.library().plait_packed_dot()
-    dtype = "float32" if vnni else "bfloat16"
+    packed = cpu_decode.library().plait_packed_dot()
+    dtype = "float32" if packed else "bfloat16"
     state = _State(model_dirs["llama"], dtype, [5, 17, 1, 40], quant=quant)
-    if vnni:
+    if packed:
         for m in state.runner.model.modules():
             if isinstance(m, (Int8Linear, Int4Linear)):
                 m.forward = lambda x, m=m: (
@@ -143,7 +143,7 @@ def test_quantized_fused_step_computes_what_torch_does(model_dirs, quant):
     expected = state.torch_step(batch)
     got = state.fused_step(batch)
     err = torch.linalg.norm(got - expected) / torch.linalg.norm(expected)
-    assert err < (1e-4 if vnni else 3e-2)
+    assert err < (1e-4 if packed else 3e-2)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
 
 
