@@ -17,19 +17,22 @@ In-process, timers on the instances split each token's time into
 worker's loop (``zmq_worker.Worker``: drain the socket, step, send the records) in this
 process, fed by a client socket, as the worker process runs it (``EngineCore.own_process``):
 its ``other`` is the loop's time outside the C step. ``--worker`` starts a real worker process;
-only the client's wall time per token is seen there.
+only the client's wall time per token is seen there. ``--served`` also starts ``plait serve``
+(``bench_vs_llamacpp``'s server and single-stream client: httpx, ``/v1/completions``, one token
+a chunk by default) and times the stream from its first chunk to its last, as that bench does.
 
 ``--compare ROOT`` loads a second plait checkout (ROOT is the directory holding its ``plait``
 package, e.g. a ``PYTHONPATH`` entry) in the same process and alternates the two run by run, so
 a before / after comparison sees the same machine load; min and median over ``--repeats``.
 
   python bench/bench_decode_overhead.py [--variants int4,int8,bfloat16] [--new 200]
-      [--repeats 5] [--stream] [--worker-loop] [--worker] [--compare /tmp/pp-base]
+      [--repeats 5] [--stream] [--worker-loop] [--worker] [--served] [--compare /tmp/pp-base]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib
 import os
 import statistics
@@ -38,11 +41,14 @@ import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import zmq
 
 VARIANTS = {
+    "float32": {"dtype": "float32"},
     "bfloat16": {"dtype": "bfloat16"},
     "int8": {"dtype": "bfloat16", "quantization": "int8"},
     "int4": {"dtype": "bfloat16", "quantization": "int4"},
@@ -230,12 +236,52 @@ class ThroughWorker:
     def run(self, tag: str, params: dict[str, Any], stream: bool, c_seconds: float) -> Run:
         t = time.perf_counter()
         if stream:
-            for _ in self.runtime.generate(f"{PROMPT} {tag}", params, stream=True):
+            for _ in self.runtime.generate_stream(f"{PROMPT} {tag}", params):
                 pass
         else:
             self.runtime.generate(f"{PROMPT} {tag}", params)
         wall = time.perf_counter() - t
         return Run(params["max_new_tokens"], wall, {"C": c_seconds})
+
+
+SERVED = {
+    "float32": "plait-f32",
+    "bfloat16": "plait-bf16",
+    "int8": "plait-int8",
+    "int4": "plait-int4",
+}
+
+
+# the server with uvicorn's pure-Python defaults: asyncio's own loop and h11
+PURE_SERVER = (
+    "import sys; sys.modules['uvloop'] = sys.modules['httptools'] = None; "
+    "from plait.runtime.server.cli import serve; serve()"
+)
+
+
+class Served:
+    """``plait serve`` of the variant (``bench_vs_llamacpp.Server``, 2 threads) and its
+    single-stream client; only this tree (the server process imports the installed one).
+    ``pure``: uvloop and httptools hidden from the server (uvicorn falls back to asyncio / h11)."""
+
+    def __init__(self, variant: str, log_dir: str, pure: bool = False) -> None:
+        self.vs = importlib.import_module("plait.bench.bench_vs_llamacpp")
+        server = self.vs.Server(SERVED[variant], 2, Path(log_dir), [])
+        if pure:
+            server.log = Path(log_dir) / "pure.log"
+            server.cmd[1:3] = ["-c", PURE_SERVER]  # in place of -m plait.runtime.server
+        self.server = server.__enter__()
+
+    def run(self, rep: int, new: int) -> Run:
+        async def one() -> Any:
+            async with httpx.AsyncClient(base_url=self.server.base, timeout=600) as c:
+                return await self.vs.single(c, rep, new)
+
+        r = asyncio.run(one())
+        return Run(r.tokens, r.seconds, {"C": 0.0})
+
+    def close(self) -> None:
+        self.server.__exit__(None, None, None)
 
 
 def stat(xs: list[float]) -> str:
@@ -259,6 +305,10 @@ def main() -> None:
     ap.add_argument("--stream", action="store_true", help="stream=True (chunks, detokenizing)")
     ap.add_argument("--worker-loop", action="store_true", help="also the worker's loop, here")
     ap.add_argument("--worker", action="store_true", help="also through a worker process")
+    ap.add_argument("--served", action="store_true", help="also through `plait serve` (HTTP)")
+    ap.add_argument(
+        "--served-pure", action="store_true", help="and a server without uvloop / httptools"
+    )
     ap.add_argument("--compare", default=None, help="a second checkout's PYTHONPATH entry")
     args = ap.parse_args()
     trees: list[tuple[str, str | None]] = [("this", None)]
@@ -280,6 +330,13 @@ def main() -> None:
             loop = WorkerLoop(plait, variant) if args.worker_loop else None
             worker = ThroughWorker(plait, variant, root) if args.worker else None
             engines.append((name, inproc, loop, worker))
+        log_dir = tempfile.TemporaryDirectory(prefix="bench-served-")
+        served = {}
+        if args.served:
+            served["served (HTTP)"] = Served(variant, log_dir.name)
+        if args.served_pure:
+            served["served, asyncio + h11"] = Served(variant, log_dir.name, pure=True)
+        sruns: dict[str, list[Run]] = {label: [] for label in served}
         runs: dict[str, list[Run]] = {name: [] for name, *_ in engines}
         lruns: dict[str, list[Run]] = {name: [] for name, *_ in engines}
         wruns: dict[str, list[Run]] = {name: [] for name, *_ in engines}
@@ -293,6 +350,8 @@ def main() -> None:
                     wruns[name].append(
                         worker.run(f"{name} {i}", params, args.stream, r.phases["C"])
                     )
+            for label, server in served.items():
+                sruns[label].append(server.run(i, args.new))
         for name, _, loop, worker in engines:
             print(summary(f"{variant} {name} engine", runs[name], wruns[name]))
             if loop is not None:
@@ -300,6 +359,11 @@ def main() -> None:
                 loop.close()
             if worker is not None:
                 worker.runtime.shutdown()
+        for label, server in served.items():
+            per = [r.wall / r.tokens * 1e6 for r in sruns[label]]
+            print(f"{variant + ' ' + label:28s} {stat(per)}")
+            server.close()
+        log_dir.cleanup()
         print(f"# load {os.getloadavg()[0]:.2f}")
 
 

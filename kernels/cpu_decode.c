@@ -55,6 +55,19 @@ typedef uint8_t u8x16 __attribute__((vector_size(16)));
 #define VW 8
 #endif
 #define VPARTS (16 / VW)
+/* The batch tiles' weight rows x activation rows: each output holds VPARTS accumulators, so
+ * a tile keeps TILE_RO x TILE_NB x VPARTS of them live, plus TILE_RO weights and one
+ * activation. 4 x 4 fills 21 of AVX-512's 32 registers. AVX2 has 16: 4 x 4 there spilled the
+ * accumulators to the stack (one forward's products at 32-64 rows, 2 threads of a Zen 3:
+ * bfloat16 63 GFLOP/s, float32 75-77); 3 x 2 fills all 16 (bfloat16 98-101, float32 97-105;
+ * 2 x 3: 98-104 and 80-90; 4 x 1: 68-71 and 100-111). */
+#if VW == 16
+#define TILE_RO 4
+#define TILE_NB 4
+#else
+#define TILE_RO 3
+#define TILE_NB 2
+#endif
 typedef float vfw __attribute__((vector_size(4 * VW)));
 typedef int32_t i32xw __attribute__((vector_size(4 * VW)));
 typedef uint32_t u32xw __attribute__((vector_size(4 * VW)));
@@ -438,20 +451,21 @@ INLINE void row_scales(const gemv_args *a, int64_t o, int RO, const float **sc) 
         const float *sc[RO];                                                                   \
         row_scales(a, o, RO, sc);                                                              \
         for (int64_t k = 0; k < K16; k += 16) {                                                \
-            vfw wv[RO][VPARTS]; /* RO + NB loads per RO x NB FMAs */                               \
             if (next && k % (64 / sizeof(T)) == 0) /* a line per row */                         \
                 for (int r = 0; r < RO; r++) __builtin_prefetch(next + r * K + k, 0, 3);       \
-            for (int r = 0; r < RO; r++)                                                       \
-                for (int h = 0; h < VPARTS; h++) {                                                 \
-                    wv[r][h] = LOAD(w + r * K + k + VW * h, sc[r], k);                         \
-                    KEEP(wv[r][h]);                                                            \
+            /* part by part: RO weights live at once, not RO x VPARTS (AVX2 has 16 vectors) */ \
+            for (int h = 0; h < VPARTS; h++) {                                                 \
+                vfw wv[RO]; /* RO + NB loads per RO x NB FMAs */                               \
+                for (int r = 0; r < RO; r++) {                                                 \
+                    wv[r] = LOAD(w + r * K + k + VW * h, sc[r], k);                            \
+                    KEEP(wv[r]);                                                               \
                 }                                                                              \
-            for (int b = 0; b < NB; b++)                                                       \
-                for (int h = 0; h < VPARTS; h++) {                                                 \
+                for (int b = 0; b < NB; b++) {                                                 \
                     vfw xv = load_vw(x + b * K + k + VW * h);                                  \
                     KEEP(xv);                                                                  \
-                    for (int r = 0; r < RO; r++) acc[r][b][h] += wv[r][h] * xv;                \
+                    for (int r = 0; r < RO; r++) acc[r][b][h] += wv[r] * xv;                   \
                 }                                                                              \
+            }                                                                                  \
         }                                                                                      \
         if (VPARTS == 1 && RO == 4 && NB == 4 && K16 == K) {                                       \
             f32x16 v[16];                                                                      \
@@ -549,10 +563,10 @@ static void i8_to_bf16(const int8_t *src, const float *sc, uint16_t *dst, int64_
 #define TILE_SHAPES(TILE, P, ...)                                                              \
     TILE(P##_1x1, 1, 1, __VA_ARGS__)                                                           \
     TILE(P##_1x2, 1, 2, __VA_ARGS__)                                                           \
-    TILE(P##_1x4, 1, 4, __VA_ARGS__)                                                           \
-    TILE(P##_4x1, 4, 1, __VA_ARGS__)                                                           \
-    TILE(P##_4x2, 4, 2, __VA_ARGS__)                                                           \
-    TILE(P##_4x4, 4, 4, __VA_ARGS__)
+    TILE(P##_1xn, 1, TILE_NB, __VA_ARGS__)                                                     \
+    TILE(P##_rx1, TILE_RO, 1, __VA_ARGS__)                                                     \
+    TILE(P##_rx2, TILE_RO, 2, __VA_ARGS__)                                                     \
+    TILE(P##_rxn, TILE_RO, TILE_NB, __VA_ARGS__)
 
 INLINE float f32_id(float v) { return v; }
 /* The tails of k past the last whole block: DT_I8 has none (its rows are whole blocks). */
@@ -1123,9 +1137,9 @@ static void ntp_rows(const gemv_args *a, int64_t o0, int64_t o1) {
 /* (args, first output row o, first activation row m0, the weight rows of o on) */
 typedef void (*nt_kernel)(const gemv_args *, int64_t, int, const void *);
 
-/* Tiles by (weight rows, activation rows): [ro == 4][nb: 1, 2, 4]. int4 has its own kernels,
- * one weight row each (its codes are unpacked once for all NB activation rows). */
-#define TILE_SET(P) {{P##_1x1, P##_1x2, P##_1x4}, {P##_4x1, P##_4x2, P##_4x4}}
+/* Tiles by (weight rows, activation rows): [ro == TILE_RO][nb: 1, 2, TILE_NB]. int4 has its
+ * own kernels, one weight row each and 1, 2 or 4 activation rows (its codes are unpacked once for all NB activation rows). */
+#define TILE_SET(P) {{P##_1x1, P##_1x2, P##_1xn}, {P##_rx1, P##_rx2, P##_rxn}}
 static const nt_kernel tiles[4][2][3] = {
 #if BF16_DOT
     TILE_SET(nt_f32), TILE_SET(nt_bf16d), TILE_SET(nt_i8d),
@@ -1136,21 +1150,22 @@ static const nt_kernel tiles[4][2][3] = {
 
 /* Output rows [o0, o1). With one activation row a weight row is one stream (also with AVX2:
  * 4 rows at a time, 4 streams, lost a float32 decode step 24 -> 19 tok/s and a bfloat16 one
- * 37 -> 30 on a 2-core Zen 3, though they won on 4096 x 4096 products); with more, blocks
- * of 4 weight rows stay in L1 while every activation row passes over them. int8 blocks with
+ * 37 -> 30 on a 2-core Zen 3, though they won on 4096 x 4096 products); with 4 or more,
+ * blocks of TILE_RO weight rows stay in L1 while every activation row passes over them. int8 blocks with
  * more than one activation tile are made bfloat16 once into ``conv`` (4 rows) and run by the
  * bfloat16 tiles: the same values in the same order as the int8 tiles (same bits), without
  * converting each weight again for every tile. */
 static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) {
     static const int64_t half_bytes[4] = {8, 4, 2, 1}; /* 2 x bytes per weight, by DT_* */
     const int64_t row = a->in * half_bytes[a->dtype] / 2;
-    const int ro = a->M >= 4 && a->dtype != DT_I4 ? 4 : 1;
-    const nt_kernel *k = tiles[a->dtype][ro == 4], *k1 = tiles[a->dtype][0];
+    const int ro = a->M >= 4 && a->dtype != DT_I4 ? TILE_RO : 1;
+    const int nb = a->dtype == DT_I4 ? 4 : TILE_NB; /* the int4 kernels' widest is 4 rows */
+    const nt_kernel *k = tiles[a->dtype][ro > 1], *k1 = tiles[a->dtype][0];
     int64_t o = o0;
     for (; o + ro <= o1; o += ro) {
         const void *wr = (const char *)a->w + o * row;
         const nt_kernel *kk = k;
-#if BF16_DOT
+#if BF16_DOT /* (AVX-512: TILE_RO is 4, conv's rows) */
         if (conv && ro == 4) {
             for (int r = 0; r < 4; r++)
                 i8_to_bf16((const int8_t *)wr + r * a->in, a->scale + (o + r) * (a->in / 32),
@@ -1160,14 +1175,14 @@ static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) 
         }
 #endif
         int m = 0;
-        for (; m + 4 <= a->M; m += 4) kk[2](a, o, m, wr);
+        for (; m + nb <= a->M; m += nb) kk[2](a, o, m, wr);
         for (; m + 2 <= a->M; m += 2) kk[1](a, o, m, wr);
         for (; m < a->M; m++) kk[0](a, o, m, wr);
     }
     for (; o < o1; o++) {
         const void *wr = (const char *)a->w + o * row;
         int m = 0;
-        for (; m + 4 <= a->M; m += 4) k1[2](a, o, m, wr);
+        for (; m + nb <= a->M; m += nb) k1[2](a, o, m, wr);
         for (; m + 2 <= a->M; m += 2) k1[1](a, o, m, wr);
         for (; m < a->M; m++) k1[0](a, o, m, wr);
     }
