@@ -25,6 +25,7 @@ from collections.abc import Callable
 import torch
 
 from plait.kernels import cpu_decode
+from plait.runtime.model import huge_pages
 from plait.runtime.model.fused_decode import product_weights
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.quant_linear import (
@@ -51,10 +52,13 @@ def _best(fn: Callable[[], object], repeats: int) -> float:
 
 class ReadBound:
     """The read bandwidth now: the fastest of ``repeats`` sums over one buffer of ``gib``
-    GiB, allocated once, so a bench can measure it again and again between its runs."""
+    GiB, allocated once, so a bench can measure it again and again between its runs. The
+    buffer is on huge pages where the model's weights are (``huge_pages``: 2-16% faster reads
+    than 4 KiB pages on a Zen 3; before 2026-12-03 the bound was read on 4 KiB pages)."""
 
     def __init__(self, gib: float = 1.0) -> None:
-        self.buf = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)
+        buf = torch.ones(int(gib * (1 << 30)) // 4, dtype=torch.float32)
+        self.buf = huge_pages.place([buf])[0] if huge_pages.available() else buf
 
     def measure(self, repeats: int = 3) -> float:
         return self.buf.numel() * 4 / _best(lambda: self.buf.sum(), repeats)

@@ -37,6 +37,7 @@ import torch
 
 from plait.kernels import cpu_decode
 from plait.radix_cache.memory_pool import TokenToKVPool
+from plait.runtime.model import huge_pages
 from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
@@ -128,6 +129,25 @@ def product_weights(lin: torch.nn.Module, packed: bool, half_scales: bool = True
     return ProductWeights(_DTYPES[lin.weight.dtype], (lin.weight, None, None), [lin.weight])
 
 
+def _repacked_on_huge_pages(prods: list[ProductWeights]) -> None:
+    """Moves the tensors the products made (repacked int8 / int4, not the layers' own, which
+    the runner placed) onto huge pages, all in one mapping (``huge_pages``)."""
+    if not huge_pages.available():
+        return
+    owned = {id(t) for p in prods for t in p.sources}
+    made = [
+        (p, i)
+        for p in prods
+        for i, t in enumerate(p.tensors)
+        if t is not None and id(t) not in owned and t.numel() * t.element_size() >= 4096
+    ]
+    if not made:
+        return
+    moved = huge_pages.place([p.tensors[i] for p, i in made])
+    for (p, i), t in zip(made, moved):
+        p.tensors = (*p.tensors[:i], t, *p.tensors[i + 1 :])
+
+
 class FusedDecode:
     """``forward(batch, threads, sample_index)`` -> float32 logits of the sampled tokens."""
 
@@ -194,9 +214,23 @@ class FusedDecode:
             self._copies.append(c)
             return c.data_ptr()
 
+        linears = [self.model.lm_head] + [
+            lin
+            for layer in m.layers
+            for lin in (
+                layer.self_attn.qkv_proj,
+                layer.self_attn.o_proj,
+                layer.mlp.gate_up_proj,
+                layer.mlp.down_proj,
+            )
+        ]
+        packed = bool(self.lib.plait_packed_dot())
+        prods = {id(lin): product_weights(lin, packed, self.half_scales) for lin in linears}
+        _repacked_on_huge_pages(list(prods.values()))
+
         def matrix(lin: torch.nn.Module) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
-            p = product_weights(lin, bool(self.lib.plait_packed_dot()), self.half_scales)
+            p = prods[id(lin)]
             self.max_rows = min(self.max_rows, MAX_ROWS_BY_FORMAT.get(p.dtype, MAX_ROWS))
             self._sources += p.sources
             self._copies += [t for t in p.tensors if t is not None]  # held: the tables point there

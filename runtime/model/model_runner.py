@@ -12,7 +12,7 @@ import torch
 from plait.kernels.attention_backend import AttentionBackend
 from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.errors import InvalidRequestError
-from plait.runtime.model import fused_decode
+from plait.runtime.model import fused_decode, huge_pages
 from plait.runtime.model.forward_batch import ForwardBatch
 from plait.runtime.model.fused_decode import FusedDecode
 from plait.runtime.model.models import blas
@@ -53,17 +53,25 @@ class ModelRunner:
         self.attn = attn
         self.device = next(model.parameters()).device
         self.fused: FusedDecode | None = None
+        fusable = False
         if decode_kernel != "torch":
             reason = fused_decode.unsupported(model, kv_pool, self.device)
-            if reason is None:
+            fusable = reason is None
+            if fusable:
                 for m in model.modules():
                     if isinstance(m, Linear):
                         m.set_layout(False)
                 if isinstance(model.lm_head, Linear):
                     model.tie_weights()  # the head and the embedding share one [vocab, hidden]
-                self.fused = FusedDecode(model, kv_pool)
             elif decode_kernel == "fused":
                 raise InvalidRequestError("decode_kernel", f"fused is not available: {reason}")
+        # the weights as the products will read them, on huge pages (before the fused step
+        # takes their addresses)
+        self.huge_page_bytes = (
+            huge_pages.adopt_parameters(model) if self.device.type == "cpu" else 0
+        )
+        if fusable:
+            self.fused = FusedDecode(model, kv_pool)
         linears = [
             m for m in model.modules() if isinstance(m, Linear) and m.weight.dtype == torch.float32
         ]
