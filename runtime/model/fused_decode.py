@@ -129,6 +129,13 @@ def product_weights(lin: torch.nn.Module, packed: bool, half_scales: bool = True
     return ProductWeights(_DTYPES[lin.weight.dtype], (lin.weight, None, None), [lin.weight])
 
 
+def _products(layer: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """A decoder layer's products in the order its table row lists them: qkv, o, gate_up,
+    down."""
+    a, p = layer.self_attn, layer.mlp
+    return (a.qkv_proj, a.o_proj, p.gate_up_proj, p.down_proj)
+
+
 def _repacked_on_huge_pages(prods: list[ProductWeights]) -> None:
     """Moves the tensors the products made (repacked int8 / int4, not the layers' own, which
     the runner placed) onto huge pages, all in one mapping (``huge_pages``)."""
@@ -139,7 +146,7 @@ def _repacked_on_huge_pages(prods: list[ProductWeights]) -> None:
         (p, i)
         for p in prods
         for i, t in enumerate(p.tensors)
-        if t is not None and id(t) not in owned and t.numel() * t.element_size() >= 4096
+        if t is not None and id(t) not in owned
     ]
     if not made:
         return
@@ -214,16 +221,7 @@ class FusedDecode:
             self._copies.append(c)
             return c.data_ptr()
 
-        linears = [self.model.lm_head] + [
-            lin
-            for layer in m.layers
-            for lin in (
-                layer.self_attn.qkv_proj,
-                layer.self_attn.o_proj,
-                layer.mlp.gate_up_proj,
-                layer.mlp.down_proj,
-            )
-        ]
+        linears = [self.model.lm_head] + [lin for layer in m.layers for lin in _products(layer)]
         packed = bool(self.lib.plait_packed_dot())
         prods = {id(lin): product_weights(lin, packed, self.half_scales) for lin in linears}
         _repacked_on_huge_pages(list(prods.values()))
@@ -249,18 +247,14 @@ class FusedDecode:
         )
         rows = []
         for i, layer in enumerate(m.layers):
-            a, p = layer.self_attn, layer.mlp
             rows.append(
                 [
                     f32_copy(layer.input_layernorm.weight),
-                    f32_copy(getattr(a.qkv_proj, "bias", None)),
+                    f32_copy(getattr(layer.self_attn.qkv_proj, "bias", None)),
                     f32_copy(layer.post_attention_layernorm.weight),
                     ptr(self.kv_pool.k_buffer[i]),
                     ptr(self.kv_pool.v_buffer[i]),
-                    *matrix(a.qkv_proj),
-                    *matrix(a.o_proj),
-                    *matrix(p.gate_up_proj),
-                    *matrix(p.down_proj),
+                    *(entry for lin in _products(layer) for entry in matrix(lin)),
                 ]
             )
         self._layers = torch.tensor(rows, dtype=torch.int64)

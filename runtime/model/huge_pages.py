@@ -14,6 +14,7 @@ the mapping lives as long as any tensor on it (each holds the buffer).
 
 from __future__ import annotations
 
+import functools
 import mmap
 from pathlib import Path
 
@@ -25,6 +26,7 @@ MIN_BYTES = 1 << 20  # smaller tensors (norms, biases) stay where they are
 _THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 
+@functools.cache
 def available() -> bool:
     """Whether advising a mapping ``MADV_HUGEPAGE`` can give it huge pages here (Linux with
     THP in ``always`` or ``madvise`` mode)."""
@@ -67,11 +69,11 @@ def adopt_parameters(module: torch.nn.Module) -> int:
     the bytes moved (0 where huge pages are not available)."""
     if not available():
         return 0
-    params: dict[int, torch.nn.Parameter] = {}
-    for p in module.parameters():  # a tied parameter is listed once
-        if p.device.type == "cpu" and p.numel() * p.element_size() >= MIN_BYTES:
-            params[id(p)] = p
-    chosen = list(params.values())
+    chosen = [  # parameters() lists a tied parameter once
+        p
+        for p in module.parameters()
+        if p.device.type == "cpu" and p.numel() * p.element_size() >= MIN_BYTES
+    ]
     if not chosen:
         return 0
     with torch.no_grad():
