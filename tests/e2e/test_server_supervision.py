@@ -1,5 +1,6 @@
-"""A worker SIGKILLed under 32 streams: every stream ends at once (an error event, or its
-output if it had finished), /health says "restarting", and a new worker serves within seconds
+"""A worker SIGKILLed under 32 streams and requests it has not answered: every stream ends at
+once (an error event, or its output if it had finished), every unanswered request is a 503,
+/health says "restarting", and a new worker serves within seconds
 without restarting the server; the restart is counted in /metrics."""
 
 from __future__ import annotations
@@ -52,34 +53,72 @@ async def _stream(c: httpx.AsyncClient, url: str, i: int, started: asyncio.Event
     return events
 
 
+def _in_flight_tokens(url: str) -> float:
+    return metric(url, "plait:prompt_tokens_in_flight")
+
+
+async def _unfinishable(c: httpx.AsyncClient, url: str) -> httpx.Response:
+    """A request sent once the worker is stopped: it is admitted and handed to the worker, which
+    can never answer it."""
+    body = {"input_ids": [5] * LATE_PROMPT, "sampling_params": {"max_new_tokens": 8}}
+    return await c.post(f"{url}/generate", json=body)
+
+
+LATE_PROMPT = 100  # tokens; LATE such prompts outweigh the 32 streams' short prompts together
+LATE = 4
+
+
 def test_a_killed_worker_fails_its_streams_and_a_new_one_serves(robust_server, procs):
+    """The kill lands while requests are provably in flight, whatever the machine's speed: the
+    32 streams may all have finished by then (the tiny model is fast), so the worker is
+    stopped (SIGSTOP) first and then given requests it cannot answer; once the server has
+    admitted one of them, the worker is killed. Each late request is admitted before its
+    first token, so it fails with a 503; each stream either finished or ends in an error."""
     url, server = robust_server.url, robust_server.proc
     wait_healthy(url)
     (worker,) = procs.children(server.pid)
     restarts = metric(url, "plait:worker_restarts")
 
-    async def run() -> list:
+    async def run() -> tuple[list, list[httpx.Response]]:
         async with httpx.AsyncClient(timeout=HANG_GUARD_S) as c:
             started = [asyncio.Event() for _ in range(32)]
             tasks = [asyncio.ensure_future(_stream(c, url, i, e)) for i, e in enumerate(started)]
             await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started)), HANG_GUARD_S)
-            os.kill(worker, signal.SIGKILL)
-            return await asyncio.wait_for(asyncio.gather(*tasks), HANG_GUARD_S)
+            os.kill(worker, signal.SIGSTOP)
+            try:
+                # the streams' share only falls from here (every one was admitted before its
+                # first event), so a count above it proves a late request admitted
+                streams_share = await asyncio.to_thread(_in_flight_tokens, url)
+                assert streams_share < LATE * LATE_PROMPT
+                late = [asyncio.ensure_future(_unfinishable(c, url)) for _ in range(LATE)]
+                deadline = time.monotonic() + HANG_GUARD_S
+                while await asyncio.to_thread(_in_flight_tokens, url) <= streams_share:
+                    assert time.monotonic() < deadline, "no late request admitted"
+                    await asyncio.sleep(0.05)
+            finally:
+                os.kill(worker, signal.SIGKILL)
+            streams = await asyncio.wait_for(asyncio.gather(*tasks), HANG_GUARD_S)
+            return streams, await asyncio.wait_for(asyncio.gather(*late), HANG_GUARD_S)
 
-    streams = asyncio.run(run())
-    errors = 0
+    streams, late = asyncio.run(run())
     for events in streams:
         assert events[-1][1] == "[DONE]"  # every stream ended
         last = events[-2][1]
         if "error" in last:
-            errors += 1
             assert last["error"]["code"] == 503 and "worker" in last["error"]["message"]
             assert "ipc://" not in last["error"]["message"]
         else:  # the old worker finished it: every token came (the client may read its last
             # events after the kill, from buffers, so their arrival time says nothing)
             assert last["meta_info"]["finish_reason"]["type"] == "length"
             assert last["meta_info"]["completion_tokens"] == MAX_NEW
-    assert errors >= 1
+    failed = [r for r in late if r.status_code == 503]
+    assert failed, [r.status_code for r in late]  # at least the admitted one
+    for r in late:  # one sent after the new worker came up is served
+        assert r.status_code in (200, 503), r.text
+        if r.status_code == 503:
+            assert "worker" in r.text and "ipc://" not in r.text
+        else:
+            assert len(r.json()["output_ids"]) == 8
 
     seen = wait_healthy(url)
     assert {"status": "restarting", "restarts": restarts + 1} in seen, seen[:3]
