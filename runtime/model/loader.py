@@ -62,7 +62,7 @@ def load_model(
 
     with torch.device("meta"):
         model = LlamaForCausalLM(config, torch_dtype)
-    model = model.to(torch_dtype).to_empty(device=dev)
+    _materialize(model, torch_dtype, dev)
     model.model.rotary.build()  # not in the checkpoint
     if load_format == "dummy":
         init_dummy_weights(model)
@@ -77,6 +77,31 @@ def load_model(
     tokenizer = load_tokenizer(path)
     eos = _eos_ids(path, config, tokenizer)
     return LoadedModel(path, config, model, tokenizer, eos, context_len, torch_dtype, dev)
+
+
+def _materialize(model: torch.nn.Module, dtype: torch.dtype, device: torch.device) -> None:
+    """Gives every meta parameter and buffer uninitialized storage on ``device``, floating point
+    ones in ``dtype`` (what ``.to(dtype).to_empty(device)`` does, shared tensors stay shared),
+    without ``empty_like`` on meta tensors: that runs through ``torch._refs`` and imports the
+    symbolic-shapes machinery, a second per worker start."""
+    made: dict[int, torch.Tensor] = {}
+
+    def empty(t: torch.Tensor) -> torch.Tensor:
+        if id(t) not in made:
+            kind = dtype if t.is_floating_point() else t.dtype
+            made[id(t)] = torch.empty(tuple(t.shape), dtype=kind, device=device)
+        return made[id(t)]
+
+    params: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, param in module._parameters.items():
+            if param is not None:
+                if id(param) not in params:
+                    params[id(param)] = torch.nn.Parameter(empty(param), param.requires_grad)
+                module._parameters[name] = params[id(param)]
+        for name, buf in module._buffers.items():
+            if buf is not None:
+                module._buffers[name] = empty(buf)
 
 
 def _model_dir(model_path: str | Path | None, load_format: str) -> Path:
