@@ -226,12 +226,14 @@ def get_tokenizer(model_path):
 '''
 
 
-def run_plait(only: list[str] | None, max_total_tokens: int) -> list[Outcome]:
+def run_plait(
+    only: list[str] | None, max_total_tokens: int, quantization: str | None = None
+) -> list[Outcome]:
     import plait
 
     src, _ = fetch_sglang()
     module = load_plait_programs(src, cache_dir() / "plait-run")
-    runtime = plait.Runtime(max_total_tokens=max_total_tokens)
+    runtime = plait.Runtime(max_total_tokens=max_total_tokens, quantization=quantization)
     try:
         plait.set_default_backend(runtime)
         return run_tests(module, "plait", only)
@@ -323,22 +325,25 @@ def table(results: dict[str, list[dict[str, Any]]]) -> str:
 
 
 @contextmanager
-def plait_serve(max_total_tokens: int) -> Iterator[str]:
+def plait_serve(max_total_tokens: int, quantization: str | None = None) -> Iterator[str]:
     """``plait serve`` on a free loopback port; yields its URL once it serves."""
     from plait.runtime.server.launch import serve
 
-    with serve("--max-total-tokens", str(max_total_tokens), stop_timeout=30) as server:
+    quant = ["--quantization", quantization] if quantization else []
+    with serve("--max-total-tokens", str(max_total_tokens), *quant, stop_timeout=30) as server:
         yield server.url
 
 
 def both_ways(args: argparse.Namespace) -> None:
     extra = ["--tests", args.tests] if args.tests else []
+    if args.quantization:
+        extra += ["--quantization", args.quantization]
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
     results["plait"] = _run_way("plait", None, extra)
     seconds["plait"] = time.monotonic() - t0
-    with plait_serve(args.max_total_tokens) as url:
+    with plait_serve(args.max_total_tokens, args.quantization) as url:
         t0 = time.monotonic()
         results["sglang"] = _run_way("sglang", url, extra)
         seconds["sglang"] = time.monotonic() - t0
@@ -361,6 +366,11 @@ def main() -> None:
     ap.add_argument("--tests", help="comma-separated test names (default: all)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--max-total-tokens", type=int, default=16384)
+    ap.add_argument(
+        "--quantization",
+        choices=["int8", "int4"],
+        help="weight-only quantized linear layers (default: the model's float32)",
+    )
     args = ap.parse_args()
     only = args.tests.split(",") if args.tests else None
     try:
@@ -372,7 +382,7 @@ def main() -> None:
         both_ways(args)
         return
     if args.way == "plait":
-        outcomes = run_plait(only, args.max_total_tokens)
+        outcomes = run_plait(only, args.max_total_tokens, args.quantization)
     elif args.way == "sglang":
         outcomes = run_sglang(args.url, only)
     elif args.way == "examples":
