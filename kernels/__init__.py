@@ -1,1 +1,0 @@
-"""Attention over the paged KV pool: one interface, a torch implementation (CPU and reference)."""
