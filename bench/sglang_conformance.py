@@ -336,12 +336,11 @@ def plait_serve(max_total_tokens: int, quantization: str | None = None) -> Itera
 
 def both_ways(args: argparse.Namespace) -> None:
     extra = ["--tests", args.tests] if args.tests else []
-    if args.quantization:
-        extra += ["--quantization", args.quantization]
+    quant = ["--quantization", args.quantization] if args.quantization else []
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     t0 = time.monotonic()
-    results["plait"] = _run_way("plait", None, extra)
+    results["plait"] = _run_way("plait", None, extra + quant)  # the server below is quantized
     seconds["plait"] = time.monotonic() - t0
     with plait_serve(args.max_total_tokens, args.quantization) as url:
         t0 = time.monotonic()
