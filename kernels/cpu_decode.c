@@ -322,8 +322,20 @@ static int acquire_pool(int nthreads) {
     return nthreads;
 }
 
+static atomic_int ahead_stop; /* set: a job ``post_ahead`` started stops at its next check */
+
+/* Waits until the workers are idle: a job ``post_ahead`` left running is told to stop. */
+static void settle(void) {
+    if (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) {
+        atomic_store_explicit(&ahead_stop, 1, memory_order_relaxed);
+        while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) CPU_RELAX();
+    }
+    atomic_store_explicit(&ahead_stop, 0, memory_order_relaxed);
+}
+
 /* Runs fn(arg, tid, nth) for tid in [0, nth): tid 0 on the caller's thread. */
 static void parallel(task_fn fn, void *arg, int nth) {
+    settle();
     if (nth <= 1 || pool.workers == 0) {
         fn(arg, 0, 1);
         return;
@@ -342,11 +354,85 @@ static void parallel(task_fn fn, void *arg, int nth) {
     while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) CPU_RELAX();
 }
 
+/* Starts fn(arg, tid, nth) on the workers (tid 1 .. workers, nth = workers + 1) and returns
+ * without waiting: for work whose end nobody waits on, which checks ``ahead_stop`` often (the
+ * next ``parallel`` sets it and waits). ``arg`` must outlive the call. */
+static void post_ahead(task_fn fn, void *arg) {
+    settle();
+    if (pool.workers == 0) return;
+    pool.fn = fn;
+    pool.arg = arg;
+    pool.nth = pool.workers + 1;
+    atomic_store(&pool.pending, pool.workers);
+    atomic_fetch_add_explicit(&pool.gen, 1, memory_order_seq_cst);
+    if (atomic_load(&pool.sleepers) > 0) {
+        pthread_mutex_lock(&pool.mu);
+        pthread_cond_broadcast(&pool.cv);
+        pthread_mutex_unlock(&pool.mu);
+    }
+}
+
 INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64_t *hi) {
     int64_t units = (n + align - 1) / align;
     int64_t a = units * tid / nth, b = units * (tid + 1) / nth;
     *lo = a * align < n ? a * align : n;
     *hi = b * align < n ? b * align : n;
+}
+
+/* ---- work by claiming ---------------------------------------------------------------------- */
+
+/* A phase's units split by claiming rather than by a fixed share: each thread claims the units
+ * of its own share (``split``'s, in order: one stream for the prefetcher) one chunk at a time,
+ * then claims the unclaimed chunks left in the other threads' shares. A thread that runs
+ * slower (descheduled for the HTTP server or the client on a 2-core box, or given less of the
+ * memory bus) no longer holds the phase while the others wait at its end: they finish its
+ * share. Every unit is still computed whole by the one thread that claimed it, in the same
+ * order, so which thread claims what never changes a bit. */
+typedef struct {
+    _Alignas(64) atomic_llong next; /* the share's next unclaimed unit */
+    int64_t end;
+} share_t;
+static share_t shares[MAX_THREADS];
+
+typedef void (*range_fn)(void *arg, int tid, int64_t lo, int64_t hi);
+
+typedef struct {
+    range_fn fn;
+    void *arg;
+    int64_t units, chunk;
+} claim_args;
+
+/* Claims up to ``chunk`` units of share ``s``; returns how many (0: the share is done). */
+INLINE int64_t claim(share_t *s, int64_t chunk, int64_t *lo) {
+    if (atomic_load_explicit(&s->next, memory_order_relaxed) >= s->end) return 0;
+    *lo = atomic_fetch_add_explicit(&s->next, chunk, memory_order_relaxed);
+    return *lo < s->end ? (s->end - *lo < chunk ? s->end - *lo : chunk) : 0;
+}
+
+static void claim_task(void *p, int tid, int nth) {
+    const claim_args *c = (const claim_args *)p;
+    int64_t lo, n;
+    for (int k = 0; k < nth; k++) { /* its own share first, then the next threads' */
+        share_t *s = &shares[(tid + k) % nth];
+        while ((n = claim(s, c->chunk, &lo)) > 0) c->fn(c->arg, tid, lo, lo + n);
+    }
+}
+
+/* Runs fn(arg, tid, lo, hi) over [0, units) in ranges of at most ``chunk`` units, on ``nth``
+ * threads by claiming. Each range starts at a multiple of ``chunk``, whatever ``nth``: a
+ * kernel's tiles fall on the same rows at any thread count. */
+static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk, int nth) {
+    if (nth > pool.workers + 1) nth = pool.workers + 1;
+    if (nth < 1) nth = 1;
+    const int64_t chunks = (units + chunk - 1) / chunk;
+    for (int t = 0; t < nth; t++) {
+        int64_t lo, hi;
+        split(chunks, 1, t, nth, &lo, &hi);
+        atomic_store_explicit(&shares[t].next, lo * chunk, memory_order_relaxed);
+        shares[t].end = hi * chunk < units ? hi * chunk : units;
+    }
+    claim_args c = {fn, arg, units, chunk};
+    parallel(claim_task, &c, nth); /* its release of pool.gen publishes the shares */
 }
 
 /* ---- products ---------------------------------------------------------------------------- */
@@ -1196,11 +1282,12 @@ static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) 
     }
 }
 
-static void gemv_task(void *p, int tid, int nth) {
+/* Output rows a product's threads claim at a time: whole 16-row groups of the packed formats
+ * and whole TILE_RO tiles, ~50 KB of bfloat16 weights at 576 inputs. */
+#define GEMV_CHUNK (16 * TILE_RO)
+
+static void gemv_rows(void *p, int tid, int64_t lo, int64_t hi) {
     const gemv_args *a = (const gemv_args *)p;
-    int64_t lo, hi;
-    split(a->out, 16, tid, nth, &lo, &hi);
-    if (lo >= hi) return;
 #if PACKED_DOT
     if (is_packed(a->dtype)) {
         ntp_rows(a, lo, hi);
@@ -1244,7 +1331,7 @@ static int gemv(gemv_args *a, int nth) {
         }
         a->xs = xs;
         a->xsum = xz;
-        parallel(gemv_task, a, nth);
+        parallel_claim(gemv_rows, a, a->out, GEMV_CHUNK, nth);
         free(q);
         return 0;
 #else
@@ -1274,7 +1361,7 @@ static int gemv(gemv_args *a, int nth) {
         a->xb = xb;
     }
     a->conv = nconv ? xb + nxb : NULL;
-    parallel(gemv_task, a, nth);
+    parallel_claim(gemv_rows, a, a->out, GEMV_CHUNK, nth);
     free(buf);
     return 0;
 }
@@ -1319,6 +1406,7 @@ typedef struct {
     float *scores; /* [nth, Hq / Hkv, max_seq] */
     int64_t max_seq;
     float scale;
+    int per; /* query heads per unit of work (``attention`` sets it) */
 } attn_args;
 
 /* The attention of one unit is written with D (head_dim) and the KV dtype as arguments of
@@ -1488,18 +1576,19 @@ static void attn_unit(const attn_args *a, int m, int kvh, int h0, int h1, float 
 
 /* Units: (row, KV head) with all its query heads when there are enough of them to keep every
  * thread busy (K and V read once per group), else (row, query head). */
-static void attn_task(void *p, int tid, int nth) {
+static void attn_units(void *p, int tid, int64_t lo, int64_t hi) {
     const attn_args *a = (const attn_args *)p;
-    const int G = a->Hq / a->Hkv;
-    const int per = (int64_t)a->M * a->Hkv >= 4 * nth ? G : 1; /* query heads per unit */
-    const int units_per_row = a->Hq / per;
+    const int G = a->Hq / a->Hkv, per = a->per, units_per_row = a->Hq / per;
     float *sc = a->scores + (int64_t)tid * per * a->max_seq;
-    int64_t lo, hi;
-    split((int64_t)a->M * units_per_row, 1, tid, nth, &lo, &hi);
     for (int64_t u = lo; u < hi; u++) {
         const int m = (int)(u / units_per_row), h0 = (int)(u % units_per_row) * per;
         attn_unit(a, m, h0 / G, h0, h0 + per, sc);
     }
+}
+
+static void attention(attn_args *a, int nth) {
+    a->per = (int64_t)a->M * a->Hkv >= 4 * nth ? a->Hq / a->Hkv : 1; /* query heads per unit */
+    parallel_claim(attn_units, a, (int64_t)a->M * (a->Hq / a->per), 1, nth);
 }
 
 typedef struct {
@@ -1575,6 +1664,66 @@ static void store_kv(const float *src, void *cache, int dt, int64_t slot, int64_
     }
 }
 
+/* ---- the next step's first weights, read ahead ------------------------------------------------ */
+
+/* Between two steps the caller runs Python (sampling, scheduling, the output: ~0.5 ms of a
+ * single stream's step) while the memory bus idles. The workers spend that gap reading the
+ * next step's first weights (layer 0 on) into the caches, up to ``AHEAD_BYTES``, so the next
+ * step starts on weights already near: a prefetch, nothing is written. The next call to the
+ * pool stops it (``ahead_stop``) wherever it got to. */
+#define AHEAD_RANGES 64
+
+typedef struct {
+    const char *p[AHEAD_RANGES];
+    int64_t n[AHEAD_RANGES];
+    int count;
+    int64_t bytes;
+} ahead_list;
+
+static ahead_list ahead;
+
+static void ahead_add(ahead_list *a, const void *p, int64_t n, int64_t budget) {
+    if (!p || n <= 0 || a->count == AHEAD_RANGES || a->bytes >= budget) return;
+    if (n > budget - a->bytes) n = budget - a->bytes;
+    a->p[a->count] = (const char *)p;
+    a->n[a->count++] = n;
+    a->bytes += n;
+}
+
+/* A matrix's bytes as the products read them: its codes, then its scales and lows. */
+static void ahead_matrix(ahead_list *a, const int64_t *mat, int64_t in, int64_t out,
+                         int64_t budget) {
+    static const int64_t eighths[7] = {32, 16, 8, 4, 8, 4, 4}; /* 8 x bytes a weight, by DT_* */
+    const int dt = (int)mat[MAT_DTYPE];
+    if (dt < 0 || dt > DT_I4PH) return;
+    ahead_add(a, (const void *)mat[MAT_W], in * out * eighths[dt] / 8, budget);
+    const int64_t groups = in / 32 * out, per = dt == DT_I4PH ? 2 : 4;
+    if (dt != DT_F32 && dt != DT_BF16)
+        ahead_add(a, (const void *)mat[MAT_SCALE], groups * per, budget);
+    if (dt == DT_I4 || dt == DT_I4P || dt == DT_I4PH)
+        ahead_add(a, (const void *)mat[MAT_LOW], groups * per, budget);
+}
+
+static void ahead_task(void *p, int tid, int nth) {
+    const ahead_list *a = (const ahead_list *)p;
+    if (tid == 0) return;
+    int64_t lo, hi, at = 0; /* this worker's part of the list's bytes */
+    split(a->bytes, 4096, tid - 1, nth - 1, &lo, &hi);
+    for (int r = 0; r < a->count && at < hi; at += a->n[r], r++) {
+        int64_t b0 = lo > at ? lo - at : 0, b1 = hi - at < a->n[r] ? hi - at : a->n[r];
+        for (int64_t b = b0; b < b1; b += 4096) {
+            if (atomic_load_explicit(&ahead_stop, memory_order_relaxed)) return;
+            const int64_t e = b + 4096 < b1 ? b + 4096 : b1;
+            for (int64_t i = b; i < e; i += 64) __builtin_prefetch(a->p[r] + i, 0, 2);
+        }
+    }
+}
+
+/* 8 MiB: a quarter of a Zen 3's 32 MiB L3, a bfloat16 SmolLM2-135M layer (7 MB) read in a
+ * gap of ~0.5 ms. 16 MiB evicted what the Python between the steps uses, and it ran slower.
+ * (glibc's sysconf said 256 MiB of L3 on that 2-core VM: the host's, not the guest's share.) */
+#define AHEAD_BYTES ((int64_t)8 << 20)
+
 /* One forward of M tokens, each attending to its request's KV slots
  * req_to_token[rows[m], 0 .. seq_lens[m]) after its own K and V are written at out_loc[m]:
  * a decode step (one token per request), or a short prefill (a request's tokens in order,
@@ -1629,8 +1778,8 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         }
         attn_args at = {M, Hq, Hkv, D, kvdt, qkv, attn,
                         (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
-                        rows, seq_lens, scores, max_seq, (float)scale};
-        parallel(attn_task, &at, nthreads);
+                        rows, seq_lens, scores, max_seq, (float)scale, 0};
+        attention(&at, nthreads);
         gemv_args go = product(lp + L_O, (int64_t)Hq * D, H, attn, NULL, hidden, 1, M);
         rc |= gemv(&go, nthreads);
         rms_norm(hidden, (const float *)lp[L_MLP_NORM], xn, M, H, (float)eps);
@@ -1646,6 +1795,20 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
                  (float)eps);
     gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
     rc |= gemv(&gl, nthreads);
+    const int64_t budget = AHEAD_BYTES;
+    if (nthreads > 1) {
+        settle(); /* (no job reads the list while it is rewritten) */
+        ahead.count = 0;
+        ahead.bytes = 0;
+        for (int l = 0; l < L && ahead.bytes < budget; l++) {
+            const int64_t *lp = layer_ptrs + (int64_t)l * L_COUNT;
+            ahead_matrix(&ahead, lp + L_QKV, H, QKV, budget);
+            ahead_matrix(&ahead, lp + L_O, (int64_t)Hq * D, H, budget);
+            ahead_matrix(&ahead, lp + L_GATE_UP, H, 2 * I, budget);
+            ahead_matrix(&ahead, lp + L_DOWN, I, H, budget);
+        }
+        post_ahead(ahead_task, &ahead);
+    }
     pthread_mutex_unlock(&pool.step_lock);
     free(buf);
     return rc;

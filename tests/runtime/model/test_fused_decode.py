@@ -501,6 +501,58 @@ def _int4_dense(layer: Int4Linear) -> torch.Tensor:
     return w.view(n, 2 * half)
 
 
+def _formats(n: int, k: int) -> list[tuple[int, torch.Tensor, dict]]:
+    """One weight [n, k] in every format the products read, with its ``gemv`` keywords."""
+    gen = torch.Generator().manual_seed(n + k)
+    dense = torch.randn(n, k, generator=gen)
+    i8, i4 = Int8Linear.from_float(dense), Int4Linear.from_float(dense)
+    out = [
+        (cpu_decode.DT_F32, dense, {}),
+        (cpu_decode.DT_BF16, dense.bfloat16(), {}),
+        (cpu_decode.DT_I8, i8.qweight, {"scale": i8.scale}),
+        (cpu_decode.DT_I4, i4.nibbles, {"scale": i4.group_scale, "low": i4.group_low}),
+    ]
+    if cpu_decode.library().plait_packed_dot():
+        out += [_packed(i8), _packed(i4)]
+    return out
+
+
+@pytest.mark.parametrize("m", [1, 4, 7, 33])
+def test_products_are_the_same_bits_whoever_claims_the_rows(m):
+    """A product's threads claim chunks of output rows (their own share first, then the
+    others'), so which thread computes a row changes from run to run: never its bits. 1040
+    rows: 21 chunks and a ragged last one (16 rows); 3 and 5 threads split them unevenly."""
+    lib = cpu_decode.library()
+    n, k = 1040, 96
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
+    for code, w, kw in _formats(n, k):
+        one = torch.empty(m, n)
+        assert cpu_decode.gemv(lib, code, w, x, one, threads=1, **kw) == 0
+        for threads in (2, 3, 5) * 4:
+            y = torch.empty(m, n)
+            assert cpu_decode.gemv(lib, code, w, x, y, threads=threads, **kw) == 0
+            assert torch.equal(y, one), (code, threads)
+
+
+def test_the_read_ahead_after_a_step_never_races_the_next_call(model_dirs):
+    """A step leaves its workers reading the next step's first weights after it returns; the
+    next call on the pool (a step or a product, any thread count) stops and waits for them:
+    every result is the one a quiet pool gives."""
+    lib = cpu_decode.library()
+    state = _State(model_dirs["llama"], "float32", [6, 3])
+    batch = state.decode_batch([0, 1], [7, 8])
+    first = state.fused_step(batch, threads=1)
+    x, w = torch.randn(3, 64), torch.randn(200, 64)
+    expected = torch.empty(3, 200)
+    cpu_decode.gemv(lib, cpu_decode.DT_F32, w, x, expected, threads=1)
+    for threads in (2, 3, 2, 4, 2):
+        assert torch.equal(state.fused_step(batch, threads=threads), first)
+        y = torch.empty(3, 200)
+        assert cpu_decode.gemv(lib, cpu_decode.DT_F32, w, x, y, threads=threads) == 0
+        assert torch.equal(y, expected)
+        assert torch.equal(state.fused_step(batch, threads=threads), first)
+
+
 def _product_in_child(queue) -> None:
     x, w = torch.ones(1, 64), torch.ones(32, 64)
     y = torch.empty(1, 32)
