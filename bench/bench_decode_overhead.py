@@ -27,6 +27,11 @@ a before / after comparison sees the same machine load; min and median over ``--
 
   python bench/bench_decode_overhead.py [--variants int4,int8,bfloat16] [--new 200]
       [--repeats 5] [--stream] [--worker-loop] [--worker] [--served] [--compare /tmp/pp-base]
+      [--contender 7:1]
+
+``--contender PERIOD:BURST`` runs a process that takes BURST ms of CPU every PERIOD ms beside
+every run (``bench/contender.py``): 7:1 is about what ``plait serve`` and its client take beside
+a single stream's worker, so the in-process numbers show what that costs a step.
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ from typing import Any
 
 import httpx
 import zmq
+
+from plait.bench.contender import Contender
 
 VARIANTS = {
     "float32": {"dtype": "float32"},
@@ -310,7 +317,20 @@ def main() -> None:
         "--served-pure", action="store_true", help="and a server without uvloop / httptools"
     )
     ap.add_argument("--compare", default=None, help="a second checkout's PYTHONPATH entry")
+    ap.add_argument(
+        "--contender",
+        default=None,
+        help="PERIOD:BURST ms of CPU taken beside the runs (7:1 ~ a served single stream's "
+        "server and client), or busy",
+    )
     args = ap.parse_args()
+    with ExitStack() as stack:
+        if args.contender:
+            print(f"# beside a contender: {stack.enter_context(Contender.parse(args.contender))}")
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     trees: list[tuple[str, str | None]] = [("this", None)]
     if args.compare:
         trees.append((os.path.basename(args.compare.rstrip("/")), args.compare))

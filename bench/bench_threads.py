@@ -13,13 +13,14 @@ the repeat spread (max / min - 1), and the load average.
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import os
 import statistics
 import time
+from contextlib import ExitStack
 
 import torch
 
+from plait.bench.contender import Contender
 from plait.bench.workloads import distinct_prompts
 from plait.runtime.engine import Engine
 
@@ -36,13 +37,6 @@ VARIANTS = {
 }
 
 
-def _spin(stop: mp.Event) -> None:
-    x = 0
-    while not stop.is_set():
-        for _ in range(100_000):
-            x += 1
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--variants", default="float32,bfloat16,int4")
@@ -53,10 +47,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--contender", action="store_true", help="a busy process beside the engine")
     args = ap.parse_args()
-    stop = mp.Event()
-    contender = mp.Process(target=_spin, args=(stop,), daemon=True)
-    if args.contender:
-        contender.start()
+    with ExitStack() as stack:
+        if args.contender:
+            stack.enter_context(Contender.parse("busy"))
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     prompts = distinct_prompts(args.batch, words=args.words)
     params = {"max_new_tokens": args.new, "temperature": 0, "ignore_eos": True}
     threads = args.threads.split(",")
@@ -75,7 +72,6 @@ def main() -> None:
                 rates.setdefault((name, n), []).append(rate)
                 print(f"  {name} threads={n}: {rate:.1f} tok/s (load {os.getloadavg()[0]:.1f})")
         del engine
-    stop.set()
     print(f"\n| precision | threads | median tok/s | spread | load {os.getloadavg()[0]:.1f} |")
     print("| --- | --- | --- | --- | --- |")
     for (name, n), r in rates.items():
