@@ -19,6 +19,8 @@ same bits at 1 and 2 threads, but SDPA's CPU kernel sums long key ranges in a di
 
 from __future__ import annotations
 
+import math
+
 
 class ThreadPolicy:
     """``choose(num_tokens)`` before a forward, ``record(...)`` with its duration after.
@@ -31,7 +33,12 @@ class ThreadPolicy:
 
     Re-trying the losing count costs one slow trial, so a bucket's interval between tries
     doubles (``min_interval`` .. ``max_interval`` forwards) each time the loser loses again and
-    falls back to ``min_interval`` when it wins.
+    falls back to ``min_interval`` when it wins. It is also never shorter than what keeps the
+    re-tries' cost under ``explore_cost`` of the time: a trial of a count ``r`` times slower
+    costs ``trial_forwards * (r - 1)`` forwards' time, so the next try waits at least that over
+    ``explore_cost`` forwards (a float32 decode step at 1 thread ~2x slower: ~100 forwards
+    between tries, where doubling from 8 tried it 3 times in a stream's first 64 tokens and
+    made a first request ~10-20% slower than the next).
 
     Counts are compared by seconds per token: a bucket's forwards differ in size up to 2x (a
     prefill chunk of 2,048 tokens and one of 1,100 share a bucket), and per forward the smaller
@@ -54,11 +61,13 @@ class ThreadPolicy:
         warm_tokens: int = 64,
         all_threads_above: int = 256,
         trial_forwards: int = 3,
+        explore_cost: float = 0.03,
     ) -> None:
         self.candidates = sorted({1, max(max_threads, 1)})
         self.min_interval, self.max_interval = min_interval, max_interval
         self.smoothing = smoothing
         self.trial_forwards = max(trial_forwards, 1)
+        self.explore_cost = explore_cost
         self._avg: dict[tuple[int, int], float] = {}  # (bucket, threads) -> seconds per token
         self._trial: dict[tuple[int, int], list[float]] = {}  # the current trial's forwards
         self._trying: dict[int, int] = {}  # bucket -> the loser, while its trial runs
@@ -109,11 +118,21 @@ class ThreadPolicy:
         # the loser's average is stale by design: a fresh try replaces it
         fresh = old is None or tried_loser
         self._avg[key] = per_token if fresh else old + self.smoothing * (per_token - old)
-        if tried_loser:
-            interval = self._interval.get(b, self.min_interval)
-            won = self._best(b) == threads
-            interval = self.min_interval if won else min(2 * interval, self.max_interval)
-            self._interval[b] = self._until_try[b] = interval
+        measured = all((b, t) in self._avg for t in self.candidates)
+        if tried_loser or (old is None and measured):  # a try, or the bucket's first measures
+            if tried_loser and self._best(b) == threads:
+                interval = self.min_interval  # the loser won: it runs now, the other is tried
+            else:
+                doubled = 2 * self._interval.get(b, self.min_interval) if tried_loser else 0
+                interval = max(self.min_interval, doubled, self._affordable_interval(b))
+            self._interval[b] = self._until_try[b] = min(interval, self.max_interval)
+
+    def _affordable_interval(self, bucket: int) -> int:
+        """Forwards between tries that keep their cost under ``explore_cost`` of the time."""
+        per_token = [self._avg[(bucket, t)] for t in self.candidates]
+        best, worst = min(per_token), max(per_token)
+        ratio = worst / best if best > 0 else 1.0
+        return math.ceil(self.trial_forwards * (ratio - 1) / self.explore_cost)
 
     def _best(self, bucket: int) -> int:
         return min(self.candidates, key=lambda t: self._avg[(bucket, t)])

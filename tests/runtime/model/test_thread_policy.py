@@ -118,3 +118,22 @@ def test_a_trial_of_the_loser_runs_its_forwards_back_to_back():
     assert chosen[:6] == [2, 2, 2, 1, 1, 1]
     runs = "".join(map(str, chosen[6:])).split("1")
     assert {r for r in runs if r} == {"222"}  # every try of two threads: three in a row
+
+
+def test_a_much_slower_count_is_re_tried_only_as_often_as_affordable():
+    """A count 2x slower costs a trial's forwards again each try: with re-tries held to 3% of
+    the time, the next try waits ~100 forwards (doubling from 8 alone tried it 3 times in the
+    first 64)."""
+    policy = ThreadPolicy(2, trial_forwards=3, explore_cost=0.03)
+    chosen = _run(policy, 1, {1: 2.0, 2: 1.0}, 120)
+    assert chosen[:6] == [2, 2, 2, 1, 1, 1]  # each count's first trial
+    assert chosen[6:105] == [2] * 99  # ceil(3 * (2 - 1) / 0.03) = 100 forwards on
+    assert 1 in chosen[105:]
+
+
+def test_a_count_nearly_as_fast_is_re_tried_often():
+    """Close counts cost little to re-try, so the policy keeps checking which is faster."""
+    policy = ThreadPolicy(2, min_interval=8, max_interval=16, trial_forwards=3)
+    chosen = _run(policy, 1, {1: 1.05, 2: 1.0}, 200)
+    tries = sum(1 for a, b in zip(chosen, chosen[1:]) if a == 2 and b == 1)
+    assert tries >= 8
