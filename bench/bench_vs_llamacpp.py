@@ -87,10 +87,20 @@ def free_port() -> int:
 class Server:
     """One server process; ``with`` starts it, waits for /health, and stops it."""
 
-    def __init__(self, system: str, threads: int, log_dir: Path, plait_flags: list[str]) -> None:
+    def __init__(
+        self,
+        system: str,
+        threads: int,
+        log_dir: Path,
+        plait_flags: list[str],
+        pythonpath: str | None = None,
+        tag: str = "",
+    ) -> None:
+        """``pythonpath``: plait from another checkout (its ``PYTHONPATH`` entry)."""
         self.kind, self.precision, extra = SYSTEMS[system]
         self.port = free_port()
-        self.log = log_dir / f"{system}.log"
+        self.log = log_dir / f"{system}{tag}.log"
+        self.env = dict(os.environ, PYTHONPATH=pythonpath) if pythonpath else None
         if self.kind == "plait":
             self.cmd = [
                 sys.executable, "-m", "plait.runtime.server", "--port", str(self.port),
@@ -110,7 +120,11 @@ class Server:
 
     def __enter__(self) -> Server:
         self.proc = subprocess.Popen(
-            self.cmd, stdout=self.log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+            self.cmd,
+            stdout=self.log.open("w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=self.env,
         )
         deadline = time.time() + 600
         while time.time() < deadline:

@@ -446,6 +446,9 @@ static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk,
  * layout of GGUF's Q4_0 / Q4_1) and float32 [out, in / 32] scales and lows. */
 enum { DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3, DT_I8P = 4, DT_I4P = 5, DT_I4PH = 6 };
 
+/* 8 x the bytes a weight takes, by DT_* (int4: half a byte; scales and lows apart). */
+static const int64_t weight_eighths[7] = {32, 16, 8, 4, 8, 4, 4};
+
 /* The formats packed for AVX512_VNNI (16 output rows a vector). */
 INLINE int is_packed(int dtype) { return dtype == DT_I8P || dtype == DT_I4P || dtype == DT_I4PH; }
 
@@ -1282,9 +1285,18 @@ static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) 
     }
 }
 
-/* Output rows a product's threads claim at a time: whole 16-row groups of the packed formats
- * and whole TILE_RO tiles, ~50 KB of bfloat16 weights at 576 inputs. */
-#define GEMV_CHUNK (16 * TILE_RO)
+/* Output rows a product's threads claim at a time: a multiple of GEMV_ROWS (whole 16-row
+ * groups of the packed formats, whole TILE_RO tiles) holding at least GEMV_CHUNK_BYTES of
+ * weights, so a claim's atomic and call stay small beside its reads (48 int4 rows of 576
+ * inputs are 14 KB, ~0.5 us at the read bound). */
+#define GEMV_ROWS (16 * TILE_RO)
+#define GEMV_CHUNK_BYTES (64 << 10)
+
+static int64_t gemv_chunk(const gemv_args *a) {
+    const int64_t row = a->in * weight_eighths[a->dtype] / 8;
+    const int64_t rows = row > 0 && row < GEMV_CHUNK_BYTES ? GEMV_CHUNK_BYTES / row : 1;
+    return (rows + GEMV_ROWS - 1) / GEMV_ROWS * GEMV_ROWS; /* at least GEMV_ROWS */
+}
 
 static void gemv_rows(void *p, int tid, int64_t lo, int64_t hi) {
     const gemv_args *a = (const gemv_args *)p;
@@ -1331,7 +1343,7 @@ static int gemv(gemv_args *a, int nth) {
         }
         a->xs = xs;
         a->xsum = xz;
-        parallel_claim(gemv_rows, a, a->out, GEMV_CHUNK, nth);
+        parallel_claim(gemv_rows, a, a->out, gemv_chunk(a), nth);
         free(q);
         return 0;
 #else
@@ -1361,7 +1373,7 @@ static int gemv(gemv_args *a, int nth) {
         a->xb = xb;
     }
     a->conv = nconv ? xb + nxb : NULL;
-    parallel_claim(gemv_rows, a, a->out, GEMV_CHUNK, nth);
+    parallel_claim(gemv_rows, a, a->out, gemv_chunk(a), nth);
     free(buf);
     return 0;
 }
@@ -1693,10 +1705,9 @@ static void ahead_add(ahead_list *a, const void *p, int64_t n, int64_t budget) {
 /* A matrix's bytes as the products read them: its codes, then its scales and lows. */
 static void ahead_matrix(ahead_list *a, const int64_t *mat, int64_t in, int64_t out,
                          int64_t budget) {
-    static const int64_t eighths[7] = {32, 16, 8, 4, 8, 4, 4}; /* 8 x bytes a weight, by DT_* */
     const int dt = (int)mat[MAT_DTYPE];
     if (dt < 0 || dt > DT_I4PH) return;
-    ahead_add(a, (const void *)mat[MAT_W], in * out * eighths[dt] / 8, budget);
+    ahead_add(a, (const void *)mat[MAT_W], in * out * weight_eighths[dt] / 8, budget);
     const int64_t groups = in / 32 * out, per = dt == DT_I4PH ? 2 : 4;
     if (dt != DT_F32 && dt != DT_BF16)
         ahead_add(a, (const void *)mat[MAT_SCALE], groups * per, budget);

@@ -520,10 +520,11 @@ def _formats(n: int, k: int) -> list[tuple[int, torch.Tensor, dict]]:
 @pytest.mark.parametrize("m", [1, 4, 7, 33])
 def test_products_are_the_same_bits_whoever_claims_the_rows(m):
     """A product's threads claim chunks of output rows (their own share first, then the
-    others'), so which thread computes a row changes from run to run: never its bits. 1040
-    rows: 21 chunks and a ragged last one (16 rows); 3 and 5 threads split them unevenly."""
+    others'), so which thread computes a row changes from run to run: never its bits. 4112
+    rows: in every format a few chunks (~64 KB of weights each) and a ragged last one; 3 and 5
+    threads split them unevenly."""
     lib = cpu_decode.library()
-    n, k = 1040, 96
+    n, k = 4112, 96
     x = torch.randn(m, k, generator=torch.Generator().manual_seed(m))
     for code, w, kw in _formats(n, k):
         one = torch.empty(m, n)
@@ -532,6 +533,17 @@ def test_products_are_the_same_bits_whoever_claims_the_rows(m):
             y = torch.empty(m, n)
             assert cpu_decode.gemv(lib, code, w, x, y, threads=threads, **kw) == 0
             assert torch.equal(y, one), (code, threads)
+
+
+def test_rows_wider_than_a_claim_are_claimed_one_group_at_a_time():
+    """A float32 row of 32,768 inputs (128 KB) is past a claim's ~64 KB: claims still take
+    whole row groups."""
+    lib = cpu_decode.library()
+    gen = torch.Generator().manual_seed(7)
+    w, x = torch.randn(100, 32768, generator=gen), torch.randn(2, 32768, generator=gen)
+    y = torch.empty(2, 100)
+    assert cpu_decode.gemv(lib, cpu_decode.DT_F32, w, x, y, threads=2) == 0
+    torch.testing.assert_close(y.double(), x.double() @ w.double().t(), rtol=1e-5, atol=1e-3)
 
 
 def test_the_read_ahead_after_a_step_never_races_the_next_call(model_dirs):
