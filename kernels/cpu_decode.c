@@ -20,6 +20,10 @@
  *  - Weights are [out, in], row-major (``Linear`` with ``transposed`` False).
  *  - Not reentrant across threads: the pool runs one step at a time (a mutex serialises
  *    callers, e.g. two engines in one process).
+ *  - A phase's work is claimed in chunks, not split in fixed halves (``parallel_claim``): a
+ *    thread slowed by the machine does not hold the others at the phase's end.
+ *  - After a step returns, its workers may still be prefetching (only reading) the next
+ *    step's first weights; every later call on the pool stops them and waits first.
  */
 #define _GNU_SOURCE
 #include <math.h>
