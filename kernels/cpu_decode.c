@@ -1290,15 +1290,19 @@ static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) 
 }
 
 /* Output rows a product's threads claim at a time: a multiple of GEMV_ROWS (whole 16-row
- * groups of the packed formats, whole TILE_RO tiles) holding at least GEMV_CHUNK_BYTES of
+ * groups of the packed formats, whole TILE_RO tiles) holding about GEMV_CHUNK_BYTES of
  * weights, so a claim's atomic and call stay small beside its reads (48 int4 rows of 576
- * inputs are 14 KB, ~0.5 us at the read bound). */
+ * inputs are 14 KB, ~0.5 us at the read bound), but no more than a quarter of a thread's
+ * share, so the last claims even out the threads. */
 #define GEMV_ROWS (16 * TILE_RO)
 #define GEMV_CHUNK_BYTES (64 << 10)
 
-static int64_t gemv_chunk(const gemv_args *a) {
+static int64_t gemv_chunk(const gemv_args *a, int nth) {
     const int64_t row = a->in * weight_eighths[a->dtype] / 8;
-    const int64_t rows = row > 0 && row < GEMV_CHUNK_BYTES ? GEMV_CHUNK_BYTES / row : 1;
+    int64_t rows = row > 0 && row < GEMV_CHUNK_BYTES ? GEMV_CHUNK_BYTES / row : 1;
+    const int64_t spread = a->out / (4 * (int64_t)(nth > 1 ? nth : 1)); /* ~4 claims a thread */
+    if (spread < rows) rows = spread; /* (an int4 576 x 576 product is 166 KB: 3 chunks) */
+    if (rows < 1) rows = 1;
     return (rows + GEMV_ROWS - 1) / GEMV_ROWS * GEMV_ROWS; /* at least GEMV_ROWS */
 }
 
@@ -1347,7 +1351,7 @@ static int gemv(gemv_args *a, int nth) {
         }
         a->xs = xs;
         a->xsum = xz;
-        parallel_claim(gemv_rows, a, a->out, gemv_chunk(a), nth);
+        parallel_claim(gemv_rows, a, a->out, gemv_chunk(a, nth), nth);
         free(q);
         return 0;
 #else
@@ -1377,7 +1381,7 @@ static int gemv(gemv_args *a, int nth) {
         a->xb = xb;
     }
     a->conv = nconv ? xb + nxb : NULL;
-    parallel_claim(gemv_rows, a, a->out, gemv_chunk(a), nth);
+    parallel_claim(gemv_rows, a, a->out, gemv_chunk(a, nth), nth);
     free(buf);
     return 0;
 }
