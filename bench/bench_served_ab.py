@@ -18,7 +18,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from plait.bench.bench_machine import ReadBound
-from plait.bench.bench_vs_llamacpp import SYSTEMS, Server, run_workload
+from plait.bench.bench_vs_llamacpp import SYSTEMS, Server, add_workload_args, run_workload
 
 
 def main() -> None:
@@ -28,12 +28,7 @@ def main() -> None:
     ap.add_argument("--workloads", default="single")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--single-new", type=int, default=128, help="tokens of the single stream")
-    ap.add_argument("--batch-requests", type=int, default=32)
-    ap.add_argument("--batch-new", type=int, default=64)
-    ap.add_argument("--conversations", type=int, default=8)
-    ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--turn-new", type=int, default=32)
+    add_workload_args(ap, single_new=128)
     ap.add_argument("--log-dir", default="/tmp/plait-served-ab")
     args = ap.parse_args()
     log_dir = Path(args.log_dir)

@@ -16,12 +16,11 @@ import argparse
 import asyncio
 import os
 import resource
-import time
 from pathlib import Path
 
 import httpx
 
-from plait.bench.bench_vs_llamacpp import Server, _body
+from plait.bench.bench_vs_llamacpp import Server, stream_stamps
 from plait.bench.proc_tree import children
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -46,14 +45,9 @@ def own_cpu() -> float:
 
 
 async def stream(base: str, new: int) -> list[float]:
-    body = _body("Story: Once upon a time, in a small village,", new, True)
-    stamps = []
+    """The chunk arrival times of one streamed completion of ``new`` tokens."""
     async with httpx.AsyncClient(base_url=base, timeout=600) as client:
-        async with client.stream("POST", "/v1/completions", json=body) as r:
-            r.raise_for_status()
-            async for line in r.aiter_lines():
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    stamps.append(time.perf_counter())
+        stamps, _ = await stream_stamps(client, "Story: Once upon a time, in a small village,", new)
     return stamps
 
 

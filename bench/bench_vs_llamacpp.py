@@ -161,12 +161,13 @@ async def complete(client: httpx.AsyncClient, prompt: str, max_tokens: int) -> t
     return data["choices"][0]["text"], int(data["usage"]["completion_tokens"])
 
 
-async def single(client: httpx.AsyncClient, rep: int, new: int) -> Result:
-    """Decode rate of one stream: the tokens after the first over the time from the first
-    text chunk to the last. A chunk may carry several tokens (the detokenizer holding back
-    bytes, a server's stream interval), so tokens are counted from the usage the stream ends
-    with (``ignore_eos``: ``new`` without one), taking the first chunk as one token."""
-    prompt = f"Story {rep}: Once upon a time, in a small village,"
+async def stream_stamps(
+    client: httpx.AsyncClient, prompt: str, new: int
+) -> tuple[list[float], int]:
+    """Streams one greedy completion of ``new`` tokens: the arrival time of each chunk that
+    carries text, and the tokens produced, from the usage the stream ends with (``ignore_eos``:
+    ``new`` without one). A chunk may carry several tokens (the detokenizer holding back bytes,
+    a server's stream interval)."""
     body = _body(prompt, new, True) | {"stream_options": {"include_usage": True}}
     stamps: list[float] = []
     produced = new
@@ -179,6 +180,15 @@ async def single(client: httpx.AsyncClient, rep: int, new: int) -> Result:
                     stamps.append(time.perf_counter())
                 if chunk.get("usage"):
                     produced = int(chunk["usage"]["completion_tokens"])
+    return stamps, produced
+
+
+async def single(client: httpx.AsyncClient, rep: int, new: int) -> Result:
+    """Decode rate of one stream: the tokens after the first over the time from the first
+    text chunk to the last (``stream_stamps``, the first chunk taken as one token)."""
+    stamps, produced = await stream_stamps(
+        client, f"Story {rep}: Once upon a time, in a small village,", new
+    )
     return Result(stamps[-1] - stamps[0], produced - 1)
 
 
@@ -234,25 +244,32 @@ def step_bytes(precision: str, kind: str) -> int:
     return sum(int(t.n_bytes) for t in reader.tensors)  # the tied embedding is the head
 
 
+def add_workload_args(ap: argparse.ArgumentParser, single_new: int = 64) -> None:
+    """The workloads' sizes (``run_workload`` reads them): the issue's by default, smaller
+    ones for a smoke run."""
+    ap.add_argument(
+        "--single-new", type=int, default=single_new, help="tokens of the single stream"
+    )
+    ap.add_argument("--batch-requests", type=int, default=32, help="shared / distinct requests")
+    ap.add_argument("--batch-new", type=int, default=64, help="new tokens per batch request")
+    ap.add_argument("--conversations", type=int, default=8)
+    ap.add_argument("--turns", type=int, default=4)
+    ap.add_argument("--turn-new", type=int, default=32, help="new tokens per turn")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--systems", default=",".join(s for s in SYSTEMS if s != "plait-f32-mkl"))
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--single-new", type=int, default=64, help="tokens of the single stream")
+    add_workload_args(ap)
     ap.add_argument(
         "--stream-interval", type=int, default=1, help="plait's --stream-interval (tokens a chunk)"
     )
     ap.add_argument(
         "--num-scheduler-steps", type=int, default=1, help="plait's decode forwards a step"
     )
-    # the issue's sizes by default; smaller ones for a smoke run
-    ap.add_argument("--batch-requests", type=int, default=32, help="shared / distinct requests")
-    ap.add_argument("--batch-new", type=int, default=64, help="new tokens per batch request")
-    ap.add_argument("--conversations", type=int, default=8)
-    ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--turn-new", type=int, default=32, help="new tokens per turn")
     ap.add_argument(
         "--pairs", action="store_true", help="a precision's servers up together, runs alternating"
     )

@@ -337,13 +337,9 @@ static void settle(void) {
     atomic_store_explicit(&ahead_stop, 0, memory_order_relaxed);
 }
 
-/* Runs fn(arg, tid, nth) for tid in [0, nth): tid 0 on the caller's thread. */
-static void parallel(task_fn fn, void *arg, int nth) {
-    settle();
-    if (nth <= 1 || pool.workers == 0) {
-        fn(arg, 0, 1);
-        return;
-    }
+/* Hands fn(arg, tid, nth) to the workers (tid 1 .. nth - 1 run it; the others only count
+ * themselves done in ``pending``) and returns at once. The pool must be settled. */
+static void post(task_fn fn, void *arg, int nth) {
     pool.fn = fn;
     pool.arg = arg;
     pool.nth = nth;
@@ -354,26 +350,27 @@ static void parallel(task_fn fn, void *arg, int nth) {
         pthread_cond_broadcast(&pool.cv);
         pthread_mutex_unlock(&pool.mu);
     }
+}
+
+/* Runs fn(arg, tid, nth) for tid in [0, nth): tid 0 on the caller's thread. */
+static void parallel(task_fn fn, void *arg, int nth) {
+    settle();
+    if (nth <= 1 || pool.workers == 0) {
+        fn(arg, 0, 1);
+        return;
+    }
+    post(fn, arg, nth);
     fn(arg, 0, nth);
     while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) CPU_RELAX();
 }
 
-/* Starts fn(arg, tid, nth) on the workers (tid 1 .. workers, nth = workers + 1) and returns
- * without waiting: for work whose end nobody waits on, which checks ``ahead_stop`` often (the
- * next ``parallel`` sets it and waits). ``arg`` must outlive the call. */
-static void post_ahead(task_fn fn, void *arg) {
+/* Starts fn(arg, tid, nth) on workers 1 .. nth - 1 and returns without waiting: for work
+ * whose end nobody waits on, which checks ``ahead_stop`` often (the next ``parallel`` sets it
+ * and waits). ``arg`` must outlive the call. */
+static void post_ahead(task_fn fn, void *arg, int nth) {
     settle();
-    if (pool.workers == 0) return;
-    pool.fn = fn;
-    pool.arg = arg;
-    pool.nth = pool.workers + 1;
-    atomic_store(&pool.pending, pool.workers);
-    atomic_fetch_add_explicit(&pool.gen, 1, memory_order_seq_cst);
-    if (atomic_load(&pool.sleepers) > 0) {
-        pthread_mutex_lock(&pool.mu);
-        pthread_cond_broadcast(&pool.cv);
-        pthread_mutex_unlock(&pool.mu);
-    }
+    if (nth > pool.workers + 1) nth = pool.workers + 1;
+    if (nth > 1) post(fn, arg, nth);
 }
 
 INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64_t *hi) {
@@ -1257,8 +1254,7 @@ static const nt_kernel tiles[4][2][3] = {
  * bfloat16 tiles: the same values in the same order as the int8 tiles (same bits), without
  * converting each weight again for every tile. */
 static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) {
-    static const int64_t half_bytes[4] = {8, 4, 2, 1}; /* 2 x bytes per weight, by DT_* */
-    const int64_t row = a->in * half_bytes[a->dtype] / 2;
+    const int64_t row = a->in * weight_eighths[a->dtype] / 8;
     const int ro = a->M >= 4 && a->dtype != DT_I4 ? TILE_RO : 1;
     const int nb = a->dtype == DT_I4 ? 4 : TILE_NB; /* the int4 kernels' widest is 4 rows */
     const nt_kernel *k = tiles[a->dtype][ro > 1], *k1 = tiles[a->dtype][0];
@@ -1826,7 +1822,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
             ahead_matrix(&ahead, lp + L_GATE_UP, H, 2 * I, budget);
             ahead_matrix(&ahead, lp + L_DOWN, I, H, budget);
         }
-        post_ahead(ahead_task, &ahead);
+        post_ahead(ahead_task, &ahead, nthreads);
     }
     pthread_mutex_unlock(&pool.step_lock);
     free(buf);
