@@ -174,18 +174,16 @@ class RuntimeClient:
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
         ping_sent: float | None = None
-        last_ping = time.monotonic()
+        last_ping = alive_checked = time.monotonic()
         try:
             while not self._closed:
                 events = dict(poller.poll(POLL_MS))
                 if self._wake_r in events:
                     os.read(self._wake_r, 4096)
                 self._send_outbox(sock)
-                while True:
-                    try:
-                        data = sock.recv(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
+                # read while the socket says a frame waits (a failed recv raises, per wake-up)
+                while sock.get(zmq.EVENTS) & zmq.POLLIN:
+                    data = sock.recv(zmq.NOBLOCK)
                     try:
                         msg = m.decode(data)
                     except m.MessageError as e:  # a frame we cannot read names no request
@@ -196,9 +194,12 @@ class RuntimeClient:
                     self._dispatch(msg)
                 now = time.monotonic()
                 if self._pending or any(self._waiters.values()):
-                    if self._is_alive is not None and not self._is_alive():
-                        self._die("the worker process exited")
-                        return
+                    # the process's exit, looked at once a poll interval (not every chunk)
+                    if now - alive_checked >= POLL_MS / 1000:
+                        alive_checked = now
+                        if self._is_alive is not None and not self._is_alive():
+                            self._die("the worker process exited")
+                            return
                     if ping_sent is not None and now - ping_sent > self.heartbeat_timeout:
                         self._die(f"the worker did not answer a ping in {self.heartbeat_timeout} s")
                         return

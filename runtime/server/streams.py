@@ -82,7 +82,11 @@ class ServerState:
 
 class Stream:
     """One submitted choice: its handle, iterated with timing, cancelled past its deadline
-    (``request_timeout``: a TimeoutError ends it)."""
+    (``request_timeout``: a TimeoutError ends it).
+
+    The deadline is one timer on the event loop for the whole stream, armed at the first
+    ``next`` and disarmed by the last chunk or ``close``: per chunk, ``asyncio.wait_for`` made
+    a task and a timer (a served stream's every token)."""
 
     def __init__(
         self, handle: Any, metrics: ServerMetrics, timeout: float | None, tenant: str | None
@@ -92,25 +96,38 @@ class Stream:
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self._it = handle.__aiter__()
+        self._expiry: asyncio.TimerHandle | None = None
         self.last: Any = None
 
     async def next(self) -> Any:
+        if self.deadline is not None and self._expiry is None:
+            left = max(self.deadline - time.monotonic(), 0.0)
+            self._expiry = asyncio.get_running_loop().call_later(left, self._expire)
         try:
-            if self.deadline is None:
-                chunk = await self._it.__anext__()
-            else:
-                left = max(self.deadline - time.monotonic(), 0.0)
-                chunk = await asyncio.wait_for(self._it.__anext__(), left)
+            chunk = await self._it.__anext__()
         except StopAsyncIteration:
+            self.close()
             return None
-        except asyncio.TimeoutError:
-            self.handle.cancel()
-            raise TimeoutError(
-                f"the request ran past the request timeout ({self.timeout} s)"
-            ) from None
+        except BaseException:
+            self.close()
+            raise
         self.timer.on_chunk(chunk.output_ids, chunk.finished, chunk.meta_info)
         self.last = chunk
+        if chunk.finished:
+            self.close()
         return chunk
+
+    def _expire(self) -> None:
+        """The deadline passed: the worker drops the request, its reader gets the error."""
+        self.handle.cancel()  # (before the error: a finished handle aborts nothing)
+        self.handle.push(
+            TimeoutError(f"the request ran past the request timeout ({self.timeout} s)")
+        )
+
+    def close(self) -> None:
+        """Disarms the deadline (the stream ended, or its reader left)."""
+        if self._expiry is not None:
+            self._expiry.cancel()
 
 
 def key_tenant(request: Request) -> str | None:
@@ -155,6 +172,7 @@ def submit_calls(
 
 def cancel_all(streams: list[Stream]) -> None:
     for s in streams:
+        s.close()
         s.handle.cancel()
 
 
@@ -194,7 +212,12 @@ async def final_chunks(request: Request, streams: list[Stream]) -> list[Any] | N
 
 async def merged_chunks(streams: list[Stream], firsts: list[Any]) -> AsyncIterator[tuple[int, Any]]:
     """Yields ``(stream index, chunk)`` as chunks arrive, the first chunks first; an error of
-    one stream comes as the chunk (an exception instance)."""
+    one stream comes as the chunk (an exception instance). One stream (most requests) is read
+    directly; several through a queue their pump tasks fill."""
+    if len(streams) == 1:
+        async for item in _one_stream(streams[0], firsts[0]):
+            yield item
+        return
     queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
 
     async def pump(i: int) -> None:
@@ -226,6 +249,24 @@ async def merged_chunks(streams: list[Stream], firsts: list[Any]) -> AsyncIterat
         for p in pumps:
             p.cancel()
         cancel_all(streams)
+
+
+async def _one_stream(stream: Stream, first: Any) -> AsyncIterator[tuple[int, Any]]:
+    """``merged_chunks`` of one stream."""
+    chunk = first
+    try:
+        if chunk is not None:
+            yield 0, chunk
+        while chunk is not None and not chunk.finished:
+            try:
+                chunk = await stream.next()
+            except Exception as e:
+                yield 0, e
+                return
+            if chunk is not None:
+                yield 0, chunk
+    finally:
+        cancel_all([stream])
 
 
 # Characters JSON leaves raw (ensure_ascii=False) that line readers split on: httpx's
