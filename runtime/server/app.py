@@ -139,7 +139,9 @@ def create_app(
         stream = body.get("stream", False)
         if not isinstance(stream, bool):
             raise InvalidRequestError("stream", "must be a boolean")
-        streams = submit_calls(state, calls, request_scope(body, key_tenant(request)))
+        streams = submit_calls(
+            state, calls, request_scope(body, key_tenant(request)), stream=stream
+        )
         per_stream = [call for call in calls for _ in range(call.n)]  # submit_calls' order
         if not stream:
             finals = await final_chunks(request, streams)

@@ -214,7 +214,7 @@ async def _respond(
     created = int(time.time())
     model = body.get("model") or state.model_name
     head = {"id": rid, "object": fmt.object, "created": created, "model": model}
-    streams = submit_calls(state, calls, scope)
+    streams = submit_calls(state, calls, scope, stream=stream)
     if not stream:
         finals = await final_chunks(request, streams)
         if finals is None:

@@ -24,7 +24,7 @@ from plait.runtime.errors import (
 )
 from plait.runtime.limits import ModelLimits
 from plait.runtime.request_scope import RequestScope
-from plait.runtime.sampling_params import SamplingParams
+from plait.runtime.sampling_params import INT64_MAX, SamplingParams
 from plait.runtime.server.admission import AdmissionGate, HttpLimits
 from plait.runtime.server.http_body import GenerateCall
 from plait.runtime.server.json_body import check_declared_size, parse_body, read_limited
@@ -135,18 +135,32 @@ def key_tenant(request: Request) -> str | None:
     return getattr(request.state, "plait_tenant", None)
 
 
+# A non-streamed request's records: its first token (the time to first token, an early error)
+# and its end; none between (each would cost the server a record to decode, detokenize and
+# hand to the event loop: for a batch of non-streamed requests, most of its work a step).
+RECORDS_FIRST_AND_LAST = INT64_MAX
+
+
 def submit_calls(
-    state: ServerState, calls: list[GenerateCall], scope: RequestScope = RequestScope()
+    state: ServerState,
+    calls: list[GenerateCall],
+    scope: RequestScope = RequestScope(),
+    *,
+    stream: bool,
 ) -> list[Stream]:
     """Submits ``n`` requests per call (``expand_n``: seed + j for choice j), in order, in
     the caller's ``scope``, once the request fits the per-request fan-out (400) and the
-    server's load limits (429)."""
+    server's load limits (429). Not ``stream``: the worker sends each request's first and
+    last record only (``RECORDS_FIRST_AND_LAST``)."""
     gate = state.gate
     gate.check_fan_out(sum(call.n for call in calls))
+    records = {} if stream else {"stream_interval": RECORDS_FIRST_AND_LAST}
     subs = [
         sub
         for call in calls
-        for sub in expand_n(call.rid, call.input_ids, call.sampling_params.copy(n=call.n), scope)
+        for sub in expand_n(
+            call.rid, call.input_ids, call.sampling_params.copy(n=call.n, **records), scope
+        )
     ]
     check_unique_rids(subs)
     streams: list[Stream] = []

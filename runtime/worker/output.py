@@ -28,16 +28,21 @@ class SchedulerStats:
 
 
 def stream_due(req: Req, stream_interval: int) -> bool:
-    """Whether a running streamed request has a chunk to send: its first token, or
-    ``stream_interval`` tokens unsent."""
+    """Whether a running streamed request has a chunk to send: its first token, or its own
+    ``sampling_params.stream_interval`` (else the worker's ``stream_interval``) tokens unsent.
+    (The server streams a non-streamed HTTP request with an interval past its length: its
+    first token, for the time to first token, then its end.)"""
     unsent = len(req.output_ids) - req.sent_ids
-    return req.stream and unsent > 0 and (req.sent_ids == 0 or unsent >= stream_interval)
+    if not req.stream or unsent <= 0:
+        return False
+    return req.sent_ids == 0 or unsent >= (req.sampling_params.stream_interval or stream_interval)
 
 
 def take_output(req: Req, stream_interval: int = 1) -> ReqOutput | None:
     """The record of what ``req`` produced since its previous record, or None when there is
     nothing to say: a non-streamed request reports only once, when it ends; a streamed one its
-    first token at once, then whenever ``stream_interval`` tokens are unsent, and its end.
+    first token at once, then whenever its stream interval's tokens are unsent (``stream_due``),
+    and its end.
 
     Advances the request's ``sent_*`` counters, so every token, logprob and the prompt's
     logprobs are carried exactly once; the cost is proportional to the new tokens.

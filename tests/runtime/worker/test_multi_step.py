@@ -142,6 +142,29 @@ def test_stream_interval_sends_the_first_token_then_every_k_and_the_end(tiny_mod
     assert all(len(o.new_ids) == 1 for v in plain.values() for o in v if not o.finish_reason)
 
 
+def test_a_request_s_own_stream_interval_overrides_the_worker_s(tiny_model_dir):
+    """``sampling_params.stream_interval`` of one request (SGLang's field; the server's way to
+    hear only the first and last token of a non-streamed HTTP request): its records, not the
+    others'; an interval past the output's length leaves the first token and the end."""
+    core = _core(tiny_model_dir, num_scheduler_steps=8)
+    plain = _run(_core(tiny_model_dir), stream=True)
+    own = [3, 2**63 - 1, None]
+    for i, (ids, params) in enumerate(zip(PROMPTS, PARAMS)):
+        sp = SamplingParams.from_dict(params | {"stream_interval": own[i]})
+        core.add_request(f"r{i}", ids, sp, stream=True)
+    records: dict[str, list[ReqOutput]] = {}
+    while core.has_work:
+        for out in core.step():
+            records.setdefault(out.rid, []).append(out)
+    core.check_idle()
+    sizes = {rid: [len(o.new_ids) for o in v] for rid, v in records.items()}
+    assert sizes["r0"] == [1, 3, 1], sizes  # 5 tokens: first, 3, the end
+    assert sizes["r1"][0] == 1 and len(sizes["r1"]) == 2, sizes
+    assert all(n == 1 for n in sizes["r2"]), sizes  # the worker's interval: 1
+    for rid, v in records.items():
+        assert _tokens(v) == _tokens(plain[rid])
+
+
 @pytest.mark.parametrize("field", ["num_scheduler_steps", "stream_interval"])
 def test_counts_below_one_are_refused_by_name(tiny_model_dir, field):
     with pytest.raises(InvalidRequestError, match=field):
