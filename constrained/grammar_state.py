@@ -57,16 +57,33 @@ class GrammarState:
         return token_id in self.stop_ids
 
     def fill_bitmask(self, bitmask: torch.Tensor, index: int) -> None:
-        """Row ``index``: the allowed tokens now, with this request's own stop ids."""
+        """Row ``index``: the allowed tokens now. This request's own stop ids (``stop_token_ids``)
+        end the output, so they are allowed exactly where the grammar may end, even when the
+        grammar would also take them as text: sampled mid-output, one would end it unfinished.
+        A state whose every allowed token is such a stop id fails the request (on
+        ``stop_token_ids``)."""
         if not self.done:
             with self._failing_alone():
                 self.matcher.fill_bitmask(bitmask, index)
-                if self.extra_stop_ids and self.matcher.can_end():
-                    words = bitmask[index].numpy().view(np.uint32)
-                    for t in self.extra_stop_ids:
-                        words[t // 32] |= np.uint32(1 << (t % 32))
+                if self.extra_stop_ids:
+                    self._own_stop_ids(bitmask[index].numpy().view(np.uint32))
         if self.done:  # ended, or its matcher failed just now
             _set_only(bitmask, index, self.stop_ids)
+
+    def _own_stop_ids(self, words: np.ndarray) -> None:
+        if self.matcher.can_end():
+            for t in self.extra_stop_ids:
+                words[t // 32] |= np.uint32(1 << (t % 32))
+            return
+        for t in self.extra_stop_ids:
+            words[t // 32] &= ~np.uint32(1 << (t % 32))
+        if not words.any():
+            self.failure = InvalidRequestError(
+                "stop_token_ids",
+                f"after {self.accepted} output tokens the grammar allows only stop tokens "
+                "and cannot end there",
+            )
+            self.done = True
 
     def accept(self, token_id: int) -> None:
         """Advances over a sampled token; the mask guarantees it is allowed."""

@@ -165,3 +165,32 @@ def test_typed_regexes():
     assert dtype_to_regex(float).stop == [" ", "\n"]
     with pytest.raises(InvalidRequestError):
         dtype_to_regex(list)
+
+
+def test_a_stop_token_the_grammar_takes_as_text_is_allowed_only_where_it_may_end(
+    compile_grammar, vocab, tokenizer
+):
+    """``stop_token_ids`` naming a token the grammar also takes as text (a fuzzed request:
+    json_object with a stop token the grammar allowed mid-object, sampled there; the worker's
+    accept failed): mid-output it is excluded, where the grammar may end it ends the output."""
+    (brace,) = tokenizer.encode("{", add_special_tokens=False)
+    g = compile_grammar(GrammarKey("json", json.dumps({"type": "object"})))
+    gs = GrammarState(g, vocab, [brace])
+    assert _disallowed(gs)[brace]  # the grammar would open the object with it
+    ids = tokenizer.encode('{"a":1}', add_special_tokens=False)
+    assert brace not in ids  # ('{"' is one token)
+    for t in ids:
+        assert not _disallowed(gs)[t]
+        gs.accept(t)
+    assert gs.matcher.can_end() and not _disallowed(gs)[brace]  # here it may end the output
+    gs.accept(brace)
+    assert gs.done and gs.failure is None
+
+
+def test_a_state_that_allows_only_stop_tokens_fails_the_request_by_name(compile_grammar, vocab):
+    (x,) = [i for i, b in enumerate(vocab.token_bytes) if b == b"x"]
+    gs = GrammarState(compile_grammar(GrammarKey("regex", "x")), vocab, [x])
+    mask = _disallowed(gs)
+    assert gs.done and isinstance(gs.failure, InvalidRequestError)
+    assert gs.failure.field == "stop_token_ids"
+    assert not mask[x] and not mask[2]  # only stop tokens: the request ends on one
