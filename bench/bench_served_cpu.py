@@ -5,7 +5,9 @@ Starts ``plait serve`` (a ``bench_vs_llamacpp`` plait system), streams ``--new``
 ``/proc/PID/task/TID/stat``) of the server process and each of its threads, the worker process
 and each of its threads, and this client. On a 2-core box every millisecond the server and the
 client take is taken from one of the worker's two step threads: this is what the served path
-costs beside the worker's own step.
+costs beside the worker's own step. This host's speed moves up to 2x within minutes, and
+every CPU time with it: the server's CPU over the client's (the same code whichever server
+runs) compares two servers run minutes apart.
 
     python bench/bench_served_cpu.py [--system plait-bf16] [--new 256] [--repeats 3]
 """
@@ -81,6 +83,8 @@ def main() -> None:
                 )
                 print(f"  {name}: {sum(per.values()) * 1e3:.2f} ms CPU a token ({busy})")
             print(f"  client: {mine / n * 1e3:.2f} ms CPU a token")
+            server = sum(after["server"][t] - before["server"].get(t, 0.0) for t in after["server"])
+            print(f"  server / client CPU: {server / mine:.2f}")
 
 
 if __name__ == "__main__":

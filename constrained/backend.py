@@ -159,12 +159,13 @@ class GrammarBackend:
 
     def try_jump(self, req: Req) -> Jump | None:
         """The jump for a running request (state committed), or None. Not for requests that
-        report logprobs (forced tokens are not sampled) or streamed ones whose rollback would
-        rewrite tokens already sent."""
+        report logprobs (forced tokens are not sampled); a retokenization never rolls back a
+        token the request's records already carried (``sent_ids``: all of a stream's at one
+        token a record; only the first of a non-streamed HTTP request's)."""
         gs = req.grammar
         if not self.jump_forward or gs is None or req.sampling_params.return_logprob:
             return None
-        jump = gs.try_jump(req.output_ids, not req.stream, req.sampling_params.max_new_tokens)
+        jump = gs.try_jump(req.output_ids, req.sent_ids, req.sampling_params.max_new_tokens)
         if jump is not None:
             self.num_jumps += 1
             self.jumped_tokens += len(jump.new_ids)

@@ -138,13 +138,14 @@ class GrammarState:
         """Nothing but a stop token can follow."""
         return self.done or self.matcher.must_end()
 
-    def try_jump(self, output_ids: list[int], allow_rollback: bool, max_len: int) -> Jump | None:
+    def try_jump(self, output_ids: list[int], sent: int, max_len: int) -> Jump | None:
         """The retokenized output after appending the forced text at the current state.
 
         Retokenizes from a clean UTF-8 boundary up to ``RETOKENIZE_WINDOW`` tokens back, so the
         tokens are the ones the tokenizer gives the text; earlier tokens that change are rolled
-        back (only if ``allow_rollback``). Commits on success; None (nothing changed) when no
-        text is forced, the grammar rejects the retokenized text or the jump is not allowed.
+        back, but never the first ``sent`` (already reported to the client). Commits on
+        success; None (nothing changed) when no text is forced, the grammar rejects the
+        retokenized text or the jump would roll back a sent token.
         """
         n = len(output_ids)
         if self.done or self.accepted != n or self.pending[n] or self.vocab.tokenizer is None:
@@ -167,7 +168,7 @@ class GrammarState:
         while k < min(len(old), len(new_ids)) and old[k] == new_ids[k]:
             k += 1
         keep = b + k
-        if keep < n and not allow_rollback:
+        if keep < sent:
             return None
         tail = new_ids[k:][: max(0, max_len - keep)]
         if not tail:

@@ -140,7 +140,7 @@ def test_jump_forward_map_forces_fixed_text_only():
 def test_jump_retokenizes_and_keeps_the_fsm_in_step(compile_grammar, vocab, tokenizer):
     g = compile_grammar(GrammarKey("json", json.dumps(SCHEMA)))
     gs = GrammarState(g, vocab, [])
-    jump = gs.try_jump([], allow_rollback=True, max_len=64)
+    jump = gs.try_jump([], sent=0, max_len=64)
     assert tokenizer.decode(jump.new_ids) == '{"name":"' and jump.keep == 0
     out = list(jump.new_ids)
     for t in tokenizer.encode("Bob", add_special_tokens=False) + tokenizer.encode(
@@ -148,7 +148,9 @@ def test_jump_retokenizes_and_keeps_the_fsm_in_step(compile_grammar, vocab, toke
     ):
         gs.accept(t)
         out.append(t)
-    jump = gs.try_jump(out, allow_rollback=True, max_len=64)
+    assert gs.try_jump(out, sent=len(out), max_len=64) is None  # the '"' sent: it stays
+    jump = gs.try_jump(out, sent=1, max_len=64)
+    assert 1 <= jump.keep < len(out)  # '"' + ',"age":' retokenized
     out = out[: jump.keep] + jump.new_ids
     assert tokenizer.decode(out) == '{"name":"Bob","age":'
     assert out == tokenizer.encode('{"name":"Bob","age":', add_special_tokens=False)[-len(out) :]
