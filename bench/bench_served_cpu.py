@@ -74,17 +74,18 @@ def main() -> None:
             n = len(stamps) - 1
             wall = (stamps[-1] - stamps[0]) / n
             print(f"{args.system} rep {rep}: {wall * 1e3:.2f} ms a token ({n} tokens)")
+            total = {}
             for name in pids:
                 per = {t: (after[name][t] - before[name].get(t, 0.0)) / n for t in after[name]}
+                total[name] = sum(per.values())
                 busy = ", ".join(
                     f"{t}: {c * 1e3:.2f}"
                     for t, c in sorted(per.items(), key=lambda x: -x[1])
                     if c > 0
                 )
-                print(f"  {name}: {sum(per.values()) * 1e3:.2f} ms CPU a token ({busy})")
+                print(f"  {name}: {total[name] * 1e3:.2f} ms CPU a token ({busy})")
             print(f"  client: {mine / n * 1e3:.2f} ms CPU a token")
-            server = sum(after["server"][t] - before["server"].get(t, 0.0) for t in after["server"])
-            print(f"  server / client CPU: {server / mine:.2f}")
+            print(f"  server / client CPU: {total['server'] * n / mine:.2f}")
 
 
 if __name__ == "__main__":

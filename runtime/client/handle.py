@@ -90,7 +90,9 @@ class RequestHandle:
         return self._aiter()
 
     def push(self, item: OutputChunk | BaseException) -> None:
-        """Delivers the next chunk or the error that ends the request (one producer thread)."""
+        """Delivers the next chunk (from one producer thread) or the error that ends the
+        request (from any thread: the server's deadline pushes one from its event loop); the
+        first ending wins, anything after it is dropped."""
         callbacks = self._push(item)
         for fn in callbacks:
             fn()

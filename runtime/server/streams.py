@@ -137,7 +137,7 @@ def key_tenant(request: Request) -> str | None:
 
 # A non-streamed request's records: its first token (the time to first token, an early error)
 # and its end; none between (each would cost the server a record to decode, detokenize and
-# hand to the event loop: for a batch of non-streamed requests, most of its work a step).
+# hand to the event loop, for a response nobody reads until the end).
 RECORDS_FIRST_AND_LAST = INT64_MAX
 
 
