@@ -27,7 +27,7 @@ a before / after comparison sees the same machine load; min and median over ``--
 
   python bench/bench_decode_overhead.py [--variants int4,int8,bfloat16] [--new 200]
       [--repeats 5] [--stream] [--worker-loop] [--worker] [--served] [--compare /tmp/pp-base]
-      [--contender 7:1]
+      [--contender 7:1] [--context 1000]
 
 ``--contender PERIOD:BURST`` runs a process that takes BURST ms of CPU every PERIOD ms beside
 every run (``bench/contender.py``): 7:1 is about what ``plait serve`` and its client take beside
@@ -318,12 +318,21 @@ def main() -> None:
     )
     ap.add_argument("--compare", default=None, help="a second checkout's PYTHONPATH entry")
     ap.add_argument(
+        "--context",
+        type=int,
+        default=0,
+        help="words put before the prompt (about a token each): decode at a longer context, "
+        "where attention weighs more",
+    )
+    ap.add_argument(
         "--contender",
         default=None,
         help="PERIOD:BURST ms of CPU taken beside the runs (7:1 ~ a served single stream's "
         "server and client), or busy",
     )
     args = ap.parse_args()
+    global PROMPT
+    PROMPT = "word " * args.context + PROMPT
     with ExitStack() as stack:
         if args.contender:
             print(f"# beside a contender: {stack.enter_context(Contender.parse(args.contender))}")

@@ -17,6 +17,8 @@
  *    KV is written in the pool's dtype (bfloat16 rounded to nearest even, as torch does).
  *  - Every output element is computed by exactly one thread, with a summation order that does
  *    not depend on the thread count: the results are the same bits at any thread count.
+ *    (Attention splits a row's positions into chunks fixed by the row's length alone, merged
+ *    in chunk order: the same bits at any thread count and in any batch.)
  *  - Weights are [out, in], row-major (``Linear`` with ``transposed`` False).
  *  - Not reentrant across threads: the pool runs one step at a time (a mutex serialises
  *    callers, e.g. two engines in one process).
@@ -185,6 +187,21 @@ INLINE f32x16 hsum16(const f32x16 *v) {
                                    28, 30) + /* + 1 */
            __builtin_shufflevector(t[0], t[1], 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25, 27, 13, 15,
                                    29, 31);
+}
+/* 8 sums at once, each in exactly ``hsum8``'s order (so the same bits): lane j holds
+ * hsum8(a[j]). 7 shuffle pairs and adds against 8 x 5 for ``hsum8`` one by one. */
+INLINE f32x8 hsum8x8(const f32x8 *a) {
+    f32x8 p[4], q[2];
+    for (int i = 0; i < 4; i++) /* b = lo4 + hi4: [b of a[2i] | b of a[2i + 1]] */
+        p[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 1, 2, 3, 8, 9, 10, 11) +
+               __builtin_shufflevector(a[2 * i], a[2 * i + 1], 4, 5, 6, 7, 12, 13, 14, 15);
+    for (int i = 0; i < 2; i++) /* (b0 + b2, b1 + b3) of keys 4i, 4i + 2, 4i + 1, 4i + 3 */
+        q[i] = __builtin_shufflevector(p[2 * i], p[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
+               __builtin_shufflevector(p[2 * i], p[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
+    const f32x8 r = /* (b0 + b2) + (b1 + b3) of keys 0, 2, 4, 6, 1, 3, 5, 7 */
+        __builtin_shufflevector(q[0], q[1], 0, 2, 8, 10, 4, 6, 12, 14) +
+        __builtin_shufflevector(q[0], q[1], 1, 3, 9, 11, 5, 7, 13, 15);
+    return __builtin_shufflevector(r, r, 0, 4, 1, 5, 2, 6, 3, 7);
 }
 INLINE vfw vsplat(float a) { return (vfw){0} + a; }
 INLINE vfw load_vw(const float *p) {
@@ -1447,10 +1464,12 @@ typedef struct {
     const int64_t *slots; /* req_to_token */
     int64_t stride;
     const int64_t *rows, *seq_lens;
-    float *scores; /* [nth, Hq / Hkv, max_seq] */
-    int64_t max_seq;
+    float *scores;        /* [nth][score_floats]: a unit's G x chunk_len scores */
+    int64_t score_floats; /* G x chunk_len(the longest row) */
     float scale;
-    int per; /* query heads per unit of work (``attention`` sets it) */
+    const int64_t *unit0; /* [M + 1]: row m's first unit; unit0[M] units in all */
+    float *part;          /* [M, Hq, ATTN_CHUNKS_MAX, D + 2]: chunks' outputs, max, sum */
+    atomic_int *done;     /* [M, Hkv]: chunks finished */
 } attn_args;
 
 /* The attention of one unit is written with D (head_dim) and the KV dtype as arguments of
@@ -1508,6 +1527,16 @@ INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
         v = __builtin_shufflevector(v, v, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         store_f32(sc + s, v * splat(a->scale));
     }
+#else
+    for (; s + 8 <= S; s += 8) {
+        f32x8 v[8];
+        for (int j = 0; j < 8; j++) {
+            vfw acc[VPARTS];
+            qk_parts(a, q, qb, slot[s + j] * HD + kvo, D, bf, acc);
+            v[j] = acc[0] + acc[1]; /* hsum_parts' first step */
+        }
+        store_vw(sc + s, hsum8x8(v) * vsplat(a->scale));
+    }
 #endif
     for (; s < S; s++) {
         vfw acc[VPARTS];
@@ -1516,12 +1545,64 @@ INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
     }
 }
 
-/* Softmax's numerators in place over sc[0, S); returns their sum. */
-static float softmax_weights(float *sc, int64_t S) {
-    float mx = -INFINITY;
-    for (int64_t s = 0; s < S; s++) mx = sc[s] > mx ? sc[s] : mx;
-    float sum = 0.0f;
+#if VW == 8
+/* ``qk_scores`` for the G query heads of KV head kvh at once (q: G rows D apart; sc: G rows
+ * ``ld`` apart), head_dim 64 with 8 lanes: each K row is loaded (widened from bfloat16) once
+ * into registers for all G heads, and each head's sums are ``qk_parts``' in its order, so
+ * the same bits as ``qk_scores`` head by head. G <= 8. */
+INLINE void qk_scores_g64(const attn_args *a, const float *q, const int64_t *slot, int64_t S,
+                          int kvh, float *sc, int64_t ld, int G, const int bf) {
+    enum { D = 64, DV = 8 };
+    const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
+    const vfw scale = vsplat(a->scale);
     int64_t s = 0;
+    for (; s < S; s += 8) {
+        const int keys = S - s < 8 ? (int)(S - s) : 8;
+        f32x8 v[8][8]; /* [head][key] */
+        for (int j = 0; j < keys; j++) {
+            const int64_t off = slot[s + j] * HD + kvo;
+            vfw k[DV];
+            for (int d = 0; d < DV; d++)
+                k[d] = bf ? load_bf16_vw((const uint16_t *)a->kc + off + VW * d)
+                          : load_vw((const float *)a->kc + off + VW * d);
+            for (int g = 0; g < G; g++) {
+                const float *qg = q + (int64_t)g * D;
+                vfw acc0 = (vfw){0}, acc1 = (vfw){0};
+                for (int d = 0; d < DV; d += 2) {
+                    acc0 += load_vw(qg + VW * d) * k[d];
+                    acc1 += load_vw(qg + VW * (d + 1)) * k[d + 1];
+                }
+                v[g][j] = acc0 + acc1; /* hsum_parts' first step */
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            if (keys == 8) {
+                store_vw(sc + g * ld + s, hsum8x8(v[g]) * scale);
+            } else {
+                for (int j = 0; j < keys; j++) sc[g * ld + s + j] = hsum8(v[g][j]) * a->scale;
+            }
+        }
+    }
+}
+#endif
+
+/* Softmax's numerators in place over sc[0, S), exp(sc[s] - max); returns their sum and sets
+ * ``*max_out`` to the max. */
+static float softmax_weights(float *sc, int64_t S, float *max_out) {
+    float mx = -INFINITY; /* (a max is the same in any order) */
+    int64_t s = 0;
+    if (S >= VW) {
+        vfw m = load_vw(sc);
+        for (; s + VW <= S; s += VW) {
+            const vfw v = load_vw(sc + s);
+            m = vselect(v > m, v, m);
+        }
+        for (int i = 0; i < VW; i++) mx = m[i] > mx ? m[i] : mx;
+    }
+    for (; s < S; s++) mx = sc[s] > mx ? sc[s] : mx;
+    *max_out = mx;
+    float sum = 0.0f;
+    s = 0;
     for (; s + 16 <= S; s += 16) {
         vfw e[VPARTS];
         for (int h = 0; h < VPARTS; h++) {
@@ -1537,69 +1618,158 @@ static float softmax_weights(float *sc, int64_t S) {
     return sum;
 }
 
-/* out[h] = sum_s w[h][s] v_s / sums[h] for NH heads at once (w: rows ``ld`` apart), each V row
- * read once for them; each head's sum runs over s in order, in its own registers. */
+/* The largest divisor of DV (vectors of a head) of at most 8 / NH: a constant where DV and NH
+ * are, so that a block's sums are registers, not an array in memory. */
+INLINE int pv_block(const int DV, const int NH) {
+    int b = 8 / NH < DV ? 8 / NH : DV;
+    while (DV % b) b--;
+    return b;
+}
+
+/* dst[h] = sum_s w[h][s] v_s * (1 / sums[h]) for NH heads of one KV head at once (w: rows
+ * ``ld`` apart), each V row read once for them. Dimensions go in blocks of at most 8 / NH
+ * vectors, so that NH heads' sums stay in registers (16 with AVX2); each output element's sum
+ * still runs over s in order, so its bits do not depend on NH or the blocks. */
 INLINE void pv_heads(const attn_args *a, const int64_t *slot, int64_t S, int kvh, const float *w,
-                     int64_t ld, const float *sums, float *dst, const int NH, const int D,
-                     const int bf) {
+                     int64_t ld, const float *sums, float *dst, int64_t dst_ld, const int NH,
+                     const int D, const int bf) {
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
-    vfw o[4][256 / VW]; /* NH <= 4, D <= 256; not [NH][D / VW]: a VLA would stay in memory */
-    for (int h = 0; h < NH; h++)
-        for (int d = 0; d < D / VW; d++) o[h][d] = (vfw){0};
-    for (int64_t s = 0; s < S; s++) {
-        const int64_t off = slot[s] * HD + kvo;
-        vfw p[4];
-        for (int h = 0; h < NH; h++) p[h] = vsplat(w[h * ld + s]);
-        for (int d = 0; d < D / VW; d++) {
-            vfw v = bf ? load_bf16_vw((const uint16_t *)a->vc + off + VW * d)
-                       : load_vw((const float *)a->vc + off + VW * d);
-            for (int h = 0; h < NH; h++) o[h][d] += p[h] * v;
+    const int DV = D / VW, DB = pv_block(DV, NH), nd = DB;
+    for (int d0 = 0; d0 < DV; d0 += DB) {
+        vfw o[4][12]; /* NH <= 4 */
+        for (int h = 0; h < NH; h++)
+            for (int d = 0; d < nd; d++) o[h][d] = (vfw){0};
+        for (int64_t s = 0; s < S; s++) {
+            const int64_t off = slot[s] * HD + kvo + (int64_t)VW * d0;
+            vfw p[4];
+            for (int h = 0; h < NH; h++) p[h] = vsplat(w[h * ld + s]);
+            for (int d = 0; d < nd; d++) {
+                vfw v = bf ? load_bf16_vw((const uint16_t *)a->vc + off + VW * d)
+                           : load_vw((const float *)a->vc + off + VW * d);
+                for (int h = 0; h < NH; h++) o[h][d] += p[h] * v;
+            }
         }
-    }
-    for (int h = 0; h < NH; h++) {
-        vfw inv = vsplat(1.0f / sums[h]);
-        for (int d = 0; d < D / VW; d++) store_vw(dst + (int64_t)h * D + VW * d, o[h][d] * inv);
+        for (int h = 0; h < NH; h++) {
+            vfw inv = vsplat(1.0f / sums[h]);
+            for (int d = 0; d < nd; d++)
+                store_vw(dst + (int64_t)h * dst_ld + VW * (d0 + d), o[h][d] * inv);
+        }
     }
 }
 
-/* One unit of attention: request row m, query heads [h0, h1) of KV head kvh. Each head's
- * output is computed in the same order whatever the unit (a unit only shares the loads of
- * K and V among its heads), so the split of the work never changes a bit. */
-INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int h0, int h1, float *sc,
-                        const int D, const int bf) {
-    const int Hq = a->Hq;
+/* Attention is split by chunks of positions (flash-decoding's split of the keys): a unit is
+ * (row m, KV head, chunk) with all the query heads of the KV head's group, so K and V are
+ * read once per group, and a long context spreads over the threads even for one row. A
+ * row's chunk length is a function of its length S alone (``chunk_len``), never of the batch
+ * or the thread count, and every sum runs in the same order whatever thread computes it: a
+ * row's bits depend on neither. A row of one chunk writes its output normalised, as plain
+ * softmax attention; a row of several leaves each chunk's unnormalised output, max and sum,
+ * and the unit that completes a (row, KV head) merges its chunks in chunk order. */
+#define ATTN_CHUNK_MIN 128
+#define ATTN_CHUNKS_MAX 16
+INLINE int64_t chunk_len(int64_t S) {
+    int64_t c = (S + ATTN_CHUNKS_MAX - 1) / ATTN_CHUNKS_MAX;
+    c = (c + 15) & ~(int64_t)15;
+    return c < ATTN_CHUNK_MIN ? ATTN_CHUNK_MIN : c;
+}
+INLINE int64_t chunk_count(int64_t S) {
+    const int64_t c = chunk_len(S);
+    return S < 1 ? 1 : (S + c - 1) / c;
+}
+
+/* The partial results of (row m, query head h, chunk c): D outputs, then the max and the sum. */
+INLINE float *attn_part(const attn_args *a, int m, int h, int64_t c) {
+    return a->part + (((int64_t)m * a->Hq + h) * ATTN_CHUNKS_MAX + c) * (a->D + 2);
+}
+
+/* out = sum_c o_c e^(max_c - max) / sum_c l_c e^(max_c - max), chunks in order. */
+static void attn_merge(const attn_args *a, int m, int h, int64_t nch) {
+    const int D = a->D;
+    float mx = -INFINITY, sum = 0.0f, scale[ATTN_CHUNKS_MAX];
+    for (int64_t c = 0; c < nch; c++) {
+        const float cm = attn_part(a, m, h, c)[D];
+        mx = cm > mx ? cm : mx;
+    }
+    for (int64_t c = 0; c < nch; c++) {
+        const float *p = attn_part(a, m, h, c);
+        scale[c] = sexp(p[D] - mx);
+        sum += p[D + 1] * scale[c];
+    }
+    float *out = a->out + (int64_t)m * a->Hq * D + (int64_t)h * D;
+    const vfw inv = vsplat(1.0f / sum);
+    for (int d = 0; d < D; d += VW) {
+        vfw acc = (vfw){0};
+        for (int64_t c = 0; c < nch; c++)
+            acc += load_vw(attn_part(a, m, h, c) + d) * vsplat(scale[c]);
+        store_vw(out + d, acc * inv);
+    }
+}
+
+/* One unit: row m, KV head kvh, chunk c, its G query heads. ``sc``: G x chunk_len scores. */
+INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc, const int D,
+                        const int bf) {
+    const int Hq = a->Hq, G = Hq / a->Hkv, h0 = kvh * G;
     const int64_t qkv_w = (int64_t)(Hq + 2 * a->Hkv) * D;
-    const int64_t *slot = a->slots + a->rows[m] * a->stride;
-    const int64_t S = a->seq_lens[m];
-    float sums[256];
+    const int64_t S = a->seq_lens[m], C = chunk_len(S), nch = chunk_count(S), s0 = c * C;
+    const int64_t n = S - s0 < C ? S - s0 : C;
+    const int64_t *slot = a->slots + a->rows[m] * a->stride + s0;
+    float sums[256], maxes[256];
     uint16_t qb[512]; /* the query's bfloat16 parts: hi [D], lo [D] */
-    for (int h = h0; h < h1; h++) {
-        const float *q = a->qkv + m * qkv_w + (int64_t)h * D;
+    int scored = 0; /* the heads whose scores are in sc */
+#if VW == 8
+    if (D == 64 && G <= 8) {
+        qk_scores_g64(a, a->qkv + m * qkv_w + (int64_t)h0 * D, slot, n, kvh, sc, C, G, bf);
+        scored = G;
+    }
+#endif
+    for (int g = 0; g < G; g++) {
+        const float *q = a->qkv + m * qkv_w + (int64_t)(h0 + g) * D;
+        if (g < scored) {
+            sums[g] = softmax_weights(sc + g * C, n, &maxes[g]);
+            continue;
+        }
         if (bf) {
             to_bf16(q, qb, D);
             for (int d = 0; d < D; d++) /* the remainder is exact in float32 */
                 qb[D + d] = f32_to_bf16(q[d] - bf16_to_f32(qb[d]));
         }
-        float *hs = sc + (int64_t)(h - h0) * a->max_seq;
-        qk_scores(a, q, qb, slot, S, kvh, hs, D, bf);
-        sums[h - h0] = softmax_weights(hs, S);
+        qk_scores(a, q, qb, slot, n, kvh, sc + g * C, D, bf);
+        sums[g] = softmax_weights(sc + g * C, n, &maxes[g]);
     }
-    float *out = a->out + (int64_t)m * Hq * D;
-    int h = h0;
-    for (; h + 4 <= h1; h += 4)
-        pv_heads(a, slot, S, kvh, sc + (h - h0) * a->max_seq, a->max_seq, sums + (h - h0),
-                 out + (int64_t)h * D, 4, D, bf);
-    for (; h < h1; h++)
-        pv_heads(a, slot, S, kvh, sc + (h - h0) * a->max_seq, a->max_seq, sums + (h - h0),
-                 out + (int64_t)h * D, 1, D, bf);
+    float *dst;
+    int64_t dst_ld;
+    if (nch == 1) { /* normalised, straight to the output */
+        dst = a->out + (int64_t)m * Hq * D + (int64_t)h0 * D;
+        dst_ld = D;
+    } else {
+        dst = attn_part(a, m, h0, c);
+        dst_ld = (int64_t)ATTN_CHUNKS_MAX * (D + 2);
+        for (int g = 0; g < G; g++) {
+            dst[g * dst_ld + D] = maxes[g];
+            dst[g * dst_ld + D + 1] = sums[g];
+            sums[g] = 1.0f; /* unnormalised: x * (1 / 1) is x */
+        }
+    }
+    int g = 0;
+    for (; g + 4 <= G; g += 4)
+        pv_heads(a, slot, n, kvh, sc + g * C, C, sums + g, dst + g * dst_ld, dst_ld, 4, D, bf);
+    switch (G - g) {
+    case 3: pv_heads(a, slot, n, kvh, sc + g * C, C, sums + g, dst + g * dst_ld, dst_ld, 3, D, bf); break;
+    case 2: pv_heads(a, slot, n, kvh, sc + g * C, C, sums + g, dst + g * dst_ld, dst_ld, 2, D, bf); break;
+    case 1: pv_heads(a, slot, n, kvh, sc + g * C, C, sums + g, dst + g * dst_ld, dst_ld, 1, D, bf); break;
+    default: break;
+    }
+    if (nch > 1 &&
+        atomic_fetch_add_explicit(&a->done[m * a->Hkv + kvh], 1, memory_order_acq_rel) == nch - 1)
+        for (int gg = 0; gg < G; gg++) attn_merge(a, m, h0 + gg, nch);
 }
 
 #define ATTN_UNIT(NAME, D)                                                                     \
-    static void NAME##_bf(const attn_args *a, int m, int kvh, int h0, int h1, float *sc) {     \
-        attn_unit_d(a, m, kvh, h0, h1, sc, D, 1);                                              \
+    static void NAME##_bf(const attn_args *a, int m, int kvh, int64_t c, float *sc) {          \
+        attn_unit_d(a, m, kvh, c, sc, D, 1);                                                   \
     }                                                                                          \
-    static void NAME##_f32(const attn_args *a, int m, int kvh, int h0, int h1, float *sc) {    \
-        attn_unit_d(a, m, kvh, h0, h1, sc, D, 0);                                              \
+    static void NAME##_f32(const attn_args *a, int m, int kvh, int64_t c, float *sc) {         \
+        attn_unit_d(a, m, kvh, c, sc, D, 0);                                                   \
     }
 ATTN_UNIT(attn_d64, 64)
 ATTN_UNIT(attn_d128, 128)
@@ -1607,32 +1777,33 @@ ATTN_UNIT(attn_d256, 256)
 
 /* Any other head_dim (a multiple of 16, at most 256): the order of every sum is the same, the
  * loops are not unrolled. */
-static void attn_unit(const attn_args *a, int m, int kvh, int h0, int h1, float *sc) {
+static void attn_unit(const attn_args *a, int m, int kvh, int64_t c, float *sc) {
     const int bf = a->kvdt == DT_BF16;
     switch (a->D) {
-    case 64: (bf ? attn_d64_bf : attn_d64_f32)(a, m, kvh, h0, h1, sc); return;
-    case 128: (bf ? attn_d128_bf : attn_d128_f32)(a, m, kvh, h0, h1, sc); return;
-    case 256: (bf ? attn_d256_bf : attn_d256_f32)(a, m, kvh, h0, h1, sc); return;
+    case 64: (bf ? attn_d64_bf : attn_d64_f32)(a, m, kvh, c, sc); return;
+    case 128: (bf ? attn_d128_bf : attn_d128_f32)(a, m, kvh, c, sc); return;
+    case 256: (bf ? attn_d256_bf : attn_d256_f32)(a, m, kvh, c, sc); return;
     default: break;
     }
-    attn_unit_d(a, m, kvh, h0, h1, sc, a->D, bf);
+    attn_unit_d(a, m, kvh, c, sc, a->D, bf);
 }
 
-/* Units: (row, KV head) with all its query heads when there are enough of them to keep every
- * thread busy (K and V read once per group), else (row, query head). */
+/* Units in order (row, KV head, chunk); row m's first is unit0[m]. */
 static void attn_units(void *p, int tid, int64_t lo, int64_t hi) {
     const attn_args *a = (const attn_args *)p;
-    const int G = a->Hq / a->Hkv, per = a->per, units_per_row = a->Hq / per;
-    float *sc = a->scores + (int64_t)tid * per * a->max_seq;
+    float *sc = a->scores + (int64_t)tid * a->score_floats;
+    int m = 0;
+    while (a->unit0[m + 1] <= lo) m++;
     for (int64_t u = lo; u < hi; u++) {
-        const int m = (int)(u / units_per_row), h0 = (int)(u % units_per_row) * per;
-        attn_unit(a, m, h0 / G, h0, h0 + per, sc);
+        while (a->unit0[m + 1] <= u) m++;
+        const int64_t nch = chunk_count(a->seq_lens[m]), r = u - a->unit0[m];
+        attn_unit(a, m, (int)(r / nch), r % nch, sc);
     }
 }
 
 static void attention(attn_args *a, int nth) {
-    a->per = (int64_t)a->M * a->Hkv >= 4 * nth ? a->Hq / a->Hkv : 1; /* query heads per unit */
-    parallel_claim(attn_units, a, (int64_t)a->M * (a->Hq / a->per), 1, nth);
+    for (int i = 0; i < a->M * a->Hkv; i++) atomic_store_explicit(&a->done[i], 0, memory_order_relaxed);
+    parallel_claim(attn_units, a, a->unit0[a->M], 1, nth);
 }
 
 typedef struct {
@@ -1786,13 +1957,22 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
     int64_t max_seq = 1;
     for (int m = 0; m < M; m++) max_seq = seq_lens[m] > max_seq ? seq_lens[m] : max_seq;
 
+    const int64_t score_floats = (int64_t)(Hq / Hkv) * chunk_len(max_seq),
+                  part_floats = (int64_t)M * Hq * ATTN_CHUNKS_MAX * (D + 2);
     int64_t floats = M * (2 * H + QKV + Hq * D + 3 * I + 2 * D) +
-                     (int64_t)nthreads * (Hq / Hkv) * max_seq + 64;
-    float *buf = (float *)aligned_alloc(64, ((floats * sizeof(float)) + 63) & ~(size_t)63);
+                     (int64_t)nthreads * score_floats + part_floats + 64;
+    const size_t float_bytes = ((size_t)floats * sizeof(float) + 63) & ~(size_t)63;
+    const size_t bytes = float_bytes + sizeof(int64_t) * (size_t)(M + 1) +
+                         sizeof(atomic_int) * (size_t)M * Hkv;
+    float *buf = (float *)aligned_alloc(64, (bytes + 63) & ~(size_t)63);
     if (!buf) return -1;
     float *hidden = buf, *xn = hidden + M * H, *qkv = xn + M * H, *attn = qkv + M * QKV,
           *gu = attn + M * Hq * D, *act = gu + M * 2 * I, *cs = act + M * I,
-          *scores = cs + M * 2 * D;
+          *scores = cs + M * 2 * D, *part = scores + (int64_t)nthreads * score_floats;
+    int64_t *unit0 = (int64_t *)((char *)buf + float_bytes);
+    atomic_int *done = (atomic_int *)(unit0 + M + 1);
+    unit0[0] = 0;
+    for (int m = 0; m < M; m++) unit0[m + 1] = unit0[m] + Hkv * chunk_count(seq_lens[m]);
 
     nthreads = acquire_pool(nthreads);
     int rc = 0;
@@ -1821,7 +2001,8 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         }
         attn_args at = {M, Hq, Hkv, D, kvdt, qkv, attn,
                         (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
-                        rows, seq_lens, scores, max_seq, (float)scale, 0};
+                        rows, seq_lens, scores, score_floats, (float)scale,
+                        unit0, part, done};
         attention(&at, nthreads);
         gemv_args go = product(lp + L_O, (int64_t)Hq * D, H, attn, NULL, hidden, 1, M);
         rc |= gemv(&go, nthreads);

@@ -11,7 +11,7 @@ import torch
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
-def make_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
+def make_tiny_model(kind: str, out_dir: Path, seed: int = 0, max_positions: int = 512) -> Path:
     """Saves a random tiny ``llama`` or ``qwen2`` model (no tokenizer) and returns its dir."""
     from transformers import (
         LlamaConfig,
@@ -29,7 +29,7 @@ def make_tiny_model(kind: str, out_dir: Path, seed: int = 0) -> Path:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=512,
+        max_position_embeddings=max_positions,
         rms_norm_eps=1e-5,
         initializer_range=0.2,
         bos_token_id=1,

@@ -27,20 +27,32 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("fused")
-    return {k: make_tiny_model(k, root / k) for k in ("llama", "qwen2", "llama-tied", "llama-hd64")}
+    dirs = {k: make_tiny_model(k, root / k) for k in ("llama", "qwen2", "llama-tied", "llama-hd64")}
+    for k in ("llama", "llama-hd64"):  # positions for rows longer than 2048
+        dirs[f"{k}-long"] = make_tiny_model(k, root / f"{k}-long", max_positions=4096)
+    return dirs
 
 
 class _State:
     """A model, its KV pool and request rows with prompts already prefilled (torch path)."""
 
     def __init__(
-        self, model_dir, dtype: str, prompt_lens: list[int], decode_kernel="fused", quant=None
+        self,
+        model_dir,
+        dtype: str,
+        prompt_lens: list[int],
+        decode_kernel="fused",
+        quant=None,
+        max_len: int = 128,
     ):
         loaded = load_model(model_dir, dtype=dtype, quantization=quant)
         cfg = loaded.config
         self.cfg = cfg
-        self.pool = TokenToKVPool(256, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, loaded.dtype)
-        self.rows = ReqToTokenPool(8, 128)
+        slots = max(256, sum(prompt_lens) + 64)  # room for the tests' new tokens
+        self.pool = TokenToKVPool(
+            slots, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, loaded.dtype
+        )
+        self.rows = ReqToTokenPool(8, max_len)
         attn = make_attention_backend("torch", cfg, torch.device("cpu"))
         self.runner = ModelRunner(loaded.model, self.pool, attn, "torch", decode_kernel)
         gen = torch.Generator().manual_seed(0)
@@ -121,6 +133,39 @@ def test_fused_step_computes_what_torch_does(model_dirs, kind, dtype):
         assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
 
 
+# Rows longer than one attention chunk (128 positions): 129 leaves one key to a second chunk,
+# 2100 takes chunks longer than 128 (at most 16 chunks a row)
+LONG_ROWS = [300, 129, 40, 2100, 700]
+
+
+@pytest.mark.parametrize("kind", ["llama", "llama-hd64"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_long_rows_attend_by_chunks_as_torch_does(model_dirs, kind, dtype):
+    state = _State(model_dirs[f"{kind}-long"], dtype, LONG_ROWS, max_len=2304)
+    batch = state.decode_batch([0, 1, 2, 3, 4], [7, 8, 9, 10, 11])
+    expected = state.torch_step(batch)
+    got = state.fused_step(batch)
+    if dtype == "float32":
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    else:
+        err = torch.linalg.norm(got - expected) / torch.linalg.norm(expected)
+        assert err < 3e-2
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_long_rows_same_bits_at_any_thread_count_and_batch(model_dirs, dtype):
+    # a row's chunks depend on its length alone: the same merge whatever claims them
+    state = _State(model_dirs["llama-hd64-long"], dtype, LONG_ROWS, max_len=2304)
+    full = state.decode_batch([0, 1, 2, 3, 4], [11, 12, 13, 14, 15])
+    one = state.fused_step(full, threads=1)
+    two = state.fused_step(full, threads=2)
+    three = state.fused_step(full, threads=3)
+    assert torch.equal(one, two) and torch.equal(one, three)
+    for i in (1, 3):
+        alone = state.fused_step(state.decode_batch([i], [12 + i - 1]), threads=2)
+        assert torch.equal(alone[0], one[i])
+
+
 @pytest.mark.parametrize("quant", ["int8", "int4"])
 def test_quantized_fused_step_computes_what_torch_does(model_dirs, quant):
     """The same codes and scales; torch's kernels take bfloat16 activations and scales, the
@@ -147,12 +192,14 @@ def test_quantized_fused_step_computes_what_torch_does(model_dirs, quant):
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
 
 
+@pytest.mark.parametrize("cached", [[6, 9, 0], [126, 300, 0]])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_short_prefill_and_mixed_batch_compute_what_torch_does(model_dirs, dtype):
+def test_short_prefill_and_mixed_batch_compute_what_torch_does(model_dirs, dtype, cached):
     """An extend is causal: each new token sees its request's slots up to its own position.
-    Request 0 extends 4 tokens on top of its cached 6; request 1 decodes one token; request 2
-    is a new 3-token prompt. Logits of each request's last token, and the KV written."""
-    state = _State(model_dirs["qwen2"], dtype, [6, 9, 0])
+    Request 0 extends 4 tokens on top of its cached 6 (or 126: its rows cross the attention's
+    first chunk of 128 positions); request 1 decodes one token; request 2 is a new 3-token
+    prompt. Logits of each request's last token, and the KV written."""
+    state = _State(model_dirs["qwen2"], dtype, cached, max_len=512)
     extend = [4, 1, 3]
     rows = [state.req_rows[i] for i in range(3)]
     prefix = [state.lens[i] for i in range(3)]
