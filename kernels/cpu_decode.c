@@ -1019,6 +1019,12 @@ static void quantize_x(const float *x, int64_t n_blocks, float top, int16_t *xq,
  * lane by lane: the same bits as an AVX512_VNNI build. Measured against the float kernels
  * they replace here (DT_I8's bfloat16 rounding per weight, DT_I4's widening to float32): see
  * bench/RESULTS.md. */
+/* An accumulator pinned to a register at this point of the loop: without it gcc unrolls the
+ * loop over a block and computes every product before adding any, spilling them to the stack
+ * (60 stack accesses in nt_i4ph_1): an int4 row streamed 19.5 GB/s a thread from cache, 24.5
+ * pinned (bench/RESULTS.md). The sums, and so the bits, are the same. */
+#define PIN(v) __asm__("" : "+x"(v))
+#define PIN2(a, b) __asm__("" : "+x"(a), "+x"(b))
 /* The first pass over a group (its first half) asks for the line this many bytes ahead: M = 1
  * products of 4096 x 4096 on a 2-core Zen 3 streamed int4 at 13.3 GB/s without, 15.2 with
  * (int8 14.3, 15.0; best of 4); a whole int4 decode step gained ~2% by median. */
@@ -1054,6 +1060,7 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
                         const __m256i xp =                                                     \
                             _mm256_set1_epi32(x_pair(xq + (int64_t)b * K + blk * 32 + 2 * j)); \
                         e[b] = _mm256_add_epi32(e[b], _mm256_madd_epi16(wj, xp));              \
+                        PIN(e[b]);                                                             \
                     }                                                                          \
                 }                                                                              \
                 __m256 s = _mm256_loadu_ps(sw + blk * 16 + 8 * h);                             \
@@ -1098,6 +1105,7 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
                             lo[b], _mm256_add_epi16(                                           \
                                        _mm256_maddubs_epi16(w0, _mm256_set1_epi32(x_quad(xl + o))), \
                                        _mm256_maddubs_epi16(w1, _mm256_set1_epi32(x_quad(xl + o + 4))))); \
+                        PIN2(hi[b], lo[b]);                                                    \
                     }                                                                          \
                 }                                                                              \
                 __m256 d = LOAD8(sd + blk * 16), m = LOAD8(sm + blk * 16);                     \
@@ -1135,6 +1143,7 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
                     _mm256_cvtepi8_epi16(_mm_loadu_si128((const void *)(wb + 32 * j + 16)));   \
                 e0 = _mm256_add_epi32(e0, _mm256_madd_epi16(w0, xp));                          \
                 e1 = _mm256_add_epi32(e1, _mm256_madd_epi16(w1, xp));                          \
+                PIN2(e0, e1);                                                                  \
             }                                                                                  \
             __m256 sx = _mm256_set1_ps(xs[blk]);                                               \
             f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e0),                                       \
@@ -1174,6 +1183,7 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
                                                                      _mm256_maddubs_epi16(w1, h4))); \
                     lo[h] = _mm256_add_epi16(lo[h], _mm256_add_epi16(_mm256_maddubs_epi16(w0, l0), \
                                                                      _mm256_maddubs_epi16(w1, l4))); \
+                    PIN2(hi[h], lo[h]);                                                        \
                 }                                                                              \
             }                                                                                  \
             const __m256 sz = _mm256_set1_ps(xz[blk]), sx = _mm256_set1_ps(xs[blk]);           \
