@@ -1541,16 +1541,6 @@ INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
         v = __builtin_shufflevector(v, v, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         store_f32(sc + s, v * splat(a->scale));
     }
-#else
-    for (; s + 8 <= S; s += 8) {
-        f32x8 v[8];
-        for (int j = 0; j < 8; j++) {
-            vfw acc[VPARTS];
-            qk_parts(a, q, qb, slot[s + j] * HD + kvo, D, bf, acc);
-            v[j] = acc[0] + acc[1]; /* hsum_parts' first step */
-        }
-        store_vw(sc + s, hsum8x8(v) * vsplat(a->scale));
-    }
 #endif
     for (; s < S; s++) {
         vfw acc[VPARTS];
@@ -1560,40 +1550,43 @@ INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
 }
 
 #if VW == 8
-/* ``qk_scores`` for the G query heads of KV head kvh at once (q: G rows D apart; sc: G rows
- * ``ld`` apart), head_dim 64 with 8 lanes: each K row is loaded (widened from bfloat16) once
- * into registers for all G heads, and each head's sums are ``qk_parts``' in its order, so
- * the same bits as ``qk_scores`` head by head. G <= 8. */
-INLINE void qk_scores_g64(const attn_args *a, const float *q, const int64_t *slot, int64_t S,
-                          int kvh, float *sc, int64_t ld, int G, const int bf) {
-    enum { D = 64, DV = 8 };
+/* ``qk_scores`` for the G query heads of KV head kvh (q: G rows D apart; sc: G rows ``ld``
+ * apart), with 8 lanes (no AVX512_BF16 there: keys are widened to float32): each K row is
+ * loaded once for up to 8 heads, and each head's sums are ``qk_parts``' in its order, 8 keys'
+ * totals at once by ``hsum8x8`` (a tail key by ``hsum8``): the same bits as head by head. */
+INLINE void qk_scores_heads(const attn_args *a, const float *q, const int64_t *slot, int64_t S,
+                            int kvh, float *sc, int64_t ld, int G, const int D, const int bf) {
+    const int DV = D / VW;
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
     const vfw scale = vsplat(a->scale);
-    int64_t s = 0;
-    for (; s < S; s += 8) {
-        const int keys = S - s < 8 ? (int)(S - s) : 8;
-        f32x8 v[8][8]; /* [head][key] */
-        for (int j = 0; j < keys; j++) {
-            const int64_t off = slot[s + j] * HD + kvo;
-            vfw k[DV];
-            for (int d = 0; d < DV; d++)
-                k[d] = bf ? load_bf16_vw((const uint16_t *)a->kc + off + VW * d)
-                          : load_vw((const float *)a->kc + off + VW * d);
-            for (int g = 0; g < G; g++) {
-                const float *qg = q + (int64_t)g * D;
-                vfw acc0 = (vfw){0}, acc1 = (vfw){0};
-                for (int d = 0; d < DV; d += 2) {
-                    acc0 += load_vw(qg + VW * d) * k[d];
-                    acc1 += load_vw(qg + VW * (d + 1)) * k[d + 1];
+    for (int g0 = 0; g0 < G; g0 += 8) {
+        const int ng = G - g0 < 8 ? G - g0 : 8;
+        for (int64_t s = 0; s < S; s += 8) {
+            const int keys = S - s < 8 ? (int)(S - s) : 8;
+            f32x8 v[8][8]; /* [head][key] */
+            for (int j = 0; j < keys; j++) {
+                const int64_t off = slot[s + j] * HD + kvo;
+                vfw k[256 / VW];
+                for (int d = 0; d < DV; d++)
+                    k[d] = bf ? load_bf16_vw((const uint16_t *)a->kc + off + VW * d)
+                              : load_vw((const float *)a->kc + off + VW * d);
+                for (int g = 0; g < ng; g++) {
+                    const float *qg = q + (int64_t)(g0 + g) * D;
+                    vfw acc0 = (vfw){0}, acc1 = (vfw){0};
+                    for (int d = 0; d < DV; d += 2) {
+                        acc0 += load_vw(qg + VW * d) * k[d];
+                        acc1 += load_vw(qg + VW * (d + 1)) * k[d + 1];
+                    }
+                    v[g][j] = acc0 + acc1; /* hsum_parts' first step */
                 }
-                v[g][j] = acc0 + acc1; /* hsum_parts' first step */
             }
-        }
-        for (int g = 0; g < G; g++) {
-            if (keys == 8) {
-                store_vw(sc + g * ld + s, hsum8x8(v[g]) * scale);
-            } else {
-                for (int j = 0; j < keys; j++) sc[g * ld + s + j] = hsum8(v[g][j]) * a->scale;
+            for (int g = 0; g < ng; g++) {
+                float *row = sc + (g0 + g) * ld + s;
+                if (keys == 8) {
+                    store_vw(row, hsum8x8(v[g]) * scale);
+                } else {
+                    for (int j = 0; j < keys; j++) row[j] = hsum8(v[g][j]) * a->scale;
+                }
             }
         }
     }
@@ -1648,16 +1641,16 @@ INLINE void pv_heads(const attn_args *a, const int64_t *slot, int64_t S, int kvh
                      int64_t ld, const float *sums, float *dst, int64_t dst_ld, const int NH,
                      const int D, const int bf) {
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
-    const int DV = D / VW, DB = pv_block(DV, NH), nd = DB;
+    const int DV = D / VW, DB = pv_block(DV, NH);
     for (int d0 = 0; d0 < DV; d0 += DB) {
         vfw o[4][12]; /* NH <= 4 */
         for (int h = 0; h < NH; h++)
-            for (int d = 0; d < nd; d++) o[h][d] = (vfw){0};
+            for (int d = 0; d < DB; d++) o[h][d] = (vfw){0};
         for (int64_t s = 0; s < S; s++) {
             const int64_t off = slot[s] * HD + kvo + (int64_t)VW * d0;
             vfw p[4];
             for (int h = 0; h < NH; h++) p[h] = vsplat(w[h * ld + s]);
-            for (int d = 0; d < nd; d++) {
+            for (int d = 0; d < DB; d++) {
                 vfw v = bf ? load_bf16_vw((const uint16_t *)a->vc + off + VW * d)
                            : load_vw((const float *)a->vc + off + VW * d);
                 for (int h = 0; h < NH; h++) o[h][d] += p[h] * v;
@@ -1665,7 +1658,7 @@ INLINE void pv_heads(const attn_args *a, const int64_t *slot, int64_t S, int kvh
         }
         for (int h = 0; h < NH; h++) {
             vfw inv = vsplat(1.0f / sums[h]);
-            for (int d = 0; d < nd; d++)
+            for (int d = 0; d < DB; d++)
                 store_vw(dst + (int64_t)h * dst_ld + VW * (d0 + d), o[h][d] * inv);
         }
     }
@@ -1728,28 +1721,21 @@ INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc
     const int64_t n = S - s0 < C ? S - s0 : C;
     const int64_t *slot = a->slots + a->rows[m] * a->stride + s0;
     float sums[256], maxes[256];
-    uint16_t qb[512]; /* the query's bfloat16 parts: hi [D], lo [D] */
-    int scored = 0; /* the heads whose scores are in sc */
 #if VW == 8
-    if (D == 64 && G <= 8) {
-        qk_scores_g64(a, a->qkv + m * qkv_w + (int64_t)h0 * D, slot, n, kvh, sc, C, G, bf);
-        scored = G;
-    }
-#endif
+    qk_scores_heads(a, a->qkv + m * qkv_w + (int64_t)h0 * D, slot, n, kvh, sc, C, G, D, bf);
+#else
+    uint16_t qb[512]; /* the query's bfloat16 parts: hi [D], lo [D] */
     for (int g = 0; g < G; g++) {
         const float *q = a->qkv + m * qkv_w + (int64_t)(h0 + g) * D;
-        if (g < scored) {
-            sums[g] = softmax_weights(sc + g * C, n, &maxes[g]);
-            continue;
-        }
         if (bf) {
             to_bf16(q, qb, D);
             for (int d = 0; d < D; d++) /* the remainder is exact in float32 */
                 qb[D + d] = f32_to_bf16(q[d] - bf16_to_f32(qb[d]));
         }
         qk_scores(a, q, qb, slot, n, kvh, sc + g * C, D, bf);
-        sums[g] = softmax_weights(sc + g * C, n, &maxes[g]);
     }
+#endif
+    for (int g = 0; g < G; g++) sums[g] = softmax_weights(sc + g * C, n, &maxes[g]);
     float *dst;
     int64_t dst_ld;
     if (nch == 1) { /* normalised, straight to the output */
