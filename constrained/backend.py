@@ -144,7 +144,8 @@ class GrammarBackend:
     def batch_mask(self, reqs: list[Req], device: torch.device) -> VocabMask | None:
         """The mask of this step's constrained rows; None (no cost) when there are none."""
         del device  # the bitmask is filled on the CPU; VocabMask.apply moves what it needs
-        return self.masks.build([r.grammar for r in reqs], self.vocab_size)
+        hold = [len(r.output_ids) < r.sampling_params.min_new_tokens for r in reqs]
+        return self.masks.build([r.grammar for r in reqs], self.vocab_size, hold)
 
     @staticmethod
     def accept(reqs: list[Req]) -> None:

@@ -56,17 +56,25 @@ class GrammarState:
     def is_stop(self, token_id: int) -> bool:
         return token_id in self.stop_ids
 
-    def fill_bitmask(self, bitmask: torch.Tensor, index: int) -> None:
+    def fill_bitmask(self, bitmask: torch.Tensor, index: int, hold_stop: bool = False) -> None:
         """Row ``index``: the allowed tokens now. This request's own stop ids (``stop_token_ids``)
         end the output, so they are allowed exactly where the grammar may end, even when the
         grammar would also take them as text: sampled mid-output, one would end it unfinished.
         A state whose every allowed token is such a stop id fails the request (on
-        ``stop_token_ids``)."""
+        ``stop_token_ids``).
+
+        ``hold_stop`` (the output is still below its ``min_new_tokens``) clears the stop ids
+        where the grammar also allows other tokens: the output goes on as long as the grammar
+        lets it. Where it allows only stop ids they stay, and one ends the output: the
+        grammar's end outranks ``min_new_tokens``."""
         if not self.done:
             with self._failing_alone():
                 self.matcher.fill_bitmask(bitmask, index)
+                words = bitmask[index].numpy().view(np.uint32)
                 if self.extra_stop_ids:
-                    self._own_stop_ids(bitmask[index].numpy().view(np.uint32))
+                    self._own_stop_ids(words)
+                if hold_stop and not self.done:
+                    _hold_stop_ids(words, self.stop_ids)
         if self.done:  # ended, or its matcher failed just now
             _set_only(bitmask, index, self.stop_ids)
 
@@ -190,3 +198,12 @@ def _set_only(bitmask: torch.Tensor, index: int, ids: list[int]) -> None:
     words[:] = 0
     for t in ids:
         words[t // 32] |= np.uint32(1 << (t % 32))
+
+
+def _hold_stop_ids(words: np.ndarray, stop_ids: list[int]) -> None:
+    """Clears ``stop_ids`` in the packed row ``words`` unless nothing else would be left."""
+    held = words.copy()
+    for t in stop_ids:
+        held[t // 32] &= ~np.uint32(1 << (t % 32))
+    if held.any():
+        words[:] = held

@@ -45,7 +45,14 @@ class MaskBuilder:
     def __init__(self) -> None:
         self._buf = torch.empty((0, 0), dtype=torch.int32)
 
-    def build(self, states: list[GrammarState | None], vocab_size: int) -> VocabMask | None:
+    def build(
+        self,
+        states: list[GrammarState | None],
+        vocab_size: int,
+        hold_stop: list[bool] | None = None,
+    ) -> VocabMask | None:
+        """``hold_stop[i]``: row ``i`` is below its ``min_new_tokens``
+        (``GrammarState.fill_bitmask``)."""
         if all(s is None for s in states):
             return None
         n, words = len(states), (vocab_size + 31) // 32
@@ -56,5 +63,5 @@ class MaskBuilder:
             if s is None:
                 out[i] = -1
             else:
-                s.fill_bitmask(out, i)
+                s.fill_bitmask(out, i, hold_stop=hold_stop is not None and hold_stop[i])
         return VocabMask(out)

@@ -134,7 +134,8 @@ class SamplingBatchInfo:
         ban_rows: list[int] = []
         ban_ids: list[int] = []
         for i, (p, n) in enumerate(zip(params, output_lens)):
-            # a grammar decides itself where EOS may come; banning it could leave no token
+            # a grammar holds stop tokens back itself, where it allows other tokens too
+            # (GrammarState.fill_bitmask): a ban here could leave no token
             if n < p.min_new_tokens and not p.is_constrained:
                 banned = set(eos_token_ids) | set(p.stop_token_ids)
                 ban_rows += [i] * len(banned)

@@ -17,7 +17,8 @@ class StopChecker:
 
     Stop conditions take precedence over length, so a sequence that ends with EOS on its last
     allowed token reports "stop". Below ``min_new_tokens`` nothing but length stops it (the
-    sampler also masks EOS and stop ids there).
+    sampler also masks EOS and stop ids there), except the end of a grammar: a stop token the
+    grammar took as its end (only stop tokens were allowed) ends the output.
     """
 
     def __init__(self, tokenizer: Any | None, eos_token_ids: set[int], context_len: int) -> None:
@@ -29,6 +30,8 @@ class StopChecker:
         p = req.sampling_params
         n = len(req.output_ids)
         token = req.output_ids[-1]
+        if n < p.min_new_tokens and req.grammar is not None and req.grammar.done:
+            return FinishReason("stop", matched=token)
         if n >= p.min_new_tokens:
             if token in p.stop_token_ids:
                 return FinishReason("stop", matched=token)

@@ -196,3 +196,23 @@ def test_a_state_that_allows_only_stop_tokens_fails_the_request_by_name(compile_
     assert gs.done and isinstance(gs.failure, InvalidRequestError)
     assert gs.failure.field == "stop_token_ids"
     assert not mask[x] and not mask[2]  # only stop tokens: the request ends on one
+
+
+def test_below_min_new_tokens_stop_tokens_wait_while_the_grammar_allows_more(
+    compile_grammar, vocab, tokenizer
+):
+    """``hold_stop`` (an output below its ``min_new_tokens``) clears the stop tokens where the
+    grammar could also go on, and leaves them where they are all it allows."""
+    gs = GrammarState(compile_grammar(GrammarKey("regex", "a+")), vocab, [])
+    (a,) = tokenizer.encode("a", add_special_tokens=False)
+    gs.accept(a)
+
+    def disallowed(hold: bool):
+        return MaskBuilder().build([gs], 49152, [hold]).disallowed(49152)[0]
+
+    assert not disallowed(False)[2] and not disallowed(False)[a]  # "a" may end or go on
+    assert disallowed(True)[2] and not disallowed(True)[a]  # held: it goes on
+    done = GrammarState(compile_grammar(GrammarKey("regex", "a")), vocab, [])
+    done.accept(a)
+    mask = MaskBuilder().build([done], 49152, [True]).disallowed(49152)[0]
+    assert not mask[2] and mask.sum() == 49152 - 2  # only the stop ids {0, 2}: it ends

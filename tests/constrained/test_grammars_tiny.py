@@ -109,6 +109,20 @@ def test_ebnf_regex_and_any_json(engine):
         assert isinstance(json.loads(text), dict)
 
 
+def test_min_new_tokens_lengthens_a_grammar_output_until_the_grammar_must_end(engine):
+    """Below ``min_new_tokens`` the grammar goes on where it can; where it allows only its end,
+    one stop token ends the output (not ``min_new_tokens`` copies of it)."""
+    eos = engine.tokenizer.eos_token_id
+    for o in _run(engine, {"regex": "[ab]{1,40}", "min_new_tokens": 12}, max_new=64):
+        ids, reason = o["output_ids"], o["meta_info"]["finish_reason"]
+        assert re.fullmatch("[ab]{12,40}", o["text"]), o["text"]
+        assert ids.count(eos) == (reason["type"] == "stop")
+    for o in _run(engine, {"regex": "(yes|no)", "min_new_tokens": 10}, max_new=32):
+        assert o["text"] in ("yes", "no")
+        assert o["output_ids"][-1] == eos and o["output_ids"].count(eos) == 1
+        assert o["meta_info"]["finish_reason"] == {"type": "stop", "matched": eos}
+
+
 def test_structural_tag_constrains_only_after_its_trigger(engine):
     schema = {
         "type": "object",
