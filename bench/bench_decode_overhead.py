@@ -151,26 +151,26 @@ class Phases:
 
 
 class InProcess:
-    def __init__(self, plait: Any, variant: str) -> None:
+    def __init__(self, plait: Any, variant: str, prompt: str) -> None:
         engine_mod = importlib.import_module("plait.runtime.engine")
         timers = importlib.import_module("plait.bench.step_timers")
         self.engine = engine_mod.Engine(None, max_total_tokens=4096, **VARIANTS[variant])
         self.MethodTimer = timers.MethodTimer
-        self.plait = plait
+        self.plait, self.prompt = plait, prompt
         core = self.engine.core
         if core.runner.fused is None:
             raise RuntimeError("the fused decode step is not available on this machine")
         self.lib = core.runner.fused.lib = TimedLib(core.runner.fused.lib)
-        self.engine.generate(PROMPT, {"max_new_tokens": 8, "temperature": 0})  # warm up
+        self.engine.generate(prompt, {"max_new_tokens": 8, "temperature": 0})  # warm up
 
     def run(self, tag: str, params: dict[str, Any], stream: bool) -> Run:
         timed = Phases(self.MethodTimer, self.engine.core, self.lib, params["max_new_tokens"])
         with timed:
             if stream:
-                for _ in self.engine.generate(f"{PROMPT} {tag}", params, stream=True):
+                for _ in self.engine.generate(f"{self.prompt} {tag}", params, stream=True):
                     pass
             else:
-                self.engine.generate(f"{PROMPT} {tag}", params)
+                self.engine.generate(f"{self.prompt} {tag}", params)
         assert timed.run is not None
         return timed.run
 
@@ -178,7 +178,7 @@ class InProcess:
 class WorkerLoop:
     """``Worker.run``'s loop body, driven here until the request's last record is sent."""
 
-    def __init__(self, plait: Any, variant: str) -> None:
+    def __init__(self, plait: Any, variant: str, prompt: str) -> None:
         core_mod = importlib.import_module("plait.runtime.worker.core")
         config_mod = importlib.import_module("plait.runtime.config")
         worker_mod = importlib.import_module("plait.runtime.worker.zmq_worker")
@@ -198,7 +198,7 @@ class WorkerLoop:
         self.client = zmq.Context.instance().socket(zmq.DEALER)
         self.client.setsockopt(zmq.LINGER, 0)
         self.client.connect(endpoint)
-        self.ids = self.core.tokenizer.encode(PROMPT)
+        self.ids = self.core.tokenizer.encode(prompt)
         self.lib = self.core.runner.fused.lib = TimedLib(self.core.runner.fused.lib)
         self.run("warm", {"max_new_tokens": 8, "temperature": 0}, False)
 
@@ -227,7 +227,8 @@ class WorkerLoop:
 
 
 class ThroughWorker:
-    def __init__(self, plait: Any, variant: str, root: str | None) -> None:
+    def __init__(self, plait: Any, variant: str, root: str | None, prompt: str) -> None:
+        self.prompt = prompt
         env = os.environ.get("PYTHONPATH")
         if root is not None:  # the worker process imports the same tree
             os.environ["PYTHONPATH"] = os.pathsep.join([root, *([env] if env else [])])
@@ -238,15 +239,15 @@ class ThroughWorker:
                 del os.environ["PYTHONPATH"]
             elif root is not None:
                 os.environ["PYTHONPATH"] = env
-        self.runtime.generate(PROMPT, {"max_new_tokens": 8, "temperature": 0})
+        self.runtime.generate(prompt, {"max_new_tokens": 8, "temperature": 0})
 
     def run(self, tag: str, params: dict[str, Any], stream: bool, c_seconds: float) -> Run:
         t = time.perf_counter()
         if stream:
-            for _ in self.runtime.generate_stream(f"{PROMPT} {tag}", params):
+            for _ in self.runtime.generate_stream(f"{self.prompt} {tag}", params):
                 pass
         else:
-            self.runtime.generate(f"{PROMPT} {tag}", params)
+            self.runtime.generate(f"{self.prompt} {tag}", params)
         wall = time.perf_counter() - t
         return Run(params["max_new_tokens"], wall, {"C": c_seconds})
 
@@ -322,7 +323,7 @@ def main() -> None:
         type=int,
         default=0,
         help="words put before the prompt (about a token each): decode at a longer context, "
-        "where attention weighs more",
+        "where attention weighs more (not --served: that runs bench_vs_llamacpp's prompt)",
     )
     ap.add_argument(
         "--contender",
@@ -331,8 +332,6 @@ def main() -> None:
         "server and client), or busy",
     )
     args = ap.parse_args()
-    global PROMPT
-    PROMPT = "word " * args.context + PROMPT
     with ExitStack() as stack:
         if args.contender:
             print(f"# beside a contender: {stack.enter_context(Contender.parse(args.contender))}")
@@ -344,6 +343,7 @@ def run(args: argparse.Namespace) -> None:
     if args.compare:
         trees.append((os.path.basename(args.compare.rstrip("/")), args.compare))
     params = {"max_new_tokens": args.new, "temperature": 0, "ignore_eos": True}
+    prompt = "word " * args.context + PROMPT
     print(
         f"# {args.new} greedy tokens{' streamed' if args.stream else ''}, {args.repeats} "
         f"repeats; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}; us per token, min median"
@@ -355,9 +355,9 @@ def run(args: argparse.Namespace) -> None:
         engines = []
         for name, root in trees:
             plait = load_tree(root)
-            inproc = InProcess(plait, variant)
-            loop = WorkerLoop(plait, variant) if args.worker_loop else None
-            worker = ThroughWorker(plait, variant, root) if args.worker else None
+            inproc = InProcess(plait, variant, prompt)
+            loop = WorkerLoop(plait, variant, prompt) if args.worker_loop else None
+            worker = ThroughWorker(plait, variant, root, prompt) if args.worker else None
             engines.append((name, inproc, loop, worker))
         log_dir = tempfile.TemporaryDirectory(prefix="bench-served-")
         served = {}
