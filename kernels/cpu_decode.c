@@ -510,7 +510,9 @@ typedef struct {
     const float *xsum;        /* DT_I4 without AVX-512: [M, in / 32] sums of activation groups;
                                  DT_I8P / DT_I4P: sums of the int16 activations per block */
     const uint16_t *xb;       /* DT_BF16, DT_I8 with BF16_DOT: the activations in bfloat16 */
-    uint16_t *conv;           /* DT_I8 batches with BF16_DOT: [nth, 4, in] weight blocks */
+    void *conv;               /* batches' weight blocks made once per block (``nt_rows``),
+                                 [nth, TILE_RO, in]: DT_I8 as bfloat16 with BF16_DOT, DT_BF16
+                                 and DT_I8 as float32 without */
     const int16_t *xq;        /* DT_I8P: activations as int16 per 32 [M, in] */
     const int8_t *xh, *xl;    /* DT_I4P: as 14 bits per 32, q = 128 xh + xl [M, in] each */
     const float *xs;          /* DT_I8P / DT_I4P: their scales [M, in / 32] */
@@ -592,7 +594,8 @@ INLINE void row_scales(const gemv_args *a, int64_t o, int RO, const float **sc) 
             for (int b = 0; b < NB; b++)                                                       \
                 for (int h = 0; h < VPARTS; h++) acc[r][b][h] = (vfw){0};                          \
         /* the next weight block brought in, as in NT_TILE_DOT */                             \
-        const T *next = RO > 1 && m0 == 0 && o + 2 * RO <= a->out ? w + RO * K : NULL;        \
+        const T *next =                                                                        \
+            RO > 1 && m0 == 0 && !a->conv && o + 2 * RO <= a->out ? w + RO * K : NULL;         \
         const float *sc[RO];                                                                   \
         row_scales(a, o, RO, sc);                                                              \
         for (int64_t k = 0; k < K16; k += 16) {                                                \
@@ -1305,14 +1308,40 @@ static const nt_kernel tiles[4][2][3] = {
 #endif
     {{nt_i4_1, nt_i4_2, nt_i4_4}, {NULL, NULL, NULL}}};
 
+/* Without AVX512_BF16, DT_BF16 and DT_I8 weights are widened to float32 in registers, by the
+ * same loads the tiles use: a batch of M activation rows widened each weight M / TILE_NB times.
+ * ``widen_rows`` does it once per block of TILE_RO rows, into ``conv``, for the float32 tiles:
+ * the same values in the same order (the same bits). */
+#if !BF16_DOT
+#define WIDEN_MIN_ROWS 4 /* activation rows from which a block is widened once */
+static void widen_rows(const gemv_args *a, int64_t o, const void *wr, float *dst) {
+    const int64_t K = a->in, K8 = K & ~(int64_t)(VW - 1);
+    const float *sc[TILE_RO];
+    row_scales(a, o, TILE_RO, sc);
+    for (int r = 0; r < TILE_RO; r++) {
+        float *d = dst + r * K;
+        if (a->dtype == DT_BF16) {
+            const uint16_t *w = (const uint16_t *)wr + r * K;
+            int64_t k = 0;
+            for (; k < K8; k += VW) store_vw(d + k, tload_bf16(w + k, NULL, k));
+            for (; k < K; k++) d[k] = bf16_to_f32(w[k]);
+        } else { /* DT_I8: whole 32-element blocks */
+            const int8_t *w = (const int8_t *)wr + r * K;
+            for (int64_t k = 0; k < K; k += VW) store_vw(d + k, tload_i8(w + k, sc[r], k));
+        }
+    }
+}
+#endif
+
 /* Output rows [o0, o1). With one activation row a weight row is one stream (also with AVX2:
  * 4 rows at a time, 4 streams, lost a float32 decode step 24 -> 19 tok/s and a bfloat16 one
  * 37 -> 30 on a 2-core Zen 3, though they won on 4096 x 4096 products); with 4 or more,
- * blocks of TILE_RO weight rows stay in L1 while every activation row passes over them. int8 blocks with
- * more than one activation tile are made bfloat16 once into ``conv`` (4 rows) and run by the
- * bfloat16 tiles: the same values in the same order as the int8 tiles (same bits), without
- * converting each weight again for every tile. */
-static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) {
+ * blocks of TILE_RO weight rows stay in L1 while every activation row passes over them.
+ * Where ``conv`` is given, each block is converted once into it and run by other tiles:
+ * int8 made bfloat16 with AVX512_BF16 (``i8_to_bf16``), bfloat16 and int8 made float32
+ * without (``widen_rows``); the same values in the same order as the block's own tiles (same
+ * bits), without converting each weight again for every activation tile. */
+static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, void *conv) {
     const int64_t row = a->in * weight_eighths[a->dtype] / 8;
     const int ro = a->M >= 4 && a->dtype != DT_I4 ? TILE_RO : 1;
     const int nb = a->dtype == DT_I4 ? 4 : TILE_NB; /* the int4 kernels' widest is 4 rows */
@@ -1321,15 +1350,18 @@ static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, uint16_t *conv) 
     for (; o + ro <= o1; o += ro) {
         const void *wr = (const char *)a->w + o * row;
         const nt_kernel *kk = k;
-#if BF16_DOT /* (AVX-512: TILE_RO is 4, conv's rows) */
-        if (conv && ro == 4) {
+        if (conv && ro == TILE_RO) {
+#if BF16_DOT /* (AVX-512: TILE_RO is 4) */
             for (int r = 0; r < 4; r++)
                 i8_to_bf16((const int8_t *)wr + r * a->in, a->scale + (o + r) * (a->in / 32),
-                           conv + r * a->in, a->in);
-            wr = conv;
+                           (uint16_t *)conv + r * a->in, a->in);
             kk = tiles[DT_BF16][1];
-        }
+#else
+            widen_rows(a, o, wr, (float *)conv);
+            kk = tiles[DT_F32][1];
 #endif
+            wr = conv;
+        }
         int m = 0;
         for (; m + nb <= a->M; m += nb) kk[2](a, o, m, wr);
         for (; m + 2 <= a->M; m += 2) kk[1](a, o, m, wr);
@@ -1361,6 +1393,13 @@ static int64_t gemv_chunk(const gemv_args *a, int nth) {
     return (rows + GEMV_ROWS - 1) / GEMV_ROWS * GEMV_ROWS; /* at least GEMV_ROWS */
 }
 
+/* One thread's ``conv``: TILE_RO rows, bfloat16 with AVX512_BF16, float32 without; whole
+ * cache lines. */
+INLINE size_t conv_bytes(const gemv_args *a) {
+    const size_t n = (size_t)TILE_RO * (size_t)a->in * (BF16_DOT ? 2 : 4);
+    return (n + 63) & ~(size_t)63;
+}
+
 static void gemv_rows(void *p, int tid, int64_t lo, int64_t hi) {
     const gemv_args *a = (const gemv_args *)p;
 #if PACKED_DOT
@@ -1369,7 +1408,7 @@ static void gemv_rows(void *p, int tid, int64_t lo, int64_t hi) {
         return;
     }
 #endif
-    nt_rows(a, lo, hi, a->conv ? a->conv + (int64_t)tid * 4 * a->in : NULL);
+    nt_rows(a, lo, hi, a->conv ? (char *)a->conv + tid * conv_bytes(a) : NULL);
 }
 
 /* float32 -> bfloat16, round to nearest even: 32 at a time by the CPU's own conversion
@@ -1415,10 +1454,15 @@ static int gemv(gemv_args *a, int nth) {
     }
     const int64_t G = a->dtype == DT_I4 && !I4_TABLE ? a->in / 32 : 0;
     const int64_t nxb = (a->dtype == DT_BF16 || a->dtype == DT_I8) && BF16_DOT ? a->M * a->in : 0;
-    const int64_t nconv = a->dtype == DT_I8 && BF16_DOT && a->M > 4 ? (int64_t)nth * 4 * a->in : 0;
-    /* one buffer: xsum [M, G] floats, then xb and conv (bfloat16) */
+#if BF16_DOT
+    const int convert = a->dtype == DT_I8 && a->M > 4;
+#else
+    const int convert = (a->dtype == DT_BF16 || a->dtype == DT_I8) && a->M >= WIDEN_MIN_ROWS;
+#endif
+    /* one buffer: xsum [M, G] floats, xb (bfloat16), then conv on a cache line */
     const size_t xsum_bytes = sizeof(float) * (size_t)(a->M * G);
-    char *buf = (char *)malloc(xsum_bytes + 2 * (size_t)(nxb + nconv) + 64);
+    const size_t conv_at = (xsum_bytes + 2 * (size_t)nxb + 63) & ~(size_t)63;
+    char *buf = (char *)malloc(conv_at + (convert ? (size_t)nth * conv_bytes(a) : 0) + 64);
     if (!buf) return -1;
     if (G) {
         float *xsum = (float *)buf;
@@ -1435,7 +1479,7 @@ static int gemv(gemv_args *a, int nth) {
         to_bf16(a->x, xb, nxb);
         a->xb = xb;
     }
-    a->conv = nconv ? xb + nxb : NULL;
+    a->conv = convert ? (void *)(((uintptr_t)(buf + conv_at) + 63) & ~(uintptr_t)63) : NULL;
     parallel_claim(gemv_rows, a, a->out, gemv_chunk(a, nth), nth);
     free(buf);
     return 0;

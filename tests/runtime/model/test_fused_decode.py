@@ -582,6 +582,26 @@ def test_products_are_the_same_bits_whoever_claims_the_rows(m):
             assert torch.equal(y, one), (code, threads)
 
 
+@pytest.mark.parametrize("k", [96, 100])
+def test_a_batch_row_has_the_bits_of_the_row_alone_in_every_format(k):
+    """Batches run tiles (bfloat16 and int8 weights widened once per block without
+    AVX512_BF16, in registers for one row): every row of a batch of 2-9 the same bits as that
+    row's product alone. k = 100: a tail past the last vector (not for int8 / int4, whole
+    blocks only)."""
+    lib = cpu_decode.library()
+    x = torch.randn(9, k, generator=torch.Generator().manual_seed(k))
+    dense = torch.randn(48, k, generator=torch.Generator().manual_seed(1))
+    formats = _formats(48, k) if k % 32 == 0 else [(cpu_decode.DT_BF16, dense.bfloat16(), {})]
+    for code, w, kw in formats:
+        alone = torch.empty(9, 48)
+        for i in range(9):
+            assert cpu_decode.gemv(lib, code, w, x[i : i + 1], alone[i : i + 1], **kw) == 0
+        for m in (2, 4, 5, 9):
+            y = torch.empty(m, 48)
+            assert cpu_decode.gemv(lib, code, w, x[:m], y, threads=2, **kw) == 0
+            assert torch.equal(y, alone[:m]), (code, m)
+
+
 def test_rows_wider_than_a_claim_are_claimed_one_group_at_a_time():
     """A float32 row of 32,768 inputs (128 KB) is past a claim's ~64 KB: claims still take
     whole row groups."""
