@@ -122,7 +122,15 @@ def decode_step_times(engine: Engine, batch: int, constrained: bool, steps: int)
     extra = {"regex": r"[a-zA-Z ,.]+"} if constrained else {}
     reqs = []
     for i in range(batch):
-        p = SamplingParams(max_new_tokens=steps + 2, temperature=0, ignore_eos=True, **extra)
+        # min_new_tokens: a grammar's end would end a row (ignore_eos or not); below it the
+        # grammar holds EOS back, so every row lives through the timed steps
+        p = SamplingParams(
+            max_new_tokens=steps + 2,
+            min_new_tokens=steps + 2,
+            temperature=0,
+            ignore_eos=True,
+            **extra,
+        )
         ids = engine.encode(f"Write a long story about a dragon number {i}.")
         reqs.append(Req(rid=f"bench-{constrained}-{batch}-{i}", input_ids=ids, sampling_params=p))
     for r in reqs:

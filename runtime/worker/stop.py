@@ -16,9 +16,12 @@ class StopChecker:
     """Decides whether a request is done after it appended its newest token.
 
     Stop conditions take precedence over length, so a sequence that ends with EOS on its last
-    allowed token reports "stop". Below ``min_new_tokens`` nothing but length stops it (the
-    sampler also masks EOS and stop ids there), except the end of a grammar: a stop token the
-    grammar took as its end (only stop tokens were allowed) ends the output.
+    allowed token reports "stop". A stop token a request's grammar took as its end always ends
+    the output, as SGLang's ``check_finished`` does: after it the grammar allows nothing but
+    stop tokens, whatever ``ignore_eos`` or ``min_new_tokens`` say (below ``min_new_tokens``
+    the grammar holds its stop tokens back where it allows anything else). Otherwise, below
+    ``min_new_tokens`` nothing but length stops it (the sampler also masks EOS and stop ids
+    there).
     """
 
     def __init__(self, tokenizer: Any | None, eos_token_ids: set[int], context_len: int) -> None:
@@ -30,7 +33,7 @@ class StopChecker:
         p = req.sampling_params
         n = len(req.output_ids)
         token = req.output_ids[-1]
-        if n < p.min_new_tokens and req.grammar is not None and req.grammar.done:
+        if req.grammar is not None and req.grammar.done:
             return FinishReason("stop", matched=token)
         if n >= p.min_new_tokens:
             if token in p.stop_token_ids:

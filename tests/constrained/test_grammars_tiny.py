@@ -117,10 +117,12 @@ def test_min_new_tokens_lengthens_a_grammar_output_until_the_grammar_must_end(en
         ids, reason = o["output_ids"], o["meta_info"]["finish_reason"]
         assert re.fullmatch("[ab]{12,40}", o["text"]), o["text"]
         assert ids.count(eos) == (reason["type"] == "stop")
-    for o in _run(engine, {"regex": "(yes|no)", "min_new_tokens": 10}, max_new=32):
-        assert o["text"] in ("yes", "no")
-        assert o["output_ids"][-1] == eos and o["output_ids"].count(eos) == 1
-        assert o["meta_info"]["finish_reason"] == {"type": "stop", "matched": eos}
+    # ... and so does it with ignore_eos (SGLang's check_finished: the grammar's end ends it)
+    for extra in ({"min_new_tokens": 10}, {"ignore_eos": True}):
+        for o in _run(engine, {"regex": "(yes|no)", **extra}, max_new=32):
+            assert o["text"] in ("yes", "no")
+            assert o["output_ids"][-1] == eos and o["output_ids"].count(eos) == 1
+            assert o["meta_info"]["finish_reason"] == {"type": "stop", "matched": eos}
 
 
 def test_structural_tag_constrains_only_after_its_trigger(engine):
