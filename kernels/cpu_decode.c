@@ -1313,7 +1313,6 @@ static const nt_kernel tiles[4][2][3] = {
  * ``widen_rows`` does it once per block of TILE_RO rows, into ``conv``, for the float32 tiles:
  * the same values in the same order (the same bits). */
 #if !BF16_DOT
-#define WIDEN_MIN_ROWS 4 /* activation rows from which a block is widened once */
 static void widen_rows(const gemv_args *a, int64_t o, const void *wr, float *dst) {
     const int64_t K = a->in, K8 = K & ~(int64_t)(VW - 1);
     const float *sc[TILE_RO];
@@ -1341,16 +1340,17 @@ static void widen_rows(const gemv_args *a, int64_t o, const void *wr, float *dst
  * int8 made bfloat16 with AVX512_BF16 (``i8_to_bf16``), bfloat16 and int8 made float32
  * without (``widen_rows``); the same values in the same order as the block's own tiles (same
  * bits), without converting each weight again for every activation tile. */
+#define TILE_MIN_ROWS 4 /* activation rows from which weight rows go in blocks of TILE_RO */
 static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, void *conv) {
     const int64_t row = a->in * weight_eighths[a->dtype] / 8;
-    const int ro = a->M >= 4 && a->dtype != DT_I4 ? TILE_RO : 1;
+    const int ro = a->M >= TILE_MIN_ROWS && a->dtype != DT_I4 ? TILE_RO : 1;
     const int nb = a->dtype == DT_I4 ? 4 : TILE_NB; /* the int4 kernels' widest is 4 rows */
     const nt_kernel *k = tiles[a->dtype][ro > 1], *k1 = tiles[a->dtype][0];
     int64_t o = o0;
     for (; o + ro <= o1; o += ro) {
         const void *wr = (const char *)a->w + o * row;
         const nt_kernel *kk = k;
-        if (conv && ro == TILE_RO) {
+        if (conv) { /* (given only for batches of blocks: ro is TILE_RO) */
 #if BF16_DOT /* (AVX-512: TILE_RO is 4) */
             for (int r = 0; r < 4; r++)
                 i8_to_bf16((const int8_t *)wr + r * a->in, a->scale + (o + r) * (a->in / 32),
@@ -1457,7 +1457,7 @@ static int gemv(gemv_args *a, int nth) {
 #if BF16_DOT
     const int convert = a->dtype == DT_I8 && a->M > 4;
 #else
-    const int convert = (a->dtype == DT_BF16 || a->dtype == DT_I8) && a->M >= WIDEN_MIN_ROWS;
+    const int convert = (a->dtype == DT_BF16 || a->dtype == DT_I8) && a->M >= TILE_MIN_ROWS;
 #endif
     /* one buffer: xsum [M, G] floats, xb (bfloat16), then conv on a cache line */
     const size_t xsum_bytes = sizeof(float) * (size_t)(a->M * G);

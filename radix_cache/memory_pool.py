@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import math
-import mmap
-
 import torch
+
+from plait.runtime.mapped_tensors import mapped_tensors
 
 
 class ReqToTokenPool:
@@ -75,7 +74,9 @@ class TokenToKVPool:
         self.device = torch.device(device)
         shape = (size + 1, num_kv_heads, head_dim)
         if self.device.type == "cpu":
-            buffers = lazy_zeros(2 * num_layers, shape, dtype)
+            # zeroed by the kernel as their pages are first written: torch.zeros wrote the
+            # whole pool at every worker start (1.2-2.8 s for SmolLM2's default 3.6 GB)
+            buffers = mapped_tensors([(shape, dtype)] * (2 * num_layers))
         else:
             buffers = [
                 torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(2 * num_layers)
@@ -122,18 +123,3 @@ class TokenToKVPool:
 
     def get_kv(self, layer_id: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k_buffer[layer_id], self.v_buffer[layer_id]
-
-
-def lazy_zeros(count: int, shape: tuple[int, ...], dtype: torch.dtype) -> list[torch.Tensor]:
-    """``count`` zero CPU tensors of ``shape``, each on its own cache line, in one anonymous
-    mapping: the kernel backs a page with zeros when it is first touched, so a pool costs
-    neither time nor memory until its slots are used. (``torch.zeros`` writes every page up
-    front: 1.2-2.8 s for the default pool of SmolLM2, 3.6 GB, at every worker start.)
-
-    Invariant: the tensors read as zeros until written; the mapping lives as long as any of
-    them (each holds the buffer)."""
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    stride = (nbytes + 63) // 64 * 64
-    region = mmap.mmap(-1, max(stride * count, 1), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    raw = torch.frombuffer(region, dtype=torch.uint8)
-    return [raw[i * stride : i * stride + nbytes].view(dtype).view(shape) for i in range(count)]

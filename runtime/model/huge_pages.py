@@ -20,8 +20,10 @@ from pathlib import Path
 
 import torch
 
-HUGE_PAGE = 2 << 20
-ALIGN = 64  # each tensor starts on a cache line
+from plait.runtime.mapped_tensors import ALIGN, HUGE_PAGE, mapped_tensors
+
+__all__ = ["ALIGN", "HUGE_PAGE", "MIN_BYTES", "adopt_parameters", "available", "place"]
+
 MIN_BYTES = 1 << 20  # smaller tensors (norms, biases) stay where they are
 _THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
@@ -39,28 +41,11 @@ def available() -> bool:
     return "[always]" in mode or "[madvise]" in mode
 
 
-def _round_up(n: int, to: int) -> int:
-    return (n + to - 1) // to * to
-
-
 def place(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     """Copies of ``tensors`` (CPU, any dtypes) laid out in one huge-page mapping, in order."""
-    offsets, end = [], 0
-    for t in tensors:
-        offsets.append(end)
-        end = _round_up(end + t.numel() * t.element_size(), ALIGN)
-    # the kernel backs only 2 MiB-aligned ranges with huge pages: start the arena on one
-    size = _round_up(end, HUGE_PAGE) + HUGE_PAGE
-    region = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    region.madvise(mmap.MADV_HUGEPAGE)
-    raw = torch.frombuffer(region, dtype=torch.uint8)
-    skip = -raw.data_ptr() % HUGE_PAGE
-    out = []
-    for t, off in zip(tensors, offsets):
-        nbytes = t.numel() * t.element_size()
-        view = raw[skip + off : skip + off + nbytes].view(t.dtype).view(t.shape)
+    out = mapped_tensors([(tuple(t.shape), t.dtype) for t in tensors], huge_pages=True)
+    for view, t in zip(out, tensors):
         view.copy_(t)
-        out.append(view)
     return out
 
 
