@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import torch
 import zmq
 
 from plait.bench.contender import Contender
@@ -187,6 +188,10 @@ class WorkerLoop:
         config = config_mod.EngineConfig.from_kwargs(
             None, max_total_tokens=4096, **VARIANTS[variant]
         )
+        # own_process pins torch to one thread for the whole process; this process is not
+        # the loop's alone, so every run gives the caller's count back (else the engines
+        # built after it here ran their products on one thread)
+        self.threads = torch.get_num_threads()
         self.core = core_mod.EngineCore(config)
         if hasattr(self.core, "own_process"):
             self.core.own_process()
@@ -217,6 +222,7 @@ class WorkerLoop:
                 w._step()
         while self.client.poll(0):
             self.client.recv()
+        torch.set_num_threads(self.threads)
         assert timed.run is not None
         return timed.run
 
