@@ -1424,6 +1424,9 @@ static void to_bf16(const float *src, uint16_t *dst, int64_t n) {
     for (; i < n; i++) dst[i] = f32_to_bf16(src[i]);
 }
 
+/* DT_I8P's activations: int16 per 32-element block, the block's largest magnitude at this */
+#define I8P_X_TOP 32767.0f
+
 /* Returns -1 when a buffer found no memory, -2 for DT_I8P / DT_I4P / DT_I4PH where not built
  * (neither AVX512_VNNI nor AVX2) or rows not whole groups of 16. */
 static int gemv(gemv_args *a, int nth) {
@@ -1435,7 +1438,7 @@ static int gemv(gemv_args *a, int nth) {
         if (!q) return -1;
         float *xs = (float *)(q + a->M * a->in), *xz = xs + nblk;
         if (a->dtype == DT_I8P) {
-            quantize_x(a->x, nblk, 32767.0f, q, NULL, NULL, xs, xz);
+            quantize_x(a->x, nblk, I8P_X_TOP, q, NULL, NULL, xs, xz);
             a->xq = q;
         } else { /* int4: the int16 buffer holds xh then xl */
             int8_t *xh = (int8_t *)q, *xl = xh + a->M * a->in;
@@ -1497,7 +1500,13 @@ enum {
     CFG_COUNT
 };
 enum { MAT_W, MAT_DTYPE, MAT_SCALE, MAT_LOW, MAT_COUNT };
-enum { P_EMBED, P_FINAL_NORM, P_COS, P_SIN, P_LM_HEAD, P_COUNT = P_LM_HEAD + MAT_COUNT };
+/* P_SCREEN: the head's int8 screen (a DT_I8P matrix; its weight 0 where there is none) and
+ * its rows' bounds, float32 [vocab] each (``screened_head``) */
+enum {
+    P_EMBED, P_FINAL_NORM, P_COS, P_SIN, P_LM_HEAD,
+    P_SCREEN = P_LM_HEAD + MAT_COUNT, P_SCREEN_ERR = P_SCREEN + MAT_COUNT, P_SCREEN_L1,
+    P_COUNT
+};
 enum {
     L_ATTN_NORM, L_QKV_BIAS, L_MLP_NORM, L_K, L_V,
     L_QKV, L_O = L_QKV + MAT_COUNT, L_GATE_UP = L_O + MAT_COUNT, L_DOWN = L_GATE_UP + MAT_COUNT,
@@ -1987,11 +1996,148 @@ static void ahead_task(void *p, int tid, int nth) {
  * a decode step (one token per request), or a short prefill (a request's tokens in order,
  * seq_lens[m] = position + 1: causal). Logits of the R tokens ``logit_rows``: [R, vocab]
  * float32. Returns 0, or -1 when a buffer or a thread could not be had. */
+/* ---- the head through its int8 screen ----------------------------------------------------- */
+
+/* A row whose token is the argmax of its raw logits (greedy, nothing applied to the logits)
+ * needs the head's exact logit only where its maximum can be. The screen is the head in
+ * DT_I8P (int8 per 32-element block: a quarter of a float32 head's bytes, half a bfloat16
+ * one's) with two bounds a row (``head_screen.py``): err[j] >= max_i |w_ji - q_ji s_jb| and
+ * l1[j] >= max(sum_i |w_ji|, sum_i |q_ji s_jb|). For activations x the screen's logit a_j is
+ * then within
+ *     eps_j = err_j |x|_1 + l1_j (dx + dxe + SCREEN_MARGIN K u (max|x| + dx))
+ * of the head's own c_j: dx bounds x's int16 quantization error (|x - q s| <= 0.504 s, s the
+ * block's max / I8P_X_TOP), dxe the head kernel's own rounding of x (bfloat16 activations
+ * with AVX512_BF16), and K u |w| |x| each sum's float rounding, taken SCREEN_MARGIN / 2 times
+ * over. Every j with a_j + eps_j >= max_k (a_k - eps_k) is a candidate, so the maximum, and
+ * each value tied with it, is one. Candidates get the head's exact logit, by its own kernel
+ * one row at a time (the bits a full product gives that row); the rest -inf: the row's argmax
+ * (the first of tied maxima) is the full head's. A row with a non-finite activation, or more
+ * than SCREEN_MAX candidates, takes the full head. */
+#define SCREEN_MAX 512
+#define SCREEN_MARGIN 4.0f
+
+typedef struct {
+    int R, nth;
+    int64_t V;
+    float *logits;          /* [R, V]: the screen's logits in, -inf or candidates out */
+    const float *err, *l1;  /* [V] */
+    const float *A, *B;     /* [R]: eps_j = err_j A + l1_j B */
+    float *lo;              /* [R, nth]: each thread's max of a_j - eps_j */
+    const float *L;         /* [R]: the max of lo over the threads */
+    int32_t *cand;          /* [R, nth, SCREEN_MAX] */
+    int32_t *count;         /* [R, nth]: candidates found (past SCREEN_MAX: the row overflows) */
+    int phase;              /* 0: lower bounds; 1: candidates */
+} screen_args;
+
+static void screen_task(void *p, int tid, int nth) {
+    const screen_args *s = (const screen_args *)p;
+    int64_t lo, hi;
+    split(s->V, 16, tid, nth, &lo, &hi);
+    for (int r = 0; r < s->R; r++) {
+        float *a = s->logits + (int64_t)r * s->V;
+        const float A = s->A[r], B = s->B[r];
+        if (s->phase == 0) {
+            float best = -INFINITY;
+            for (int64_t j = lo; j < hi; j++) {
+                const float b = a[j] - (s->err[j] * A + s->l1[j] * B);
+                best = b > best ? b : best;
+            }
+            s->lo[r * s->nth + tid] = best;
+            continue;
+        }
+        const float L = s->L[r];
+        int32_t *cand = s->cand + ((int64_t)r * s->nth + tid) * SCREEN_MAX;
+        int32_t n = 0;
+        for (int64_t j = lo; j < hi; j++) {
+            if (a[j] + (s->err[j] * A + s->l1[j] * B) >= L) {
+                if (n < SCREEN_MAX) cand[n] = (int32_t)j;
+                n++;
+            }
+            a[j] = -INFINITY;
+        }
+        s->count[r * s->nth + tid] = n;
+    }
+}
+
+/* logits [R, V] of the R rows of xn, exact at each row's argmax candidates and -inf elsewhere
+ * (or the full head, row by row, where the screen does not narrow it). */
+static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float *xn, int R,
+                         float *logits, int nth) {
+    gemv_args gs = product(ptrs + P_SCREEN, H, V, xn, NULL, logits, 0, R);
+    int rc = gemv(&gs, nth);
+    if (rc != 0) return rc;
+    const int head_dt = (int)ptrs[P_LM_HEAD + MAT_DTYPE];
+    const size_t floats = (size_t)R * (3 + (size_t)nth), ints = (size_t)R * nth * (SCREEN_MAX + 1);
+    float *A = (float *)malloc(floats * sizeof(float) + ints * sizeof(int32_t));
+    if (!A) return -1;
+    float *B = A + R, *L = B + R, *lo = L + R;
+    int32_t *count = (int32_t *)(lo + (size_t)R * nth), *cand = count + (size_t)R * nth;
+    int screened = 0;
+    for (int r = 0; r < R; r++) {
+        const float *x = xn + (int64_t)r * H;
+        double x1 = 0;
+        float xmax = 0, dxe = 0;
+        for (int64_t i = 0; i < H; i++) {
+            const float v = fabsf(x[i]);
+            x1 += v;
+            xmax = v > xmax ? v : xmax; /* (a NaN leaves xmax, not x1) */
+#if BF16_DOT
+            if (head_dt == DT_BF16) {
+                const float e = fabsf(x[i] - bf16_to_f32(f32_to_bf16(x[i])));
+                dxe = e > dxe ? e : dxe;
+            }
+#endif
+        }
+        const float dx = 0.504f * (xmax / I8P_X_TOP) * 1.0001f;
+        const float u = 0x1p-24f;
+        A[r] = (float)x1 * 1.0001f;
+        B[r] = (dx + dxe + SCREEN_MARGIN * (float)H * u * (xmax + dx)) * 1.0001f;
+        if (!isfinite(A[r]) || !isfinite(B[r])) A[r] = NAN; /* this row takes the full head */
+        else screened++;
+    }
+    if (screened) {
+        screen_args sa = {R, nth, V, logits, (const float *)ptrs[P_SCREEN_ERR],
+                          (const float *)ptrs[P_SCREEN_L1], A, B, lo, L, cand, count, 0};
+        parallel(screen_task, &sa, nth);
+        for (int r = 0; r < R; r++) {
+            float m = -INFINITY;
+            for (int t = 0; t < nth; t++) m = lo[r * nth + t] > m ? lo[r * nth + t] : m;
+            L[r] = m;
+        }
+        sa.phase = 1;
+        parallel(screen_task, &sa, nth);
+    }
+    for (int r = 0; r < R && rc == 0; r++) {
+        const float *x = xn + (int64_t)r * H;
+        float *row = logits + (int64_t)r * V;
+        int total = 0;
+        if (!isnan(A[r]))
+            for (int t = 0; t < nth; t++) total += count[r * nth + t] > SCREEN_MAX ? SCREEN_MAX + 1 : count[r * nth + t];
+        if (isnan(A[r]) || total > SCREEN_MAX || total == 0) {
+            gemv_args g = product(ptrs + P_LM_HEAD, H, V, x, NULL, row, 0, 1);
+            rc = gemv(&g, nth);
+            continue;
+        }
+        const int64_t rowb = H * weight_eighths[head_dt] / 8;
+        for (int t = 0; t < nth && rc == 0; t++) {
+            const int32_t *c = cand + ((int64_t)r * nth + t) * SCREEN_MAX;
+            for (int32_t k = 0; k < count[r * nth + t] && rc == 0; k++) {
+                gemv_args g = product(ptrs + P_LM_HEAD, H, 1, x, NULL, row + c[k], 0, 1);
+                g.w = (const char *)g.w + c[k] * rowb;
+                rc = gemv(&g, 1);
+            }
+        }
+    }
+    free(A);
+    return rc;
+}
+
 int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *layer_ptrs,
                       double eps, double scale, int M, const int64_t *input_ids,
                       const int64_t *positions, const int64_t *out_loc, const int64_t *rows,
                       const int64_t *seq_lens, const int64_t *req_to_token, int64_t stride,
-                      const int64_t *logit_rows, int R, float *logits, int nthreads) {
+                      const int64_t *logit_rows, int R, float *logits, int nthreads,
+                      int argmax_only) {
     const int L = (int)cfg[CFG_LAYERS], Hq = (int)cfg[CFG_HEADS], Hkv = (int)cfg[CFG_KV_HEADS],
               D = (int)cfg[CFG_HEAD_DIM], wdt = (int)cfg[CFG_TABLE_DTYPE], kvdt = (int)cfg[CFG_KVDTYPE];
     const int64_t H = cfg[CFG_HIDDEN], I = cfg[CFG_INTER], V = cfg[CFG_VOCAB];
@@ -2061,8 +2207,12 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
     for (int r = 0; r < R; r++) /* the rows that need logits, packed */
         rms_norm(hidden + logit_rows[r] * H, (const float *)ptrs[P_FINAL_NORM], xn + r * H, 1, H,
                  (float)eps);
-    gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
-    rc |= gemv(&gl, nthreads);
+    if (argmax_only && ptrs[P_SCREEN + MAT_W] && R > 0) {
+        rc |= screened_head(ptrs, H, V, xn, R, logits, nthreads);
+    } else {
+        gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
+        rc |= gemv(&gl, nthreads);
+    }
     const int64_t budget = AHEAD_BYTES;
     if (nthreads > 1) {
         settle(); /* (no job reads the list while it is rewritten) */

@@ -109,6 +109,7 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
         *(_double, _double, _int),  # eps, scale, M
         *(_vp, _vp, _vp, _vp, _vp, _vp, _i64),  # ids .. req_to_token (int64), its row stride
         *(_vp, _int, _vp, _int),  # logit rows (int64) and their count, logits (float32), threads
+        _int,  # argmax_only: the head through its screen (``head_screen``) where there is one
     ]
     lib.plait_bf16_dot.restype = _int
     lib.plait_bf16_dot.argtypes = []

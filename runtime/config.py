@@ -163,6 +163,12 @@ class EngineConfig:
         choices=DECODE_KERNELS,
     )
     disable_radix_cache: bool = _opt(False, (bool,), "no prefix reuse between requests")
+    disable_head_screen: bool = _opt(
+        False,
+        (bool,),
+        "greedy CPU decode steps read the whole head, not its int8 screen (the same tokens; "
+        "the screen reads a quarter of a float32 head's bytes)",
+    )
     cache_isolation: str | None = _opt(
         None,
         (str, _NONE),

@@ -26,6 +26,10 @@ Invariants:
   code that ever does must call ``refresh()`` before the next forward.
 - Logits are float32 ``[M, vocab]``; outputs are the same bits at any thread count and for a
   request whatever else is in its batch (every product sums in one fixed order).
+- ``forward(..., argmax_only=True)`` (the caller takes each row's argmax of the raw logits and
+  nothing else) reads the head through its int8 screen where it has one (``head_screen``):
+  each row's logits are then exact where its maximum can be and -inf elsewhere, so the argmax
+  is the full head's.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 
 from plait.kernels import cpu_decode
 from plait.radix_cache.memory_pool import TokenToKVPool
-from plait.runtime.model import huge_pages
+from plait.runtime.model import head_screen, huge_pages
 from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
@@ -158,7 +162,11 @@ def _repacked_on_huge_pages(prods: list[ProductWeights]) -> None:
 class FusedDecode:
     """``forward(batch, threads, sample_index)`` -> float32 logits of the sampled tokens."""
 
-    def __init__(self, model: LlamaForCausalLM, kv_pool: TokenToKVPool) -> None:
+    def __init__(
+        self, model: LlamaForCausalLM, kv_pool: TokenToKVPool, head_screen: bool = True
+    ) -> None:
+        """``head_screen``: build the head's int8 screen (``head_screen.build``), for
+        ``argmax_only`` forwards while the attribute stays True."""
         lib = cpu_decode.library()
         assert lib is not None and unsupported(model, kv_pool, torch.device("cpu")) is None
         self.lib = lib
@@ -185,6 +193,8 @@ class FusedDecode:
         self._sources: list[torch.Tensor] = []  # held: a freed address is never reused
         self.check_addresses = True  # False only where nothing replaces a storage unseen
         self.half_scales = True  # packed int4: float16 scales where exact (refresh() after)
+        self.head_screen = head_screen
+        self.screen: head_screen.HeadScreen | None = None
         self._build()
 
     def refresh(self) -> None:
@@ -235,6 +245,15 @@ class FusedDecode:
             weight, scales, lows = (0 if t is None else t.data_ptr() for t in p.tensors)
             return [weight, p.dtype, scales, lows]
 
+        self.screen = head_screen.build(self.model.lm_head, packed) if self.head_screen else None
+        screen_entries = [0] * 6
+        if self.screen is not None:
+            if huge_pages.available():
+                placed = huge_pages.place(self.screen.tensors)
+                self.screen = head_screen.HeadScreen(*placed)
+            self._copies += self.screen.tensors  # held: the tables point there
+            codes, scales, err, l1 = (t.data_ptr() for t in self.screen.tensors)
+            screen_entries = [codes, cpu_decode.DT_I8P, scales, 0, err, l1]
         self._globals = torch.tensor(
             [
                 ptr(m.embed_tokens.weight),
@@ -242,6 +261,7 @@ class FusedDecode:
                 ptr(m.rotary.cos),
                 ptr(m.rotary.sin),
                 *matrix(self.model.lm_head),
+                *screen_entries,
             ],
             dtype=torch.int64,
         )
@@ -261,11 +281,16 @@ class FusedDecode:
         self._addresses = [t.data_ptr() for t in self._sources]
 
     def forward(
-        self, batch: ForwardBatch, threads: int, sample_index: torch.Tensor | None = None
+        self,
+        batch: ForwardBatch,
+        threads: int,
+        sample_index: torch.Tensor | None = None,
+        argmax_only: bool = False,
     ) -> torch.Tensor:
         """Logits ``[R, vocab]`` of the flat tokens ``sample_index`` (default: every token),
         for a decode batch or a short prefill: each token attends to its request's slots up
-        to its own position (``positions + 1``), so an extend is causal."""
+        to its own position (``positions + 1``), so an extend is causal. ``argmax_only``: only
+        each row's argmax is read (see the class's invariants)."""
         if self.check_addresses:
             self.check()
         n = batch.num_tokens
@@ -302,6 +327,7 @@ class FusedDecode:
             sample.numel(),
             logits.data_ptr(),
             threads,
+            int(argmax_only and self.head_screen),
         )
         if rc != 0:
             raise MemoryError(f"the fused decode step failed (code {rc}): out of memory or threads")

@@ -47,6 +47,7 @@ class ModelRunner:
         attn: AttentionBackend,
         float32_matmul: str = "auto",
         decode_kernel: str = "auto",
+        head_screen: bool = True,
     ) -> None:
         self.model = model
         self.kv_pool = kv_pool
@@ -71,7 +72,7 @@ class ModelRunner:
             huge_pages.adopt_parameters(model) if self.device.type == "cpu" else 0
         )
         if fusable:
-            self.fused = FusedDecode(model, kv_pool)
+            self.fused = FusedDecode(model, kv_pool, head_screen)
         linears = [
             m for m in model.modules() if isinstance(m, Linear) and m.weight.dtype == torch.float32
         ]
@@ -131,7 +132,11 @@ class ModelRunner:
         batch: ForwardBatch,
         sample_index: torch.Tensor,  # [R] flat token positions whose logits are sampled
         prompt_index: torch.Tensor | None = None,  # [P] flat positions for prompt logprobs
+        argmax_only: bool = False,  # only each row's argmax of its raw logits is read
     ) -> LogitsOutput:
+        """The sampled rows' logits (and the prompt rows' for logprobs). With ``argmax_only``
+        the fused step may return each row exact only where its maximum can be and -inf
+        elsewhere (``FusedDecode``): the argmax is the same."""
         threads = self._thread_ceiling()
         use = threads
         if self.device.type == "cpu":
@@ -161,7 +166,8 @@ class ModelRunner:
         try:
             if fused:
                 assert self.fused is not None
-                out = LogitsOutput(self.fused.forward(batch, use, sample_index), None)
+                logits = self.fused.forward(batch, use, sample_index, argmax_only)
+                out = LogitsOutput(logits, None)
             else:
                 out = self._torch_forward(batch, sample_index, prompt_index)
         finally:

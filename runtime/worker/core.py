@@ -79,7 +79,12 @@ class EngineCore:
         )
         attn = make_attention_backend(config.attention_backend, m.config, m.device)
         self.runner = ModelRunner(
-            m.model, kv_pool, attn, config.float32_matmul, config.decode_kernel
+            m.model,
+            kv_pool,
+            attn,
+            config.float32_matmul,
+            config.decode_kernel,
+            head_screen=not config.disable_head_screen,
         )
         stop_checker = StopChecker(m.tokenizer, m.eos_token_ids, m.context_len)
         self.scheduler = Scheduler(

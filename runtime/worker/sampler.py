@@ -88,6 +88,21 @@ class SampleOutput:
     top_logprob_ids: torch.Tensor | None  # int64 [B, k]
 
 
+def takes_raw_argmax(info: SamplingBatchInfo) -> bool:
+    """Whether ``Sampler`` takes every row's token as the argmax of its raw logits: all rows
+    greedy and no processor of ``apply_logit_processors`` set (a grammar's mask, known only
+    at sampling, is the caller's to rule out; so are log-probs). Such a batch's forward may
+    leave every logit but each row's maximum candidates at -inf (``ModelRunner.forward``'s
+    ``argmax_only``). A processor added below must be added here."""
+    return info.is_all_greedy and (
+        info.vocab_mask is None
+        and info.repetition_seen is None
+        and info.output_counts is None
+        and info.bias_rows is None
+        and info.min_tokens_rows is None
+    )
+
+
 def apply_logit_processors(logits: torch.Tensor, info: SamplingBatchInfo) -> torch.Tensor:
     """Penalties, logit bias, min-new-tokens bans and the grammar mask; returns ``logits``
     untouched or a modified copy. A token the grammar or a ban excludes stays excluded whatever

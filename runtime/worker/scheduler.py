@@ -17,7 +17,7 @@ from plait.runtime.worker.length_ranker import LengthRanker
 from plait.runtime.worker.output import SchedulerStats, stream_due, take_output
 from plait.runtime.worker.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
 from plait.runtime.worker.request import FinishReason, Req
-from plait.runtime.worker.sampler import Sampler
+from plait.runtime.worker.sampler import Sampler, takes_raw_argmax
 from plait.runtime.worker.sampling_batch import SamplingBatch
 from plait.runtime.worker.schedule_batch import prepare_decode, prepare_extend
 from plait.runtime.worker.schedule_policy import PriorityOrder, RankerScorer, SchedulePolicy
@@ -395,7 +395,10 @@ class Scheduler:
         if not reqs:
             return out_of_room
         batch = prepare_decode(reqs, self.kv, self.device)
-        out = self.runner.forward(batch, torch.arange(len(reqs)))
+        argmax_only = takes_raw_argmax(self.sampling.prepare(reqs)) and all(
+            r.grammar is None and r.output_logprobs is None for r in reqs
+        )
+        out = self.runner.forward(batch, torch.arange(len(reqs)), argmax_only=argmax_only)
         self.stats.forward_count += 1
         for req in reqs:
             req.kv_len += 1

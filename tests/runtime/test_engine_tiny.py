@@ -104,9 +104,9 @@ def test_in_process_steps_run_torch_on_one_thread_with_the_callers_ceiling(tiny_
     seen: list[tuple[int, int]] = []
     fused_forward = runner.fused.forward
 
-    def forward(batch, threads, sample_index=None):
+    def forward(batch, threads, *rest):
         seen.append((torch.get_num_threads(), threads))
-        return fused_forward(batch, threads, sample_index)
+        return fused_forward(batch, threads, *rest)
 
     runner.fused.forward = forward
     sampling: list[int] = []

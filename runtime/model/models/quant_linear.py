@@ -64,16 +64,9 @@ class Int8Linear(nn.Module):
         """GGUF Q8_0 quantization of a dense [out, in] weight, as llama.cpp's
         ``quantize_row_q8_0_ref``: per block ``d = amax / 127``, ``q = round(w / d)`` (half away
         from zero), and ``d`` stored as float16."""
-        out_features, in_features = weight.shape
-        if in_features % INT8_BLOCK:
+        if weight.shape[1] % INT8_BLOCK:
             raise ValueError(f"Int8Linear needs in_features divisible by {INT8_BLOCK}")
-        w = weight.float().reshape(out_features, in_features // INT8_BLOCK, INT8_BLOCK)
-        d = w.abs().amax(dim=-1) / 127.0
-        inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
-        x = (w * inv[..., None]).abs()
-        whole = torch.floor(x)  # roundf: half away from zero (floor(x + 0.5) rounds 0.49999997 up)
-        q = (torch.sign(w) * (whole + torch.floor(2 * (x - whole)))).to(torch.int8)
-        return cls(q.reshape(out_features, in_features), d.half().float())
+        return cls(*quantize_q8_0(weight))
 
     def dequantized(self) -> torch.Tensor:
         """The float32 [out, in] weight ``q * scale`` (before ``dense``'s bfloat16 rounding)."""
@@ -84,6 +77,20 @@ class Int8Linear(nn.Module):
         shape = x.shape
         y = bf16_products.linear(x.reshape(-1, self.in_features).to(_COMPUTE), self.dense)
         return y.to(x.dtype).reshape(*shape[:-1], self.out_features)
+
+
+def quantize_q8_0(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """GGUF Q8_0 codes (int8 ``[out, in]``) and scales (float16 values in float32,
+    ``[out, in / 32]``) of a dense weight, as llama.cpp's ``quantize_row_q8_0_ref``: per block
+    ``d = amax / 127``, ``q = round(w / d)`` (half away from zero). ``in`` a multiple of 32."""
+    out_features, in_features = weight.shape
+    w = weight.float().reshape(out_features, in_features // INT8_BLOCK, INT8_BLOCK)
+    d = w.abs().amax(dim=-1) / 127.0
+    inv = torch.where(d > 0, 1.0 / d, torch.zeros_like(d))
+    x = (w * inv[..., None]).abs()
+    whole = torch.floor(x)  # roundf: half away from zero (floor(x + 0.5) rounds 0.49999997 up)
+    q = (torch.sign(w) * (whole + torch.floor(2 * (x - whole)))).to(torch.int8)
+    return q.reshape(out_features, in_features), d.half().float()
 
 
 def _as_half_values(t: torch.Tensor) -> torch.Tensor:
