@@ -494,13 +494,17 @@ static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk,
  * group g of a row, W = scale[g] * code + low[g] with code in 0..15, packed two to a byte in
  * 16 bytes per group (byte j: element j in the low nibble, element 16 + j in the high one, the
  * layout of GGUF's Q4_0 / Q4_1) and float32 [out, in / 32] scales and lows. */
-enum { DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3, DT_I8P = 4, DT_I4P = 5, DT_I4PH = 6 };
+enum {
+    DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3, DT_I8P = 4, DT_I4P = 5, DT_I4PH = 6,
+    DT_I8PH = 7
+};
 
 /* 8 x the bytes a weight takes, by DT_* (int4: half a byte; scales and lows apart). */
-static const int64_t weight_eighths[7] = {32, 16, 8, 4, 8, 4, 4};
+static const int64_t weight_eighths[8] = {32, 16, 8, 4, 8, 4, 4, 8};
 
 /* The formats packed for AVX512_VNNI (16 output rows a vector). */
-INLINE int is_packed(int dtype) { return dtype == DT_I8P || dtype == DT_I4P || dtype == DT_I4PH; }
+INLINE int is_packed(int dtype) { return dtype >= DT_I8P; }
+INLINE int is_i8p(int dtype) { return dtype == DT_I8P || dtype == DT_I8PH; }
 
 typedef struct {
     const void *w;     /* [out, in], row-major (DT_I4: [out, in / 2] bytes) */
@@ -869,7 +873,8 @@ NT4_ROW(nt_i4_4, 4)
  *  - DT_I4P: 64 bytes per 8 codes of the 16 rows: byte 4r + i holds code k0 + i of row r in
  *    its low nibble and code k0 + 4 + i in its high one;
  *  - DT_I4PH: DT_I4P with float16 scales and lows (GGUF Q4_0 / Q4_1 store theirs so: exact,
- *    and a sixth fewer bytes to read than float32). */
+ *    and a sixth fewer bytes to read than float32).
+ *  - DT_I8PH: DT_I8P with float16 scales (GGUF Q8_0's are: exact, 6% fewer bytes). */
 /* the pair of int16 activations k, k + 1 as one 32-bit lane (the packed kernels' broadcast) */
 INLINE int32_t x_pair(const int16_t *p) {
     int32_t v;
@@ -894,11 +899,11 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
     if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);
     _mm512_storeu_ps(dst, v);
 }
-#define NT8P_TILE(NAME, NB)                                                                    \
+#define NT8P_TILE(NAME, NB, ST, LOAD16)                                                        \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
         const int64_t K = a->in, NBLK = K / 32;                                                \
         const int8_t *w = (const int8_t *)a->w + g * 16 * K;                                   \
-        const float *sw = a->scale + g * 16 * NBLK;                                            \
+        const ST *sw = (const ST *)a->scale + g * 16 * NBLK;                                   \
         const int16_t *xq = a->xq + (int64_t)m0 * K;                                           \
         const float *xs = a->xs + (int64_t)m0 * NBLK;                                          \
         __m512 f[NB];                                                                          \
@@ -916,7 +921,7 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
                     o[b] = _mm512_dpwssd_epi32(o[b], w1, X_PAIR(b, blk * 32 + 2 * j + 2));     \
                 }                                                                              \
             }                                                                                  \
-            __m512 s = _mm512_loadu_ps(sw + blk * 16);                                         \
+            __m512 s = LOAD16(sw + blk * 16);                                                  \
             for (int b = 0; b < NB; b++) {                                                     \
                 __m512 dot = _mm512_cvtepi32_ps(_mm512_add_epi32(e[b], o[b]));                 \
                 f[b] = _mm512_fmadd_ps(dot, _mm512_mul_ps(s, _mm512_set1_ps(xs[b * NBLK + blk])), \
@@ -966,13 +971,17 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
         }                                                                                      \
         for (int b = 0; b < NB; b++) emit16(a, g, m0 + b, f[b]);                               \
     }
-NT8P_TILE(nt_i8p_1, 1)
-NT8P_TILE(nt_i8p_2, 2)
-NT8P_TILE(nt_i8p_4, 4)
-NT8P_TILE(nt_i8p_8, 8)
 /* 16 scales (or lows) of a block: float32, or float16 widened (exact) */
 #define LOAD16_F32(p) _mm512_loadu_ps(p)
 #define LOAD16_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+NT8P_TILE(nt_i8p_1, 1, float, LOAD16_F32)
+NT8P_TILE(nt_i8p_2, 2, float, LOAD16_F32)
+NT8P_TILE(nt_i8p_4, 4, float, LOAD16_F32)
+NT8P_TILE(nt_i8p_8, 8, float, LOAD16_F32)
+NT8P_TILE(nt_i8ph_1, 1, uint16_t, LOAD16_F16)
+NT8P_TILE(nt_i8ph_2, 2, uint16_t, LOAD16_F16)
+NT8P_TILE(nt_i8ph_4, 4, uint16_t, LOAD16_F16)
+NT8P_TILE(nt_i8ph_8, 8, uint16_t, LOAD16_F16)
 NT4P_TILE(nt_i4p_1, 1, float, LOAD16_F32)
 NT4P_TILE(nt_i4p_2, 2, float, LOAD16_F32)
 NT4P_TILE(nt_i4p_4, 4, float, LOAD16_F32)
@@ -1045,11 +1054,11 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
 }
 /* One accumulator per half and activation row (the two halves are the independent chains
  * the VNNI kernel gets from its two; integer sums, so the same value in any order). */
-#define NT8P_TILE(NAME, NB)                                                                    \
+#define NT8P_TILE(NAME, NB, ST, LOAD8)                                                         \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
         const int64_t K = a->in, NBLK = K / 32;                                                \
         const int8_t *w = (const int8_t *)a->w + g * 16 * K;                                   \
-        const float *sw = a->scale + g * 16 * NBLK;                                            \
+        const ST *sw = (const ST *)a->scale + g * 16 * NBLK;                                   \
         const int16_t *xq = a->xq + (int64_t)m0 * K;                                           \
         const float *xs = a->xs + (int64_t)m0 * NBLK;                                          \
         for (int h = 0; h < 2; h++) {                                                          \
@@ -1070,7 +1079,7 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
                         PIN(e[b]);                                                             \
                     }                                                                          \
                 }                                                                              \
-                __m256 s = _mm256_loadu_ps(sw + blk * 16 + 8 * h);                             \
+                __m256 s = LOAD8(sw + blk * 16 + 8 * h);                                       \
                 for (int b = 0; b < NB; b++) {                                                 \
                     __m256 dot = _mm256_cvtepi32_ps(e[b]);                                     \
                     f[b] = _mm256_fmadd_ps(                                                    \
@@ -1131,11 +1140,11 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
 /* A tile of 8 activation rows as two of 4 (16 registers: 8 rows' sums would spill) */
 /* One activation row: both halves of a group in one pass (one stream through its codes, and
  * each activation broadcast once for the 16 rows); the same integers and float steps. */
-#define NT8P_ONE(NAME)                                                                         \
+#define NT8P_ONE(NAME, ST, LOAD8)                                                              \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
         const int64_t K = a->in, NBLK = K / 32;                                                \
         const int8_t *w = (const int8_t *)a->w + g * 16 * K;                                   \
-        const float *sw = a->scale + g * 16 * NBLK;                                            \
+        const ST *sw = (const ST *)a->scale + g * 16 * NBLK;                                   \
         const int16_t *xq = a->xq + (int64_t)m0 * K;                                           \
         const float *xs = a->xs + (int64_t)m0 * NBLK;                                          \
         __m256 f0 = _mm256_setzero_ps(), f1 = _mm256_setzero_ps();                             \
@@ -1154,9 +1163,9 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
             }                                                                                  \
             __m256 sx = _mm256_set1_ps(xs[blk]);                                               \
             f0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e0),                                       \
-                                 _mm256_mul_ps(_mm256_loadu_ps(sw + blk * 16), sx), f0);       \
+                                 _mm256_mul_ps(LOAD8(sw + blk * 16), sx), f0);                 \
             f1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(e1),                                       \
-                                 _mm256_mul_ps(_mm256_loadu_ps(sw + blk * 16 + 8), sx), f1);   \
+                                 _mm256_mul_ps(LOAD8(sw + blk * 16 + 8), sx), f1);             \
         }                                                                                      \
         emit8(a, 16 * g, m0, f0);                                                              \
         emit8(a, 16 * g + 8, m0, f1);                                                          \
@@ -1210,12 +1219,16 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
         FOUR(a, g, m0);                                                                        \
         FOUR(a, g, m0 + 4);                                                                    \
     }
-NT8P_ONE(nt_i8p_1)
-NT8P_TILE(nt_i8p_2, 2)
-NT8P_TILE(nt_i8p_4, 4)
-TWO_FOURS(nt_i8p_8, nt_i8p_4)
 #define LOAD8_F32(p) _mm256_loadu_ps(p)
 #define LOAD8_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+NT8P_ONE(nt_i8p_1, float, LOAD8_F32)
+NT8P_TILE(nt_i8p_2, 2, float, LOAD8_F32)
+NT8P_TILE(nt_i8p_4, 4, float, LOAD8_F32)
+TWO_FOURS(nt_i8p_8, nt_i8p_4)
+NT8P_ONE(nt_i8ph_1, uint16_t, LOAD8_F16)
+NT8P_TILE(nt_i8ph_2, 2, uint16_t, LOAD8_F16)
+NT8P_TILE(nt_i8ph_4, 4, uint16_t, LOAD8_F16)
+TWO_FOURS(nt_i8ph_8, nt_i8ph_4)
 NT4P_ONE(nt_i4p_1, float, LOAD8_F32)
 NT4P_TILE(nt_i4p_2, 2, float, LOAD8_F32)
 NT4P_TILE(nt_i4p_4, 4, float, LOAD8_F32)
@@ -1281,9 +1294,13 @@ typedef void (*ntp_kernel)(const gemv_args *, int64_t, int);
  * codes (16 x in bytes, or half that) stay in L1. */
 static void ntp_rows(const gemv_args *a, int64_t o0, int64_t o1) {
     static const ntp_kernel k8[4] = {nt_i8p_1, nt_i8p_2, nt_i8p_4, nt_i8p_8};
+    static const ntp_kernel k8h[4] = {nt_i8ph_1, nt_i8ph_2, nt_i8ph_4, nt_i8ph_8};
     static const ntp_kernel k4[4] = {nt_i4p_1, nt_i4p_2, nt_i4p_4, nt_i4p_8};
     static const ntp_kernel k4h[4] = {nt_i4ph_1, nt_i4ph_2, nt_i4ph_4, nt_i4ph_8};
-    const ntp_kernel *k = a->dtype == DT_I8P ? k8 : a->dtype == DT_I4P ? k4 : k4h;
+    const ntp_kernel *k = a->dtype == DT_I8P    ? k8
+                          : a->dtype == DT_I8PH ? k8h
+                          : a->dtype == DT_I4P  ? k4
+                                                : k4h;
     for (int64_t g = o0 / 16; g < o1 / 16; g++) {
         int m = 0;
         for (; m + 8 <= a->M; m += 8) k[3](a, g, m);
@@ -1437,7 +1454,7 @@ static int gemv(gemv_args *a, int nth) {
         int16_t *q = (int16_t *)malloc(2 * (size_t)(a->M * a->in) + 8 * (size_t)nblk + 64);
         if (!q) return -1;
         float *xs = (float *)(q + a->M * a->in), *xz = xs + nblk;
-        if (a->dtype == DT_I8P) {
+        if (is_i8p(a->dtype)) {
             quantize_x(a->x, nblk, I8P_X_TOP, q, NULL, NULL, xs, xz);
             a->xq = q;
         } else { /* int4: the int16 buffer holds xh then xl */
@@ -1500,7 +1517,7 @@ enum {
     CFG_COUNT
 };
 enum { MAT_W, MAT_DTYPE, MAT_SCALE, MAT_LOW, MAT_COUNT };
-/* P_SCREEN: the head's int8 screen (a DT_I8P matrix; its weight 0 where there is none) and
+/* P_SCREEN: the head's int8 screen (a DT_I8PH matrix; its weight 0 where there is none) and
  * its rows' bounds, float32 [vocab] each (``screened_head``) */
 enum {
     P_EMBED, P_FINAL_NORM, P_COS, P_SIN, P_LM_HEAD,
@@ -1962,9 +1979,9 @@ static void ahead_add(ahead_list *a, const void *p, int64_t n, int64_t budget) {
 static void ahead_matrix(ahead_list *a, const int64_t *mat, int64_t in, int64_t out,
                          int64_t budget) {
     const int dt = (int)mat[MAT_DTYPE];
-    if (dt < 0 || dt > DT_I4PH) return;
+    if (dt < 0 || dt > DT_I8PH) return;
     ahead_add(a, (const void *)mat[MAT_W], in * out * weight_eighths[dt] / 8, budget);
-    const int64_t groups = in / 32 * out, per = dt == DT_I4PH ? 2 : 4;
+    const int64_t groups = in / 32 * out, per = dt == DT_I4PH || dt == DT_I8PH ? 2 : 4;
     if (dt != DT_F32 && dt != DT_BF16)
         ahead_add(a, (const void *)mat[MAT_SCALE], groups * per, budget);
     if (dt == DT_I4 || dt == DT_I4P || dt == DT_I4PH)
@@ -2000,7 +2017,7 @@ static void ahead_task(void *p, int tid, int nth) {
 
 /* A row whose token is the argmax of its raw logits (greedy, nothing applied to the logits)
  * needs the head's exact logit only where its maximum can be. The screen is the head in
- * DT_I8P (int8 per 32-element block: a quarter of a float32 head's bytes, half a bfloat16
+ * DT_I8PH (int8 per 32-element block: a quarter of a float32 head's bytes, half a bfloat16
  * one's) with two bounds a row (``head_screen.py``): err[j] >= max_i |w_ji - q_ji s_jb| and
  * l1[j] >= max(sum_i |w_ji|, sum_i |q_ji s_jb|). For activations x the screen's logit a_j is
  * then within

@@ -34,7 +34,7 @@ _i64, _int, _double = ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _error: str | None = None
 
 # DT_* in cpu_decode.c: a product's weight format
-DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P, DT_I4P, DT_I4PH = 0, 1, 2, 3, 4, 5, 6
+DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P, DT_I4P, DT_I4PH, DT_I8PH = 0, 1, 2, 3, 4, 5, 6, 7
 
 
 def _compiler() -> str | None:
@@ -155,16 +155,19 @@ def gemv(
     )  # fmt: skip
 
 
-def pack_i8_vnni(codes: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
-    """``DT_I8P``'s layout of int8 codes [out, in] and their float32 block scales [out, in / 32]
+def pack_i8_vnni(codes: Tensor, scale: Tensor, half: bool = False) -> tuple[Tensor, Tensor]:
+    """``DT_I8P``'s layout of int8 codes [out, in] and their block scales [out, in / 32]
     (``out`` a multiple of 16, ``in`` of 32): per group of 16 rows, the codes as [in / 2][16][2]
-    and the scales as [in / 32][16]."""
+    and the scales as [in / 32][16], in float32, or with ``half`` in float16 (``DT_I8PH``; the
+    caller checks they are exact)."""
+    import torch
+
     n, k = codes.shape
     if n % 16 or k % 32 or scale.shape != (n, k // 32):
         raise ValueError(f"DT_I8P packs [16 x i, 32 x j] codes with [out, in / 32] scales, got "
                          f"{tuple(codes.shape)} and {tuple(scale.shape)}")  # fmt: skip
     packed = codes.view(n // 16, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
-    return packed, _by_group(scale.float())
+    return packed, _by_group(scale.to(torch.float16 if half else torch.float32))
 
 
 def pack_i4_vnni(

@@ -112,14 +112,16 @@ def _exact_in_half(t: torch.Tensor) -> bool:
 def product_weights(lin: torch.nn.Module, packed: bool, half_scales: bool = True) -> ProductWeights:
     """``lin`` in the fused step's format: float32 / bfloat16 weights as they are; int8 and
     int4 codes repacked (``packed``: the library has the packed kernels, AVX512_VNNI or AVX2;
-    rows in sixteens; int4's scales and lows in float16 when ``half_scales`` and every one is
-    a float16 value), else as they are."""
+    rows in sixteens; their scales (and int4's lows) in float16 when ``half_scales`` and every
+    one is a float16 value), else as they are."""
     packed = packed and getattr(lin, "out_features", 1) % 16 == 0
     if isinstance(lin, Int8Linear):
         sources = [lin.qweight, lin.scale]
-        if packed:
-            codes, scales = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale)
-            return ProductWeights(cpu_decode.DT_I8P, (codes, scales, None), sources)
+        if packed:  # float16 scales where that is exact (GGUF Q8_0, from_float)
+            half = half_scales and _exact_in_half(lin.scale)
+            codes, scales = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale, half)
+            code = cpu_decode.DT_I8PH if half else cpu_decode.DT_I8P
+            return ProductWeights(code, (codes, scales, None), sources)
         return ProductWeights(cpu_decode.DT_I8, (lin.qweight, lin.scale, None), sources)
     if isinstance(lin, Int4Linear):
         held = (lin.nibbles, lin.group_scale, lin.group_low)
@@ -253,7 +255,7 @@ class FusedDecode:
                 self.screen = head_screen.HeadScreen(*placed)
             self._copies += self.screen.tensors  # held: the tables point there
             codes, scales, err, l1 = (t.data_ptr() for t in self.screen.tensors)
-            screen_entries = [codes, cpu_decode.DT_I8P, scales, 0, err, l1]
+            screen_entries = [codes, cpu_decode.DT_I8PH, scales, 0, err, l1]
         self._globals = torch.tensor(
             [
                 ptr(m.embed_tokens.weight),

@@ -33,8 +33,8 @@ _ROWS_AT_ONCE = 4096  # float64 work on this many vocab rows at a time (~19 MB a
 
 @dataclass(slots=True)
 class HeadScreen:
-    codes: torch.Tensor  # DT_I8P codes
-    scales: torch.Tensor  # DT_I8P scales
+    codes: torch.Tensor  # DT_I8PH codes
+    scales: torch.Tensor  # DT_I8PH scales (float16: Q8_0's are float16 values)
     err: torch.Tensor  # float32 [vocab]
     l1: torch.Tensor  # float32 [vocab]
 
@@ -72,5 +72,5 @@ def build(head: torch.nn.Module, packed: bool) -> HeadScreen | None:
         )
         err[lo:hi] = (exact - screened).abs().amax(1)
         l1[lo:hi] = torch.maximum(exact.abs().sum(1), screened.abs().sum(1))
-    codes, scales = cpu_decode.pack_i8_vnni(q, d)
+    codes, scales = cpu_decode.pack_i8_vnni(q, d, half=True)
     return HeadScreen(codes, scales, _rounded_up(err), _rounded_up(l1))

@@ -76,6 +76,7 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
         # CPU's own build, whichever instructions each runs them by
         packs = {
             cpu_decode.DT_I8P: (*cpu_decode.pack_i8_vnni(i8.qweight, i8.scale), None),
+            cpu_decode.DT_I8PH: (*cpu_decode.pack_i8_vnni(i8.qweight, i8.scale, half=True), None),
             cpu_decode.DT_I4P: cpu_decode.pack_i4_vnni(i4.codes(), i4.group_scale, i4.group_low),
             cpu_decode.DT_I4PH: cpu_decode.pack_i4_vnni(
                 i4.codes(), i4.group_scale, i4.group_low, half=True

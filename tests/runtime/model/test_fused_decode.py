@@ -472,6 +472,12 @@ def _packed(layer: Int8Linear | Int4Linear) -> tuple[int, torch.Tensor, dict]:
     return p.dtype, codes, {"scale": scales} | ({"low": lows} if lows is not None else {})
 
 
+def _int8_float32_scales(dense: torch.Tensor) -> Int8Linear:
+    """An int8 layer whose scales are not float16 values."""
+    base = Int8Linear.from_float(dense)
+    return Int8Linear(base.qweight, base.scale * (1.0 + 2.0**-13))
+
+
 def _int4_float32_scales(dense: torch.Tensor) -> Int4Linear:
     """An int4 layer whose scales and lows are not float16 values (a Q4_K-like source)."""
     base = Int4Linear.from_float(dense)
@@ -479,11 +485,12 @@ def _int4_float32_scales(dense: torch.Tensor) -> Int4Linear:
     return Int4Linear(base.codes(), scale, low)
 
 
-@pytest.mark.parametrize("quant", ["int8", "int4", "int4-float32-scales"])
+@pytest.mark.parametrize("quant", ["int8", "int8-float32-scales", "int4", "int4-float32-scales"])
 @pytest.mark.parametrize("n,k,m", [(48, 96, 1), (64, 576, 3), (32, 1536, 9), (960, 576, 17)])
 def test_vnni_products_against_float64(quant, n, k, m):
-    """DT_I8P / DT_I4PH / DT_I4P (AVX512_VNNI, int16 activations) against their definition in
-    float64, the same bits at any thread count, and a row alone equal to the row in a batch."""
+    """DT_I8PH / DT_I8P / DT_I4PH / DT_I4P (AVX512_VNNI or AVX2, int16 activations) against
+    their definition in float64, the same bits at any thread count, and a row alone equal to
+    the row in a batch."""
     lib = cpu_decode.library()
     if not lib.plait_packed_dot():
         pytest.skip("this CPU has neither AVX512_VNNI nor AVX2")
@@ -491,6 +498,7 @@ def test_vnni_products_against_float64(quant, n, k, m):
     dense = torch.randn(n, k, generator=gen)
     layer = {
         "int8": Int8Linear.from_float,
+        "int8-float32-scales": _int8_float32_scales,
         "int4": Int4Linear.from_float,
         "int4-float32-scales": _int4_float32_scales,
     }[quant](dense)
@@ -500,7 +508,8 @@ def test_vnni_products_against_float64(quant, n, k, m):
     assert (
         code
         == {
-            "int8": cpu_decode.DT_I8P,
+            "int8": cpu_decode.DT_I8PH,
+            "int8-float32-scales": cpu_decode.DT_I8P,
             "int4": cpu_decode.DT_I4PH,
             "int4-float32-scales": cpu_decode.DT_I4P,
         }[quant]
@@ -519,6 +528,28 @@ def test_vnni_products_against_float64(quant, n, k, m):
     assert cpu_decode.gemv(lib, code, packed, x, rows_not_16, **scales) == -2
 
 
+@pytest.mark.parametrize("m", [1, 2, 5, 8, 9])
+def test_float16_scales_give_the_float32_scales_bits(m):
+    """DT_I8PH and DT_I8P (DT_I4PH and DT_I4P) of the same layer, whose scales are float16
+    values: the same products, bit for bit."""
+    lib = cpu_decode.library()
+    if not lib.plait_packed_dot():
+        pytest.skip("this CPU has neither AVX512_VNNI nor AVX2")
+    gen = torch.Generator().manual_seed(m)
+    dense, x = torch.randn(64, 96, generator=gen), torch.randn(m, 96, generator=gen)
+    for layer in (Int8Linear.from_float(dense), Int4Linear.from_float(dense)):
+        half, full = product_weights(layer, True), product_weights(layer, True, half_scales=False)
+        assert half.dtype in (cpu_decode.DT_I8PH, cpu_decode.DT_I4PH)
+        assert full.dtype in (cpu_decode.DT_I8P, cpu_decode.DT_I4P)
+        ys = []
+        for p in (half, full):
+            w, scale, low = p.tensors
+            y = torch.empty(m, 64)
+            assert cpu_decode.gemv(lib, p.dtype, w, x, y, scale=scale, low=low, threads=2) == 0
+            ys.append(y)
+        assert torch.equal(ys[0], ys[1])
+
+
 def test_vnni_packing_holds_every_code():
     codes = torch.randint(-127, 128, (32, 64), dtype=torch.int8)
     scale = torch.rand(32, 2)
@@ -526,6 +557,7 @@ def test_vnni_packing_holds_every_code():
     assert packed.shape == (2, 32, 16, 2)  # [groups of 16 rows][in / 2][16][2]
     assert torch.equal(packed[1, 3, 5], codes[16 + 5, 6:8])
     assert torch.equal(scales[1, 1], scale[16:, 1])
+    assert cpu_decode.pack_i8_vnni(codes, scale, half=True)[1].dtype == torch.float16
     with pytest.raises(ValueError, match="DT_I8P"):
         cpu_decode.pack_i8_vnni(codes[:24], scale[:24])
     nibbles = torch.randint(0, 16, (32, 64), dtype=torch.uint8)
