@@ -88,26 +88,27 @@ def gemm_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
 
 def step_weight_bytes(precision: str, greedy: bool = True) -> int:
     """Bytes of weights one decode step reads, per-block scales and int4's lows included (before
-    2026-12-02 int4's lows were left out: its bound was 12% too high). int4's scales and lows
-    are float16 in the fused step's VNNI format (DT_I4PH: the default GGUF's Q4_1 values, and
-    ``Int4Linear.from_float``'s), float32 without VNNI. A ``greedy`` float32 / bfloat16 step
-    reads the head's int8 screen and its two bounds a row (``head_screen``; the few candidate
-    rows it then reads exactly are left out) where the library has the packed kernels."""
+    2026-12-02 int4's lows were left out: its bound was 12% too high). Where the library has
+    the packed kernels (AVX512_VNNI or AVX2), int8 scales and int4 scales and lows are float16
+    (DT_I8PH, DT_I4PH: the default GGUF's Q8_0 / Q4_1 values, and ``from_float``'s), else
+    float32. A ``greedy`` float32 / bfloat16 step reads the head's int8 screen and its two
+    bounds a row (``head_screen``; the few candidate rows it then reads exactly are left out)
+    where the library has the packed kernels."""
     layer = sum(o * i for o, i in LAYER_SHAPES) * LAYERS
     head = VOCAB * HIDDEN
-    head_int8 = head + 4 * (head // INT8_BLOCK)  # the head is int8 in both quantized modes
     lib = cpu_decode.library()
     packed = lib is not None and bool(lib.plait_packed_dot())
+    scale = 2 if packed else 4  # bytes a block's scale (and int4's low) takes
+    head_int8 = head + scale * (head // INT8_BLOCK)  # the head is int8 in both quantized modes
     screen = head_int8 + 8 * VOCAB if greedy and packed else None
     if precision == "float32":
         return 4 * layer + (4 * head if screen is None else screen)
     if precision == "bfloat16":
         return 2 * layer + (2 * head if screen is None else screen)
     if precision == "int8":
-        return layer + 4 * (layer // INT8_BLOCK) + head_int8
+        return layer + scale * (layer // INT8_BLOCK) + head_int8
     if precision == "int4":  # a scale and a low per group
-        per_group = 4 if packed else 8
-        return layer // 2 + per_group * (layer // INT4_GROUP) + head_int8
+        return layer // 2 + 2 * scale * (layer // INT4_GROUP) + head_int8
     raise ValueError(precision)
 
 
