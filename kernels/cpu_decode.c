@@ -2046,31 +2046,41 @@ typedef struct {
     int phase;              /* 0: lower bounds; 1: candidates */
 } screen_args;
 
+/* (V is a multiple of 16, and so are the threads' shares: whole vectors) */
 static void screen_task(void *p, int tid, int nth) {
     const screen_args *s = (const screen_args *)p;
     int64_t lo, hi;
     split(s->V, 16, tid, nth, &lo, &hi);
+    const vfw ninf = vsplat(-INFINITY);
     for (int r = 0; r < s->R; r++) {
         float *a = s->logits + (int64_t)r * s->V;
-        const float A = s->A[r], B = s->B[r];
-        if (s->phase == 0) {
-            float best = -INFINITY;
-            for (int64_t j = lo; j < hi; j++) {
-                const float b = a[j] - (s->err[j] * A + s->l1[j] * B);
-                best = b > best ? b : best;
+        const vfw A = vsplat(s->A[r]), B = vsplat(s->B[r]);
+        if (s->phase == 0) { /* max_j a_j - eps_j */
+            vfw best = ninf;
+            for (int64_t j = lo; j < hi; j += VW) {
+                const vfw b = load_vw(a + j) - (load_vw(s->err + j) * A + load_vw(s->l1 + j) * B);
+                best = vselect(b > best, b, best);
             }
-            s->lo[r * s->nth + tid] = best;
+            float m = -INFINITY;
+            for (int i = 0; i < VW; i++) m = best[i] > m ? best[i] : m;
+            s->lo[r * s->nth + tid] = m;
             continue;
         }
-        const float L = s->L[r];
+        const vfw L = vsplat(s->L[r]);
         int32_t *cand = s->cand + ((int64_t)r * s->nth + tid) * SCREEN_MAX;
         int32_t n = 0;
-        for (int64_t j = lo; j < hi; j++) {
-            if (a[j] + (s->err[j] * A + s->l1[j] * B) >= L) {
-                if (n < SCREEN_MAX) cand[n] = (int32_t)j;
-                n++;
-            }
-            a[j] = -INFINITY;
+        for (int64_t j = lo; j < hi; j += VW) {
+            const vfw up = load_vw(a + j) + (load_vw(s->err + j) * A + load_vw(s->l1 + j) * B);
+            const i32xw keep = up >= L;
+            int any = 0;
+            for (int i = 0; i < VW; i++) any |= keep[i];
+            if (any)
+                for (int i = 0; i < VW; i++)
+                    if (keep[i]) {
+                        if (n < SCREEN_MAX) cand[n] = (int32_t)(j + i);
+                        n++;
+                    }
+            memcpy(a + j, &ninf, sizeof ninf);
         }
         s->count[r * s->nth + tid] = n;
     }

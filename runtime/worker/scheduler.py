@@ -19,6 +19,7 @@ from plait.runtime.worker.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
 from plait.runtime.worker.request import FinishReason, Req
 from plait.runtime.worker.sampler import Sampler, takes_raw_argmax
 from plait.runtime.worker.sampling_batch import SamplingBatch
+from plait.runtime.worker.sampling_info import SamplingBatchInfo
 from plait.runtime.worker.schedule_batch import prepare_decode, prepare_extend
 from plait.runtime.worker.schedule_policy import PriorityOrder, RankerScorer, SchedulePolicy
 from plait.runtime.worker.stop import StopChecker
@@ -395,14 +396,15 @@ class Scheduler:
         if not reqs:
             return out_of_room
         batch = prepare_decode(reqs, self.kv, self.device)
-        argmax_only = takes_raw_argmax(self.sampling.prepare(reqs)) and all(
+        info = self.sampling.prepare(reqs)
+        argmax_only = takes_raw_argmax(info) and all(
             r.grammar is None and r.output_logprobs is None for r in reqs
         )
         out = self.runner.forward(batch, torch.arange(len(reqs)), argmax_only=argmax_only)
         self.stats.forward_count += 1
         for req in reqs:
             req.kv_len += 1
-        self._sample(reqs, out.next_token_logits)
+        self._sample(reqs, out.next_token_logits, info)
         self._finish(reqs)
         self.running = [r for r in reqs if not r.finished]
         self._decay_new_token_ratio()
@@ -416,8 +418,12 @@ class Scheduler:
 
     # ---- sampling and stopping ------------------------------------------------------------
 
-    def _sample(self, reqs: list[Req], logits: torch.Tensor) -> None:
-        info = self.sampling.prepare(reqs)
+    def _sample(
+        self, reqs: list[Req], logits: torch.Tensor, info: SamplingBatchInfo | None = None
+    ) -> None:
+        """``info``: ``self.sampling.prepare(reqs)`` of this step, if the caller has it."""
+        if info is None:
+            info = self.sampling.prepare(reqs)
         want_logprobs = any(r.output_logprobs is not None for r in reqs)
         if self.grammar is not None:
             info.vocab_mask = self.grammar.batch_mask(reqs, logits.device)
