@@ -113,9 +113,9 @@ def test_in_process_steps_run_torch_on_one_thread_with_the_callers_ceiling(tiny_
     scheduler = engine.core.scheduler
     sample = scheduler._sample
 
-    def traced_sample(reqs, logits):
+    def traced_sample(reqs, logits, *rest):
         sampling.append(torch.get_num_threads())
-        return sample(reqs, logits)
+        return sample(reqs, logits, *rest)
 
     scheduler._sample = traced_sample
     before = torch.get_num_threads()
