@@ -974,22 +974,14 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
 /* 16 scales (or lows) of a block: float32, or float16 widened (exact) */
 #define LOAD16_F32(p) _mm512_loadu_ps(p)
 #define LOAD16_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-NT8P_TILE(nt_i8p_1, 1, float, LOAD16_F32)
-NT8P_TILE(nt_i8p_2, 2, float, LOAD16_F32)
-NT8P_TILE(nt_i8p_4, 4, float, LOAD16_F32)
-NT8P_TILE(nt_i8p_8, 8, float, LOAD16_F32)
-NT8P_TILE(nt_i8ph_1, 1, uint16_t, LOAD16_F16)
-NT8P_TILE(nt_i8ph_2, 2, uint16_t, LOAD16_F16)
-NT8P_TILE(nt_i8ph_4, 4, uint16_t, LOAD16_F16)
-NT8P_TILE(nt_i8ph_8, 8, uint16_t, LOAD16_F16)
-NT4P_TILE(nt_i4p_1, 1, float, LOAD16_F32)
-NT4P_TILE(nt_i4p_2, 2, float, LOAD16_F32)
-NT4P_TILE(nt_i4p_4, 4, float, LOAD16_F32)
-NT4P_TILE(nt_i4p_8, 8, float, LOAD16_F32)
-NT4P_TILE(nt_i4ph_1, 1, uint16_t, LOAD16_F16)
-NT4P_TILE(nt_i4ph_2, 2, uint16_t, LOAD16_F16)
-NT4P_TILE(nt_i4ph_4, 4, uint16_t, LOAD16_F16)
-NT4P_TILE(nt_i4ph_8, 8, uint16_t, LOAD16_F16)
+/* a format's kernels for 1, 2, 4 and 8 activation rows (P_1 .. P_8), scales ST read by LOAD */
+#define PACKED_SET(TILE, P, ST, LOAD)                                                          \
+    TILE(P##_1, 1, ST, LOAD) TILE(P##_2, 2, ST, LOAD) TILE(P##_4, 4, ST, LOAD)                 \
+    TILE(P##_8, 8, ST, LOAD)
+PACKED_SET(NT8P_TILE, nt_i8p, float, LOAD16_F32)
+PACKED_SET(NT8P_TILE, nt_i8ph, uint16_t, LOAD16_F16)
+PACKED_SET(NT4P_TILE, nt_i4p, float, LOAD16_F32)
+PACKED_SET(NT4P_TILE, nt_i4ph, uint16_t, LOAD16_F16)
 
 /* x [M, in] -> per 32-element block q = x / s to nearest even, s = amax / ``top`` (32767:
  * int16 for DT_I8P into xq; 8191: 14 bits for DT_I4P, split into xh = q >> 7 and
@@ -1221,22 +1213,14 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
     }
 #define LOAD8_F32(p) _mm256_loadu_ps(p)
 #define LOAD8_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
-NT8P_ONE(nt_i8p_1, float, LOAD8_F32)
-NT8P_TILE(nt_i8p_2, 2, float, LOAD8_F32)
-NT8P_TILE(nt_i8p_4, 4, float, LOAD8_F32)
-TWO_FOURS(nt_i8p_8, nt_i8p_4)
-NT8P_ONE(nt_i8ph_1, uint16_t, LOAD8_F16)
-NT8P_TILE(nt_i8ph_2, 2, uint16_t, LOAD8_F16)
-NT8P_TILE(nt_i8ph_4, 4, uint16_t, LOAD8_F16)
-TWO_FOURS(nt_i8ph_8, nt_i8ph_4)
-NT4P_ONE(nt_i4p_1, float, LOAD8_F32)
-NT4P_TILE(nt_i4p_2, 2, float, LOAD8_F32)
-NT4P_TILE(nt_i4p_4, 4, float, LOAD8_F32)
-TWO_FOURS(nt_i4p_8, nt_i4p_4)
-NT4P_ONE(nt_i4ph_1, uint16_t, LOAD8_F16)
-NT4P_TILE(nt_i4ph_2, 2, uint16_t, LOAD8_F16)
-NT4P_TILE(nt_i4ph_4, 4, uint16_t, LOAD8_F16)
-TWO_FOURS(nt_i4ph_8, nt_i4ph_4)
+/* a format's kernels for 1, 2, 4 and 8 activation rows (P_1 .. P_8), scales ST read by LOAD:
+ * one row in one pass (ONE), 2 and 4 by tiles, 8 as two tiles of 4 */
+#define PACKED_SET(ONE, TILE, P, ST, LOAD)                                                     \
+    ONE(P##_1, ST, LOAD) TILE(P##_2, 2, ST, LOAD) TILE(P##_4, 4, ST, LOAD) TWO_FOURS(P##_8, P##_4)
+PACKED_SET(NT8P_ONE, NT8P_TILE, nt_i8p, float, LOAD8_F32)
+PACKED_SET(NT8P_ONE, NT8P_TILE, nt_i8ph, uint16_t, LOAD8_F16)
+PACKED_SET(NT4P_ONE, NT4P_TILE, nt_i4p, float, LOAD8_F32)
+PACKED_SET(NT4P_ONE, NT4P_TILE, nt_i4ph, uint16_t, LOAD8_F16)
 
 /* ``quantize_x`` of the VNNI build with 8 lanes: the same maximum, scale, rounding and sums
  * (the same values), narrowed by saturating packs (no value is out of range). */
@@ -2137,10 +2121,9 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
     for (int r = 0; r < R && rc == 0; r++) {
         const float *x = xn + (int64_t)r * H;
         float *row = logits + (int64_t)r * V;
-        int total = 0;
-        if (!isnan(A[r]))
-            for (int t = 0; t < nth; t++) total += count[r * nth + t] > SCREEN_MAX ? SCREEN_MAX + 1 : count[r * nth + t];
-        if (isnan(A[r]) || total > SCREEN_MAX || total == 0) {
+        int64_t total = 0; /* (at least 1 where screened: the max of a_j - eps_j passes) */
+        for (int t = 0; t < nth && !isnan(A[r]); t++) total += count[r * nth + t];
+        if (isnan(A[r]) || total > SCREEN_MAX) {
             gemv_args g = product(ptrs + P_LM_HEAD, H, V, x, NULL, row, 0, 1);
             rc = gemv(&g, nth);
             continue;

@@ -35,7 +35,6 @@ Invariants:
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 
 import torch
 
@@ -46,6 +45,7 @@ from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.llama import LlamaForCausalLM
 from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
+from plait.runtime.model.product_weights import DTYPES, ProductWeights, product_weights
 
 # Above this many tokens a forward goes through torch. The C products are register-tiled
 # (4 weight rows x 4 activation rows, or 16 rows a vector for the packed formats), so they match
@@ -55,7 +55,6 @@ from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 MAX_ROWS = 64
 MAX_ROWS_BY_FORMAT = {cpu_decode.DT_I4: 8}
 
-_DTYPES = {torch.float32: cpu_decode.DT_F32, torch.bfloat16: cpu_decode.DT_BF16}
 _DATA_PTR = torch.Tensor.data_ptr
 
 
@@ -74,12 +73,12 @@ def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.de
                 continue
             if not isinstance(m, Linear):
                 return f"{name} is a {type(m).__name__}"
-            if m.weight.dtype not in _DTYPES:
+            if m.weight.dtype not in DTYPES:
                 return f"{name} holds {m.weight.dtype}, not float32 or bfloat16"
     tables = model.model.embed_tokens.weight.dtype
-    if tables not in _DTYPES or model.model.rotary.cos.dtype != tables:
+    if tables not in DTYPES or model.model.rotary.cos.dtype != tables:
         return f"embedding and RoPE tables in {tables} / {model.model.rotary.cos.dtype}"
-    if kv_pool.dtype not in _DTYPES:
+    if kv_pool.dtype not in DTYPES:
         return f"a {kv_pool.dtype} KV pool (float32 or bfloat16 only)"
     if cpu_decode.library() is None:
         return cpu_decode.build_error()
@@ -92,47 +91,6 @@ def _int64(t: torch.Tensor) -> torch.Tensor:
     if t.dtype is torch.int64 and t.is_contiguous():
         return t
     return t.to(torch.int64).contiguous()
-
-
-@dataclass(slots=True)
-class ProductWeights:
-    """A linear layer as the C products read it: ``dtype`` (``cpu_decode.DT_*``) and
-    ``tensors`` = (weight, scales, lows), None where the format has none; ``sources`` are the
-    layer's own tensors they were made from (the same objects where nothing was repacked)."""
-
-    dtype: int
-    tensors: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]
-    sources: list[torch.Tensor]
-
-
-def _exact_in_half(t: torch.Tensor) -> bool:
-    return bool(torch.equal(t.to(torch.float16).to(t.dtype), t))
-
-
-def product_weights(lin: torch.nn.Module, packed: bool, half_scales: bool = True) -> ProductWeights:
-    """``lin`` in the fused step's format: float32 / bfloat16 weights as they are; int8 and
-    int4 codes repacked (``packed``: the library has the packed kernels, AVX512_VNNI or AVX2;
-    rows in sixteens; their scales (and int4's lows) in float16 when ``half_scales`` and every
-    one is a float16 value), else as they are."""
-    packed = packed and getattr(lin, "out_features", 1) % 16 == 0
-    if isinstance(lin, Int8Linear):
-        sources = [lin.qweight, lin.scale]
-        if packed:  # float16 scales where that is exact (GGUF Q8_0, from_float)
-            half = half_scales and _exact_in_half(lin.scale)
-            codes, scales = cpu_decode.pack_i8_vnni(lin.qweight, lin.scale, half)
-            code = cpu_decode.DT_I8PH if half else cpu_decode.DT_I8P
-            return ProductWeights(code, (codes, scales, None), sources)
-        return ProductWeights(cpu_decode.DT_I8, (lin.qweight, lin.scale, None), sources)
-    if isinstance(lin, Int4Linear):
-        held = (lin.nibbles, lin.group_scale, lin.group_low)
-        if packed:  # float16 scales and lows where that is exact (GGUF Q4_0 / Q4_1, from_float)
-            half = half_scales and _exact_in_half(lin.group_scale) and _exact_in_half(lin.group_low)
-            tensors = cpu_decode.pack_i4_vnni(lin.codes(), lin.group_scale, lin.group_low, half)
-            return ProductWeights(
-                cpu_decode.DT_I4PH if half else cpu_decode.DT_I4P, tensors, list(held)
-            )
-        return ProductWeights(cpu_decode.DT_I4, held, list(held))
-    return ProductWeights(_DTYPES[lin.weight.dtype], (lin.weight, None, None), [lin.weight])
 
 
 def _products(layer: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
@@ -187,8 +145,8 @@ class FusedDecode:
                 cfg.head_dim,
                 cfg.intermediate_size,
                 cfg.vocab_size,
-                _DTYPES[tables],
-                _DTYPES[kv_pool.dtype],
+                DTYPES[tables],
+                DTYPES[kv_pool.dtype],
             ],
             dtype=torch.int64,
         )
@@ -236,26 +194,26 @@ class FusedDecode:
         linears = [self.model.lm_head] + [lin for layer in m.layers for lin in _products(layer)]
         packed = bool(self.lib.plait_packed_dot())
         prods = {id(lin): product_weights(lin, packed, self.half_scales) for lin in linears}
-        _repacked_on_huge_pages(list(prods.values()))
+        self.screen = head_screen.build(self.model.lm_head, packed) if self.head_screen else None
+        screen = [] if self.screen is None else [self.screen.weights]
+        _repacked_on_huge_pages(list(prods.values()) + screen)
 
-        def matrix(lin: torch.nn.Module) -> list[int]:
+        def entries(p: ProductWeights) -> list[int]:
             """The 4 table entries of a product: weight, format, scales, lows (MAT_*)."""
-            p = prods[id(lin)]
             self.max_rows = min(self.max_rows, MAX_ROWS_BY_FORMAT.get(p.dtype, MAX_ROWS))
             self._sources += p.sources
             self._copies += [t for t in p.tensors if t is not None]  # held: the tables point there
             weight, scales, lows = (0 if t is None else t.data_ptr() for t in p.tensors)
             return [weight, p.dtype, scales, lows]
 
-        self.screen = head_screen.build(self.model.lm_head, packed) if self.head_screen else None
-        screen_entries = [0] * 6
+        def matrix(lin: torch.nn.Module) -> list[int]:
+            return entries(prods[id(lin)])
+
+        screen_entries = [0] * 6  # P_SCREEN's matrix, its bounds (none: a 0 weight)
         if self.screen is not None:
-            if huge_pages.available():
-                placed = huge_pages.place(self.screen.tensors)
-                self.screen = head_screen.HeadScreen(*placed)
-            self._copies += self.screen.tensors  # held: the tables point there
-            codes, scales, err, l1 = (t.data_ptr() for t in self.screen.tensors)
-            screen_entries = [codes, cpu_decode.DT_I8PH, scales, 0, err, l1]
+            self._copies += [self.screen.err, self.screen.l1]  # held: the tables point there
+            bounds = [self.screen.err.data_ptr(), self.screen.l1.data_ptr()]
+            screen_entries = entries(self.screen.weights) + bounds
         self._globals = torch.tensor(
             [
                 ptr(m.embed_tokens.weight),

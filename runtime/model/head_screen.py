@@ -27,20 +27,16 @@ import torch
 from plait.kernels import cpu_decode
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.quant_linear import quantize_q8_0
+from plait.runtime.model.product_weights import ProductWeights
 
 _ROWS_AT_ONCE = 4096  # float64 work on this many vocab rows at a time (~19 MB at 576 wide)
 
 
 @dataclass(slots=True)
 class HeadScreen:
-    codes: torch.Tensor  # DT_I8PH codes
-    scales: torch.Tensor  # DT_I8PH scales (float16: Q8_0's are float16 values)
+    weights: ProductWeights  # DT_I8PH (float16 scales: Q8_0's are float16 values)
     err: torch.Tensor  # float32 [vocab]
     l1: torch.Tensor  # float32 [vocab]
-
-    @property
-    def tensors(self) -> list[torch.Tensor]:
-        return [self.codes, self.scales, self.err, self.l1]
 
 
 def _rounded_up(t: torch.Tensor) -> torch.Tensor:
@@ -73,4 +69,5 @@ def build(head: torch.nn.Module, packed: bool) -> HeadScreen | None:
         err[lo:hi] = (exact - screened).abs().amax(1)
         l1[lo:hi] = torch.maximum(exact.abs().sum(1), screened.abs().sum(1))
     codes, scales = cpu_decode.pack_i8_vnni(q, d, half=True)
-    return HeadScreen(codes, scales, _rounded_up(err), _rounded_up(l1))
+    weights = ProductWeights(cpu_decode.DT_I8PH, (codes, scales, None), [head.weight])
+    return HeadScreen(weights, _rounded_up(err), _rounded_up(l1))

@@ -89,7 +89,6 @@ def test_a_near_tie_is_decided_by_the_exact_logits(dirs):
     full, _ = _both(state, [0])
     win = int(full[0].argmax())
     other = (win + 7) % state.cfg.vocab_size
-    hidden = state.runner.model.lm_head.weight.shape[1]
 
     def nudge(head):
         head[other] = head[win]
@@ -99,7 +98,7 @@ def test_a_near_tie_is_decided_by_the_exact_logits(dirs):
     _with_head_rows(state, nudge)
     full, screened = _both(state, [0])
     _assert_same_argmax_and_bits(full, screened)
-    assert torch.isfinite(screened[0, [win, other]]).all() and hidden > 0
+    assert torch.isfinite(screened[0, [win, other]]).all()
 
 
 def test_non_finite_activations_take_the_full_head(dirs):
