@@ -1491,13 +1491,14 @@ static int gemv(gemv_args *a, int nth) {
 
 /* ---- the model ---------------------------------------------------------------------------- */
 
-/* cfg[]: the model's shape (CFG_*; CFG_TABLE_DTYPE: the embedding's and RoPE tables' dtype).
+/* cfg[]: the model's shape (CFG_*; CFG_TABLE_DTYPE: the embedding's and RoPE tables' dtype;
+ * CFG_SCREEN_MAX: the most candidates a row keeps through the head's screen).
  * ptrs[] (P_*) and each layer's row of layer_ptrs[] (L_*): addresses; a matrix takes 4
  * entries (MAT_*): its weight, its DT_* format, its scales and its lows (0 if none). Norm
  * weights and biases are float32. */
 enum {
     CFG_LAYERS, CFG_HIDDEN, CFG_HEADS, CFG_KV_HEADS, CFG_HEAD_DIM, CFG_INTER, CFG_VOCAB,
-    CFG_TABLE_DTYPE, CFG_KVDTYPE,
+    CFG_TABLE_DTYPE, CFG_KVDTYPE, CFG_SCREEN_MAX,
     CFG_COUNT
 };
 enum { MAT_W, MAT_DTYPE, MAT_SCALE, MAT_LOW, MAT_COUNT };
@@ -2013,8 +2014,9 @@ static void ahead_task(void *p, int tid, int nth) {
  * each value tied with it, is one. Candidates get the head's exact logit, by its own kernel
  * one row at a time (the bits a full product gives that row); the rest -inf: the row's argmax
  * (the first of tied maxima) is the full head's. A row with a non-finite activation, or more
- * than SCREEN_MAX candidates, takes the full head. */
-#define SCREEN_MAX 512
+ * than ``smax`` candidates (the model's CFG_SCREEN_MAX), takes the full head: those rows in one
+ * product over their activations (the bits each row gets alone). ``counts`` (if not NULL)
+ * adds the rows screened and, of them, the rows that took the full head. */
 #define SCREEN_MARGIN 4.0f
 
 typedef struct {
@@ -2025,8 +2027,9 @@ typedef struct {
     const float *A, *B;     /* [R]: eps_j = err_j A + l1_j B */
     float *lo;              /* [R, nth]: each thread's max of a_j - eps_j */
     const float *L;         /* [R]: the max of lo over the threads */
-    int32_t *cand;          /* [R, nth, SCREEN_MAX] */
-    int32_t *count;         /* [R, nth]: candidates found (past SCREEN_MAX: the row overflows) */
+    int32_t *cand;          /* [R, nth, smax] */
+    int32_t *count;         /* [R, nth]: candidates found (past smax: the row overflows) */
+    int64_t smax;           /* the candidates a row keeps at most */
     int phase;              /* 0: lower bounds; 1: candidates */
 } screen_args;
 
@@ -2051,7 +2054,7 @@ static void screen_task(void *p, int tid, int nth) {
             continue;
         }
         const vfw L = vsplat(s->L[r]);
-        int32_t *cand = s->cand + ((int64_t)r * s->nth + tid) * SCREEN_MAX;
+        int32_t *cand = s->cand + ((int64_t)r * s->nth + tid) * s->smax;
         int32_t n = 0;
         for (int64_t j = lo; j < hi; j += VW) {
             const vfw up = load_vw(a + j) + (load_vw(s->err + j) * A + load_vw(s->l1 + j) * B);
@@ -2061,7 +2064,7 @@ static void screen_task(void *p, int tid, int nth) {
             if (any)
                 for (int i = 0; i < VW; i++)
                     if (keep[i]) {
-                        if (n < SCREEN_MAX) cand[n] = (int32_t)(j + i);
+                        if (n < s->smax) cand[n] = (int32_t)(j + i);
                         n++;
                     }
             memcpy(a + j, &ninf, sizeof ninf);
@@ -2071,18 +2074,20 @@ static void screen_task(void *p, int tid, int nth) {
 }
 
 /* logits [R, V] of the R rows of xn, exact at each row's argmax candidates and -inf elsewhere
- * (or the full head, row by row, where the screen does not narrow it). */
+ * (or the full head's, where the screen does not narrow a row). */
 static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float *xn, int R,
-                         float *logits, int nth) {
+                         float *logits, int nth, int64_t smax, int64_t *counts) {
     gemv_args gs = product(ptrs + P_SCREEN, H, V, xn, NULL, logits, 0, R);
     int rc = gemv(&gs, nth);
     if (rc != 0) return rc;
     const int head_dt = (int)ptrs[P_LM_HEAD + MAT_DTYPE];
-    const size_t floats = (size_t)R * (3 + (size_t)nth), ints = (size_t)R * nth * (SCREEN_MAX + 1);
+    const size_t floats = (size_t)R * (3 + (size_t)nth),
+                 ints = (size_t)R * nth * (size_t)(smax + 1) + (size_t)R;
     float *A = (float *)malloc(floats * sizeof(float) + ints * sizeof(int32_t));
     if (!A) return -1;
     float *B = A + R, *L = B + R, *lo = L + R;
-    int32_t *count = (int32_t *)(lo + (size_t)R * nth), *cand = count + (size_t)R * nth;
+    int32_t *count = (int32_t *)(lo + (size_t)R * nth), *full = count + (size_t)R * nth,
+            *cand = full + R;
     int screened = 0;
     for (int r = 0; r < R; r++) {
         const float *x = xn + (int64_t)r * H;
@@ -2107,8 +2112,10 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
         else screened++;
     }
     if (screened) {
-        screen_args sa = {R, nth, V, logits, (const float *)ptrs[P_SCREEN_ERR],
-                          (const float *)ptrs[P_SCREEN_L1], A, B, lo, L, cand, count, 0};
+        screen_args sa = {.R = R, .nth = nth, .V = V, .logits = logits,
+                          .err = (const float *)ptrs[P_SCREEN_ERR],
+                          .l1 = (const float *)ptrs[P_SCREEN_L1], .A = A, .B = B, .lo = lo,
+                          .L = L, .cand = cand, .count = count, .smax = smax, .phase = 0};
         parallel(screen_task, &sa, nth);
         for (int r = 0; r < R; r++) {
             float m = -INFINITY;
@@ -2118,25 +2125,46 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
         sa.phase = 1;
         parallel(screen_task, &sa, nth);
     }
+    int nfull = 0;
     for (int r = 0; r < R && rc == 0; r++) {
         const float *x = xn + (int64_t)r * H;
         float *row = logits + (int64_t)r * V;
         int64_t total = 0; /* (at least 1 where screened: the max of a_j - eps_j passes) */
         for (int t = 0; t < nth && !isnan(A[r]); t++) total += count[r * nth + t];
-        if (isnan(A[r]) || total > SCREEN_MAX) {
-            gemv_args g = product(ptrs + P_LM_HEAD, H, V, x, NULL, row, 0, 1);
-            rc = gemv(&g, nth);
+        if (isnan(A[r]) || total > smax) {
+            full[nfull++] = r;
             continue;
         }
         const int64_t rowb = H * weight_eighths[head_dt] / 8;
         for (int t = 0; t < nth && rc == 0; t++) {
-            const int32_t *c = cand + ((int64_t)r * nth + t) * SCREEN_MAX;
+            const int32_t *c = cand + ((int64_t)r * nth + t) * smax;
             for (int32_t k = 0; k < count[r * nth + t] && rc == 0; k++) {
                 gemv_args g = product(ptrs + P_LM_HEAD, H, 1, x, NULL, row + c[k], 0, 1);
                 g.w = (const char *)g.w + c[k] * rowb;
                 rc = gemv(&g, 1);
             }
         }
+    }
+    if (nfull == R && rc == 0) { /* every row: the head over xn as it is */
+        gemv_args g = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
+        rc = gemv(&g, nth);
+    } else if (nfull && rc == 0) { /* those rows' activations packed, their logits put back */
+        float *x = (float *)malloc(sizeof(float) * (size_t)nfull * (size_t)(H + V));
+        if (!x) rc = -1;
+        else {
+            float *y = x + (size_t)nfull * H;
+            for (int i = 0; i < nfull; i++)
+                memcpy(x + (int64_t)i * H, xn + (int64_t)full[i] * H, sizeof(float) * H);
+            gemv_args g = product(ptrs + P_LM_HEAD, H, V, x, NULL, y, 0, nfull);
+            rc = gemv(&g, nth);
+            for (int i = 0; i < nfull && rc == 0; i++)
+                memcpy(logits + (int64_t)full[i] * V, y + (int64_t)i * V, sizeof(float) * V);
+            free(x);
+        }
+    }
+    if (counts) {
+        counts[0] += R;
+        counts[1] += nfull;
     }
     free(A);
     return rc;
@@ -2147,7 +2175,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
                       const int64_t *positions, const int64_t *out_loc, const int64_t *rows,
                       const int64_t *seq_lens, const int64_t *req_to_token, int64_t stride,
                       const int64_t *logit_rows, int R, float *logits, int nthreads,
-                      int argmax_only) {
+                      int argmax_only, int64_t *screen_counts) {
     const int L = (int)cfg[CFG_LAYERS], Hq = (int)cfg[CFG_HEADS], Hkv = (int)cfg[CFG_KV_HEADS],
               D = (int)cfg[CFG_HEAD_DIM], wdt = (int)cfg[CFG_TABLE_DTYPE], kvdt = (int)cfg[CFG_KVDTYPE];
     const int64_t H = cfg[CFG_HIDDEN], I = cfg[CFG_INTER], V = cfg[CFG_VOCAB];
@@ -2218,7 +2246,8 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         rms_norm(hidden + logit_rows[r] * H, (const float *)ptrs[P_FINAL_NORM], xn + r * H, 1, H,
                  (float)eps);
     if (argmax_only && ptrs[P_SCREEN + MAT_W] && R > 0) {
-        rc |= screened_head(ptrs, H, V, xn, R, logits, nthreads);
+        rc |= screened_head(ptrs, H, V, xn, R, logits, nthreads, cfg[CFG_SCREEN_MAX],
+                            screen_counts);
     } else {
         gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
         rc |= gemv(&gl, nthreads);

@@ -110,6 +110,8 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
         *(_vp, _vp, _vp, _vp, _vp, _vp, _i64),  # ids .. req_to_token (int64), its row stride
         *(_vp, _int, _vp, _int),  # logit rows (int64) and their count, logits (float32), threads
         _int,  # argmax_only: the head through its screen (``head_screen``) where there is one
+        _vp,  # the screen's counts (int64 [2], added to: rows screened, rows given the full
+        # head), or NULL
     ]
     lib.plait_bf16_dot.restype = _int
     lib.plait_bf16_dot.argtypes = []

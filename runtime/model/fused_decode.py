@@ -29,12 +29,15 @@ Invariants:
 - ``forward(..., argmax_only=True)`` (the caller takes each row's argmax of the raw logits and
   nothing else) reads the head through its int8 screen where it has one (``head_screen``):
   each row's logits are then exact where its maximum can be and -inf elsewhere, so the argmax
-  is the full head's.
+  is the full head's. A row with more than ``screen_max`` candidates gets the full head's
+  logits; where more than half of the first ``SCREEN_TRIAL_ROWS`` screened rows did, the
+  screen only cost a read, and ``head_screen`` turns itself off (``screen_counts``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 
 import torch
 
@@ -55,7 +58,14 @@ from plait.runtime.model.product_weights import DTYPES, ProductWeights, product_
 MAX_ROWS = 64
 MAX_ROWS_BY_FORMAT = {cpu_decode.DT_I4: 8}
 
+logger = logging.getLogger(__name__)
+
 _DATA_PTR = torch.Tensor.data_ptr
+
+# The screen's candidates a row keeps at most (SmolLM2-135M's rows kept at most 26 of 49,152),
+# and the screened rows after which a model whose rows mostly passed that stops screening.
+SCREEN_MAX = 512
+SCREEN_TRIAL_ROWS = 256
 
 
 def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.device) -> str | None:
@@ -147,15 +157,49 @@ class FusedDecode:
                 cfg.vocab_size,
                 DTYPES[tables],
                 DTYPES[kv_pool.dtype],
+                SCREEN_MAX,
             ],
             dtype=torch.int64,
         )
+        # rows screened, and of them rows that took the full head (added to by each step)
+        self.screen_counts = torch.zeros(2, dtype=torch.int64)
+        self._screen_trial = True  # until SCREEN_TRIAL_ROWS rows decide
         self._sources: list[torch.Tensor] = []  # held: a freed address is never reused
         self.check_addresses = True  # False only where nothing replaces a storage unseen
         self.half_scales = True  # packed int4: float16 scales where exact (refresh() after)
         self.head_screen = head_screen
         self.screen: head_screen.HeadScreen | None = None
         self._build()
+
+    @property
+    def screen_max(self) -> int:
+        """The most candidates a row keeps through the screen; a row with more gets the full
+        head's logits."""
+        return int(self._cfg[-1])
+
+    @screen_max.setter
+    def screen_max(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"screen_max must be at least 1, got {n}")
+        self._cfg[-1] = n
+
+    def _end_screen_trial(self) -> None:
+        """After the first ``SCREEN_TRIAL_ROWS`` screened rows: a model whose rows mostly kept
+        more than ``screen_max`` candidates reads the screen and then the head on every step,
+        so the screen turns off."""
+        screened, full = self.screen_counts.tolist()
+        if screened < SCREEN_TRIAL_ROWS:
+            return
+        self._screen_trial = False
+        if 2 * full > screened:
+            self.head_screen = False
+            logger.warning(
+                "the head's int8 screen is off: %d of the first %d screened rows kept more "
+                "than %d candidates",
+                full,
+                screened,
+                self.screen_max,
+            )
 
     def refresh(self) -> None:
         """Re-reads every address from the model and the pool (after replacing parameters)."""
@@ -269,6 +313,7 @@ class FusedDecode:
         sample = _int64(torch.arange(n) if sample_index is None else sample_index)
         logits = torch.empty(sample.numel(), self.vocab, dtype=torch.float32)
         assert table.is_contiguous() and table.dtype == torch.int64
+        screened = argmax_only and self.head_screen
         rc = self.lib.plait_decode_step(
             self._cfg.data_ptr(),
             self._globals.data_ptr(),
@@ -287,8 +332,11 @@ class FusedDecode:
             sample.numel(),
             logits.data_ptr(),
             threads,
-            int(argmax_only and self.head_screen),
+            int(screened),
+            self.screen_counts.data_ptr(),
         )
         if rc != 0:
             raise MemoryError(f"the fused decode step failed (code {rc}): out of memory or threads")
+        if screened and self._screen_trial and self.screen is not None:
+            self._end_screen_trial()
         return logits

@@ -10,6 +10,7 @@ import torch
 from plait.kernels import cpu_decode
 from plait.runtime.engine import Engine
 from plait.runtime.model import head_screen
+from plait.runtime.model.fused_decode import SCREEN_TRIAL_ROWS
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.quant_linear import Int8Linear
 from tests.runtime.model.test_fused_decode import _State
@@ -109,6 +110,63 @@ def test_non_finite_activations_take_the_full_head(dirs):
     full, screened = _both(state, [0, 1])
     torch.testing.assert_close(screened, full, rtol=0, atol=0, equal_nan=True)
     assert torch.equal(screened.argmax(-1), full.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rows_past_screen_max_get_the_full_heads_logits(dirs, dtype):
+    """With one candidate allowed, every row that kept more gets the whole head's logits (one
+    product over those rows: the bits each row gets alone), the others stay screened."""
+    state = _State(dirs["llama"], dtype, [5, 17, 1, 40, 3, 9, 22, 11])
+    fused = state.runner.fused
+    fused.screen_max = 1
+    full, screened = _both(state, list(range(8)))
+    whole = torch.isfinite(screened).all(-1)
+    kept = torch.isfinite(screened).sum(-1)
+    assert whole.any() and not whole.all()  # (this model's rows keep 1-3 candidates)
+    assert torch.equal(screened[whole], full[whole])
+    _assert_same_argmax_and_bits(full[~whole], screened[~whole])
+    assert (kept[~whole] == 1).all()
+    assert fused.screen_counts.tolist() == [8, int(whole.sum())]
+    with pytest.raises(ValueError, match="screen_max must be at least 1"):
+        fused.screen_max = 0
+
+
+def _identical_head_rows(state: _State) -> None:
+    _with_head_rows(state, lambda head: head.copy_(head[7].expand_as(head)))
+
+
+def test_a_batch_whose_every_row_overflows_is_the_full_head(dirs):
+    state = _State(dirs["llama"], "float32", [5, 17, 1, 40])
+    _identical_head_rows(state)  # every vocab row ties: all are candidates
+    state.runner.fused.screen_max = 64
+    full, screened = _both(state, [0, 1, 2, 3])
+    assert torch.equal(screened, full)
+    assert state.runner.fused.screen_counts.tolist() == [4, 4]
+
+
+def test_a_screen_that_rows_mostly_pass_turns_itself_off(dirs):
+    state = _State(dirs["llama"], "float32", [5, 17, 1, 40, 3, 9, 22, 11])
+    fused = state.runner.fused
+    _identical_head_rows(state)
+    fused.screen_max = 64
+    rows = list(range(8))
+    for step in range(SCREEN_TRIAL_ROWS // 8):
+        assert fused.head_screen, step
+        full, screened = _both(state, rows)
+        assert torch.equal(screened, full)
+    assert not fused.head_screen
+    assert fused.screen_counts.tolist() == [SCREEN_TRIAL_ROWS, SCREEN_TRIAL_ROWS]
+    _both(state, rows)  # no longer screened: nothing counted
+    assert fused.screen_counts.tolist() == [SCREEN_TRIAL_ROWS, SCREEN_TRIAL_ROWS]
+
+
+def test_a_screen_that_narrows_its_rows_stays_on(dirs):
+    state = _State(dirs["llama"], "float32", [5, 17, 1, 40, 3, 9, 22, 11])
+    fused = state.runner.fused
+    for _ in range(SCREEN_TRIAL_ROWS // 8 + 2):
+        _both(state, list(range(8)))
+    assert fused.head_screen
+    assert fused.screen_counts.tolist() == [SCREEN_TRIAL_ROWS + 16, 0]
 
 
 def test_the_bounds_hold_the_screens_error():
