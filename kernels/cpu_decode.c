@@ -1998,6 +1998,40 @@ static void ahead_task(void *p, int tid, int nth) {
  * a decode step (one token per request), or a short prefill (a request's tokens in order,
  * seq_lens[m] = position + 1: causal). Logits of the R tokens ``logit_rows``: [R, vocab]
  * float32. Returns 0, or -1 when a buffer or a thread could not be had. */
+/* ---- where a step's time goes (built with -DPLAIT_PHASE_TIMES only) -------------------------- */
+
+/* Wall time of each part of the step, added up over calls on the caller's thread (its waits
+ * for the workers included) until ``plait_phase_times`` reads and clears them: for
+ * bench/bench_step_phases.py. A default build has none of it. */
+enum {
+    PH_NORM, PH_QKV, PH_ROPE_KV, PH_ATTENTION, PH_O, PH_GATE_UP, PH_SILU, PH_DOWN, PH_HEAD,
+    PH_COUNT
+};
+#ifdef PLAIT_PHASE_TIMES
+static double phase_s[PH_COUNT], phase_mark;
+INLINE double phase_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+#define PHASE_START() (phase_mark = phase_now())
+#define PHASE(p)                                                                               \
+    do {                                                                                       \
+        const double now_ = phase_now();                                                       \
+        phase_s[p] += now_ - phase_mark;                                                       \
+        phase_mark = now_;                                                                     \
+    } while (0)
+void plait_phase_times(double *out) {
+    for (int i = 0; i < PH_COUNT; i++) {
+        out[i] = phase_s[i];
+        phase_s[i] = 0;
+    }
+}
+#else
+#define PHASE_START() ((void)0)
+#define PHASE(p) ((void)0)
+#endif
+
 /* ---- the head through its int8 screen ----------------------------------------------------- */
 
 /* A row whose token is the argmax of its raw logits (greedy, nothing applied to the logits)
@@ -2215,11 +2249,14 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
             cs[m * 2 * D + D + d] = table((const void *)ptrs[P_SIN], wdt, positions[m] * D + d);
         }
 
+    PHASE_START();
     for (int l = 0; l < L; l++) {
         const int64_t *lp = layer_ptrs + (int64_t)l * L_COUNT;
         rms_norm(hidden, (const float *)lp[L_ATTN_NORM], xn, M, H, (float)eps);
+        PHASE(PH_NORM);
         gemv_args g = product(lp + L_QKV, H, QKV, xn, (const float *)lp[L_QKV_BIAS], qkv, 0, M);
         rc |= gemv(&g, nthreads);
+        PHASE(PH_QKV);
         for (int m = 0; m < M; m++) {
             float *row = qkv + m * QKV;
             rope(row, Hq + Hkv, D, cs + m * 2 * D, cs + m * 2 * D + D);
@@ -2227,20 +2264,27 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
             store_kv(row + (int64_t)(Hq + Hkv) * D, (void *)lp[L_V], kvdt, out_loc[m],
                      (int64_t)Hkv * D);
         }
+        PHASE(PH_ROPE_KV);
         attn_args at = {M, Hq, Hkv, D, kvdt, qkv, attn,
                         (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
                         rows, seq_lens, scores, score_floats, (float)scale,
                         unit0, part, done};
         attention(&at, nthreads);
+        PHASE(PH_ATTENTION);
         gemv_args go = product(lp + L_O, (int64_t)Hq * D, H, attn, NULL, hidden, 1, M);
         rc |= gemv(&go, nthreads);
+        PHASE(PH_O);
         rms_norm(hidden, (const float *)lp[L_MLP_NORM], xn, M, H, (float)eps);
+        PHASE(PH_NORM);
         gemv_args gg = product(lp + L_GATE_UP, H, 2 * I, xn, NULL, gu, 0, M);
         rc |= gemv(&gg, nthreads);
+        PHASE(PH_GATE_UP);
         silu_args sa = {gu, act, M, I};
         parallel(silu_task, &sa, nthreads);
+        PHASE(PH_SILU);
         gemv_args gd = product(lp + L_DOWN, I, H, act, NULL, hidden, 1, M);
         rc |= gemv(&gd, nthreads);
+        PHASE(PH_DOWN);
     }
     for (int r = 0; r < R; r++) /* the rows that need logits, packed */
         rms_norm(hidden + logit_rows[r] * H, (const float *)ptrs[P_FINAL_NORM], xn + r * H, 1, H,
@@ -2252,6 +2296,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
         rc |= gemv(&gl, nthreads);
     }
+    PHASE(PH_HEAD);
     const int64_t budget = AHEAD_BYTES;
     if (nthreads > 1) {
         settle(); /* (no job reads the list while it is rewritten) */

@@ -54,12 +54,12 @@ def cpu_flags() -> frozenset[str] | None:
     return None
 
 
-def _library_path(cc: str) -> Path:
+def _library_path(cc: str, flags: list[str] = FLAGS) -> Path:
     version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout
     h = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
-        " ".join(FLAGS).encode(),
+        " ".join(flags).encode(),
         version.encode(),
         " ".join(sorted(cpu_flags() or [platform.processor()])).encode(),
     ):
@@ -99,6 +99,19 @@ def library() -> ctypes.CDLL | None:
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         _error = f"building {SOURCE.name}: {e}"
         return None
+
+
+def variant(defines: list[str]) -> ctypes.CDLL:
+    """A separate build of ``SOURCE`` with ``-D`` ``defines`` (e.g. ``PLAIT_PHASE_TIMES``, for
+    the benches), typed; its own thread pool and globals. Raises where it cannot be built."""
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (gcc or cc, or $CC) was found")
+    flags = FLAGS + [f"-D{d}" for d in defines]
+    path = _library_path(cc, flags)
+    if not path.is_file():
+        _build(cc, path, flags)
+    return typed(ctypes.CDLL(str(path)))
 
 
 def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
