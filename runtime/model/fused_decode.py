@@ -30,8 +30,9 @@ Invariants:
   nothing else) reads the head through its int8 screen where it has one (``head_screen``):
   each row's logits are then exact where its maximum can be and -inf elsewhere, so the argmax
   is the full head's. A row with more than ``screen_max`` candidates gets the full head's
-  logits; where more than half of the first ``SCREEN_TRIAL_ROWS`` screened rows did, the
-  screen only cost a read, and ``head_screen`` turns itself off (``screen_counts``).
+  logits (the screen was read for nothing); where more than half of the first
+  ``SCREEN_TRIAL_ROWS`` screened rows did, ``head_screen`` turns itself off for good
+  (``screen_counts`` counts both).
 """
 
 from __future__ import annotations
