@@ -2179,10 +2179,7 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
             }
         }
     }
-    if (nfull == R && rc == 0) { /* every row: the head over xn as it is */
-        gemv_args g = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
-        rc = gemv(&g, nth);
-    } else if (nfull && rc == 0) { /* those rows' activations packed, their logits put back */
+    if (nfull && rc == 0) { /* those rows' activations packed, their logits put back */
         float *x = (float *)malloc(sizeof(float) * (size_t)nfull * (size_t)(H + V));
         if (!x) rc = -1;
         else {

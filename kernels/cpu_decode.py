@@ -92,10 +92,7 @@ def library() -> ctypes.CDLL | None:
         _error = "no C compiler (gcc or cc, or $CC) was found"
         return None
     try:
-        path = _library_path(cc)
-        if not path.is_file():
-            _build(cc, path)
-        return typed(ctypes.CDLL(str(path)))
+        return _load(cc, FLAGS)
     except (OSError, RuntimeError, subprocess.SubprocessError) as e:
         _error = f"building {SOURCE.name}: {e}"
         return None
@@ -107,7 +104,12 @@ def variant(defines: list[str]) -> ctypes.CDLL:
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (gcc or cc, or $CC) was found")
-    flags = FLAGS + [f"-D{d}" for d in defines]
+    return _load(cc, FLAGS + [f"-D{d}" for d in defines])
+
+
+def _load(cc: str, flags: list[str]) -> ctypes.CDLL:
+    """The build of ``SOURCE`` with ``flags`` (made once, cached by source, flags, compiler and
+    CPU), loaded and typed."""
     path = _library_path(cc, flags)
     if not path.is_file():
         _build(cc, path, flags)

@@ -162,9 +162,9 @@ class FusedDecode:
             ],
             dtype=torch.int64,
         )
-        # rows screened, and of them rows that took the full head (added to by each step)
+        # the screen's rows screened, and of them rows that took the full head (added to by
+        # each step; a new screen, ``_build``'s, starts them and its trial again)
         self.screen_counts = torch.zeros(2, dtype=torch.int64)
-        self._screen_trial = True  # until SCREEN_TRIAL_ROWS rows decide
         self._sources: list[torch.Tensor] = []  # held: a freed address is never reused
         self.check_addresses = True  # False only where nothing replaces a storage unseen
         self.half_scales = True  # packed int4: float16 scales where exact (refresh() after)
@@ -240,6 +240,8 @@ class FusedDecode:
         packed = bool(self.lib.plait_packed_dot())
         prods = {id(lin): product_weights(lin, packed, self.half_scales) for lin in linears}
         self.screen = head_screen.build(self.model.lm_head, packed) if self.head_screen else None
+        self.screen_counts.zero_()
+        self._screen_trial = True  # until SCREEN_TRIAL_ROWS rows decide
         screen = [] if self.screen is None else [self.screen.weights]
         _repacked_on_huge_pages(list(prods.values()) + screen)
 

@@ -163,10 +163,20 @@ def test_a_screen_that_rows_mostly_pass_turns_itself_off(dirs):
 def test_a_screen_that_narrows_its_rows_stays_on(dirs):
     state = _State(dirs["llama"], "float32", [5, 17, 1, 40, 3, 9, 22, 11])
     fused = state.runner.fused
+    fused.screen_max = 8  # under the vocab (320), so a row could overflow; these keep 1-3
     for _ in range(SCREEN_TRIAL_ROWS // 8 + 2):
         _both(state, list(range(8)))
     assert fused.head_screen
     assert fused.screen_counts.tolist() == [SCREEN_TRIAL_ROWS + 16, 0]
+
+
+def test_a_rebuilt_screen_starts_its_counts_and_trial_again(dirs):
+    state = _State(dirs["llama"], "float32", [5, 17])
+    fused = state.runner.fused
+    _both(state, [0, 1])
+    assert fused.screen_counts.tolist() == [2, 0]
+    fused.refresh()  # new weights get a new screen, judged afresh
+    assert fused.screen_counts.tolist() == [0, 0] and fused._screen_trial
 
 
 def test_the_bounds_hold_the_screens_error():
