@@ -29,6 +29,15 @@ def load_tokenizer(path: str | Path) -> Any | None:
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def import_tokenizer_library() -> None:
+    """Imports what ``load_tokenizer`` needs of transformers (about a second), so a caller can
+    do it while something else waits, such as a worker process loading its model."""
+    try:
+        import transformers.tokenization_utils_tokenizers  # noqa: F401
+    except ImportError:  # transformers 4: AutoTokenizer's module is the one loaded
+        import transformers.models.auto.tokenization_auto  # noqa: F401
+
+
 def _declares_tokenizers_backend(path: Path) -> bool:
     config_file = path / "tokenizer_config.json"
     if not config_file.exists() or not (path / "tokenizer.json").exists():

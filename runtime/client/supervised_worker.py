@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from plait.runtime.config import EngineConfig
 from plait.runtime.errors import WorkerDiedError
 from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import SamplingParams
-from plait.runtime.tokenizer import load_tokenizer
+from plait.runtime.tokenizer import import_tokenizer_library, load_tokenizer
 from plait.runtime.worker.process import WorkerProcess, start_worker
 
 _WATCH_S = 0.1  # how often the supervisor looks at a live worker (its heartbeat verdict)
@@ -59,8 +60,14 @@ class SupervisedWorker:
         heartbeat_timeout: float = 60.0,
         policy: RestartPolicy | None = None,
         start_timeout: float = 300.0,
+        while_loading: Callable[[], object] | None = None,
     ) -> None:
+        """Returns once the first worker serves (or raises why it could not start).
+        ``while_loading`` runs on the supervisor thread while that first worker loads its
+        model, after the tokenizer library's import (both overlap the load; neither runs
+        again for a replacement worker)."""
         self.config = config
+        self._while_loading = while_loading
         self.policy = policy or RestartPolicy()
         self.heartbeat_timeout = heartbeat_timeout
         self.start_timeout = start_timeout
@@ -178,7 +185,12 @@ class SupervisedWorker:
                 self._set_status("stopped")
 
     def _start(self) -> tuple[WorkerProcess, RuntimeClient]:
-        worker = start_worker(config=self.config, start_timeout=self.start_timeout)
+        first = not self.info
+        worker = start_worker(
+            config=self.config,
+            start_timeout=self.start_timeout,
+            while_loading=self._first_load_work if first else None,
+        )
         try:
             if not self.info:
                 self.tokenizer = load_tokenizer(worker.info["model_path"])
@@ -193,6 +205,11 @@ class SupervisedWorker:
             raise
         self.info = client.info
         return worker, client
+
+    def _first_load_work(self) -> None:
+        import_tokenizer_library()
+        if self._while_loading is not None:
+            self._while_loading()
 
     def _watch(self, worker: WorkerProcess, client: RuntimeClient) -> str:
         """Returns why the worker stopped serving: its exit, a missed heartbeat, or close."""

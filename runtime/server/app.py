@@ -17,6 +17,7 @@ from plait.runtime.errors import InvalidRequestError, OverloadedError, WorkerDie
 from plait.runtime.limits import ModelLimits
 from plait.runtime.server.admission import HttpLimits
 from plait.runtime.server.auth import ApiKeys, AuthMiddleware
+from plait.runtime.server.error_bodies import exception_body, exception_headers
 from plait.runtime.server.http_body import native_calls, request_scope
 from plait.runtime.server.openai_api import add_openai_routes
 from plait.runtime.server.sglang_native import (
@@ -29,8 +30,6 @@ from plait.runtime.server.streams import (
     SSE_DONE,
     GenerateBackend,
     ServerState,
-    exception_body,
-    exception_headers,
     final_chunks,
     first_chunks,
     key_tenant,

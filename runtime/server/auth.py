@@ -14,10 +14,10 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from fastapi.responses import JSONResponse
+from starlette.responses import JSONResponse  # what fastapi.responses re-exports, without fastapi
 
 from plait.runtime.limits import MAX_CACHE_SCOPE_CHARS
-from plait.runtime.server.streams import error_body
+from plait.runtime.server.error_bodies import error_body
 
 DEFAULT_TENANT = "default"  # the tenant of the single ``--api-key``
 UNAUTHENTICATED = ("/health",)  # the load balancer's probe needs no key

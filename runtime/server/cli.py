@@ -9,14 +9,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
-
-from fastapi import FastAPI
+from typing import TYPE_CHECKING, Any
 
 from plait.runtime.config import ServerArgs
 from plait.runtime.server.admission import HttpLimits
-from plait.runtime.server.app import create_app
 from plait.runtime.server.auth import ApiKeys
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,9 +55,13 @@ def build_app(args: ServerArgs) -> tuple[FastAPI, Callable[[], None]]:
 
         # a CPU step over a large batch can take seconds; a dead process is caught at once
         # by its exit, so the ping only needs to catch a hung worker
-        backend = SupervisedWorker(args.engine, heartbeat_timeout=60.0)
+        backend = SupervisedWorker(
+            args.engine, heartbeat_timeout=60.0, while_loading=_import_http_stack
+        )
         tokenizer = backend.tokenizer
         stop = backend.close
+
+    from plait.runtime.server.app import create_app
 
     info = backend.info
     app = create_app(
@@ -77,6 +81,13 @@ def build_app(args: ServerArgs) -> tuple[FastAPI, Callable[[], None]]:
         ),
     )
     return app, stop
+
+
+def _import_http_stack() -> None:
+    """The app's and uvicorn's imports (about a second), done while the worker loads."""
+    import uvicorn  # noqa: F401
+
+    import plait.runtime.server.app  # noqa: F401
 
 
 def serve(argv: list[str] | None = None) -> None:

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, Response
 
 from plait.runtime.errors import InvalidRequestError
 from plait.runtime.request_scope import RequestScope
+from plait.runtime.server.error_bodies import exception_body
 from plait.runtime.server.http_body import (
     GenerateCall,
     apply_response_format,
@@ -31,7 +32,6 @@ from plait.runtime.server.openai_formats import ChatFormat, CompletionFormat
 from plait.runtime.server.streams import (
     SSE_DONE,
     ServerState,
-    exception_body,
     final_chunks,
     first_chunks,
     key_tenant,

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -16,12 +14,6 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 
 from plait.runtime.client.generate_args import check_unique_rids, expand_n
-from plait.runtime.errors import (
-    InvalidRequestError,
-    OverloadedError,
-    RequestTooLargeError,
-    WorkerDiedError,
-)
 from plait.runtime.limits import ModelLimits
 from plait.runtime.request_scope import RequestScope
 from plait.runtime.sampling_params import INT64_MAX, SamplingParams
@@ -29,8 +21,6 @@ from plait.runtime.server.admission import AdmissionGate, HttpLimits
 from plait.runtime.server.http_body import GenerateCall
 from plait.runtime.server.json_body import check_declared_size, parse_body, read_limited
 from plait.runtime.server.metrics import RequestTimer, ServerMetrics
-
-log = logging.getLogger("plait.server")
 
 
 class GenerateBackend(Protocol):
@@ -295,37 +285,6 @@ def sse(payload: Any) -> str:
 
 
 SSE_DONE = "data: [DONE]\n\n"
-
-
-def error_body(message: str, param: str | None, status: int, kind: str) -> dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
-
-
-def exception_body(e: BaseException) -> tuple[int, dict[str, Any]]:
-    """The status and OpenAI-style error body of an exception. Messages name the field and the
-    limit; internals (tracebacks, socket paths, exception reprs) go to the server log only."""
-    if isinstance(e, RequestTooLargeError):
-        return 413, error_body(e.message, e.field, 413, "invalid_request_error")
-    if isinstance(e, InvalidRequestError):
-        return 400, error_body(e.message, e.field, 400, "invalid_request_error")
-    if isinstance(e, OverloadedError):
-        return 429, error_body(str(e), None, 429, "rate_limit_error")
-    if isinstance(e, WorkerDiedError):
-        return 503, error_body(f"the model worker is unavailable: {e}", None, 503, "server_error")
-    if isinstance(e, TimeoutError):
-        return 504, error_body(f"timed out: {e}", None, 504, "server_error")
-    incident = uuid.uuid4().hex[:12]
-    log.error("internal error %s", incident, exc_info=e)
-    message = f"internal error (incident {incident}; details in the server log)"
-    return 500, error_body(message, None, 500, "server_error")
-
-
-def exception_headers(e: BaseException) -> dict[str, str]:
-    if isinstance(e, OverloadedError):
-        return {"Retry-After": str(max(1, round(e.retry_after)))}
-    if isinstance(e, WorkerDiedError):
-        return {"Retry-After": "1"}
-    return {}
 
 
 async def read_json(request: Request) -> dict[str, Any]:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +63,18 @@ def start_worker(
     *,
     config: EngineConfig | None = None,
     start_timeout: float = 300.0,
+    while_loading: Callable[[], object] | None = None,
     **engine_options: Any,
 ) -> WorkerProcess:
     """Starts a worker subprocess and returns once it answers a ping (the model is loaded).
 
     The engine is ``config``, or ``EngineConfig.from_kwargs(model_path, **engine_options)``
     (validated here, so a bad option fails before a process starts). ``endpoint`` defaults to
-    a fresh ``ipc://`` socket in a temporary directory. Raises ``WorkerStartError`` with the
-    worker's stderr tail if it exits or times out first.
+    a fresh ``ipc://`` socket in a temporary directory. ``while_loading`` runs here once the
+    process is launched, before the wait: the caller's own start-up work (imports) overlaps
+    the model load instead of following it; an exception from it stops the worker and
+    propagates. Raises ``WorkerStartError`` with the worker's stderr tail if the worker exits
+    or times out first.
     """
     if config is None:
         config = EngineConfig.from_kwargs(model_path, **engine_options)
@@ -88,6 +93,8 @@ def start_worker(
         pass  # it died at once; _wait_ready reports its stderr
     worker = WorkerProcess(proc, endpoint, stderr_path, tmp)
     try:
+        if while_loading is not None:
+            while_loading()
         worker.info = _wait_ready(worker, start_timeout)
     except BaseException:
         worker.stop(timeout=2.0)

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -234,12 +235,18 @@ def grammar_bomb():
 
         @staticmethod
         def warm(url: str, worker: int) -> list[int]:
-            for _ in range(2):  # the cache's two compile slots, each started by its first use
+            # the cache's two compile slots, each started by its first use; posted together,
+            # so the two processes start side by side (the slots are a FIFO queue: a second
+            # compile takes the unstarted slot even if the first one has finished)
+            def post(_: int) -> httpx.Response:
                 schema = {"type": "object", "properties": {uuid.uuid4().hex: {"type": "integer"}}}
                 params = {"json_schema": json.dumps(schema), "max_new_tokens": 2}
-                r = httpx.post(f"{url}/generate", json={"text": "Go", "sampling_params": params},
-                               timeout=COMPILE_GUARD_S)  # fmt: skip
-                assert r.status_code == 200, r.text
+                return httpx.post(f"{url}/generate", json={"text": "Go", "sampling_params": params},
+                                  timeout=COMPILE_GUARD_S)  # fmt: skip
+
+            with ThreadPoolExecutor(2) as pool:
+                for r in pool.map(post, range(2)):
+                    assert r.status_code == 200, r.text
             compilers = live_children(worker)
             assert len(compilers) == 2, compilers
             return compilers

@@ -7,7 +7,7 @@ import pytest
 
 from plait.runtime.errors import InvalidRequestError, OverloadedError
 from plait.runtime.server.admission import AdmissionGate, HttpLimits
-from plait.runtime.server.streams import exception_body, exception_headers
+from plait.runtime.server.error_bodies import exception_body, exception_headers
 
 
 def test_fan_out_past_the_cap_is_a_400_naming_n():

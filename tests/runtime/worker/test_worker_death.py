@@ -97,3 +97,30 @@ def test_a_crash_loop_backs_off_exponentially_up_to_a_cap():
 
     p = RestartPolicy(base_s=0.5, cap_s=30.0)
     assert [p.delay(k) for k in range(10)] == [0, 0, 0.5, 1, 2, 4, 8, 16, 30, 30]
+
+
+def test_work_given_while_loading_runs_for_the_first_worker_only(tiny_model_dir):
+    from plait.runtime.client.supervised_worker import SupervisedWorker
+    from plait.runtime.config import EngineConfig
+
+    calls: list[int] = []
+    config = EngineConfig.from_kwargs(tiny_model_dir("llama"), max_total_tokens=512)
+    supervisor = SupervisedWorker(config, while_loading=lambda: calls.append(1))
+    try:
+        assert calls == [1] and supervisor.tokenizer is None  # tiny model: no tokenizer
+        first = supervisor.worker
+        os.kill(first.pid, signal.SIGKILL)
+        assert _wait(lambda: supervisor.worker is not first, 60)
+        assert supervisor.wait_ready(timeout=60) and supervisor.restarts == 1
+        assert calls == [1]  # not again for the replacement
+    finally:
+        supervisor.close()
+
+
+def _wait(condition, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
