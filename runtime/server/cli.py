@@ -6,6 +6,7 @@ Every flag comes from a field of ``ServerArgs`` / ``EngineConfig`` / ``Scheduler
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from plait.runtime.config import ServerArgs
 from plait.runtime.server.admission import HttpLimits
 from plait.runtime.server.auth import ApiKeys
+from plait.runtime.server.launch import SERVING_ON
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -94,17 +96,39 @@ def serve(argv: list[str] | None = None) -> None:
     import uvicorn
 
     args = ServerArgs.from_cli(argv)
+    sock = listening_socket(args.host, args.port)  # a taken port fails before the model loads
     app, stop = build_app(args)
-    print(f"plait: serving on http://{args.host}:{args.port}", file=sys.stderr, flush=True)
     try:
+        host, port = sock.getsockname()[:2]
+        url_host = f"[{host}]" if ":" in host else host
+        # the line launch.serve reads the port from (``--port 0``: the kernel's choice)
+        print(f"{SERVING_ON}http://{url_host}:{port}", file=sys.stderr, flush=True)
         # SIGTERM / SIGINT: uvicorn stops accepting, gives open requests shutdown_timeout
         # seconds (a stream that never ends is cut), then the worker is stopped below
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
-            host=args.host,
-            port=args.port,
+            host=host,
+            port=port,
             log_level=args.log_level,
             timeout_graceful_shutdown=args.shutdown_timeout,
         )
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         stop()
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host``:``port`` (0: a free port the kernel picks), as uvicorn
+    binds its own. Bound here, before uvicorn runs, so the port in the start-up line is the
+    one served: no window in which another process could take it."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise SystemExit(
+            f"plait serve: cannot bind --host {host} --port {port}: {e.strerror}"
+        ) from None
+    return sock

@@ -3,7 +3,6 @@ benchmarks and examples that need a real server."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+
+SERVING_ON = "plait: serving on "  # the server's start-up line, before its URL
 
 
 class ServerStartError(RuntimeError):
@@ -26,29 +27,25 @@ class ServerProcess:
     proc: subprocess.Popen
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve(
     *args: str, log: Path | None = None, timeout: float = 600.0, stop_timeout: float = 15.0
 ) -> Iterator[ServerProcess]:
-    """Yields ``python -m plait.runtime.server --port PORT ARGS`` once ``/health`` answers 200;
-    on exit terminates it (SIGTERM, then SIGKILL after ``stop_timeout`` s). Its output goes to
-    ``log`` (a temporary file if None); ServerStartError carries the output's tail if it exits
-    first or is not serving after ``timeout`` s (a hang guard: a cold start loads the model)."""
+    """Yields ``python -m plait.runtime.server --port 0 ARGS`` once ``/health`` answers 200;
+    on exit terminates it (SIGTERM, then SIGKILL after ``stop_timeout`` s). The server binds
+    a port the kernel picks and names it on its start-up line, so servers started side by side
+    (parallel tests) never race for one. Its output goes to ``log`` (a temporary file if
+    None); ServerStartError carries the output's tail if it exits first or is not serving
+    after ``timeout`` s (a hang guard: a cold start loads the model)."""
     with tempfile.TemporaryDirectory(prefix="plait-serve-") as tmp:
         log = log or Path(tmp) / "server.log"
-        port = free_port()
-        cmd = [sys.executable, "-m", "plait.runtime.server", "--port", str(port), *args]
+        cmd = [sys.executable, "-m", "plait.runtime.server", "--port", "0", *args]
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
-            url = f"http://127.0.0.1:{port}"
-            _wait_serving(url, proc, log, timeout)
+            deadline = time.monotonic() + timeout
+            url = _wait_url(proc, log, deadline, timeout)
+            _wait_serving(url, proc, log, deadline, timeout)
             yield ServerProcess(url, proc)
         finally:
             proc.terminate()
@@ -59,8 +56,22 @@ def serve(
                 proc.wait()
 
 
-def _wait_serving(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+def _wait_url(proc: subprocess.Popen, log: Path, deadline: float, timeout: float) -> str:
+    """The URL on the server's start-up line (``plait: serving on URL``) once it is written."""
+    while True:
+        for line in log.read_text(errors="replace").splitlines():
+            if line.startswith(SERVING_ON):
+                return line.removeprefix(SERVING_ON).strip()
+        if proc.poll() is not None:
+            raise ServerStartError(f"plait serve exited ({proc.returncode}): {_tail(log)}")
+        if time.monotonic() > deadline:
+            raise ServerStartError(f"plait serve did not come up in {timeout:g} s: {_tail(log)}")
+        time.sleep(0.1)
+
+
+def _wait_serving(
+    url: str, proc: subprocess.Popen, log: Path, deadline: float, timeout: float
+) -> None:
     while True:
         if proc.poll() is not None:
             raise ServerStartError(f"plait serve exited ({proc.returncode}): {_tail(log)}")
