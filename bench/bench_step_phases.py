@@ -26,7 +26,7 @@ from typing import Any
 
 from plait.kernels import cpu_decode
 from plait.runtime.engine import Engine
-from plait.runtime.model.fused_decode import _products
+from plait.runtime.model.fused_decode import layer_products
 from plait.runtime.model.product_weights import product_weights
 
 VARIANTS = {
@@ -36,7 +36,7 @@ VARIANTS = {
     "int4": {"dtype": "bfloat16", "quantization": "int4"},
 }
 PARTS = ["norm", "qkv", "rope+kv", "attention", "o", "gate_up", "silu", "down", "head"]
-PRODUCTS = {"qkv": 0, "o": 1, "gate_up": 2, "down": 3}  # _products' order
+PRODUCTS = {"qkv": 0, "o": 1, "gate_up": 2, "down": 3}  # layer_products' order
 PROMPT = "Once upon a time, in a small village,"
 
 
@@ -51,7 +51,7 @@ def step_bytes(engine: Engine) -> dict[str, int]:
     runner = engine.core.runner
     model = runner.model
     packed = bool(cpu_decode.library().plait_packed_dot())
-    lins = _products(model.model.layers[0])
+    lins = layer_products(model.model.layers[0])
     per = {name: nbytes(product_weights(lins[i], packed)) for name, i in PRODUCTS.items()}
     out = {name: b * len(model.model.layers) for name, b in per.items()}
     screen = runner.fused.screen

@@ -68,6 +68,21 @@ _DATA_PTR = torch.Tensor.data_ptr
 SCREEN_MAX = 512
 SCREEN_TRIAL_ROWS = 256
 
+# The entries of the step's cfg[] (the model's shape), named and ordered as kernels/
+# cpu_decode.c's CFG_* enum (a test reads that enum against this).
+CFG = (
+    "LAYERS",
+    "HIDDEN",
+    "HEADS",
+    "KV_HEADS",
+    "HEAD_DIM",
+    "INTER",
+    "VOCAB",
+    "TABLE_DTYPE",
+    "KVDTYPE",
+    "SCREEN_MAX",
+)
+
 
 def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.device) -> str | None:
     """Why the fused step cannot run this model, or None if it can."""
@@ -104,7 +119,7 @@ def _int64(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.int64).contiguous()
 
 
-def _products(layer: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+def layer_products(layer: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
     """A decoder layer's products in the order its table row lists them: qkv, o, gate_up,
     down."""
     a, p = layer.self_attn, layer.mlp
@@ -147,21 +162,19 @@ class FusedDecode:
         self.eps, self.scale = float(cfg.rms_norm_eps), cfg.head_dim**-0.5
         self.vocab = cfg.vocab_size
         tables = model.model.embed_tokens.weight.dtype
-        self._cfg = torch.tensor(
-            [
-                cfg.num_layers,
-                cfg.hidden_size,
-                cfg.num_heads,
-                cfg.num_kv_heads,
-                cfg.head_dim,
-                cfg.intermediate_size,
-                cfg.vocab_size,
-                DTYPES[tables],
-                DTYPES[kv_pool.dtype],
-                SCREEN_MAX,
-            ],
-            dtype=torch.int64,
-        )
+        shape = {
+            "LAYERS": cfg.num_layers,
+            "HIDDEN": cfg.hidden_size,
+            "HEADS": cfg.num_heads,
+            "KV_HEADS": cfg.num_kv_heads,
+            "HEAD_DIM": cfg.head_dim,
+            "INTER": cfg.intermediate_size,
+            "VOCAB": cfg.vocab_size,
+            "TABLE_DTYPE": DTYPES[tables],
+            "KVDTYPE": DTYPES[kv_pool.dtype],
+            "SCREEN_MAX": SCREEN_MAX,
+        }
+        self._cfg = torch.tensor([shape[name] for name in CFG], dtype=torch.int64)
         # the screen's rows screened, and of them rows that took the full head (added to by
         # each step; a new screen, ``_build``'s, starts them and its trial again)
         self.screen_counts = torch.zeros(2, dtype=torch.int64)
@@ -176,13 +189,13 @@ class FusedDecode:
     def screen_max(self) -> int:
         """The most candidates a row keeps through the screen; a row with more gets the full
         head's logits."""
-        return int(self._cfg[-1])
+        return int(self._cfg[CFG.index("SCREEN_MAX")])
 
     @screen_max.setter
     def screen_max(self, n: int) -> None:
         if n < 1:
             raise ValueError(f"screen_max must be at least 1, got {n}")
-        self._cfg[-1] = n
+        self._cfg[CFG.index("SCREEN_MAX")] = n
 
     def _end_screen_trial(self) -> None:
         """After the first ``SCREEN_TRIAL_ROWS`` screened rows: a model whose rows mostly kept
@@ -236,7 +249,9 @@ class FusedDecode:
             self._copies.append(c)
             return c.data_ptr()
 
-        linears = [self.model.lm_head] + [lin for layer in m.layers for lin in _products(layer)]
+        linears = [self.model.lm_head] + [
+            lin for layer in m.layers for lin in layer_products(layer)
+        ]
         packed = bool(self.lib.plait_packed_dot())
         prods = {id(lin): product_weights(lin, packed, self.half_scales) for lin in linears}
         self.screen = head_screen.build(self.model.lm_head, packed) if self.head_screen else None
@@ -281,7 +296,7 @@ class FusedDecode:
                     f32_copy(layer.post_attention_layernorm.weight),
                     ptr(self.kv_pool.k_buffer[i]),
                     ptr(self.kv_pool.v_buffer[i]),
-                    *(entry for lin in _products(layer) for entry in matrix(lin)),
+                    *(entry for lin in layer_products(layer) for entry in matrix(lin)),
                 ]
             )
         self._layers = torch.tensor(rows, dtype=torch.int64)

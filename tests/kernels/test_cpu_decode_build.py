@@ -90,3 +90,18 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
                 continue
             cpu_decode.gemv(cpu_decode.library(), code, codes, x, native, scale=scales, low=lows)
             assert rc == 0 and torch.equal(y, native)
+
+
+def test_the_step_cfg_names_follow_the_c_enum():
+    """``FusedDecode``'s cfg[] is filled by name in ``fused_decode.CFG``'s order; the C step
+    reads it by its ``CFG_*`` enum: the two lists must be the same, in the same order."""
+    import re
+
+    from plait.runtime.model.fused_decode import CFG
+
+    source = cpu_decode.SOURCE.read_text()
+    enum = re.search(r"enum\s*\{([^}]*CFG_COUNT[^}]*)\}", source)
+    assert enum is not None, "cpu_decode.c has no CFG_* enum ending in CFG_COUNT"
+    names = [n.strip().removeprefix("CFG_") for n in enum.group(1).split(",") if n.strip()]
+    assert names[-1] == "COUNT"
+    assert tuple(names[:-1]) == CFG
