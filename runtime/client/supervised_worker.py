@@ -192,7 +192,7 @@ class SupervisedWorker:
             while_loading=self._first_load_work if first else None,
         )
         try:
-            if not self.info:
+            if first:
                 self.tokenizer = load_tokenizer(worker.info["model_path"])
             client = RuntimeClient(
                 worker.endpoint,
