@@ -82,6 +82,7 @@ CFG = (
     "KVDTYPE",
     "SCREEN_MAX",
 )
+_SCREEN_MAX_AT = CFG.index("SCREEN_MAX")
 
 
 def unsupported(model: torch.nn.Module, kv_pool: TokenToKVPool, device: torch.device) -> str | None:
@@ -189,13 +190,13 @@ class FusedDecode:
     def screen_max(self) -> int:
         """The most candidates a row keeps through the screen; a row with more gets the full
         head's logits."""
-        return int(self._cfg[CFG.index("SCREEN_MAX")])
+        return int(self._cfg[_SCREEN_MAX_AT])
 
     @screen_max.setter
     def screen_max(self, n: int) -> None:
         if n < 1:
             raise ValueError(f"screen_max must be at least 1, got {n}")
-        self._cfg[CFG.index("SCREEN_MAX")] = n
+        self._cfg[_SCREEN_MAX_AT] = n
 
     def _end_screen_trial(self) -> None:
         """After the first ``SCREEN_TRIAL_ROWS`` screened rows: a model whose rows mostly kept

@@ -43,9 +43,7 @@ def serve(
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         try:
-            deadline = time.monotonic() + timeout
-            url = _wait_url(proc, log, deadline, timeout)
-            _wait_serving(url, proc, log, deadline, timeout)
+            url = _wait_serving(proc, log, timeout)
             yield ServerProcess(url, proc)
         finally:
             proc.terminate()
@@ -56,33 +54,30 @@ def serve(
                 proc.wait()
 
 
-def _wait_url(proc: subprocess.Popen, log: Path, deadline: float, timeout: float) -> str:
-    """The URL on the server's start-up line (``plait: serving on URL``) once it is written."""
+def _wait_serving(proc: subprocess.Popen, log: Path, timeout: float) -> str:
+    """The server's URL, from its start-up line (``plait: serving on URL``), once ``/health``
+    there answers 200."""
+    deadline = time.monotonic() + timeout
+    url = None
     while True:
-        for line in log.read_text(errors="replace").splitlines():
-            if line.startswith(SERVING_ON):
-                return line.removeprefix(SERVING_ON).strip()
         if proc.poll() is not None:
             raise ServerStartError(f"plait serve exited ({proc.returncode}): {_tail(log)}")
+        url = url or _serving_url(log)
+        try:
+            if url is not None and httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                return url
+        except httpx.HTTPError:
+            pass  # not listening yet
         if time.monotonic() > deadline:
             raise ServerStartError(f"plait serve did not come up in {timeout:g} s: {_tail(log)}")
         time.sleep(0.1)
 
 
-def _wait_serving(
-    url: str, proc: subprocess.Popen, log: Path, deadline: float, timeout: float
-) -> None:
-    while True:
-        if proc.poll() is not None:
-            raise ServerStartError(f"plait serve exited ({proc.returncode}): {_tail(log)}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass  # not listening yet
-        if time.monotonic() > deadline:
-            raise ServerStartError(f"plait serve did not come up in {timeout:g} s: {_tail(log)}")
-        time.sleep(0.2)
+def _serving_url(log: Path) -> str | None:
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith(SERVING_ON):
+            return line.removeprefix(SERVING_ON).strip()
+    return None
 
 
 def _tail(log: Path) -> str:

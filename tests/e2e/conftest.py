@@ -136,56 +136,6 @@ def robust_server(tmp_path_factory, tiny_lm_dir) -> Iterator[ServerProcess]:
     yield from serve_process(log, "--model", str(model), *ROBUST_FLAGS)
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def live_children(pid: int) -> list[int]:
-    """The pids of ``pid``'s children that have not exited (zombies excluded), from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
-def pid_alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def cpu_ticks(pid: int) -> int:
-    """User + system CPU time of ``pid`` in clock ticks (0 once it is gone)."""
-    fields = _stat(pid)
-    return 0 if fields is None else int(fields[11]) + int(fields[12])
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` (0 once it is gone)."""
-    fields = _stat(pid)
-    return 0 if fields is None else int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-
-
-@pytest.fixture
-def procs():
-    """``procs.children(pid)``, ``procs.alive(pid)``, ``procs.cpu_ticks(pid)``,
-    ``procs.rss(pid)``: process checks by pid, from /proc."""
-
-    class Procs:
-        children = staticmethod(live_children)
-        alive = staticmethod(pid_alive)
-        cpu_ticks = staticmethod(cpu_ticks)
-        rss = staticmethod(rss_bytes)
-
-    return Procs
-
-
 @pytest.fixture
 def spawn_tiny_server(tmp_path, tiny_lm_dir):
     """``spawn_tiny_server(*flags)`` starts a server process of the test's own on the tiny
@@ -224,7 +174,7 @@ COMPILE_GUARD_S = 120.0  # a hang guard: a compile process start imports its lib
 
 
 @pytest.fixture
-def grammar_bomb():
+def grammar_bomb(procs):
     """``grammar_bomb.schema``; ``grammar_bomb.warm(url, worker)`` compiles two fresh small
     schemas (so the worker's two compile processes run) and returns those processes' pids;
     ``grammar_bomb.in_flight(url, compilers)`` posts the bomb from a thread and returns it once
@@ -247,13 +197,13 @@ def grammar_bomb():
             with ThreadPoolExecutor(2) as pool:
                 for r in pool.map(post, range(2)):
                     assert r.status_code == 200, r.text
-            compilers = live_children(worker)
+            compilers = procs.children(worker)
             assert len(compilers) == 2, compilers
             return compilers
 
         @staticmethod
         def in_flight(url: str, compilers: list[int]) -> threading.Thread:
-            idle = {pid: cpu_ticks(pid) for pid in compilers}
+            idle = {pid: procs.cpu_ticks(pid) for pid in compilers}
             params = {"json_schema": BOMB_SCHEMA, "max_new_tokens": 2}
             bomb = threading.Thread(
                 target=_post_ignoring_errors,
@@ -263,7 +213,7 @@ def grammar_bomb():
             bomb.start()
             half_a_second = os.sysconf("SC_CLK_TCK") // 2
             deadline = time.monotonic() + COMPILE_GUARD_S
-            while all(cpu_ticks(pid) - idle[pid] < half_a_second for pid in compilers):
+            while all(procs.cpu_ticks(pid) - idle[pid] < half_a_second for pid in compilers):
                 assert time.monotonic() < deadline, "no compile process took up the bomb"
                 time.sleep(0.05)
             return bomb

@@ -329,29 +329,17 @@ def test_a_worker_that_fails_to_load_reports_its_stderr(tmp_path):
     assert "no-such-model" in str(info.value)
 
 
-def _worker_children() -> list[int]:
-    """Live child processes of this one running ``plait.runtime.worker``, from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                state, ppid = f.read().rsplit(")", 1)[1].split()[:2]
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                cmdline = f.read()
-        except OSError:  # not a pid, or gone meanwhile
-            continue
-        if int(ppid) == os.getpid() and state != "Z" and b"plait.runtime.worker" in cmdline:
-            found.append(int(entry))
-    return found
+def _new_children(procs, before: set[int]) -> set[int]:
+    return set(procs.children(os.getpid())) - before
 
 
-def test_work_given_while_loading_runs_with_the_process_launched(tiny_model_dir):
-    before = set(_worker_children())  # the module's worker, when it is up
+def test_work_given_while_loading_runs_with_the_process_launched(tiny_model_dir, procs):
+    before = set(procs.children(os.getpid()))  # the module's worker, when it is up
     seen: list[set[int]] = []
     w = start_worker(
         tiny_model_dir("llama"),
         max_total_tokens=512,
-        while_loading=lambda: seen.append(set(_worker_children()) - before),
+        while_loading=lambda: seen.append(_new_children(procs, before)),
     )
     try:
         assert seen == [{w.pid}]  # ran once, the worker already launched
@@ -360,12 +348,12 @@ def test_work_given_while_loading_runs_with_the_process_launched(tiny_model_dir)
         w.stop()
 
 
-def test_a_failure_while_loading_stops_the_worker_and_propagates(tiny_model_dir):
-    before = set(_worker_children())
+def test_a_failure_while_loading_stops_the_worker_and_propagates(tiny_model_dir, procs):
+    before = set(procs.children(os.getpid()))
     launched: list[int] = []
 
     def fail() -> None:
-        launched.extend(set(_worker_children()) - before)
+        launched.extend(_new_children(procs, before))
         raise KeyError("the caller's own start-up failed")
 
     with pytest.raises(KeyError, match="start-up failed"):

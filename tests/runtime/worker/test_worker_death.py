@@ -109,18 +109,17 @@ def test_work_given_while_loading_runs_for_the_first_worker_only(tiny_model_dir)
     try:
         assert calls == [1] and supervisor.tokenizer is None  # tiny model: no tokenizer
         first = supervisor.worker
+        params = SamplingParams(max_new_tokens=400, **GREEDY)
+        handle = supervisor.submit([5, 6, 7], params, stream=True)
+        next(iter(handle))
         os.kill(first.pid, signal.SIGKILL)
-        assert _wait(lambda: supervisor.worker is not first, 60)
-        assert supervisor.wait_ready(timeout=60) and supervisor.restarts == 1
+        with pytest.raises(WorkerDiedError):
+            handle.result(timeout=10)
+        with supervisor._cond:  # notified at the death and when the replacement serves
+            replaced = supervisor._cond.wait_for(
+                lambda: supervisor.restarts == 1 and supervisor.status == "ready", 60
+            )
+        assert replaced and supervisor.worker.pid != first.pid
         assert calls == [1]  # not again for the replacement
     finally:
         supervisor.close()
-
-
-def _wait(condition, within: float) -> bool:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
