@@ -147,9 +147,21 @@ def test_long_rows_attend_by_chunks_as_torch_does(model_dirs, kind, dtype):
     got = state.fused_step(batch)
     if dtype == "float32":
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
-    else:
-        err = torch.linalg.norm(got - expected) / torch.linalg.norm(expected)
-        assert err < 3e-2
+        return
+    # Two bfloat16 computations of the same step: torch's rounds each op's output, the fused
+    # step keeps float32 activations (or, with AVX512_BF16, rounds them for the products).
+    # Over 2100 positions both drift from the float32 model by bfloat16's error, which a
+    # random model's conditioning sets (2-7% here), so they are held to it: the two differ by
+    # less than torch's own bfloat16 error, and the fused step is about as close to float32.
+    f32 = _State(model_dirs[f"{kind}-long"], "float32", LONG_ROWS, max_len=2304)
+    exact = f32.torch_step(f32.decode_batch([0, 1, 2, 3, 4], [7, 8, 9, 10, 11]))
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return float(torch.linalg.norm(a - b) / torch.linalg.norm(b))
+
+    bf16_error = rel(expected, exact)
+    assert rel(got, expected) < bf16_error
+    assert rel(got, exact) < 1.25 * bf16_error
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
