@@ -936,12 +936,13 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
  * bits: 20 instructions per 64 bytes of codes against 12 here). */
 /* One activation row (decode) asks for the codes' line this many bytes ahead: the int4 kernel
  * does 16 ``vpdpbusd`` per 256 bytes of codes (40 GB/s a core from L2 on a 2-core Zen 4), and
- * with the hardware's prefetch alone it read memory slower than the int8 kernel. M = 1
- * products of a SmolLM2 layer's shapes, 2 threads, from memory: 21.0 -> 23.6 GB/s by median
- * (4096: 24.5); the int4 decode step's C time 2,900 / 3,193 -> 2,686 / 2,838 us (min / median
- * of 8, alternated in one process). The int8 kernel (half the instructions a byte) gained
- * nothing from the same. */
-#define I4_VNNI_AHEAD 2048
+ * with the hardware's prefetch alone it read memory slower than the int8 kernel. 3072 x 576
+ * products (a SmolLM2 gate/up) on huge pages, from memory, median GB/s: one thread 18.3
+ * without, 24.1 at 2 KB, 26.7 at 4 KB, 26.9 at 8 KB; two threads 29.6, 31.6, 32.0, 31.6. The
+ * int4 decode step's C time at 2 KB: 2,900 / 3,193 -> 2,686 / 2,838 us (min / median of 8,
+ * alternated in one process; 4 KB the same). The int8 kernel (half the instructions a byte)
+ * gained nothing from the same at 1-4 KB. */
+#define I4_VNNI_AHEAD 4096
 #define NT4P_TILE(NAME, NB, ST, LOAD16)                                                        \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
         const int64_t K = a->in, NBLK = K / 32;                                                \
