@@ -46,6 +46,12 @@ def make_tiny_model(kind: str, out_dir: Path, seed: int = 0, max_positions: int 
         wide = {**common, "hidden_size": 320, "num_attention_heads": 5, "num_key_value_heads": 1}
         cfg = LlamaConfig(**wide, tie_word_embeddings=False, rope_theta=10000.0)
         model = LlamaForCausalLM(cfg)
+    elif kind in ("llama-hd128", "llama-hd256"):  # the fused step's other unrolled head sizes
+        heads, kv, hidden = (3, 1, 384) if kind == "llama-hd128" else (2, 2, 512)
+        wide = {**common, "hidden_size": hidden, "num_attention_heads": heads,
+                "num_key_value_heads": kv}  # fmt: skip
+        cfg = LlamaConfig(**wide, tie_word_embeddings=False, rope_theta=10000.0)
+        model = LlamaForCausalLM(cfg)
     elif kind == "llama3-rope":
         rope = {
             "rope_type": "llama3",
