@@ -52,6 +52,12 @@ class RequestHandle:
             except RuntimeError:
                 pass  # the client is closed or the worker is gone: nothing left to abort
 
+    def queued(self) -> int:
+        """Chunks (or the error) delivered and not yet taken by the consumer; for an
+        ``async for`` consumer, call it on that consumer's event loop."""
+        q = self._aqueue
+        return q.qsize() if q is not None else len(self._items)
+
     def result(self, timeout: float | None = None) -> OutputChunk:
         with self._cond:
             if not self._cond.wait_for(lambda: self.done, timeout):

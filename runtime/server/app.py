@@ -156,7 +156,7 @@ def create_app(
                 if isinstance(chunk, Exception):
                     yield sse(exception_body(chunk)[1])
                     continue
-                out = shapers[i].event(chunk)
+                out = shapers[i].event(chunk, behind=streams[i].behind())
                 if out is None:
                     continue
                 if not single:

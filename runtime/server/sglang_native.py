@@ -42,7 +42,12 @@ class NativeStream:
     is cumulative; ``output_token_logprobs`` / ``output_top_logprobs`` hold only the entries
     added since the previous event, so their lengths sum to ``output_token_logprobs_length``,
     which equals ``completion_tokens``; with ``stream_interval`` k an event is sent once at
-    least k tokens were added (and always for the last chunk).
+    least k tokens were added (and always for the last chunk). A chunk whose stream is
+    ``behind`` (a later chunk already waits: the reader fell behind the worker) sends no event:
+    the later one carries its tokens, as SGLang's server sends a request's latest state when
+    its handler wakes. Events sent back to back let SGLang's ``text_async_iter`` read two
+    events' text with only the last one's logprobs (it keeps the latest ``meta_info`` of a
+    variable), which its own test_stream_logprobs then fails.
     """
 
     def __init__(self, call: GenerateCall) -> None:
@@ -51,9 +56,9 @@ class NativeStream:
         self.sent_tokens = 0
         self.sent_logprobs = 0
 
-    def event(self, chunk: Any) -> dict[str, Any] | None:
+    def event(self, chunk: Any, behind: bool = False) -> dict[str, Any] | None:
         tokens = chunk.meta_info.get("completion_tokens", 0)
-        if not chunk.finished and tokens - self.sent_tokens < self.interval:
+        if not chunk.finished and (behind or tokens - self.sent_tokens < self.interval):
             return None
         out = native_out(chunk, self.with_text)
         meta = out["meta_info"]

@@ -107,6 +107,10 @@ class Stream:
             self.close()
         return chunk
 
+    def behind(self) -> bool:
+        """A later chunk (or the error) of this stream already waits to be read."""
+        return self.handle.queued() > 0
+
     def _expire(self) -> None:
         """The deadline passed: the worker drops the request, its reader gets the error."""
         self.handle.cancel()  # (before the error: a finished handle aborts nothing)
