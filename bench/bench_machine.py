@@ -121,13 +121,12 @@ def _weights(precision: str, total_bytes: int, threads: int) -> tuple[list[Calla
     lib = cpu_decode.library()
     packed = lib is not None and bool(lib.plait_packed_dot())
     x32 = torch.randn(1, HIDDEN)
-    calls: list[Callable] = []
+    made: list[tuple] = []  # (product weights, layer, x, y)
     streamed = 0
     while streamed < total_bytes:
         for out_f, in_f in LAYER_SHAPES:
             w = torch.randn(out_f, in_f) * 0.05
             x = torch.randn(1, in_f) if in_f != HIDDEN else x32
-            y = torch.empty(1, out_f)
             if precision in ("float32", "bfloat16"):
                 layer = Linear(in_f, out_f, dtype=getattr(torch, precision))
                 layer.set_layout(False)  # [out, in], as the fused step holds it
@@ -135,26 +134,30 @@ def _weights(precision: str, total_bytes: int, threads: int) -> tuple[list[Calla
             else:
                 layer = (Int8Linear if precision == "int8" else Int4Linear).from_float(w)
             p = product_weights(layer, packed)
-            if lib is not None and huge_pages.available():
-                p.tensors = _on_huge_pages(p.tensors)
-            if lib is not None:
-                calls.append(
-                    lambda p=p, x=x, y=y: cpu_decode.gemv(
-                        lib, p.dtype, p.tensors[0], x, y, scale=p.tensors[1], low=p.tensors[2],
-                        threads=threads,
-                    )
-                )  # fmt: skip
-            elif precision != "int8":  # torch has no int8 block kernel
-                xt = x if precision == "float32" else x.bfloat16()
-                calls.append(lambda xt=xt, layer=layer: layer(xt))
+            made.append((p, layer, x, torch.empty(1, out_f)))
             streamed += sum(t.numel() * t.element_size() for t in p.tensors if t is not None)
+    if lib is not None and huge_pages.available():
+        _on_huge_pages([p for p, *_ in made])
+    calls: list[Callable] = []
+    for p, layer, x, y in made:
+        if lib is not None:
+            calls.append(
+                lambda p=p, x=x, y=y: cpu_decode.gemv(
+                    lib, p.dtype, p.tensors[0], x, y, scale=p.tensors[1], low=p.tensors[2],
+                    threads=threads,
+                )
+            )  # fmt: skip
+        elif precision != "int8":  # torch has no int8 block kernel
+            xt = x if precision == "float32" else x.bfloat16()
+            calls.append(lambda xt=xt, layer=layer: layer(xt))
     return calls, streamed
 
 
-def _on_huge_pages(tensors: tuple) -> tuple:
-    """``tensors`` (None where a format has none) copied into one huge-page mapping."""
-    placed = iter(huge_pages.place([t for t in tensors if t is not None]))
-    return tuple(None if t is None else next(placed) for t in tensors)
+def _on_huge_pages(products: list) -> None:
+    """Moves every product's tensors into one huge-page mapping, in order."""
+    placed = iter(huge_pages.place([t for p in products for t in p.tensors if t is not None]))
+    for p in products:
+        p.tensors = tuple(None if t is None else next(placed) for t in p.tensors)
 
 
 def gemv_rate(precision: str, total_bytes: int, repeats: int, threads: int) -> float | None:
