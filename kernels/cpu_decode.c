@@ -930,10 +930,6 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
         }                                                                                      \
         for (int b = 0; b < NB; b++) emit16(a, g, m0 + b, f[b]);                               \
     }
-/* int4 with the activations in 14 bits split in two bytes, q = 128 h + l (h in -64..63, l in
- * 0..127): codes (0..15) are ``vpdpbusd``'s unsigned operand as they are, so 4 codes per lane
- * meet 4 activation bytes with no widening (the int16 kernel widened every code pair to 16
- * bits: 20 instructions per 64 bytes of codes against 12 here). */
 /* One activation row (decode) asks for the codes' line this many bytes ahead: the int4 kernel
  * does 16 ``vpdpbusd`` per 256 bytes of codes (40 GB/s a core from L2 on a 2-core Zen 4), and
  * with the hardware's prefetch alone it read memory slower than the int8 kernel. 3072 x 576
@@ -943,6 +939,10 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
  * alternated in one process; 4 KB the same). The int8 kernel (half the instructions a byte)
  * gained nothing from the same at 1-4 KB. */
 #define I4_VNNI_AHEAD 4096
+/* int4 with the activations in 14 bits split in two bytes, q = 128 h + l (h in -64..63, l in
+ * 0..127): codes (0..15) are ``vpdpbusd``'s unsigned operand as they are, so 4 codes per lane
+ * meet 4 activation bytes with no widening (the int16 kernel widened every code pair to 16
+ * bits: 20 instructions per 64 bytes of codes against 12 here). */
 #define NT4P_TILE(NAME, NB, ST, LOAD16)                                                        \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
         const int64_t K = a->in, NBLK = K / 32;                                                \
