@@ -141,51 +141,10 @@ def tiny_lm_dir(tmp_path_factory) -> Path:
     return out_dir
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/PID/stat after the command name (state first), None if gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-
-
-def live_children(pid: int) -> list[int]:
-    """The pids of ``pid``'s children that have not exited (zombies excluded), from /proc."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and (fields := _stat(int(entry))) is not None:
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
-
-
-def pid_alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def cpu_ticks(pid: int) -> int:
-    """User + system CPU time of ``pid`` in clock ticks (0 once it is gone)."""
-    fields = _stat(pid)
-    return 0 if fields is None else int(fields[11]) + int(fields[12])
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident memory of ``pid`` (0 once it is gone)."""
-    fields = _stat(pid)
-    return 0 if fields is None else int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.fixture
 def procs():
     """``procs.children(pid)``, ``procs.alive(pid)``, ``procs.cpu_ticks(pid)``,
-    ``procs.rss(pid)``: process checks by pid, from /proc."""
+    ``procs.rss(pid)``: process checks by pid, from /proc (``bench/proc_tree.py``)."""
+    from plait.bench import proc_tree
 
-    class Procs:
-        children = staticmethod(live_children)
-        alive = staticmethod(pid_alive)
-        cpu_ticks = staticmethod(cpu_ticks)
-        rss = staticmethod(rss_bytes)
-
-    return Procs
+    return proc_tree

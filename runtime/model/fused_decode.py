@@ -175,7 +175,8 @@ class FusedDecode:
             "KVDTYPE": DTYPES[kv_pool.dtype],
             "SCREEN_MAX": SCREEN_MAX,
         }
-        self._cfg = torch.tensor([shape[name] for name in CFG], dtype=torch.int64)
+        assert tuple(shape) == CFG, f"cfg[] entries {tuple(shape)} are not CFG's {CFG}"
+        self._cfg = torch.tensor(list(shape.values()), dtype=torch.int64)
         # the screen's rows screened, and of them rows that took the full head (added to by
         # each step; a new screen, ``_build``'s, starts them and its trial again)
         self.screen_counts = torch.zeros(2, dtype=torch.int64)

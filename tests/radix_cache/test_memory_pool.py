@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from plait.bench import proc_tree
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
 
 
@@ -70,20 +71,15 @@ def test_set_kv_writes_rows_of_one_layer() -> None:
     assert not k_buf[0].any()
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="Linux's /proc")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_a_cpu_pool_takes_memory_only_for_the_slots_it_writes(dtype) -> None:
     """A 2 GiB pool reads as zeros everywhere and its pages are backed when first written."""
-    before = _rss_bytes()
+    before = proc_tree.rss(os.getpid())
     pool = TokenToKVPool(1 << 20, num_layers=4, num_kv_heads=2, head_dim=64, dtype=dtype)
     k = torch.randn(3, 2, 64).to(dtype)
     pool.set_kv(3, torch.tensor([1, 500_000, 1 << 20]), k, k)
-    assert _rss_bytes() - before < 64 << 20
+    assert proc_tree.rss(os.getpid()) - before < 64 << 20
     k_buf, v_buf = pool.get_kv(3)
     assert torch.equal(k_buf[[1, 500_000, 1 << 20]], k) and torch.equal(v_buf[1 << 20], k[2])
     assert not pool.get_kv(0)[1][::4096].any() and not k_buf[2:499_999:4096].any()

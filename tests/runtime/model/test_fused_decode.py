@@ -131,10 +131,16 @@ def test_fused_step_computes_what_torch_does(model_dirs, kind, dtype):
     if dtype == "float32":
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         return
-    f32 = _State(model_dirs[kind], "float32", [5, 17, 1, 40])
-    exact = f32.torch_step(f32.decode_batch([0, 1, 2, 3], [7, 8, 9, 10]))
+    exact = _float32_logits(model_dirs[kind], [5, 17, 1, 40], [7, 8, 9, 10])
     _assert_bfloat16_agrees(got, expected, exact)
     assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.75
+
+
+def _float32_logits(model_dir, prompt_lens: list[int], next_ids: list[int], max_len=128):
+    """Torch's float32 step of the same model, prompts and next tokens: the reference both
+    bfloat16 steps are measured against."""
+    state = _State(model_dir, "float32", prompt_lens, max_len=max_len)
+    return state.torch_step(state.decode_batch(list(range(len(prompt_lens))), next_ids))
 
 
 def _assert_bfloat16_agrees(got: torch.Tensor, torch_bf16: torch.Tensor, exact: torch.Tensor):
@@ -167,8 +173,7 @@ def test_long_rows_attend_by_chunks_as_torch_does(model_dirs, kind, dtype):
     if dtype == "float32":
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
         return
-    f32 = _State(model_dirs[f"{kind}-long"], "float32", LONG_ROWS, max_len=2304)
-    exact = f32.torch_step(f32.decode_batch([0, 1, 2, 3, 4], [7, 8, 9, 10, 11]))
+    exact = _float32_logits(model_dirs[f"{kind}-long"], LONG_ROWS, [7, 8, 9, 10, 11], 2304)
     _assert_bfloat16_agrees(got, expected, exact)
 
 
