@@ -28,6 +28,7 @@ def main() -> None:
     ap.add_argument("--workloads", default="single")
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--base-threads", type=int, help="the base server's threads (--threads)")
     add_workload_args(ap, single_new=128)
     ap.add_argument("--log-dir", default="/tmp/plait-served-ab")
     args = ap.parse_args()
@@ -39,10 +40,11 @@ def main() -> None:
         if SYSTEMS[system][0] != "plait":
             raise SystemExit(f"--systems: {system} is not a plait system")
         with ExitStack() as stack:
+            base_threads = args.base_threads or args.threads
             servers = {
                 "this": stack.enter_context(Server(system, args.threads, log_dir, [])),
                 "base": stack.enter_context(
-                    Server(system, args.threads, log_dir, [], pythonpath=args.base, tag="-base")
+                    Server(system, base_threads, log_dir, [], pythonpath=args.base, tag="-base")
                 ),
             }
             warm = argparse.Namespace(single_new=8)

@@ -85,6 +85,17 @@ class TokenToKVPool:
         self.v_buffer = buffers[num_layers:]
         self.free_slots = self._all_slots()
 
+    @property
+    def free_slots(self) -> torch.Tensor:
+        """The free slots, in the order ``alloc`` hands them out."""
+        return self._slots[self._head :]
+
+    @free_slots.setter
+    def free_slots(self, slots: torch.Tensor) -> None:
+        # the free slots are _slots[_head:], _free of them: ``alloc`` moves the head, one
+        # slice and no tensor ``len`` a decode step (cold caches after the fused step)
+        self._slots, self._head, self._free = slots, 0, len(slots)
+
     @staticmethod
     def kv_bytes_per_token(
         num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype
@@ -99,19 +110,21 @@ class TokenToKVPool:
     def alloc(self, n: int) -> torch.Tensor | None:
         """``n`` free slots (int64), or None when fewer than ``n`` are free."""
         assert n >= 0, f"alloc of {n} slots"
-        if n > len(self.free_slots):
+        if n > self._free:
             return None
-        out = self.free_slots[:n]
-        self.free_slots = self.free_slots[n:]
+        head = self._head
+        out = self._slots[head : head + n]
+        self._head, self._free = head + n, self._free - n
         return out
 
     def free(self, indices: torch.Tensor) -> None:
         if indices.numel() == 0:
             return
-        self.free_slots = torch.cat((self.free_slots, indices.to(self.free_slots)))
+        slots = self._slots
+        self.free_slots = torch.cat((slots[self._head :], indices.to(slots)))
 
     def available_size(self) -> int:
-        return len(self.free_slots)
+        return self._free
 
     def clear(self) -> None:
         self.free_slots = self._all_slots()

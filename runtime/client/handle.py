@@ -30,6 +30,7 @@ class RequestHandle:
         self._error: BaseException | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._aqueue: asyncio.Queue | None = None
+        self._in_flight = 0  # handed to the consumer's loop, not yet in its queue
         self._on_done: list[Callable[[], None]] = []
 
     @property
@@ -53,10 +54,11 @@ class RequestHandle:
                 pass  # the client is closed or the worker is gone: nothing left to abort
 
     def queued(self) -> int:
-        """Chunks (or the error) delivered and not yet taken by the consumer; for an
-        ``async for`` consumer, call it on that consumer's event loop."""
+        """Chunks (or the error) delivered and not yet taken by the consumer, counting those
+        handed to an ``async for`` consumer's loop that it has not queued yet; for such a
+        consumer, call it on that consumer's event loop."""
         q = self._aqueue
-        return q.qsize() if q is not None else len(self._items)
+        return q.qsize() + self._in_flight if q is not None else len(self._items)
 
     def result(self, timeout: float | None = None) -> OutputChunk:
         with self._cond:
@@ -95,6 +97,13 @@ class RequestHandle:
     def __aiter__(self) -> AsyncIterator[OutputChunk]:
         return self._aiter()
 
+    def _enqueue(self, item: OutputChunk | BaseException) -> None:
+        """On the consumer's loop: a chunk ``_push`` handed over joins its queue."""
+        assert self._aqueue is not None
+        with self._cond:
+            self._in_flight -= 1
+            self._aqueue.put_nowait(item)
+
     def push(self, item: OutputChunk | BaseException) -> None:
         """Delivers the next chunk (from one producer thread) or the error that ends the
         request (from any thread: the server's deadline pushes one from its event loop); the
@@ -113,7 +122,8 @@ class RequestHandle:
                 self._final = item
             if self._loop is not None and self._aqueue is not None:
                 try:
-                    self._loop.call_soon_threadsafe(self._aqueue.put_nowait, item)
+                    self._loop.call_soon_threadsafe(self._enqueue, item)
+                    self._in_flight += 1
                 except RuntimeError:
                     pass  # the consumer's loop is closed
             else:

@@ -4,6 +4,9 @@ has a later one waiting sends nothing (the later event carries its tokens)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 from plait.runtime.client.handle import RequestHandle
 from plait.runtime.client.output_stream import OutputChunk, OutputStream
 from plait.runtime.messages import ReqOutput
@@ -65,3 +68,31 @@ def test_a_handle_counts_the_chunks_its_reader_has_not_taken():
     it = iter(handle)
     next(it)
     assert handle.queued() == 1
+
+
+def test_an_async_reader_counts_chunks_handed_to_its_loop_and_not_yet_queued():
+    """A chunk pushed from another thread reaches the reader's queue through its loop; until
+    the loop runs that hand-over, ``queued`` still counts it (the stream merges it)."""
+    handle = RequestHandle("r", lambda rid: None)
+    c = _chunks(3)
+
+    async def read() -> list[int]:
+        it = handle.__aiter__()
+        pusher = asyncio.get_running_loop().run_in_executor(None, handle.push, c[0])
+        first = await it.__anext__()
+        # queued by the time the executor's answer resumes this coroutine
+        await asyncio.get_running_loop().run_in_executor(None, handle.push, c[1])
+        # pushed while this coroutine holds the loop: handed over, not yet queued
+        t = threading.Thread(target=handle.push, args=(c[2],))
+        t.start()
+        t.join()
+        counts = [handle.queued()]
+        await asyncio.sleep(0)  # the loop runs the hand-overs
+        counts.append(handle.queued())
+        second = await it.__anext__()
+        counts.append(handle.queued())
+        await pusher
+        assert first.finished is False and second is c[1]
+        return counts
+
+    assert asyncio.run(read()) == [2, 2, 1]
