@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING, Any
 from plait.runtime.config import ServerArgs
 from plait.runtime.server.admission import HttpLimits
 from plait.runtime.server.auth import ApiKeys
-from plait.runtime.server.launch import SERVING_ON
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+SERVING_ON = "plait: serving on "  # the start-up line, before the URL (``launch`` reads it)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-SERVING_ON = "plait: serving on "  # the server's start-up line, before its URL
+from plait.runtime.server.cli import SERVING_ON
 
 
 class ServerStartError(RuntimeError):
