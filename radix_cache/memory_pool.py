@@ -92,9 +92,9 @@ class TokenToKVPool:
 
     @free_slots.setter
     def free_slots(self, slots: torch.Tensor) -> None:
-        # the free slots are _slots[_head:], _free of them: ``alloc`` moves the head, one
-        # slice and no tensor ``len`` a decode step (cold caches after the fused step)
-        self._slots, self._head, self._free = slots, 0, len(slots)
+        # the free slots are _slots[_head:]: ``alloc`` moves the head, one slice and no
+        # tensor ``len`` a decode step (cold caches after the fused step)
+        self._slots, self._head = slots, 0
 
     @staticmethod
     def kv_bytes_per_token(
@@ -110,12 +110,11 @@ class TokenToKVPool:
     def alloc(self, n: int) -> torch.Tensor | None:
         """``n`` free slots (int64), or None when fewer than ``n`` are free."""
         assert n >= 0, f"alloc of {n} slots"
-        if n > self._free:
-            return None
         head = self._head
-        out = self._slots[head : head + n]
-        self._head, self._free = head + n, self._free - n
-        return out
+        if n > self._slots.shape[0] - head:
+            return None
+        self._head = head + n
+        return self._slots[head : head + n]
 
     def free(self, indices: torch.Tensor) -> None:
         if indices.numel() == 0:
@@ -124,7 +123,7 @@ class TokenToKVPool:
         self.free_slots = torch.cat((slots[self._head :], indices.to(slots)))
 
     def available_size(self) -> int:
-        return self._free
+        return self._slots.shape[0] - self._head
 
     def clear(self) -> None:
         self.free_slots = self._all_slots()

@@ -82,12 +82,19 @@ def test_an_async_reader_counts_chunks_handed_to_its_loop_and_not_yet_queued():
         first = await it.__anext__()
         # queued by the time the executor's answer resumes this coroutine
         await asyncio.get_running_loop().run_in_executor(None, handle.push, c[1])
-        # pushed while this coroutine holds the loop: handed over, not yet queued
-        t = threading.Thread(target=handle.push, args=(c[2],))
+        # pushed while this coroutine holds the loop: handed over, not yet queued; the thread
+        # then asks the loop to set ``handed`` (the loop runs what it is handed in order)
+        loop, handed = asyncio.get_running_loop(), asyncio.Event()
+
+        def push_then_mark() -> None:
+            handle.push(c[2])
+            loop.call_soon_threadsafe(handed.set)
+
+        t = threading.Thread(target=push_then_mark)
         t.start()
         t.join()
         counts = [handle.queued()]
-        await asyncio.sleep(0)  # the loop runs the hand-overs
+        await asyncio.wait_for(handed.wait(), 30)  # the loop has run the hand-over
         counts.append(handle.queued())
         second = await it.__anext__()
         counts.append(handle.queued())
