@@ -23,15 +23,17 @@
  *  - Not reentrant across threads: the pool runs one step at a time (a mutex serialises
  *    callers, e.g. two engines in one process).
  *  - A phase's work is claimed in chunks, not split in fixed halves (``parallel_claim``): a
- *    thread slowed by the machine does not hold the others at the phase's end.
+ *    thread slowed by the machine does not hold the others at the phase's end, and one that
+ *    has not come yet (descheduled, waking up) is not waited for; it joins a later phase.
  *  - After a step returns, its workers may still be prefetching (only reading) the next
- *    step's first weights; every later call on the pool stops them and waits first.
+ *    step's first weights; they stop at the pool's next job, which does not wait for them.
  */
 #define _GNU_SOURCE
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -283,23 +285,77 @@ static void calibrate_spin(void) {
 }
 
 typedef void (*task_fn)(void *arg, int tid, int nth);
+typedef void (*range_fn)(void *arg, int tid, int64_t lo, int64_t hi);
+
+/* What the workers are given, by whether and how the caller waits for it:
+ *  - JOB_TASK: fn(arg, tid, nth) on every tid < nth, each once; the caller waits until every
+ *    worker has counted itself done (``pending``), so no worker can miss one;
+ *  - JOB_CLAIM: [0, units) in ranges of ``chunk`` by claiming (``parallel_claim``); the caller
+ *    waits until every unit is done (``claim_done``), not for every worker: a worker
+ *    descheduled before it claimed anything (for the HTTP server or its client on a 2-core box,
+ *    or still waking up) no longer holds the phase while the caller spins, and joins whichever
+ *    job is current when it runs;
+ *  - JOB_AHEAD: fn(arg, tid, nth) that nobody waits for, which returns once ``pool.gen`` moves
+ *    on (``job_current``). */
+enum { JOB_TASK, JOB_CLAIM, JOB_AHEAD };
+
+/* A job's fields, as one worker copied them (``read_job``). */
+typedef struct {
+    int kind, nth;
+    task_fn fn;
+    range_fn range;
+    void *arg;
+    int64_t units, chunk;
+} job_view;
 
 static struct {
-    pthread_mutex_t step_lock; /* one step at a time */
+    pthread_mutex_t step_lock; /* one step at a time: only its holder posts */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     pid_t pid; /* the process the workers belong to (a fork starts none) */
     int workers;
+    /* The job's sequence: odd while the poster writes the job's fields, even once they are
+     * published (+2 a job). A worker reads the fields between two equal even reads of it. */
     atomic_ulong gen;
     atomic_int pending;
     atomic_int sleepers;
-    task_fn fn;
-    void *arg;
-    int nth;
+    _Atomic(task_fn) fn;
+    _Atomic(range_fn) range;
+    _Atomic(void *) arg;
+    atomic_int kind, nth;
+    atomic_llong units, chunk;
 } pool = {.step_lock = PTHREAD_MUTEX_INITIALIZER, .mu = PTHREAD_MUTEX_INITIALIZER,
           .cv = PTHREAD_COND_INITIALIZER};
 
 static unsigned long start_gen[MAX_THREADS]; /* pool.gen when each worker was made */
+static _Thread_local unsigned long job_gen;  /* the gen of the job this thread runs */
+
+/* Whether the job this thread runs is still the pool's (JOB_AHEAD's stop test). */
+INLINE int job_current(void) {
+    return atomic_load_explicit(&pool.gen, memory_order_relaxed) == job_gen;
+}
+
+/* The pool's latest published job, copied whole; returns its gen (even). */
+static unsigned long read_job(job_view *j) {
+    for (;;) {
+        const unsigned long g = atomic_load_explicit(&pool.gen, memory_order_acquire);
+        if (g & 1) { /* being written */
+            CPU_RELAX();
+            continue;
+        }
+        j->kind = atomic_load_explicit(&pool.kind, memory_order_relaxed);
+        j->nth = atomic_load_explicit(&pool.nth, memory_order_relaxed);
+        j->fn = atomic_load_explicit(&pool.fn, memory_order_relaxed);
+        j->range = atomic_load_explicit(&pool.range, memory_order_relaxed);
+        j->arg = atomic_load_explicit(&pool.arg, memory_order_relaxed);
+        j->units = atomic_load_explicit(&pool.units, memory_order_relaxed);
+        j->chunk = atomic_load_explicit(&pool.chunk, memory_order_relaxed);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(&pool.gen, memory_order_relaxed) == g) return g;
+    }
+}
+
+static int64_t claim_run(const job_view *j, unsigned long gen, int tid);
 
 static void *worker_main(void *p) {
     int tid = (int)(intptr_t)p;
@@ -317,9 +373,16 @@ static void *worker_main(void *p) {
             atomic_fetch_sub(&pool.sleepers, 1);
             pthread_mutex_unlock(&pool.mu);
         }
-        seen = atomic_load(&pool.gen);
-        if (tid < pool.nth) pool.fn(pool.arg, tid, pool.nth);
-        atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+        job_view j;
+        seen = job_gen = read_job(&j); /* the latest: one a late worker missed is done */
+        if (j.kind == JOB_CLAIM) {
+            if (tid < j.nth) claim_run(&j, seen, tid);
+        } else if (j.kind == JOB_AHEAD) {
+            if (tid < j.nth) j.fn(j.arg, tid, j.nth);
+        } else {
+            if (tid < j.nth) j.fn(j.arg, tid, j.nth);
+            atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+        }
     }
     return NULL;
 }
@@ -360,6 +423,9 @@ static int ensure_workers(int n) {
         int rc = pthread_create(&t, &attr, worker_main, (void *)(intptr_t)(pool.workers + 1));
         pthread_attr_destroy(&attr);
         if (rc != 0) return -1;
+        char name[16]; /* what top, perf and /proc/PID/task/TID/comm show */
+        snprintf(name, sizeof name, "plait-pool-%d", (pool.workers + 1) & 0xff);
+        pthread_setname_np(t, name);
         pool.workers++;
     }
     return 0;
@@ -375,25 +441,19 @@ static int acquire_pool(int nthreads) {
     return nthreads;
 }
 
-static atomic_int ahead_stop; /* set: a job ``post_ahead`` started stops at its next check */
-
-/* Waits until the workers are idle: a job ``post_ahead`` left running is told to stop. */
-static void settle(void) {
-    if (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) {
-        atomic_store_explicit(&ahead_stop, 1, memory_order_relaxed);
-        while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) CPU_RELAX();
-    }
-    atomic_store_explicit(&ahead_stop, 0, memory_order_relaxed);
+/* Starts writing a job: the gen goes odd (workers that look now wait for the end); returns
+ * the gen the job will have. The caller holds the step lock and no JOB_TASK is pending. */
+static unsigned long post_begin(void) {
+    const unsigned long g = atomic_load_explicit(&pool.gen, memory_order_relaxed);
+    atomic_store_explicit(&pool.gen, g + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    return g + 2;
 }
 
-/* Hands fn(arg, tid, nth) to the workers (tid 1 .. nth - 1 run it; the others only count
- * themselves done in ``pending``) and returns at once. The pool must be settled. */
-static void post(task_fn fn, void *arg, int nth) {
-    pool.fn = fn;
-    pool.arg = arg;
-    pool.nth = nth;
-    atomic_store(&pool.pending, pool.workers);
-    atomic_fetch_add_explicit(&pool.gen, 1, memory_order_seq_cst);
+/* Publishes the job written since ``post_begin`` (everything written before this call is seen
+ * by a worker that reads the gen) and wakes sleeping workers. */
+static void post_end(unsigned long gen) {
+    atomic_store_explicit(&pool.gen, gen, memory_order_seq_cst);
     if (atomic_load(&pool.sleepers) > 0) {
         pthread_mutex_lock(&pool.mu);
         pthread_cond_broadcast(&pool.cv);
@@ -401,25 +461,42 @@ static void post(task_fn fn, void *arg, int nth) {
     }
 }
 
-/* Runs fn(arg, tid, nth) for tid in [0, nth): tid 0 on the caller's thread. */
+static void post_fields(int kind, task_fn fn, range_fn range, void *arg, int nth,
+                        int64_t units, int64_t chunk) {
+    atomic_store_explicit(&pool.kind, kind, memory_order_relaxed);
+    atomic_store_explicit(&pool.fn, fn, memory_order_relaxed);
+    atomic_store_explicit(&pool.range, range, memory_order_relaxed);
+    atomic_store_explicit(&pool.arg, arg, memory_order_relaxed);
+    atomic_store_explicit(&pool.nth, nth, memory_order_relaxed);
+    atomic_store_explicit(&pool.units, units, memory_order_relaxed);
+    atomic_store_explicit(&pool.chunk, chunk, memory_order_relaxed);
+}
+
+/* Runs fn(arg, tid, nth) for tid in [0, nth): tid 0 on the caller's thread, each other tid on
+ * one worker, and returns once all have. */
 static void parallel(task_fn fn, void *arg, int nth) {
-    settle();
     if (nth <= 1 || pool.workers == 0) {
         fn(arg, 0, 1);
         return;
     }
-    post(fn, arg, nth);
+    const unsigned long g = post_begin();
+    post_fields(JOB_TASK, fn, NULL, arg, nth, 0, 0);
+    atomic_store_explicit(&pool.pending, pool.workers, memory_order_relaxed);
+    post_end(g);
+    job_gen = g;
     fn(arg, 0, nth);
     while (atomic_load_explicit(&pool.pending, memory_order_acquire) > 0) CPU_RELAX();
 }
 
 /* Starts fn(arg, tid, nth) on workers 1 .. nth - 1 and returns without waiting: for work
- * whose end nobody waits on, which checks ``ahead_stop`` often (the next ``parallel`` sets it
- * and waits). ``arg`` must outlive the call. */
+ * whose end nobody waits on, which returns soon after the pool's next job is posted
+ * (``job_current`` false). ``arg`` must outlive the call. */
 static void post_ahead(task_fn fn, void *arg, int nth) {
-    settle();
     if (nth > pool.workers + 1) nth = pool.workers + 1;
-    if (nth > 1) post(fn, arg, nth);
+    if (nth <= 1) return;
+    const unsigned long g = post_begin();
+    post_fields(JOB_AHEAD, fn, NULL, arg, nth, 0, 0);
+    post_end(g);
 }
 
 INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64_t *hi) {
@@ -436,53 +513,106 @@ INLINE void split(int64_t n, int64_t align, int tid, int nth, int64_t *lo, int64
  * then claims the unclaimed chunks left in the other threads' shares. A thread that runs
  * slower (descheduled for the HTTP server or the client on a 2-core box, or given less of the
  * memory bus) no longer holds the phase while the others wait at its end: they finish its
- * share. Every unit is still computed whole by the one thread that claimed it, in the same
- * order, so which thread claims what never changes a bit. */
+ * share. And one that never came (JOB_CLAIM) is not waited for at all. Every unit is still
+ * computed whole by the one thread that claimed it, in the same order, so which thread claims
+ * what never changes a bit.
+ *
+ * A share is one word: the job's tag (its gen / 2, 32 bits) above the share's next unclaimed
+ * unit. A claim is a compare-and-swap that holds only while the tag is its own job's, so a late
+ * worker still holding an old job's view claims nothing from a later job's shares. */
 typedef struct {
-    _Alignas(64) atomic_llong next; /* the share's next unclaimed unit */
-    int64_t end;
+    _Alignas(64) atomic_ullong word;
 } share_t;
 static share_t shares[MAX_THREADS];
-
-typedef void (*range_fn)(void *arg, int tid, int64_t lo, int64_t hi);
-
+/* The units each thread computed in the current JOB_CLAIM, stored once at the end of its part
+ * (a counter shared by the threads, added to a chunk at a time, cost bfloat16's ~3,800 claims
+ * a step a cache line moved between the cores each: its C step 7.4 -> 7.9 ms). */
 typedef struct {
-    range_fn fn;
-    void *arg;
-    int64_t units, chunk;
-} claim_args;
+    _Alignas(64) atomic_llong units;
+} done_t;
+static done_t claim_done[MAX_THREADS];
 
-/* Claims up to ``chunk`` units of share ``s``; returns how many (0: the share is done). */
-INLINE int64_t claim(share_t *s, int64_t chunk, int64_t *lo) {
-    if (atomic_load_explicit(&s->next, memory_order_relaxed) >= s->end) return 0;
-    *lo = atomic_fetch_add_explicit(&s->next, chunk, memory_order_relaxed);
-    return *lo < s->end ? (s->end - *lo < chunk ? s->end - *lo : chunk) : 0;
+#define SHARE_TAG(gen) ((unsigned long long)(uint32_t)((gen) >> 1) << 32)
+
+/* Claims up to ``chunk`` units of share ``s`` below ``end``; returns how many (0: the share is
+ * done), or -1 where the share is another job's (this thread's job is over). */
+INLINE int64_t claim(share_t *s, unsigned long long tag, int64_t end, int64_t chunk,
+                     int64_t *lo) {
+    unsigned long long w = atomic_load_explicit(&s->word, memory_order_relaxed);
+    for (;;) {
+        if ((w & ~0xffffffffull) != tag) return -1;
+        const int64_t next = (int64_t)(w & 0xffffffffull);
+        if (next >= end) return 0;
+        const int64_t n = end - next < chunk ? end - next : chunk;
+        if (atomic_compare_exchange_weak_explicit(&s->word, &w, w + (unsigned long long)n,
+                                                  memory_order_relaxed, memory_order_relaxed)) {
+            *lo = next;
+            return n;
+        }
+    }
 }
 
-static void claim_task(void *p, int tid, int nth) {
-    const claim_args *c = (const claim_args *)p;
-    int64_t lo, n;
-    for (int k = 0; k < nth; k++) { /* its own share first, then the next threads' */
-        share_t *s = &shares[(tid + k) % nth];
-        while ((n = claim(s, c->chunk, &lo)) > 0) c->fn(c->arg, tid, lo, lo + n);
+/* Share t's end: the chunks ``split`` gives thread t, in units. */
+INLINE int64_t share_end(const job_view *j, int t) {
+    const int64_t chunks = (j->units + j->chunk - 1) / j->chunk;
+    int64_t lo, hi;
+    split(chunks, 1, t, j->nth, &lo, &hi);
+    return hi * j->chunk < j->units ? hi * j->chunk : j->units;
+}
+
+/* One thread's part of a JOB_CLAIM: its own share first, then the next threads'; returns the
+ * units it computed. A worker stores them in its ``claim_done`` (where it computed any: one
+ * that did is waited for, so its store lands before the next job resets the count). */
+static int64_t claim_run(const job_view *j, unsigned long gen, int tid) {
+    const unsigned long long tag = SHARE_TAG(gen);
+    int64_t done = 0;
+    for (int k = 0; k < j->nth; k++) {
+        const int t = (tid + k) % j->nth;
+        const int64_t end = share_end(j, t);
+        int64_t lo, n;
+        while ((n = claim(&shares[t], tag, end, j->chunk, &lo)) > 0) {
+            j->range(j->arg, tid, lo, lo + n);
+            done += n;
+        }
+        if (n < 0) break;
     }
+    if (tid > 0 && done > 0)
+        atomic_store_explicit(&claim_done[tid].units, done, memory_order_release);
+    return done;
 }
 
 /* Runs fn(arg, tid, lo, hi) over [0, units) in ranges of at most ``chunk`` units, on ``nth``
- * threads by claiming. Each range starts at a multiple of ``chunk``, whatever ``nth``: a
- * kernel's tiles fall on the same rows at any thread count. */
+ * threads by claiming, and returns once every unit is done. Each range starts at a multiple of
+ * ``chunk``, whatever ``nth``: a kernel's tiles fall on the same rows at any thread count. */
 static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk, int nth) {
     if (nth > pool.workers + 1) nth = pool.workers + 1;
     if (nth < 1) nth = 1;
-    const int64_t chunks = (units + chunk - 1) / chunk;
+    job_view j = {JOB_CLAIM, nth, NULL, fn, arg, units, chunk};
+    if (nth == 1 || units > INT32_MAX) { /* (a share's next unit is 32 bits) */
+        for (int64_t lo = 0; lo < units; lo += chunk)
+            fn(arg, 0, lo, lo + chunk < units ? lo + chunk : units);
+        return;
+    }
+    const unsigned long g = post_begin();
+    post_fields(JOB_CLAIM, NULL, fn, arg, nth, units, chunk);
     for (int t = 0; t < nth; t++) {
+        const int64_t chunks = (units + chunk - 1) / chunk;
         int64_t lo, hi;
         split(chunks, 1, t, nth, &lo, &hi);
-        atomic_store_explicit(&shares[t].next, lo * chunk, memory_order_relaxed);
-        shares[t].end = hi * chunk < units ? hi * chunk : units;
+        atomic_store_explicit(&shares[t].word, SHARE_TAG(g) | (unsigned long long)(lo * chunk),
+                              memory_order_relaxed);
     }
-    claim_args c = {fn, arg, units, chunk};
-    parallel(claim_task, &c, nth); /* its release of pool.gen publishes the shares */
+    for (int t = 1; t < nth; t++) atomic_store_explicit(&claim_done[t].units, 0, memory_order_relaxed);
+    post_end(g); /* publishes the shares with the job */
+    job_gen = g;
+    const int64_t mine = claim_run(&j, g, 0);
+    for (;;) {
+        int64_t done = mine;
+        for (int t = 1; t < nth; t++)
+            done += atomic_load_explicit(&claim_done[t].units, memory_order_acquire);
+        if (done >= units) break;
+        CPU_RELAX();
+    }
 }
 
 /* ---- products ---------------------------------------------------------------------------- */
@@ -1882,10 +2012,12 @@ typedef struct {
     int64_t I;
 } silu_args;
 
-static void silu_task(void *p, int tid, int nth) {
+/* Elements a silu claim takes: a multiple of 16 (whole vectors) */
+#define SILU_CHUNK 1024
+
+static void silu_range(void *p, int tid, int64_t lo, int64_t hi) {
+    (void)tid;
     const silu_args *a = (const silu_args *)p;
-    int64_t lo, hi;
-    split((int64_t)a->M * a->I, 16, tid, nth, &lo, &hi);
     for (int64_t i = lo; i < hi;) {
         int64_t m = i / a->I, j = i % a->I;
         const float *g = a->gu + m * 2 * a->I, *u = g + a->I;
@@ -1954,7 +2086,7 @@ static void store_kv(const float *src, void *cache, int dt, int64_t slot, int64_
  * single stream's step) while the memory bus idles. The workers spend that gap reading the
  * next step's first weights (layer 0 on) into the caches, up to ``AHEAD_BYTES``, so the next
  * step starts on weights already near: a prefetch, nothing is written. The next call to the
- * pool stops it (``ahead_stop``) wherever it got to. */
+ * job posted to the pool stops it (``job_current``) wherever it got to. */
 #define AHEAD_RANGES 64
 
 typedef struct {
@@ -1964,7 +2096,11 @@ typedef struct {
     int64_t bytes;
 } ahead_list;
 
-static ahead_list ahead;
+/* Two lists, a step's list the other one than the last step's: a worker late to notice that
+ * its read-ahead is over (descheduled between its check and its next read) reads the list it
+ * started on, which the next step leaves alone. */
+static ahead_list aheads[2];
+static int ahead_at;
 
 static void ahead_add(ahead_list *a, const void *p, int64_t n, int64_t budget) {
     if (!p || n <= 0 || a->count == AHEAD_RANGES || a->bytes >= budget) return;
@@ -1995,7 +2131,7 @@ static void ahead_task(void *p, int tid, int nth) {
     for (int r = 0; r < a->count && at < hi; at += a->n[r], r++) {
         int64_t b0 = lo > at ? lo - at : 0, b1 = hi - at < a->n[r] ? hi - at : a->n[r];
         for (int64_t b = b0; b < b1; b += 4096) {
-            if (atomic_load_explicit(&ahead_stop, memory_order_relaxed)) return;
+            if (!job_current()) return;
             const int64_t e = b + 4096 < b1 ? b + 4096 : b1;
             for (int64_t i = b; i < e; i += 64) __builtin_prefetch(a->p[r] + i, 0, 2);
         }
@@ -2291,7 +2427,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         rc |= gemv(&gg, nthreads);
         PHASE(PH_GATE_UP);
         silu_args sa = {gu, act, M, I};
-        parallel(silu_task, &sa, nthreads);
+        parallel_claim(silu_range, &sa, (int64_t)M * I, SILU_CHUNK, nthreads);
         PHASE(PH_SILU);
         gemv_args gd = product(lp + L_DOWN, I, H, act, NULL, hidden, 1, M);
         rc |= gemv(&gd, nthreads);
@@ -2310,17 +2446,17 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
     PHASE(PH_HEAD);
     const int64_t budget = AHEAD_BYTES;
     if (nthreads > 1) {
-        settle(); /* (no job reads the list while it is rewritten) */
-        ahead.count = 0;
-        ahead.bytes = 0;
-        for (int l = 0; l < L && ahead.bytes < budget; l++) {
+        ahead_list *ahead = &aheads[ahead_at ^= 1];
+        ahead->count = 0;
+        ahead->bytes = 0;
+        for (int l = 0; l < L && ahead->bytes < budget; l++) {
             const int64_t *lp = layer_ptrs + (int64_t)l * L_COUNT;
-            ahead_matrix(&ahead, lp + L_QKV, H, QKV, budget);
-            ahead_matrix(&ahead, lp + L_O, (int64_t)Hq * D, H, budget);
-            ahead_matrix(&ahead, lp + L_GATE_UP, H, 2 * I, budget);
-            ahead_matrix(&ahead, lp + L_DOWN, I, H, budget);
+            ahead_matrix(ahead, lp + L_QKV, H, QKV, budget);
+            ahead_matrix(ahead, lp + L_O, (int64_t)Hq * D, H, budget);
+            ahead_matrix(ahead, lp + L_GATE_UP, H, 2 * I, budget);
+            ahead_matrix(ahead, lp + L_DOWN, I, H, budget);
         }
-        post_ahead(ahead_task, &ahead, nthreads);
+        post_ahead(ahead_task, ahead, nthreads);
     }
     pthread_mutex_unlock(&pool.step_lock);
     free(buf);

@@ -672,7 +672,7 @@ def test_rows_wider_than_a_claim_are_claimed_one_group_at_a_time():
 
 def test_the_read_ahead_after_a_step_never_races_the_next_call(model_dirs):
     """A step leaves its workers reading the next step's first weights after it returns; the
-    next call on the pool (a step or a product, any thread count) stops and waits for them:
+    next call on the pool (a step or a product, any thread count) stops them without waiting:
     every result is the one a quiet pool gives."""
     lib = cpu_decode.library()
     state = _State(model_dirs["llama"], "float32", [6, 3])
