@@ -7,6 +7,10 @@ this host's speed moves 30-50% within minutes), and the read bound beside each s
 
     git worktree add /tmp/base/plait <commit>      # the base checkout, as package ``plait``
     python bench/bench_served_ab.py --base /tmp/base --systems plait-f32,plait-bf16 --repeats 8
+
+Or one checkout, a server flag on against off (``--base`` left out):
+
+    python bench/bench_served_ab.py --base-flags=--disable-overlap-schedule --systems plait-int4
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from plait.bench.bench_vs_llamacpp import SYSTEMS, Server, add_workload_args, ru
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--base", required=True, help="the other checkout's PYTHONPATH entry")
+    ap.add_argument("--base", help="the other checkout's PYTHONPATH entry (default: this one)")
+    ap.add_argument("--base-flags", default="", help="server flags of the base only (one string)")
     ap.add_argument("--systems", default="plait-bf16", help="plait systems of bench_vs_llamacpp")
     ap.add_argument("--workloads", default="single")
     ap.add_argument("--repeats", type=int, default=8)
@@ -44,7 +49,14 @@ def main() -> None:
             servers = {
                 "this": stack.enter_context(Server(system, args.threads, log_dir, [])),
                 "base": stack.enter_context(
-                    Server(system, base_threads, log_dir, [], pythonpath=args.base, tag="-base")
+                    Server(
+                        system,
+                        base_threads,
+                        log_dir,
+                        args.base_flags.split(),
+                        pythonpath=args.base,
+                        tag="-base",
+                    )
                 ),
             }
             warm = argparse.Namespace(single_new=8)
