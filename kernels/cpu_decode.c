@@ -2351,12 +2351,64 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
     return rc;
 }
 
+/* The first index of ``x`` in ``row[0, V)`` (which holds it), a vector at a time. */
+static int64_t first_equal(const float *row, int64_t V, float x) {
+    int64_t v = 0;
+    for (; v + VW <= V; v += VW) {
+        const i32xw eq = load_vw(row + v) == vsplat(x);
+        int any = 0;
+        for (int i = 0; i < VW; i++) any |= eq[i];
+        if (any)
+            for (int i = 0; i < VW; i++)
+                if (eq[i]) return v + i;
+    }
+    while (row[v] != x) v++;
+    return v;
+}
+
+/* Each row's argmax: the first of tied maxima, or the first NaN where a row holds one (numpy's
+ * ``argmax``, which the scheduler's sampler takes on the CPU). */
+static void argmax_rows(const float *logits, int R, int64_t V, int64_t *out) {
+    for (int r = 0; r < R; r++) {
+        const float *row = logits + (int64_t)r * V;
+        vfw m = vsplat(-INFINITY);
+        i32xw nan = {0};
+        int64_t v = 0;
+        for (; v + VW <= V; v += VW) {
+            const vfw x = load_vw(row + v);
+            nan |= x != x;
+            m = vselect(x > m, x, m);
+        }
+        float mx = -INFINITY;
+        int any_nan = 0;
+        for (int i = 0; i < VW; i++) {
+            mx = m[i] > mx ? m[i] : mx;
+            any_nan |= nan[i];
+        }
+        for (; v < V; v++) {
+            any_nan |= row[v] != row[v];
+            mx = row[v] > mx ? row[v] : mx;
+        }
+        int64_t best = 0;
+        if (any_nan)
+            while (row[best] == row[best]) best++;
+        else
+            best = first_equal(row, V, mx);
+        out[r] = best;
+    }
+}
+
+/* ``argmax_rows`` for tests: each of ``R`` rows of ``V`` floats. */
+void plait_argmax_rows(const float *logits, int R, int64_t V, int64_t *out) {
+    argmax_rows(logits, R, V, out);
+}
+
 int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *layer_ptrs,
                       double eps, double scale, int M, const int64_t *input_ids,
                       const int64_t *positions, const int64_t *out_loc, const int64_t *rows,
                       const int64_t *seq_lens, const int64_t *req_to_token, int64_t stride,
                       const int64_t *logit_rows, int R, float *logits, int nthreads,
-                      int argmax_only, int64_t *screen_counts) {
+                      int argmax_only, int64_t *screen_counts, int64_t *next_ids) {
     const int L = (int)cfg[CFG_LAYERS], Hq = (int)cfg[CFG_HEADS], Hkv = (int)cfg[CFG_KV_HEADS],
               D = (int)cfg[CFG_HEAD_DIM], wdt = (int)cfg[CFG_TABLE_DTYPE], kvdt = (int)cfg[CFG_KVDTYPE];
     const int64_t H = cfg[CFG_HIDDEN], I = cfg[CFG_INTER], V = cfg[CFG_VOCAB];
@@ -2443,6 +2495,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
         rc |= gemv(&gl, nthreads);
     }
+    if (rc == 0 && next_ids) argmax_rows(logits, R, V, next_ids);
     PHASE(PH_HEAD);
     const int64_t budget = AHEAD_BYTES;
     if (nthreads > 1) {

@@ -127,7 +127,10 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
         _int,  # argmax_only: the head through its screen (``head_screen``) where there is one
         _vp,  # the screen's counts (int64 [2], added to: rows screened, rows given the full
         # head), or NULL
+        _vp,  # next ids (int64 [R]): each logit row's argmax, as numpy's, written, or NULL
     ]
+    lib.plait_argmax_rows.restype = None
+    lib.plait_argmax_rows.argtypes = [_vp, _int, _i64, _vp]  # logits, rows, vocab, out (int64)
     lib.plait_bf16_dot.restype = _int
     lib.plait_bf16_dot.argtypes = []
     lib.plait_i8_vnni.restype = _int

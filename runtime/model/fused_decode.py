@@ -185,6 +185,8 @@ class FusedDecode:
         self.half_scales = True  # packed int4: float16 scales where exact (refresh() after)
         self.head_screen = head_screen
         self.screen: head_screen.HeadScreen | None = None
+        # argmax_only forwards' logits and argmax, by rows (reused: see ``forward``)
+        self._argmax_buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._build()
 
     @property
@@ -314,7 +316,27 @@ class FusedDecode:
         """Logits ``[R, vocab]`` of the flat tokens ``sample_index`` (default: every token),
         for a decode batch or a short prefill: each token attends to its request's slots up
         to its own position (``positions + 1``), so an extend is causal. ``argmax_only``: only
-        each row's argmax is read (see the class's invariants)."""
+        each row's argmax is read (see the class's invariants); the logits are then a buffer
+        of the step's, rewritten by the next such forward of as many rows."""
+        return self._run(batch, threads, sample_index, argmax_only)[0]
+
+    def forward_argmax(
+        self, batch: ForwardBatch, threads: int, sample_index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(..., argmax_only=True)``'s logits and each row's argmax (int64 ``[R]``,
+        ``sampler.argmax_rows``'s, taken by the step in C), both rewritten by the next
+        ``argmax_only`` forward of as many rows."""
+        logits, ids = self._run(batch, threads, sample_index, True)
+        assert ids is not None
+        return logits, ids
+
+    def _run(
+        self,
+        batch: ForwardBatch,
+        threads: int,
+        sample_index: torch.Tensor | None,
+        argmax_only: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self.check_addresses:
             self.check()
         n = batch.num_tokens
@@ -331,7 +353,18 @@ class FusedDecode:
             rows, seq = batch.req_pool_indices.repeat_interleave(ext), pos + 1
         rows, seq = _int64(rows), _int64(seq)
         sample = _int64(torch.arange(n) if sample_index is None else sample_index)
-        logits = torch.empty(sample.numel(), self.vocab, dtype=torch.float32)
+        rows_out = sample.numel()
+        ids_out = None
+        if argmax_only:
+            bufs = self._argmax_buffers.get(rows_out)
+            if bufs is None:
+                bufs = self._argmax_buffers[rows_out] = (
+                    torch.empty(rows_out, self.vocab, dtype=torch.float32),
+                    torch.empty(rows_out, dtype=torch.int64),
+                )
+            logits, ids_out = bufs
+        else:
+            logits = torch.empty(rows_out, self.vocab, dtype=torch.float32)
         assert table.is_contiguous() and table.dtype == torch.int64
         screened = argmax_only and self.head_screen
         rc = self.lib.plait_decode_step(
@@ -354,9 +387,10 @@ class FusedDecode:
             threads,
             int(screened),
             self.screen_counts.data_ptr(),
+            None if ids_out is None else ids_out.data_ptr(),
         )
         if rc != 0:
             raise MemoryError(f"the fused decode step failed (code {rc}): out of memory or threads")
         if screened and self._screen_trial and self.screen is not None:
             self._end_screen_trial()
-        return logits
+        return logits, ids_out

@@ -26,6 +26,9 @@ from plait.runtime.model.thread_policy import ThreadPolicy
 class LogitsOutput:
     next_token_logits: torch.Tensor  # [R, V] float32, one row per request that samples
     prompt_logits: torch.Tensor | None  # [P, V] float32 at the requested prompt positions
+    # [R] int64: each row's argmax of its raw logits (``sampler.argmax_rows``'s), where an
+    # ``argmax_only`` forward's step gave it
+    argmax_ids: torch.Tensor | None = None
 
 
 class ModelRunner:
@@ -136,7 +139,8 @@ class ModelRunner:
     ) -> LogitsOutput:
         """The sampled rows' logits (and the prompt rows' for logprobs). With ``argmax_only``
         the fused step may return each row exact only where its maximum can be and -inf
-        elsewhere (``FusedDecode``): the argmax is the same."""
+        elsewhere (``FusedDecode``): the argmax is the same; it gives that argmax too
+        (``argmax_ids``), and its logits and argmax are valid until the next forward."""
         threads = self._thread_ceiling()
         use = threads
         if self.device.type == "cpu":
@@ -166,8 +170,11 @@ class ModelRunner:
         try:
             if fused:
                 assert self.fused is not None
-                logits = self.fused.forward(batch, use, sample_index, argmax_only)
-                out = LogitsOutput(logits, None)
+                if argmax_only:
+                    logits, ids = self.fused.forward_argmax(batch, use, sample_index)
+                    out = LogitsOutput(logits, None, ids)
+                else:
+                    out = LogitsOutput(self.fused.forward(batch, use, sample_index), None)
             else:
                 out = self._torch_forward(batch, sample_index, prompt_index)
         finally:

@@ -17,7 +17,7 @@ from plait.runtime.worker.length_ranker import LengthRanker
 from plait.runtime.worker.output import SchedulerStats, stream_due, take_output
 from plait.runtime.worker.prefill_adder import CLIP_MAX_NEW_TOKENS, PrefillAdder
 from plait.runtime.worker.request import FinishReason, Req
-from plait.runtime.worker.sampler import Sampler, takes_raw_argmax
+from plait.runtime.worker.sampler import SampleOutput, Sampler, takes_raw_argmax
 from plait.runtime.worker.sampling_batch import SamplingBatch
 from plait.runtime.worker.sampling_info import SamplingBatchInfo
 from plait.runtime.worker.schedule_batch import prepare_decode, prepare_extend
@@ -410,7 +410,7 @@ class Scheduler:
         self.stats.forward_count += 1
         for req in reqs:
             req.kv_len += 1
-        self._sample(reqs, out.next_token_logits, info)
+        self._sample(reqs, out.next_token_logits, info, out.argmax_ids)
         self._finish(reqs)
         self.running = [r for r in reqs if not r.finished]
         self._decay_new_token_ratio()
@@ -425,15 +425,24 @@ class Scheduler:
     # ---- sampling and stopping ------------------------------------------------------------
 
     def _sample(
-        self, reqs: list[Req], logits: torch.Tensor, info: SamplingBatchInfo | None = None
+        self,
+        reqs: list[Req],
+        logits: torch.Tensor,
+        info: SamplingBatchInfo | None = None,
+        argmax_ids: torch.Tensor | None = None,
     ) -> None:
-        """``info``: ``self.sampling.prepare(reqs)`` of this step, if the caller has it."""
+        """``info``: ``self.sampling.prepare(reqs)`` of this step, if the caller has it.
+        ``argmax_ids``: each row's argmax of ``logits``, where the forward gave it (an
+        ``argmax_only`` one's): the tokens of a batch that takes the raw argmax."""
         if info is None:
             info = self.sampling.prepare(reqs)
         want_logprobs = any(r.output_logprobs is not None for r in reqs)
         if self.grammar is not None:
             info.vocab_mask = self.grammar.batch_mask(reqs, logits.device)
-        res = self.sampler(logits, info, want_logprobs)
+        if argmax_ids is not None and not want_logprobs and takes_raw_argmax(info):
+            res = SampleOutput(argmax_ids, None, None, None)
+        else:
+            res = self.sampler(logits, info, want_logprobs)
         ids = res.next_token_ids.tolist()
         if want_logprobs:
             lps = res.logprobs.tolist()

@@ -13,6 +13,7 @@ from plait.runtime.model import head_screen
 from plait.runtime.model.fused_decode import SCREEN_TRIAL_ROWS
 from plait.runtime.model.models.linear import Linear
 from plait.runtime.model.models.quant_linear import Int8Linear
+from plait.runtime.worker.sampler import argmax_rows
 from tests.runtime.model.test_fused_decode import _State
 
 lib = cpu_decode.library()
@@ -81,6 +82,29 @@ def test_tied_maxima_keep_the_first(dirs, dtype):
     _assert_same_argmax_and_bits(full, screened)
     assert torch.isfinite(screened[0, [lo - 1, wins[0], hi + 1]]).all()
     assert int(screened[0].argmax()) == lo - 1 == int(full[0].argmax())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_the_steps_argmax_is_the_samplers_on_the_full_head(dirs, dtype, rows):
+    """``forward_argmax``: its logits are ``forward(argmax_only=True)``'s, its ids the sampler's
+    argmax of the full head's logits, a tie before the winner included."""
+    state = _State(dirs["llama"], dtype, [5, 17, 1])
+    full, _ = _both(state, list(range(rows)))
+    win = int(full[0].argmax())
+    assert win > 0
+
+    def tie(head):
+        head[win - 1] = head[win]
+
+    _with_head_rows(state, tie)
+    batch = state.decode_batch(list(range(rows)), [7 + i for i in range(rows)])
+    fused = state.runner.fused
+    full = fused.forward(batch, 2)
+    logits, ids = (t.clone() for t in fused.forward_argmax(batch, 2))  # the step's buffers
+    assert ids.tolist() == argmax_rows(full).tolist() == argmax_rows(logits).tolist()
+    assert ids[0] == win - 1
+    assert torch.equal(logits, fused.forward(batch, 2, argmax_only=True))
 
 
 def test_a_near_tie_is_decided_by_the_exact_logits(dirs):
