@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from plait.runtime.mapped_tensors import mapped_tensors
+from plait.runtime.model import huge_pages
 
 
 class ReqToTokenPool:
@@ -75,8 +76,15 @@ class TokenToKVPool:
         shape = (size + 1, num_kv_heads, head_dim)
         if self.device.type == "cpu":
             # zeroed by the kernel as their pages are first written: torch.zeros wrote the
-            # whole pool at every worker start (1.2-2.8 s for SmolLM2's default 3.6 GB)
-            buffers = mapped_tensors([(shape, dtype)] * (2 * num_layers))
+            # whole pool at every worker start (1.2-2.8 s for SmolLM2's default 3.6 GB); on
+            # huge pages where Linux has them: a decode step writes one slot in each of the
+            # 2 x layers buffers, a TLB miss each on 4 KiB pages with the caches cold (the
+            # fused step's KV writes 42-53 -> 13-26 us a token, SmolLM2 int4), and attention
+            # reads a row's slots across as many pages. A buffer takes its first 2 MiB at
+            # its first write.
+            buffers = mapped_tensors(
+                [(shape, dtype)] * (2 * num_layers), huge_pages=huge_pages.available()
+            )
         else:
             buffers = [
                 torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(2 * num_layers)

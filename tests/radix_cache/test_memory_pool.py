@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from plait.bench import proc_tree
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
+from plait.runtime.model import huge_pages
 
 
 def make_pool(size: int = 16) -> TokenToKVPool:
@@ -84,6 +85,27 @@ def test_a_cpu_pool_takes_memory_only_for_the_slots_it_writes(dtype) -> None:
     assert torch.equal(k_buf[[1, 500_000, 1 << 20]], k) and torch.equal(v_buf[1 << 20], k[2])
     assert not pool.get_kv(0)[1][::4096].any() and not k_buf[2:499_999:4096].any()
     assert all(b.is_contiguous() and b.data_ptr() % 64 == 0 for b in pool.k_buffer + pool.v_buffer)
+
+
+def _thp_eligible(address: int) -> bool:
+    """Whether the mapping holding ``address`` may be backed by huge pages (/proc smaps)."""
+    mapping = None
+    for line in open("/proc/self/smaps"):
+        head = line.split()[0]
+        if "-" in head and ":" not in head:
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            mapping = lo <= address < hi
+        elif mapping and head == "THPeligible:":
+            return line.split()[1] == "1"
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+@pytest.mark.skipif(not huge_pages.available(), reason="no transparent huge pages here")
+def test_a_cpu_pool_is_on_huge_pages() -> None:
+    """Each decode step writes a slot in every layer's buffers: on 4 KiB pages that is a TLB
+    miss per buffer."""
+    pool = TokenToKVPool(1 << 16, num_layers=2, num_kv_heads=2, head_dim=64, dtype=torch.bfloat16)
+    assert all(_thp_eligible(b.data_ptr()) for b in pool.k_buffer + pool.v_buffer)
 
 
 def test_kv_bytes_per_token() -> None:
