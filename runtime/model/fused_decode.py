@@ -185,8 +185,11 @@ class FusedDecode:
         self.half_scales = True  # packed int4: float16 scales where exact (refresh() after)
         self.head_screen = head_screen
         self.screen: head_screen.HeadScreen | None = None
-        # argmax_only forwards' logits and argmax, by rows (reused: see ``forward``)
-        self._argmax_buffers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # argmax_only forwards' logits and argmax: one store, grown to the most rows seen
+        # (at most ``max_rows``), and its views by rows (reused: see ``forward``)
+        self._argmax_rows = 0
+        self._argmax_store: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._argmax_views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._build()
 
     @property
@@ -356,13 +359,7 @@ class FusedDecode:
         rows_out = sample.numel()
         ids_out = None
         if argmax_only:
-            bufs = self._argmax_buffers.get(rows_out)
-            if bufs is None:
-                bufs = self._argmax_buffers[rows_out] = (
-                    torch.empty(rows_out, self.vocab, dtype=torch.float32),
-                    torch.empty(rows_out, dtype=torch.int64),
-                )
-            logits, ids_out = bufs
+            logits, ids_out = self._argmax_views.get(rows_out) or self._argmax_view(rows_out)
         else:
             logits = torch.empty(rows_out, self.vocab, dtype=torch.float32)
         assert table.is_contiguous() and table.dtype == torch.int64
@@ -394,3 +391,18 @@ class FusedDecode:
         if screened and self._screen_trial and self.screen is not None:
             self._end_screen_trial()
         return logits, ids_out
+
+    def _argmax_view(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``[rows, vocab]`` and ids ``[rows]`` on the argmax store, grown (and its
+        views dropped) where it holds fewer rows."""
+        if rows > self._argmax_rows:
+            self._argmax_rows = max(rows, 2 * self._argmax_rows)
+            self._argmax_store = (
+                torch.empty(self._argmax_rows, self.vocab, dtype=torch.float32),
+                torch.empty(self._argmax_rows, dtype=torch.int64),
+            )
+            self._argmax_views.clear()
+        assert self._argmax_store is not None
+        logits, ids = self._argmax_store
+        view = self._argmax_views[rows] = (logits[:rows], ids[:rows])
+        return view

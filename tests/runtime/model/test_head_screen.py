@@ -107,6 +107,23 @@ def test_the_steps_argmax_is_the_samplers_on_the_full_head(dirs, dtype, rows):
     assert torch.equal(logits, fused.forward(batch, 2, argmax_only=True))
 
 
+def test_argmax_forwards_of_any_rows_share_one_store(dirs):
+    """A server's decode batches take every size up to ``max_rows``: their logits buffers are
+    views of one store (grown by doubling), not one buffer per size."""
+    state = _State(dirs["llama"], "float32", [5, 17, 1, 40, 3])
+    fused = state.runner.fused
+    storages = set()
+    for rows in (1, 3, 2, 5, 4, 1):
+        which = list(range(rows))
+        batch = state.decode_batch(which, [7 + i for i in which])
+        full = fused.forward(batch, 2)
+        logits, ids = fused.forward_argmax(batch, 2)
+        assert ids.tolist() == argmax_rows(full).tolist()
+        storages.add(logits.untyped_storage().data_ptr())
+    assert len(storages) <= 3  # grown at 1, 3 and 6 rows
+    assert fused._argmax_rows == 6
+
+
 def test_a_near_tie_is_decided_by_the_exact_logits(dirs):
     """A copy of the winning row one float32 step larger in one weight: the screen cannot tell
     them apart, the head's exact logits can."""
