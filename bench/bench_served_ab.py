@@ -10,7 +10,7 @@ this host's speed moves 30-50% within minutes), and the read bound beside each s
 
 Or one checkout, a server flag on against off (``--base`` left out):
 
-    python bench/bench_served_ab.py --base-flags=--disable-overlap-schedule --systems plait-int4
+    python bench/bench_served_ab.py --base-flags=--disable-head-screen --systems plait-int4
 """
 
 from __future__ import annotations

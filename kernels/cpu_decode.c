@@ -375,14 +375,11 @@ static void *worker_main(void *p) {
         }
         job_view j;
         seen = job_gen = read_job(&j); /* the latest: one a late worker missed is done */
-        if (j.kind == JOB_CLAIM) {
-            if (tid < j.nth) claim_run(&j, seen, tid);
-        } else if (j.kind == JOB_AHEAD) {
-            if (tid < j.nth) j.fn(j.arg, tid, j.nth);
-        } else {
-            if (tid < j.nth) j.fn(j.arg, tid, j.nth);
-            atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
+        if (tid < j.nth) {
+            if (j.kind == JOB_CLAIM) claim_run(&j, seen, tid);
+            else j.fn(j.arg, tid, j.nth);
         }
+        if (j.kind == JOB_TASK) atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_release);
     }
     return NULL;
 }
@@ -552,12 +549,14 @@ INLINE int64_t claim(share_t *s, unsigned long long tag, int64_t end, int64_t ch
     }
 }
 
-/* Share t's end: the chunks ``split`` gives thread t, in units. */
-INLINE int64_t share_end(const job_view *j, int t) {
-    const int64_t chunks = (j->units + j->chunk - 1) / j->chunk;
-    int64_t lo, hi;
-    split(chunks, 1, t, j->nth, &lo, &hi);
-    return hi * j->chunk < j->units ? hi * j->chunk : j->units;
+/* Share t of ``units`` in ``chunk``s over ``nth`` threads: the chunks ``split`` gives thread t,
+ * [lo, hi) in units. */
+INLINE void share_bounds(int64_t units, int64_t chunk, int t, int nth, int64_t *lo,
+                         int64_t *hi) {
+    int64_t c0, c1;
+    split((units + chunk - 1) / chunk, 1, t, nth, &c0, &c1);
+    *lo = c0 * chunk;
+    *hi = c1 * chunk < units ? c1 * chunk : units;
 }
 
 /* One thread's part of a JOB_CLAIM: its own share first, then the next threads'; returns the
@@ -568,8 +567,8 @@ static int64_t claim_run(const job_view *j, unsigned long gen, int tid) {
     int64_t done = 0;
     for (int k = 0; k < j->nth; k++) {
         const int t = (tid + k) % j->nth;
-        const int64_t end = share_end(j, t);
-        int64_t lo, n;
+        int64_t start, end, lo, n;
+        share_bounds(j->units, j->chunk, t, j->nth, &start, &end);
         while ((n = claim(&shares[t], tag, end, j->chunk, &lo)) > 0) {
             j->range(j->arg, tid, lo, lo + n);
             done += n;
@@ -596,10 +595,9 @@ static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk,
     const unsigned long g = post_begin();
     post_fields(JOB_CLAIM, NULL, fn, arg, nth, units, chunk);
     for (int t = 0; t < nth; t++) {
-        const int64_t chunks = (units + chunk - 1) / chunk;
         int64_t lo, hi;
-        split(chunks, 1, t, nth, &lo, &hi);
-        atomic_store_explicit(&shares[t].word, SHARE_TAG(g) | (unsigned long long)(lo * chunk),
+        share_bounds(units, chunk, t, nth, &lo, &hi);
+        atomic_store_explicit(&shares[t].word, SHARE_TAG(g) | (unsigned long long)lo,
                               memory_order_relaxed);
     }
     for (int t = 1; t < nth; t++) atomic_store_explicit(&claim_done[t].units, 0, memory_order_relaxed);

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from plait.runtime.mapped_tensors import mapped_tensors
-from plait.runtime.model import huge_pages
 
 
 class ReqToTokenPool:
@@ -82,9 +81,7 @@ class TokenToKVPool:
             # fused step's KV writes 42-53 -> 13-26 us a token, SmolLM2 int4), and attention
             # reads a row's slots across as many pages. A buffer takes its first 2 MiB at
             # its first write.
-            buffers = mapped_tensors(
-                [(shape, dtype)] * (2 * num_layers), huge_pages=huge_pages.available()
-            )
+            buffers = mapped_tensors([(shape, dtype)] * (2 * num_layers), huge_pages=True)
         else:
             buffers = [
                 torch.zeros(shape, dtype=dtype, device=self.device) for _ in range(2 * num_layers)

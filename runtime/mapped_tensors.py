@@ -3,21 +3,37 @@
 The kernel backs a page of an anonymous mapping with zeros when it is first touched: tensors
 made here read as zeros and cost neither time nor memory until written (``torch.zeros`` writes
 every page up front). The KV pool takes its buffers this way, and ``huge_pages`` the arena it
-copies the weights into, advised ``MADV_HUGEPAGE``.
+copies the weights into, both advised ``MADV_HUGEPAGE`` where Linux offers huge pages.
 
 Invariant: every tensor is contiguous, starts on a multiple of ``ALIGN`` bytes (the first on a
-``HUGE_PAGE`` boundary when ``huge_pages``), and none overlaps another; the mapping lives as
-long as any tensor on it (each holds the buffer).
+``HUGE_PAGE`` boundary when huge pages were asked for and are available), and none overlaps
+another; the mapping lives as long as any tensor on it (each holds the buffer).
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
+from pathlib import Path
 
 import torch
 
 HUGE_PAGE = 2 << 20
 ALIGN = 64  # each tensor starts on a cache line
+_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@functools.cache
+def huge_pages_available() -> bool:
+    """Whether advising a mapping ``MADV_HUGEPAGE`` can give it huge pages here (Linux with
+    THP in ``always`` or ``madvise`` mode)."""
+    if not hasattr(mmap, "MADV_HUGEPAGE"):
+        return False
+    try:
+        mode = _THP_MODE.read_text()
+    except OSError:
+        return False
+    return "[always]" in mode or "[madvise]" in mode
 
 
 def _round_up(n: int, to: int) -> int:
@@ -29,7 +45,8 @@ def mapped_tensors(
 ) -> list[torch.Tensor]:
     """Zero tensors of the (shape, dtype) ``specs``, in one anonymous mapping; ``huge_pages``
     advises it ``MADV_HUGEPAGE`` and starts the tensors on a huge page (the kernel backs only
-    2 MiB-aligned ranges with them)."""
+    2 MiB-aligned ranges with them), where Linux offers them (``huge_pages_available``)."""
+    huge_pages = huge_pages and huge_pages_available()
     sizes = [torch.Size(s).numel() * torch.empty((), dtype=d).element_size() for s, d in specs]
     offsets, end = [], 0
     for nbytes in sizes:

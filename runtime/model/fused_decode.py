@@ -187,7 +187,6 @@ class FusedDecode:
         self.screen: head_screen.HeadScreen | None = None
         # argmax_only forwards' logits and argmax: one store, grown to the most rows seen
         # (at most ``max_rows``), and its views by rows (reused: see ``forward``)
-        self._argmax_rows = 0
         self._argmax_store: tuple[torch.Tensor, torch.Tensor] | None = None
         self._argmax_views: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._build()
@@ -392,17 +391,22 @@ class FusedDecode:
             self._end_screen_trial()
         return logits, ids_out
 
+    @property
+    def _argmax_rows(self) -> int:
+        """The rows the argmax store holds (0 before the first ``argmax_only`` forward)."""
+        return 0 if self._argmax_store is None else len(self._argmax_store[1])
+
     def _argmax_view(self, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits ``[rows, vocab]`` and ids ``[rows]`` on the argmax store, grown (and its
         views dropped) where it holds fewer rows."""
-        if rows > self._argmax_rows:
-            self._argmax_rows = max(rows, 2 * self._argmax_rows)
+        held = self._argmax_rows
+        if self._argmax_store is None or rows > held:
+            grown = max(rows, 2 * held)
             self._argmax_store = (
-                torch.empty(self._argmax_rows, self.vocab, dtype=torch.float32),
-                torch.empty(self._argmax_rows, dtype=torch.int64),
+                torch.empty(grown, self.vocab, dtype=torch.float32),
+                torch.empty(grown, dtype=torch.int64),
             )
             self._argmax_views.clear()
-        assert self._argmax_store is not None
         logits, ids = self._argmax_store
         view = self._argmax_views[rows] = (logits[:rows], ids[:rows])
         return view

@@ -14,31 +14,14 @@ the mapping lives as long as any tensor on it (each holds the buffer).
 
 from __future__ import annotations
 
-import functools
-import mmap
-from pathlib import Path
-
 import torch
 
 from plait.runtime.mapped_tensors import ALIGN, HUGE_PAGE, mapped_tensors
+from plait.runtime.mapped_tensors import huge_pages_available as available
 
 __all__ = ["ALIGN", "HUGE_PAGE", "MIN_BYTES", "adopt_parameters", "available", "place"]
 
 MIN_BYTES = 1 << 20  # smaller tensors (norms, biases) stay where they are
-_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-
-
-@functools.cache
-def available() -> bool:
-    """Whether advising a mapping ``MADV_HUGEPAGE`` can give it huge pages here (Linux with
-    THP in ``always`` or ``madvise`` mode)."""
-    if not hasattr(mmap, "MADV_HUGEPAGE"):
-        return False
-    try:
-        mode = _THP_MODE.read_text()
-    except OSError:
-        return False
-    return "[always]" in mode or "[madvise]" in mode
 
 
 def place(tensors: list[torch.Tensor]) -> list[torch.Tensor]:

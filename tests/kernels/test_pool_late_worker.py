@@ -17,38 +17,56 @@ from plait.kernels import cpu_decode
 
 pytestmark = pytest.mark.skipif(cpu_decode.library() is None, reason="no C step on this machine")
 
-# Holds the thread it is delivered to until ``let_go``.
+# Holds the thread it is delivered to until ``let_go``; ``wait_held`` and ``wait_left`` block
+# until the handler has entered or left (semaphores: ``sem_post`` is async-signal-safe), or
+# until their deadline in seconds (0 then).
 HOLD_C = r"""
+#include <errno.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <time.h>
-static atomic_int held, release;
+static sem_t entered, release, left;
+static atomic_int held;
 static void hold(int sig) {
     (void)sig;
     atomic_store(&held, 1);
-    while (!atomic_load(&release)) {
-        struct timespec t = {0, 1000000};
-        nanosleep(&t, 0);
-    }
+    sem_post(&entered);
+    while (sem_wait(&release) != 0) {}
     atomic_store(&held, 0);
+    sem_post(&left);
 }
 int install(int sig) {
+    sem_init(&entered, 0, 0);
+    sem_init(&release, 0, 0);
+    sem_init(&left, 0, 0);
     struct sigaction sa = {0};
     sa.sa_handler = hold;
     sa.sa_flags = SA_RESTART;
     sigemptyset(&sa.sa_mask);
     return sigaction(sig, &sa, 0);
 }
+static int wait_for(sem_t *s, double seconds) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    t.tv_sec += (time_t)seconds;
+    int rc;
+    while ((rc = sem_timedwait(s, &t)) != 0 && errno == EINTR) {}
+    return rc == 0;
+}
+int wait_held(double seconds) { return wait_for(&entered, seconds); }
+int wait_left(double seconds) { return wait_for(&left, seconds); }
 int is_held(void) { return atomic_load(&held); }
-void let_go(void) { atomic_store(&release, 1); }
+void let_go(void) { sem_post(&release); }
 """
 
 CHILD = r"""
-import ctypes, os, signal, sys, threading, time
+import ctypes, os, signal, sys, threading
 import torch
 from plait.kernels import cpu_decode
 
 hold = ctypes.CDLL(sys.argv[1])
+hold.wait_held.argtypes = hold.wait_left.argtypes = [ctypes.c_double]
 lib = cpu_decode.library()
 gen = torch.Generator().manual_seed(0)
 w, x = torch.randn(4096, 576, generator=gen), torch.randn(1, 576, generator=gen)
@@ -67,10 +85,7 @@ assert len(tids) == 1, tids
 sig = signal.SIGRTMIN + 3
 assert hold.install(sig) == 0
 assert ctypes.CDLL(None).tgkill(os.getpid(), tids[0], sig) == 0
-deadline = time.monotonic() + 30
-while not hold.is_held():
-    assert time.monotonic() < deadline, "the signal never reached the worker"
-    time.sleep(0.001)
+assert hold.wait_held(30), "the signal never reached the worker"
 
 results = []
 runner = threading.Thread(target=lambda: results.extend(product(2) for _ in range(20)))
@@ -81,10 +96,7 @@ hold.let_go()
 runner.join()
 assert done_while_held, "a product waited for the held worker"
 assert all(torch.equal(y, expected) for y in results)
-deadline = time.monotonic() + 30
-while hold.is_held():
-    assert time.monotonic() < deadline, "the worker was not let go"
-    time.sleep(0.001)
+assert hold.wait_left(30), "the worker was not let go"
 assert all(torch.equal(product(2), expected) for _ in range(20))  # it takes part again
 print("ok")
 """
