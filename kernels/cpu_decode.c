@@ -531,6 +531,65 @@ static done_t claim_done[MAX_THREADS];
 
 #define SHARE_TAG(gen) ((unsigned long long)(uint32_t)((gen) >> 1) << 32)
 
+/* The parts of a decode step (``plait_phase_times``, ``plait_claim_trace``). */
+enum {
+    PH_NORM, PH_QKV, PH_ROPE_KV, PH_ATTENTION, PH_O, PH_GATE_UP, PH_SILU, PH_DOWN, PH_HEAD,
+    PH_COUNT
+};
+
+#if defined(PLAIT_PHASE_TIMES) || defined(PLAIT_CLAIM_TRACE)
+INLINE double phase_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+#endif
+
+/* Each claimed phase's timeline, added up by part until ``plait_claim_trace`` reads and clears
+ * it (bench/bench_claim_trace.py; a default build has none of it): from the job's post to its
+ * end, the caller's own claiming, the caller's wait for the others' last units, and for each
+ * worker that computed a unit its start after the post and its time claiming. Slot PH_* is the
+ * part the step labels (``CLAIM_LABEL``), TRACE_FIRST a step's first claimed phase (where a
+ * worker asleep since the last step joins late), TRACE_OTHER claims outside a step. */
+enum { TRACE_FIRST = PH_COUNT, TRACE_OTHER, TRACE_SLOTS };
+#ifdef PLAIT_CLAIM_TRACE
+typedef struct {
+    _Alignas(64) _Atomic double start, end;
+    atomic_ulong gen;
+} claim_mark_t;
+static claim_mark_t claim_marks[MAX_THREADS];
+typedef struct {
+    double phases, total, own, wait, start, busy, joined;
+} claim_sums_t;
+static claim_sums_t claim_sums[TRACE_SLOTS];
+static int claim_label = TRACE_OTHER, claim_first;
+#define CLAIM_LABEL(p) (claim_label = (p))
+#define CLAIM_STEP(on) (claim_first = (on), claim_label = TRACE_OTHER)
+INLINE void claim_mark(int tid, unsigned long gen, int end) {
+    if (end) {
+        atomic_store_explicit(&claim_marks[tid].end, phase_now(), memory_order_relaxed);
+        return;
+    }
+    atomic_store_explicit(&claim_marks[tid].gen, gen, memory_order_relaxed);
+    atomic_store_explicit(&claim_marks[tid].start, phase_now(), memory_order_relaxed);
+}
+/* The caller, once every unit of job ``gen`` (posted at ``posted``) is done. A worker that
+ * computed units stored its marks before its done count (release), read here after it. */
+static void claim_traced(unsigned long gen, double posted, int nth);
+void plait_claim_trace(double *out) {
+    for (int s = 0; s < TRACE_SLOTS; s++) {
+        const claim_sums_t *c = &claim_sums[s];
+        const double v[7] = {c->phases, c->total, c->own, c->wait, c->start, c->busy, c->joined};
+        memcpy(out + 7 * s, v, sizeof v);
+    }
+    memset(claim_sums, 0, sizeof claim_sums);
+}
+#else
+#define CLAIM_LABEL(p) ((void)0)
+#define CLAIM_STEP(on) ((void)0)
+#define claim_mark(tid, gen, end) ((void)0)
+#endif
+
 /* Claims up to ``chunk`` units of share ``s`` below ``end``; returns how many (0: the share is
  * done), or -1 where the share is another job's (this thread's job is over). */
 INLINE int64_t claim(share_t *s, unsigned long long tag, int64_t end, int64_t chunk,
@@ -565,6 +624,7 @@ INLINE void share_bounds(int64_t units, int64_t chunk, int t, int nth, int64_t *
 static int64_t claim_run(const job_view *j, unsigned long gen, int tid) {
     const unsigned long long tag = SHARE_TAG(gen);
     int64_t done = 0;
+    claim_mark(tid, gen, 0);
     for (int k = 0; k < j->nth; k++) {
         const int t = (tid + k) % j->nth;
         int64_t start, end, lo, n;
@@ -575,6 +635,7 @@ static int64_t claim_run(const job_view *j, unsigned long gen, int tid) {
         }
         if (n < 0) break;
     }
+    claim_mark(tid, gen, 1);
     if (tid > 0 && done > 0)
         atomic_store_explicit(&claim_done[tid].units, done, memory_order_release);
     return done;
@@ -601,6 +662,9 @@ static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk,
                               memory_order_relaxed);
     }
     for (int t = 1; t < nth; t++) atomic_store_explicit(&claim_done[t].units, 0, memory_order_relaxed);
+#ifdef PLAIT_CLAIM_TRACE
+    const double posted = phase_now();
+#endif
     post_end(g); /* publishes the shares with the job */
     job_gen = g;
     const int64_t mine = claim_run(&j, g, 0);
@@ -611,7 +675,35 @@ static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk,
         if (done >= units) break;
         CPU_RELAX();
     }
+#ifdef PLAIT_CLAIM_TRACE
+    claim_traced(g, posted, nth);
+#endif
 }
+
+#ifdef PLAIT_CLAIM_TRACE
+static void claim_traced(unsigned long gen, double posted, int nth) {
+    const double now = phase_now();
+    const int slot = claim_first ? TRACE_FIRST : claim_label;
+    claim_first = 0;
+    claim_sums_t *c = &claim_sums[slot];
+    const double own0 = atomic_load_explicit(&claim_marks[0].start, memory_order_relaxed),
+                 own1 = atomic_load_explicit(&claim_marks[0].end, memory_order_relaxed);
+    c->phases += 1;
+    c->total += now - posted;
+    c->own += own1 - own0;
+    c->wait += now - own1;
+    for (int t = 1; t < nth; t++) {
+        if (atomic_load_explicit(&claim_done[t].units, memory_order_acquire) <= 0 ||
+            atomic_load_explicit(&claim_marks[t].gen, memory_order_relaxed) != gen)
+            continue;
+        const double t0 = atomic_load_explicit(&claim_marks[t].start, memory_order_relaxed),
+                     t1 = atomic_load_explicit(&claim_marks[t].end, memory_order_relaxed);
+        c->start += t0 - posted;
+        c->busy += t1 - t0;
+        c->joined += 1;
+    }
+}
+#endif
 
 /* ---- products ---------------------------------------------------------------------------- */
 
@@ -2148,20 +2240,11 @@ static void ahead_task(void *p, int tid, int nth) {
  * float32. Returns 0, or -1 when a buffer or a thread could not be had. */
 /* ---- where a step's time goes (built with -DPLAIT_PHASE_TIMES only) -------------------------- */
 
-/* Wall time of each part of the step, added up over calls on the caller's thread (its waits
- * for the workers included) until ``plait_phase_times`` reads and clears them: for
+/* Wall time of each part of the step (PH_*), added up over calls on the caller's thread (its
+ * waits for the workers included) until ``plait_phase_times`` reads and clears them: for
  * bench/bench_step_phases.py. A default build has none of it. */
-enum {
-    PH_NORM, PH_QKV, PH_ROPE_KV, PH_ATTENTION, PH_O, PH_GATE_UP, PH_SILU, PH_DOWN, PH_HEAD,
-    PH_COUNT
-};
 #ifdef PLAIT_PHASE_TIMES
 static double phase_s[PH_COUNT], phase_mark;
-INLINE double phase_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 #define PHASE_START() (phase_mark = phase_now())
 #define PHASE(p)                                                                               \
     do {                                                                                       \
@@ -2447,11 +2530,13 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         }
 
     PHASE_START();
+    CLAIM_STEP(1);
     for (int l = 0; l < L; l++) {
         const int64_t *lp = layer_ptrs + (int64_t)l * L_COUNT;
         rms_norm(hidden, (const float *)lp[L_ATTN_NORM], xn, M, H, (float)eps);
         PHASE(PH_NORM);
         gemv_args g = product(lp + L_QKV, H, QKV, xn, (const float *)lp[L_QKV_BIAS], qkv, 0, M);
+        CLAIM_LABEL(PH_QKV);
         rc |= gemv(&g, nthreads);
         PHASE(PH_QKV);
         for (int m = 0; m < M; m++) {
@@ -2466,26 +2551,32 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
                         (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
                         rows, seq_lens, scores, score_floats, (float)scale,
                         unit0, part, done};
+        CLAIM_LABEL(PH_ATTENTION);
         attention(&at, nthreads);
         PHASE(PH_ATTENTION);
         gemv_args go = product(lp + L_O, (int64_t)Hq * D, H, attn, NULL, hidden, 1, M);
+        CLAIM_LABEL(PH_O);
         rc |= gemv(&go, nthreads);
         PHASE(PH_O);
         rms_norm(hidden, (const float *)lp[L_MLP_NORM], xn, M, H, (float)eps);
         PHASE(PH_NORM);
         gemv_args gg = product(lp + L_GATE_UP, H, 2 * I, xn, NULL, gu, 0, M);
+        CLAIM_LABEL(PH_GATE_UP);
         rc |= gemv(&gg, nthreads);
         PHASE(PH_GATE_UP);
         silu_args sa = {gu, act, M, I};
+        CLAIM_LABEL(PH_SILU);
         parallel_claim(silu_range, &sa, (int64_t)M * I, SILU_CHUNK, nthreads);
         PHASE(PH_SILU);
         gemv_args gd = product(lp + L_DOWN, I, H, act, NULL, hidden, 1, M);
+        CLAIM_LABEL(PH_DOWN);
         rc |= gemv(&gd, nthreads);
         PHASE(PH_DOWN);
     }
     for (int r = 0; r < R; r++) /* the rows that need logits, packed */
         rms_norm(hidden + logit_rows[r] * H, (const float *)ptrs[P_FINAL_NORM], xn + r * H, 1, H,
                  (float)eps);
+    CLAIM_LABEL(PH_HEAD);
     if (argmax_only && ptrs[P_SCREEN + MAT_W] && R > 0) {
         rc |= screened_head(ptrs, H, V, xn, R, logits, nthreads, cfg[CFG_SCREEN_MAX],
                             screen_counts);
@@ -2495,6 +2586,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
     }
     if (rc == 0 && next_ids) argmax_rows(logits, R, V, next_ids);
     PHASE(PH_HEAD);
+    CLAIM_STEP(0);
     const int64_t budget = AHEAD_BYTES;
     if (nthreads > 1) {
         ahead_list *ahead = &aheads[ahead_at ^= 1];
