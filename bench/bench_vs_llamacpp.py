@@ -17,12 +17,16 @@ Prints medians over ``--repeats``, the repeat spread (max / min - 1), ratios pla
 at the same precision, and single-stream decode as a fraction of the read-bandwidth bound,
 each repeat against a bound measured just before it. This host's speed shifts 30-50% within
 minutes; ``--pairs`` keeps a precision's two servers up together and alternates their runs
-(one serving at a time), so each ratio compares the same minutes.
+(one serving at a time), so each ratio compares the same minutes. The bus of the AVX-512 host
+has two phases (a 2-thread ``sum`` reads ~36 or ~70 GB/s, flipping every few minutes);
+``--read-band LO:HI`` keeps only runs whose bound, read just before and after, was inside the
+band, so a spread is the systems' own and not the host's.
 
 Needs ``bench/build_llama_server.sh`` run first (llama.cpp systems are skipped otherwise).
 
     python bench/bench_vs_llamacpp.py                       # everything, 3 repeats
     python bench/bench_vs_llamacpp.py --pairs               # each precision's pair alternating
+    python bench/bench_vs_llamacpp.py --pairs --workloads single --read-band 55:90  # fast phase
     python bench/bench_vs_llamacpp.py --systems plait-f32,llama-F32 --workloads single --repeats 1
     python bench/bench_vs_llamacpp.py --systems plait-bf16,llama-BF16 --repeats 1 --single-new 16 \
         --batch-requests 4 --batch-new 8 --conversations 2 --turns 2 --turn-new 8   # smoke
@@ -275,7 +279,16 @@ def main() -> None:
     )
     ap.add_argument("--log-dir", default="/tmp/plait-vs-llamacpp")
     ap.add_argument("--json", default=None, help="also write the raw results here")
+    ap.add_argument(
+        "--read-band",
+        default=None,
+        metavar="LO:HI",
+        help="run every repeat inside one phase of the host's memory bus: wait until the read "
+        "bound is within LO..HI GB/s, and redo a run whose bound, read just before and just "
+        "after it, left the band (up to 5 tries)",
+    )
     args = ap.parse_args()
+    band = _band(args.read_band) if args.read_band else None
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     workloads = args.workloads.split(",")
@@ -284,7 +297,7 @@ def main() -> None:
     # host, 2026-12-04): each single-stream repeat is judged against the higher of two bounds
     # read just before and just after it (``read_gbps`` beside ``single``), so that a repeat
     # which ran in a fast phase after a slow reading is not put above its bound
-    bound = ReadBound() if "single" in workloads else None
+    bound = ReadBound() if "single" in workloads or band else None
     flags = ["--stream-interval", str(args.stream_interval),
              "--num-scheduler-steps", str(args.num_scheduler_steps)]  # fmt: skip
     for group in _groups(args.systems.split(","), args.pairs):
@@ -304,17 +317,59 @@ def main() -> None:
             for rep in range(args.repeats):
                 for w in workloads:
                     for system, server in servers.items():  # one serving at a time
-                        before = bound.measure() if w == "single" and bound else None
-                        r = asyncio.run(run_workload(server.base, w, rep, args))
+                        r, gbps = _bounded_run(server.base, w, rep, args, bound, band)
                         results[system][w].append(r.rate)
-                        if before is not None:
-                            after = bound.measure()
-                            results[system]["read_gbps"].append(max(before, after) / 1e9)
+                        if w == "single" and gbps is not None:
+                            results[system]["read_gbps"].append(gbps)
                         print(f"  {system} {w} rep {rep}: {r.rate:.1f} tok/s ({r.tokens} tok in "
                               f"{r.seconds:.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)  # fmt: skip
     report(results, workloads, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+def _band(text: str) -> tuple[float, float]:
+    lo, sep, hi = text.partition(":")
+    try:
+        band = (float(lo), float(hi))
+    except ValueError:
+        band = (0.0, -1.0)
+    if not sep or not 0 <= band[0] < band[1]:
+        raise SystemExit(f"--read-band: LO:HI in GB/s with 0 <= LO < HI, got {text!r}")
+    return band
+
+
+def _bounded_run(
+    base: str,
+    workload: str,
+    rep: int,
+    args: argparse.Namespace,
+    bound: ReadBound | None,
+    band: tuple[float, float] | None,
+    tries: int = 5,
+    wait_s: float = 600.0,
+) -> tuple[Result, float | None]:
+    """One run of ``workload`` and the higher of the read bounds (GB/s) just before and just
+    after it (None where no bound is read). With ``band``, the run starts only once the bound
+    is inside it (waiting up to ``wait_s``), and is redone while a reading left it: every run
+    kept ran in one phase of the host's bus."""
+    for _ in range(tries):
+        before = bound.measure() / 1e9 if bound else None
+        if band and before is not None:
+            end = time.monotonic() + wait_s
+            while not band[0] <= before <= band[1]:
+                if time.monotonic() > end:
+                    raise SystemExit(f"the read bound stayed outside {band} GB/s for {wait_s} s")
+                time.sleep(2.0)
+                before = bound.measure() / 1e9
+        r = asyncio.run(run_workload(base, workload, rep, args))
+        if before is None or bound is None:
+            return r, None
+        after = bound.measure() / 1e9
+        if not band or band[0] <= after <= band[1]:
+            return r, max(before, after)
+        print(f"  (redone: the bound left the band, {before:.1f} -> {after:.1f} GB/s)", flush=True)
+    raise SystemExit(f"no run of {workload} stayed inside {band} GB/s in {tries} tries")
 
 
 def _groups(systems: list[str], pairs: bool) -> list[list[str]]:
@@ -335,6 +390,7 @@ def report(results: dict, workloads: list[str], args: argparse.Namespace) -> Non
         f"\nmedians of {args.repeats} (tok/s), spread = max/min - 1; plait --stream-interval "
         f"{args.stream_interval} --num-scheduler-steps {args.num_scheduler_steps}; "
         f"load {os.getloadavg()}"
+        + (f"; every run inside a read bound of {args.read_band} GB/s" if args.read_band else "")
     )
     print("| system | " + " | ".join(workloads) + " |")
     print("| --- |" + " --- |" * len(workloads))
