@@ -25,55 +25,42 @@ of two readings around each run) is printed beside: this host's bus moves 2x wit
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import time
 from typing import Any
 
 from plait.bench.bench_machine import ReadBound
+from plait.bench.bench_step_phases import PROMPT, bench_engine
 from plait.kernels import cpu_decode
 from plait.runtime.engine import Engine
 
-VARIANTS = {
-    "float32": {"dtype": "float32"},
-    "bfloat16": {"dtype": "bfloat16"},
-    "int8": {"dtype": "bfloat16", "quantization": "int8"},
-    "int4": {"dtype": "bfloat16", "quantization": "int4"},
-}
-# kernels/cpu_decode.c's PH_* then TRACE_FIRST and TRACE_OTHER
-SLOTS = ["norm", "qkv", "rope+kv", "attention", "o", "gate_up", "silu", "down", "head",
-         "first", "other"]  # fmt: skip
-FIELDS = 7  # phases, total, own, wait, start, busy, joined (seconds summed)
-PROMPT = "Once upon a time, in a small village,"
+Sums = dict[str, dict[str, float]]  # ``cpu_decode.claim_trace``'s
 
 
-def traced_run(engine: Engine, lib: Any, new: int) -> tuple[float, list[list[float]]]:
-    """Wall us a token, and each slot's sums (``plait_claim_trace``) over one request."""
-    sums = (ctypes.c_double * (FIELDS * len(SLOTS)))()
-    lib.plait_claim_trace(sums)  # cleared
+def traced_run(engine: Engine, lib: Any, new: int) -> tuple[float, Sums]:
+    """Wall us a token, and each slot's sums over one request."""
+    cpu_decode.claim_trace(lib)  # cleared
     t = time.perf_counter()
     engine.generate(PROMPT, {"max_new_tokens": new, "temperature": 0, "ignore_eos": True})
     wall = (time.perf_counter() - t) / new * 1e6
-    lib.plait_claim_trace(sums)
-    return wall, [list(sums[i * FIELDS : (i + 1) * FIELDS]) for i in range(len(SLOTS))]
+    return wall, cpu_decode.claim_trace(lib)
 
 
-def per_phase(s: list[float], new: int) -> list[float]:
+def per_phase(s: dict[str, float], new: int) -> list[float]:
     """A slot's sums as phases a token, then us per phase (total, own, wait), us per joined
     worker (start, busy) and the share joined."""
-    phases, total, own, wait, start, busy, joined = s
-    n, j = max(phases, 1.0), max(joined, 1.0)
-    return [phases / new, total / n * 1e6, own / n * 1e6, wait / n * 1e6,
-            start / j * 1e6, busy / j * 1e6, joined / n]  # fmt: skip
+    n, j = max(s["phases"], 1.0), max(s["joined"], 1.0)
+    return [s["phases"] / new, s["total"] / n * 1e6, s["own"] / n * 1e6, s["wait"] / n * 1e6,
+            s["start"] / j * 1e6, s["busy"] / j * 1e6, s["joined"] / n]  # fmt: skip
 
 
-def table(runs: list[list[list[float]]], new: int) -> None:
+def table(runs: list[Sums], new: int) -> None:
     print("| part | phases a token | total | own | wait | start | busy | joined |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for i, name in enumerate(SLOTS):
-        if not any(r[i][0] for r in runs):
+    for name in cpu_decode.CLAIM_TRACE_SLOTS:
+        if not any(r[name]["phases"] for r in runs):
             continue
-        cols = [statistics.median(per_phase(r[i], new)[k] for r in runs) for k in range(7)]
+        cols = [statistics.median(per_phase(r[name], new)[k] for r in runs) for k in range(7)]
         print(f"| {name} | {cols[0]:.1f} | " + " | ".join(f"{c:.2f}" for c in cols[1:6])
               + f" | {cols[6]:.0%} |")  # fmt: skip
 
@@ -85,16 +72,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
     lib = cpu_decode.variant(["PLAIT_CLAIM_TRACE"])
-    lib.plait_claim_trace.restype = None
-    lib.plait_claim_trace.argtypes = [ctypes.c_void_p]
     bound = ReadBound()
     for variant in args.variants.split(","):
-        engine = Engine(None, max_total_tokens=8192, **VARIANTS[variant])
-        fused = engine.core.runner.fused
-        if fused is None:
-            raise SystemExit("the fused decode step is not available on this machine")
-        fused.lib = lib  # before the first step: the default build's pool never starts
-        engine.generate("Hello", {"max_new_tokens": 8, "temperature": 0})  # warm up
+        engine = bench_engine(variant, lib)
         runs, gbps = [], []
         for _ in range(args.repeats):
             before = bound.measure()

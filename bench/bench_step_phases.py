@@ -35,7 +35,7 @@ VARIANTS = {
     "int8": {"dtype": "bfloat16", "quantization": "int8"},
     "int4": {"dtype": "bfloat16", "quantization": "int4"},
 }
-PARTS = ["norm", "qkv", "rope+kv", "attention", "o", "gate_up", "silu", "down", "head"]
+PARTS = list(cpu_decode.STEP_PARTS)
 PRODUCTS = {"qkv": 0, "o": 1, "gate_up": 2, "down": 3}  # layer_products' order
 PROMPT = "Once upon a time, in a small village,"
 
@@ -63,6 +63,17 @@ def step_bytes(engine: Engine) -> dict[str, int]:
     return out
 
 
+def bench_engine(variant: str, lib: Any) -> Engine:
+    """An in-process engine of ``variant`` whose fused step runs the build ``lib``, warmed up."""
+    engine = Engine(None, max_total_tokens=8192, **VARIANTS[variant])
+    fused = engine.core.runner.fused
+    if fused is None:
+        raise SystemExit("the fused decode step is not available on this machine")
+    fused.lib = lib  # before the first step: the default build's pool never starts
+    engine.generate("Hello", {"max_new_tokens": 8, "temperature": 0})  # warm up
+    return engine
+
+
 def run(engine: Engine, lib: Any, prompt: str, new: int) -> tuple[float, list[float]]:
     times = (ctypes.c_double * len(PARTS))()
     params = {"max_new_tokens": new, "temperature": 0, "ignore_eos": True}
@@ -87,13 +98,8 @@ def main() -> None:
     print("| variant | context | wall | C parts | " + " | ".join(PARTS) + " |")
     print("| --- | --- | --- | --- | " + " | ".join("---" for _ in PARTS) + " |")
     for variant in args.variants.split(","):
-        engine = Engine(None, max_total_tokens=8192, **VARIANTS[variant])
-        fused = engine.core.runner.fused
-        if fused is None:
-            raise SystemExit("the fused decode step is not available on this machine")
-        fused.lib = lib  # before the first step: the default build's pool never starts
+        engine = bench_engine(variant, lib)
         gbytes = step_bytes(engine)
-        engine.generate("Hello", {"max_new_tokens": 8, "temperature": 0})  # warm up
         for ctx in contexts:
             prompt = " ".join(["word"] * ctx + [PROMPT])
             engine.generate(prompt, {"max_new_tokens": 1, "temperature": 0})  # its prefix cached

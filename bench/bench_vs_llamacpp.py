@@ -317,7 +317,9 @@ def main() -> None:
             for rep in range(args.repeats):
                 for w in workloads:
                     for system, server in servers.items():  # one serving at a time
-                        r, gbps = _bounded_run(server.base, w, rep, args, bound, band)
+                        # the bound beside the single stream, or every run inside a band
+                        reads = bound if w == "single" or band else None
+                        r, gbps = _bounded_run(server.base, w, rep, args, reads, band)
                         results[system][w].append(r.rate)
                         if w == "single" and gbps is not None:
                             results[system]["read_gbps"].append(gbps)
@@ -353,9 +355,11 @@ def _bounded_run(
     after it (None where no bound is read). With ``band``, the run starts only once the bound
     is inside it (waiting up to ``wait_s``), and is redone while a reading left it: every run
     kept ran in one phase of the host's bus."""
+    if bound is None:
+        return asyncio.run(run_workload(base, workload, rep, args)), None
     for _ in range(tries):
-        before = bound.measure() / 1e9 if bound else None
-        if band and before is not None:
+        before = bound.measure() / 1e9
+        if band:
             end = time.monotonic() + wait_s
             while not band[0] <= before <= band[1]:
                 if time.monotonic() > end:
@@ -363,8 +367,6 @@ def _bounded_run(
                 time.sleep(2.0)
                 before = bound.measure() / 1e9
         r = asyncio.run(run_workload(base, workload, rep, args))
-        if before is None or bound is None:
-            return r, None
         after = bound.measure() / 1e9
         if not band or band[0] <= after <= band[1]:
             return r, max(before, after)

@@ -575,7 +575,28 @@ INLINE void claim_mark(int tid, unsigned long gen, int end) {
 }
 /* The caller, once every unit of job ``gen`` (posted at ``posted``) is done. A worker that
  * computed units stored its marks before its done count (release), read here after it. */
-static void claim_traced(unsigned long gen, double posted, int nth);
+static void claim_traced(unsigned long gen, double posted, int nth) {
+    const double now = phase_now();
+    const int slot = claim_first ? TRACE_FIRST : claim_label;
+    claim_first = 0;
+    claim_sums_t *c = &claim_sums[slot];
+    const double own0 = atomic_load_explicit(&claim_marks[0].start, memory_order_relaxed),
+                 own1 = atomic_load_explicit(&claim_marks[0].end, memory_order_relaxed);
+    c->phases += 1;
+    c->total += now - posted;
+    c->own += own1 - own0;
+    c->wait += now - own1;
+    for (int t = 1; t < nth; t++) {
+        if (atomic_load_explicit(&claim_done[t].units, memory_order_acquire) <= 0 ||
+            atomic_load_explicit(&claim_marks[t].gen, memory_order_relaxed) != gen)
+            continue;
+        const double t0 = atomic_load_explicit(&claim_marks[t].start, memory_order_relaxed),
+                     t1 = atomic_load_explicit(&claim_marks[t].end, memory_order_relaxed);
+        c->start += t0 - posted;
+        c->busy += t1 - t0;
+        c->joined += 1;
+    }
+}
 void plait_claim_trace(double *out) {
     for (int s = 0; s < TRACE_SLOTS; s++) {
         const claim_sums_t *c = &claim_sums[s];
@@ -679,31 +700,6 @@ static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk,
     claim_traced(g, posted, nth);
 #endif
 }
-
-#ifdef PLAIT_CLAIM_TRACE
-static void claim_traced(unsigned long gen, double posted, int nth) {
-    const double now = phase_now();
-    const int slot = claim_first ? TRACE_FIRST : claim_label;
-    claim_first = 0;
-    claim_sums_t *c = &claim_sums[slot];
-    const double own0 = atomic_load_explicit(&claim_marks[0].start, memory_order_relaxed),
-                 own1 = atomic_load_explicit(&claim_marks[0].end, memory_order_relaxed);
-    c->phases += 1;
-    c->total += now - posted;
-    c->own += own1 - own0;
-    c->wait += now - own1;
-    for (int t = 1; t < nth; t++) {
-        if (atomic_load_explicit(&claim_done[t].units, memory_order_acquire) <= 0 ||
-            atomic_load_explicit(&claim_marks[t].gen, memory_order_relaxed) != gen)
-            continue;
-        const double t0 = atomic_load_explicit(&claim_marks[t].start, memory_order_relaxed),
-                     t1 = atomic_load_explicit(&claim_marks[t].end, memory_order_relaxed);
-        c->start += t0 - posted;
-        c->busy += t1 - t0;
-        c->joined += 1;
-    }
-}
-#endif
 
 /* ---- products ---------------------------------------------------------------------------- */
 

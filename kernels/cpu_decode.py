@@ -36,6 +36,13 @@ _error: str | None = None
 # DT_* in cpu_decode.c: a product's weight format
 DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P, DT_I4P, DT_I4PH, DT_I8PH = 0, 1, 2, 3, 4, 5, 6, 7
 
+# PH_* in cpu_decode.c: the parts of a decode step, in the order ``plait_phase_times`` writes them
+STEP_PARTS = ("norm", "qkv", "rope+kv", "attention", "o", "gate_up", "silu", "down", "head")
+# ``plait_claim_trace``'s slots (the parts, a step's first claimed phase, claims outside a
+# step: TRACE_FIRST, TRACE_OTHER) and each slot's sums, in order
+CLAIM_TRACE_SLOTS = (*STEP_PARTS, "first", "other")
+CLAIM_TRACE_FIELDS = ("phases", "total", "own", "wait", "start", "busy", "joined")
+
 
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
@@ -139,7 +146,24 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.plait_packed_dot.argtypes = []
     lib.plait_gemv.restype = _int
     lib.plait_gemv.argtypes = [_vp, _int, _vp, _vp, _i64, _i64, _vp, _vp, _vp, _int, _int, _int]
+    for name in ("plait_phase_times", "plait_claim_trace"):  # the benches' builds only
+        if hasattr(lib, name):
+            getattr(lib, name).restype = None
+            getattr(lib, name).argtypes = [_vp]  # double [...], read and cleared
     return lib
+
+
+def claim_trace(lib: ctypes.CDLL) -> dict[str, dict[str, float]]:
+    """A ``-DPLAIT_CLAIM_TRACE`` build's sums since the last call (``plait_claim_trace``,
+    which clears them): by slot (``CLAIM_TRACE_SLOTS``), each field (``CLAIM_TRACE_FIELDS``;
+    the times in seconds)."""
+    width = len(CLAIM_TRACE_FIELDS)
+    sums = (ctypes.c_double * (width * len(CLAIM_TRACE_SLOTS)))()
+    lib.plait_claim_trace(sums)
+    return {
+        slot: dict(zip(CLAIM_TRACE_FIELDS, sums[i * width : (i + 1) * width], strict=True))
+        for i, slot in enumerate(CLAIM_TRACE_SLOTS)
+    }
 
 
 def build_error() -> str | None:

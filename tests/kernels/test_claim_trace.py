@@ -1,44 +1,65 @@
-"""The ``-DPLAIT_CLAIM_TRACE`` build (bench/bench_claim_trace.py): each claimed phase outside a
-step is counted in its own slot, its parts add up to no more than its whole, and the products
-give the default build's bits."""
+"""The ``-DPLAIT_CLAIM_TRACE`` build (bench/bench_claim_trace.py): a decode step computes what
+the default build computes and counts each claimed phase under its part (the step's first one
+apart), products outside a step under their own slot, each phase's parts no more than its whole,
+and a read clears the sums. The default build has none of it."""
 
 from __future__ import annotations
-
-import ctypes
 
 import pytest
 import torch
 
 from plait.kernels import cpu_decode
+from tests.runtime.model.test_fused_decode import _State
 
 pytestmark = pytest.mark.skipif(cpu_decode.library() is None, reason="no C step on this machine")
 
-SLOTS, FIELDS = 11, 7  # PH_COUNT + TRACE_FIRST + TRACE_OTHER; phases .. joined
-TRACE_OTHER = 10
+
+def _consistent(s: dict[str, float]) -> None:
+    assert 0 < s["own"] <= s["total"] and 0 <= s["wait"] <= s["total"]
+    assert s["own"] + s["wait"] <= s["total"] * (1 + 1e-9)
+    assert 0 <= s["joined"] <= s["phases"] and s["start"] >= 0 and s["busy"] >= 0
+    if s["joined"] == 0:
+        assert s["start"] == s["busy"] == 0
 
 
-def test_claim_trace_counts_each_phase_outside_a_step():
-    lib = cpu_decode.variant(["PLAIT_CLAIM_TRACE"])
-    lib.plait_claim_trace.restype = None
-    lib.plait_claim_trace.argtypes = [ctypes.c_void_p]
+def test_a_traced_step_counts_each_part_and_computes_the_same_logits(tiny_model_dir):
+    assert not hasattr(cpu_decode.library(), "plait_claim_trace")
+    traced = cpu_decode.variant(["PLAIT_CLAIM_TRACE"])
+    state = _State(tiny_model_dir("llama"), "float32", [5, 17, 3])
+    fused = state.runner.fused
+    batch = state.decode_batch([0, 1, 2], [7, 8, 9])
+    expected = fused.forward(batch, 2)
+    cpu_decode.claim_trace(traced)  # cleared
+    fused.lib = traced
+    try:
+        got = fused.forward(batch, 2)
+    finally:
+        fused.lib = cpu_decode.library()
+    assert torch.equal(got, expected)
+    sums = cpu_decode.claim_trace(traced)
+    layers = state.cfg.num_layers
+    phases = {slot: s["phases"] for slot, s in sums.items() if s["phases"]}
+    assert phases == {  # the first layer's q/k/v product is the step's first claimed phase
+        "first": 1, "qkv": layers - 1, "attention": layers, "o": layers, "gate_up": layers,
+        "silu": layers, "down": layers, "head": 1,
+    }  # fmt: skip
+    for slot in phases:
+        _consistent(sums[slot])
+    assert all(v == 0 for s in cpu_decode.claim_trace(traced).values() for v in s.values())
+
+
+def test_products_outside_a_step_are_counted_apart():
+    traced = cpu_decode.variant(["PLAIT_CLAIM_TRACE"])
     gen = torch.Generator().manual_seed(0)
     w, x = torch.randn(1024, 576, generator=gen), torch.randn(1, 576, generator=gen)
     expected = torch.empty(1, 1024)
     assert cpu_decode.gemv(cpu_decode.library(), cpu_decode.DT_F32, w, x, expected) == 0
-    sums = (ctypes.c_double * (SLOTS * FIELDS))()
-    lib.plait_claim_trace(sums)  # cleared
+    cpu_decode.claim_trace(traced)  # cleared
     for _ in range(12):
         y = torch.empty(1, 1024)
-        assert cpu_decode.gemv(lib, cpu_decode.DT_F32, w, x, y, threads=2) == 0
+        assert cpu_decode.gemv(traced, cpu_decode.DT_F32, w, x, y, threads=2) == 0
         assert torch.equal(y, expected)
-    lib.plait_claim_trace(sums)
-    slots = [list(sums[s * FIELDS : (s + 1) * FIELDS]) for s in range(SLOTS)]
-    phases, total, own, wait, start, busy, joined = slots[TRACE_OTHER]
-    assert phases == 12
-    assert all(v == 0 for s in range(SLOTS) if s != TRACE_OTHER for v in slots[s])
-    assert 0 < own <= total and 0 <= wait <= total and own + wait <= total * (1 + 1e-9)
-    assert 0 <= joined <= phases and start >= 0 and busy >= 0
-    if joined == 0:
-        assert start == busy == 0
-    lib.plait_claim_trace(sums)  # read clears
-    assert all(v == 0 for v in sums)
+    sums = cpu_decode.claim_trace(traced)
+    assert sums["other"]["phases"] == 12
+    assert all(v == 0 for slot, s in sums.items() if slot != "other" for v in s.values())
+    _consistent(sums["other"])
