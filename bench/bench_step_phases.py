@@ -35,7 +35,7 @@ VARIANTS = {
     "int8": {"dtype": "bfloat16", "quantization": "int8"},
     "int4": {"dtype": "bfloat16", "quantization": "int4"},
 }
-PARTS = list(cpu_decode.STEP_PARTS)
+PARTS = cpu_decode.STEP_PARTS
 PRODUCTS = {"qkv": 0, "o": 1, "gate_up": 2, "down": 3}  # layer_products' order
 PROMPT = "Once upon a time, in a small village,"
 

@@ -26,16 +26,10 @@ def test_a_traced_step_counts_each_part_and_computes_the_same_logits(tiny_model_
     assert not hasattr(cpu_decode.library(), "plait_claim_trace")
     traced = cpu_decode.variant(["PLAIT_CLAIM_TRACE"])
     state = _State(tiny_model_dir("llama"), "float32", [5, 17, 3])
-    fused = state.runner.fused
     batch = state.decode_batch([0, 1, 2], [7, 8, 9])
-    expected = fused.forward(batch, 2)
+    expected = state.fused_step(batch)
     cpu_decode.claim_trace(traced)  # cleared
-    fused.lib = traced
-    try:
-        got = fused.forward(batch, 2)
-    finally:
-        fused.lib = cpu_decode.library()
-    assert torch.equal(got, expected)
+    assert torch.equal(state.fused_step_on(traced, batch), expected)
     sums = cpu_decode.claim_trace(traced)
     layers = state.cfg.num_layers
     phases = {slot: s["phases"] for slot, s in sums.items() if s["phases"]}

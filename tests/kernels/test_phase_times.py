@@ -20,17 +20,11 @@ def test_the_phase_timed_build_computes_the_same_step_and_times_its_parts(tiny_m
     assert not hasattr(cpu_decode.library(), "plait_phase_times")
     timed = cpu_decode.variant(["PLAIT_PHASE_TIMES"])
     state = _State(tiny_model_dir("llama"), "float32", [5, 17, 3])
-    fused = state.runner.fused
     batch = state.decode_batch([0, 1, 2], [7, 8, 9])
-    expected = fused.forward(batch, 2)
+    expected = state.fused_step(batch)
     times = (ctypes.c_double * PARTS)()
     timed.plait_phase_times(times)  # cleared
-    fused.lib = timed
-    try:
-        got = fused.forward(batch, 2)
-    finally:
-        fused.lib = cpu_decode.library()
-    assert torch.equal(got, expected)
+    assert torch.equal(state.fused_step_on(timed, batch), expected)
     timed.plait_phase_times(times)
     assert all(t >= 0 for t in times) and sum(times) > 0
     timed.plait_phase_times(times)  # read and cleared

@@ -115,6 +115,17 @@ class _State:
         assert self.runner.fused is not None
         return self.runner.fused.forward(batch, threads)
 
+    def fused_step_on(self, lib, batch: ForwardBatch, threads: int = 2) -> torch.Tensor:
+        """``fused_step`` on another build of the C step (``cpu_decode.variant``); the
+        runner's own build is put back after."""
+        fused = self.runner.fused
+        assert fused is not None
+        own, fused.lib = fused.lib, lib
+        try:
+            return fused.forward(batch, threads)
+        finally:
+            fused.lib = own
+
 
 # head_dim 16 (the loops not unrolled), 64 (SmolLM2), 128 with 3 query heads a KV head and
 # 256 with one: the unrolled attention units and their blocks of V (``pv_block``)
