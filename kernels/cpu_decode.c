@@ -2676,3 +2676,6 @@ int plait_i8_vnni(void) { return I8_VNNI; }
 /* Whether DT_I8P, DT_I4P and DT_I4PH were built: 2 by AVX512_VNNI, 1 by AVX2, 0 not (their
  * products then return -2). Both builds give the same bits. */
 int plait_packed_dot(void) { return PACKED_DOT; }
+
+/* ---- a prefill's attention (its own file, built as part of this one) ---------------------- */
+#include "extend_attention.c"

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 SOURCE = Path(__file__).with_name("cpu_decode.c")
+# files SOURCE includes: a build's cache key covers them too
+INCLUDED = (Path(__file__).with_name("extend_attention.c"),)
 FLAGS = ["-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-pthread"]
 
 _vp = ctypes.c_void_p
@@ -66,6 +68,7 @@ def _library_path(cc: str, flags: list[str] = FLAGS) -> Path:
     h = hashlib.sha256()
     for part in (
         SOURCE.read_bytes(),
+        *(f.read_bytes() for f in INCLUDED),
         " ".join(flags).encode(),
         version.encode(),
         " ".join(sorted(cpu_flags() or [platform.processor()])).encode(),
@@ -136,6 +139,14 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
         # head), or NULL
         _vp,  # next ids (int64 [R]): each logit row's argmax, as numpy's, written, or NULL
     ]
+    lib.plait_extend_attention.restype = _int
+    lib.plait_extend_attention.argtypes = [
+        *(_vp, _vp, _vp),  # q, the layer's K and V pool (bfloat16)
+        _vp, _i64, _vp,  # req_to_token, its row stride, each request's row
+        _vp, _vp, _int,  # prefix lengths, extend lengths (int64), requests
+        *(_int, _int, _int),  # Hq, Hkv, D
+        ctypes.c_float, _vp, _int,  # scale, out, threads
+    ]
     lib.plait_argmax_rows.restype = None
     lib.plait_argmax_rows.argtypes = [_vp, _int, _i64, _vp]  # logits, rows, vocab, out (int64)
     lib.plait_bf16_dot.restype = _int
@@ -196,6 +207,39 @@ def gemv(
     return lib.plait_gemv(
         w.data_ptr(), dtype, ptr(scale), ptr(low), k, n, x.data_ptr(), ptr(bias),
         y.data_ptr(), int(accumulate), m, threads,
+    )  # fmt: skip
+
+
+def extend_attention(
+    lib: ctypes.CDLL,
+    q: Tensor,
+    k_buf: Tensor,
+    v_buf: Tensor,
+    req_to_token: Tensor,
+    rows: Tensor,
+    prefix: Tensor,
+    ext: Tensor,
+    scale: float,
+    out: Tensor,
+    threads: int,
+) -> int:
+    """``plait_extend_attention``: causal attention of an extend forward's new tokens over the
+    pool. ``q`` and ``out`` [N, Hq, D] and the layer's ``k_buf`` / ``v_buf`` [slots, Hkv, D]
+    bfloat16 and contiguous; ``req_to_token`` int64 [*, max_context]; per request ``rows`` (its
+    table row), ``prefix`` and ``ext`` (new tokens, each > 0) int64. Returns 0, or -2 where the
+    build or the shape is not supported (nothing written then)."""
+    import torch
+
+    n, hq, d = q.shape
+    hkv = k_buf.shape[1]
+    assert q.is_contiguous() and out.is_contiguous() and out.shape == q.shape
+    assert k_buf.is_contiguous() and v_buf.is_contiguous() and req_to_token.is_contiguous()
+    assert int(ext.sum()) == n, "the requests' new tokens are q's rows"
+    rows, prefix, ext = (t.to(torch.int64).contiguous() for t in (rows, prefix, ext))
+    return lib.plait_extend_attention(
+        q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), req_to_token.data_ptr(),
+        req_to_token.stride(0), rows.data_ptr(), prefix.data_ptr(), ext.data_ptr(), len(ext),
+        hq, hkv, d, scale, out.data_ptr(), threads,
     )  # fmt: skip
 
 

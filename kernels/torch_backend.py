@@ -1,4 +1,5 @@
-"""Attention over the paged KV pool in plain torch: the CPU path and the reference for kernels."""
+"""Attention over the paged KV pool on the CPU: torch's SDPA (also the reference for kernels),
+and a prefill's bfloat16 attention by the C library where it is built (``extend_attention.c``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from plait.kernels import cpu_decode
 from plait.kernels.attention_backend import AttentionBackend
 from plait.kernels.shared_prefix import SharedPrefixDecode, plan_shared_prefix, shared_prefix_decode
 from plait.radix_cache.memory_pool import TokenToKVPool
@@ -28,42 +30,73 @@ class _Group:
     max_ext: int
 
 
+@dataclass(slots=True)
+class _Extend:
+    """An extend forward's metadata: the per-request columns the C kernel reads (int64, CPU),
+    and the padded SDPA groups, built only when a layer attends by SDPA (``groups``)."""
+
+    prefix: torch.Tensor  # [b]
+    ext: torch.Tensor  # [b]
+    groups: list[_Group] | None = None
+
+
 class TorchAttentionBackend(AttentionBackend):
     """Gathers each request's KV through ``req_to_token`` and runs SDPA.
 
     Grouped-query attention never materialises repeated KV: the G query heads of a KV head are
     folded into the query-length axis, so one matmul serves the whole group.
+
+    An extend forward whose queries and pool are bfloat16 on the CPU is attended by the C
+    library's ``plait_extend_attention`` where it is built (AVX512_BF16; head_dim 64 or 128)
+    and ``c_extend`` is on: causal over the pool's slots in place, no gathered copy of K / V
+    and no mask (3x torch's SDPA at 250-2,000 tokens, bench/RESULTS.md). Its results are
+    bfloat16's (the softmax weights rounded to bfloat16 for P V, as torch's CPU flash attention
+    rounds them) and do not depend on the thread count or the batch.
     """
 
     def __init__(
-        self, num_heads: int, num_kv_heads: int, head_dim: int, shared_prefix: bool = True
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        shared_prefix: bool = True,
+        c_extend: bool = True,
     ) -> None:
         assert num_heads % num_kv_heads == 0
         self.shared_prefix = shared_prefix
+        self.c_extend = c_extend
         self.num_heads = num_heads
         self.num_kv_heads = num_kv_heads
         self.group = num_heads // num_kv_heads
         self.head_dim = head_dim
 
     def init_forward_metadata(self, batch: ForwardBatch) -> None:
-        ext, seq = batch.extend_lens_cpu, batch.seq_lens_cpu
-        padded = len(seq) * max(ext) * max(seq)
-        useful = sum(e * s for e, s in zip(ext, seq))
-        all_rows = list(range(len(seq)))
+        seq = batch.seq_lens_cpu
         if batch.mode == ForwardMode.DECODE:
             # one gather of the table serves the shared-prefix plan or the padded group
             kv_index = batch.req_to_token[batch.req_pool_indices, : max(seq)]
             plan = plan_shared_prefix(kv_index, batch.seq_lens) if self.shared_prefix else None
-            batch.attn_metadata = plan or [self._group(batch, all_rows, kv_index)]
+            batch.attn_metadata = plan or [self._group(batch, list(range(len(seq))), kv_index)]
             return
+        batch.attn_metadata = _Extend(
+            torch.tensor(batch.prefix_lens_cpu, dtype=torch.int64),
+            torch.tensor(batch.extend_lens_cpu, dtype=torch.int64),
+        )
+
+    def _groups(self, batch: ForwardBatch) -> list[_Group]:
+        """An extend batch's SDPA groups: one padded group, or where padding would more than
+        double the work, the decode rows together and each longer row alone."""
+        ext, seq = batch.extend_lens_cpu, batch.seq_lens_cpu
+        padded = len(seq) * max(ext) * max(seq)
+        useful = sum(e * s for e, s in zip(ext, seq))
+        all_rows = list(range(len(seq)))
         if padded <= _MAX_PAD_WASTE * useful:
-            batch.attn_metadata = [self._group(batch, all_rows)]
-            return
+            return [self._group(batch, all_rows)]
         # a mixed batch: the decode rows (one token each) pad well together
         decodes = [i for i in all_rows if ext[i] == 1]
         groups = [self._group(batch, decodes)] if len(decodes) > 1 else []
         singles = [i for i in all_rows if ext[i] > 1 or len(decodes) == 1]
-        batch.attn_metadata = groups + [self._group(batch, [i]) for i in singles]
+        return groups + [self._group(batch, [i]) for i in singles]
 
     def _group(
         self, batch: ForwardBatch, rows: list[int], kv_index: torch.Tensor | None = None
@@ -117,9 +150,18 @@ class TorchAttentionBackend(AttentionBackend):
         kv_pool.set_kv(layer_id, batch.out_cache_loc, k, v)
         k_buf, v_buf = kv_pool.get_kv(layer_id)
         n, hq, d = q.shape
-        if isinstance(batch.attn_metadata, SharedPrefixDecode):
-            return shared_prefix_decode(q, k_buf, v_buf, batch.attn_metadata, scale).view(n, hq * d)
-        groups: list[_Group] = batch.attn_metadata
+        meta = batch.attn_metadata
+        if isinstance(meta, SharedPrefixDecode):
+            return shared_prefix_decode(q, k_buf, v_buf, meta, scale).view(n, hq * d)
+        if isinstance(meta, _Extend):
+            out = self._c_attend(q, k_buf, v_buf, batch, meta, scale)
+            if out is not None:
+                return out.view(n, hq * d)
+            if meta.groups is None:
+                meta.groups = self._groups(batch)
+            groups = meta.groups
+        else:
+            groups = meta
         if len(groups) == 1:  # one group holds every token, in order
             return self._attend(q, k_buf, v_buf, groups[0], scale).reshape(n, hq * d)
         out = q.new_empty(n, hq * d)
@@ -128,6 +170,33 @@ class TorchAttentionBackend(AttentionBackend):
                 -1, hq * d
             )
         return out
+
+    def _c_attend(
+        self,
+        q: torch.Tensor,
+        k_buf: torch.Tensor,
+        v_buf: torch.Tensor,
+        batch: ForwardBatch,
+        meta: _Extend,
+        scale: float,
+    ) -> torch.Tensor | None:
+        """The extend attention by the C library, or None where it does not apply here."""
+        if not (
+            self.c_extend
+            and q.device.type == "cpu"
+            and q.dtype == k_buf.dtype == v_buf.dtype == torch.bfloat16
+        ):
+            return None
+        lib = cpu_decode.library()
+        if lib is None:
+            return None
+        q = q.contiguous()
+        out = torch.empty_like(q)
+        rc = cpu_decode.extend_attention(
+            lib, q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices,
+            meta.prefix, meta.ext, scale, out, torch.get_num_threads(),
+        )  # fmt: skip
+        return out if rc == 0 else None
 
     def _attend(
         self,

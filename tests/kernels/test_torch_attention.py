@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from plait.kernels import cpu_decode
 from plait.kernels.shared_prefix import plan_shared_prefix
 from plait.kernels.torch_backend import TorchAttentionBackend
 from plait.radix_cache.memory_pool import ReqToTokenPool, TokenToKVPool
@@ -25,7 +26,12 @@ def _reference(q, keys, values, q_pos, scale):
     return torch.matmul(torch.softmax(s, -1), v).transpose(0, 1)  # [e, Hq, D]
 
 
-def _run(mode, prefix_lens, extend_lens, hq, hkv, d, shared, seed, dtype=torch.float32):
+def _run(
+    mode, prefix_lens, extend_lens, hq, hkv, d, shared, seed, dtype=torch.float32, **backend_kw
+):
+    """Attends a random batch through ``TorchAttentionBackend(..., **backend_kw)``, checks each
+    request against ``_reference`` (float64) and returns the batch, the output and the largest
+    relative error of a request."""
     gen = torch.Generator().manual_seed(seed)
     b = len(prefix_lens)
     seq = [p + e for p, e in zip(prefix_lens, extend_lens)]
@@ -61,11 +67,11 @@ def _run(mode, prefix_lens, extend_lens, hq, hkv, d, shared, seed, dtype=torch.f
         seq_lens_cpu=seq,
         req_to_token=rows.req_to_token,
     )
-    backend = TorchAttentionBackend(hq, hkv, d)
+    backend = TorchAttentionBackend(hq, hkv, d, **backend_kw)
     backend.init_forward_metadata(batch)
     scale = 1 / math.sqrt(d)
     out = backend.forward(q, k, v, 0, pool, batch, scale).view(n, hq, d)
-    off = 0
+    off, worst = 0, 0.0
     for i in range(b):
         slots = rows.req_to_token[i, : seq[i]]
         ref = _reference(
@@ -77,9 +83,11 @@ def _run(mode, prefix_lens, extend_lens, hq, hkv, d, shared, seed, dtype=torch.f
         )
         got = out[off : off + extend_lens[i]].double()
         tol = 1e-5 if dtype == torch.float32 else 2e-2
-        assert torch.linalg.norm(got - ref) / torch.linalg.norm(ref) < tol
+        err = (torch.linalg.norm(got - ref) / torch.linalg.norm(ref)).item()
+        assert err < tol
+        worst = max(worst, err)
         off += extend_lens[i]
-    return batch
+    return batch, out, worst
 
 
 @pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2), (8, 2), (8, 1)])
@@ -99,8 +107,70 @@ def test_decode_matches_dense_reference(shared, dtype, seed):
     rng = random.Random(seed)
     b = rng.randint(2, 8)
     prefix = [shared + rng.randint(0, 30) for _ in range(b)]
-    batch = _run(ForwardMode.DECODE, prefix, [1] * b, 9, 3, 64, shared, seed, dtype)
+    batch, _, _ = _run(ForwardMode.DECODE, prefix, [1] * b, 9, 3, 64, shared, seed, dtype)
     used_shared = plan_shared_prefix(
         batch.req_to_token[: len(prefix), : max(batch.seq_lens_cpu)], batch.seq_lens
     )
     assert (used_shared is not None) == (shared > 0)
+
+
+_LIB = cpu_decode.library()
+_C_BF16 = _LIB is not None and bool(_LIB.plait_bf16_dot())
+needs_c_bf16 = pytest.mark.skipif(
+    not _C_BF16, reason="the C extend attention is built with AVX512_BF16 only"
+)
+
+
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (4, 4, 64), (8, 2, 128), (12, 1, 64)])
+@pytest.mark.parametrize("seed", range(3))
+def test_bf16_extend_is_as_close_to_the_reference_as_sdpa(hq, hkv, d, seed):
+    """A bfloat16 extend batch (blocks of 32 keys and of a unit's positions cut anywhere, decode
+    rows among prefills) attended by the C kernel where it is built, held to SDPA's own error
+    against float64."""
+    rng = random.Random(seed)
+    b = rng.randint(1, 4)
+    prefix = [rng.choice([0, rng.randint(1, 70)]) for _ in range(b)]
+    extend = [rng.choice([1, 31, 32, 33, 96, rng.randint(2, 130)]) for _ in range(b)]
+    args = (ForwardMode.EXTEND, prefix, extend, hq, hkv, d, 0, seed, torch.bfloat16)
+    batch, _, c_err = _run(*args)
+    _, _, sdpa_err = _run(*args, c_extend=False)
+    assert c_err <= 1.5 * sdpa_err + 1e-3
+    # the C kernel attended every layer where it is built: no SDPA group was made
+    assert (batch.attn_metadata.groups is None) == _C_BF16
+
+
+def test_bf16_extend_of_a_head_dim_the_kernel_lacks_is_attended_by_sdpa():
+    batch, _, _ = _run(ForwardMode.EXTEND, [5, 0], [40, 3], 4, 2, 80, 0, 0, torch.bfloat16)
+    assert batch.attn_metadata.groups is not None
+
+
+@needs_c_bf16
+def test_c_extend_bits_do_not_depend_on_threads_or_the_batch():
+    gen = torch.Generator().manual_seed(0)
+    hq, hkv, d = 9, 3, 64
+    prefix, ext = [17, 0, 40], [75, 1, 130]
+    seq = [p + e for p, e in zip(prefix, ext)]
+    k_buf = torch.randn(sum(seq) + 1, hkv, d, generator=gen).bfloat16()
+    v_buf = torch.randn(sum(seq) + 1, hkv, d, generator=gen).bfloat16()
+    table = torch.zeros(len(seq), max(seq), dtype=torch.int64)
+    order = torch.randperm(sum(seq), generator=gen) + 1
+    for i, (start, n) in enumerate(zip([0, *torch.tensor(seq).cumsum(0).tolist()], seq)):
+        table[i, :n] = order[start : start + n]
+    q = torch.randn(sum(ext), hq, d, generator=gen).bfloat16()
+
+    def attend(rows: list[int], threads: int) -> torch.Tensor:
+        starts = [0, *torch.tensor(ext).cumsum(0).tolist()]
+        qs = torch.cat([q[starts[r] : starts[r + 1]] for r in rows])
+        out = torch.empty_like(qs)
+        rc = cpu_decode.extend_attention(
+            _LIB, qs, k_buf, v_buf, table, torch.tensor(rows),
+            torch.tensor([prefix[r] for r in rows]), torch.tensor([ext[r] for r in rows]),
+            d**-0.5, out, threads,
+        )  # fmt: skip
+        assert rc == 0
+        return out
+
+    batch = attend([0, 1, 2], 2)
+    assert torch.equal(batch, attend([0, 1, 2], 1))
+    assert torch.equal(batch[: ext[0]], attend([0], 2))
+    assert torch.equal(batch[ext[0] + ext[1] :], attend([2], 1))

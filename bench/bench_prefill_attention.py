@@ -1,0 +1,140 @@
+"""A long prompt's prefill with the C extend attention on and off, side by side in one process.
+
+For each ``--variants`` precision one in-process ``Engine`` of the default model prefills
+prompts of ``--tokens`` lengths (distinct words, so the radix cache shares nothing between
+runs: each run's first word is its own), one greedy token each: the time to the first token,
+with ``TorchAttentionBackend.c_extend`` on (``plait_extend_attention``: causal over the pool in
+place) and off (torch's SDPA over a gathered copy with a mask), the two alternating run by run;
+min and median over ``--repeats``, and the ratio of the medians. Chunked prefill is the engine's
+default (1,024 tokens a forward: a longer prompt's later chunks attend over a prefix). A second
+table times the kernel alone against SDPA on one layer's shapes (SmolLM2: 9 query heads over 3
+KV heads of 64), with the FLOPs of causal attention.
+
+    python bench/bench_prefill_attention.py [--variants bfloat16,int4] [--tokens 250,1000,4000]
+        [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from plait.kernels import cpu_decode
+from plait.runtime.engine import Engine
+
+VARIANTS = {
+    "float32": {"dtype": "float32"},
+    "bfloat16": {"dtype": "bfloat16"},
+    "int8": {"dtype": "bfloat16", "quantization": "int8"},
+    "int4": {"dtype": "bfloat16", "quantization": "int4"},
+}
+WORDS = (
+    "river stone lantern orchard meadow harbor violin candle garden whisper silver falcon "
+    "thunder willow copper ember glacier cedar marble velvet canyon prairie beacon"
+).split()
+
+
+def prompt(tag: int, words: int) -> str:
+    return f"{tag}: " + " ".join(WORDS[(i * 7 + tag) % len(WORDS)] for i in range(words))
+
+
+def engine_runs(variant: str, tokens: list[int], repeats: int) -> None:
+    engine = Engine(None, max_total_tokens=max(tokens) * 2 + 512, **VARIANTS[variant])
+    attn = engine.core.runner.attn
+    params = {"max_new_tokens": 1, "temperature": 0}
+    engine.generate(prompt(10_000, 64), params)  # warm up
+    print(f"\n{variant}: time to the first token, ms (min / median of {repeats})")
+    print("| prompt tokens | C extend attention | SDPA | SDPA / C (medians) |")
+    print("| --- | --- | --- | --- |")
+    tag = 0
+    for n in tokens:
+        words = n  # about a token a word for these words
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for _ in tqdm(range(repeats), desc=f"{variant} {n}", leave=False):
+            for on in (True, False):
+                attn.c_extend = on
+                tag += 1
+                t = time.perf_counter()
+                engine.generate(prompt(tag, words), params)
+                times[on].append(time.perf_counter() - t)
+        c, s = (statistics.median(times[k]) * 1e3 for k in (True, False))
+        print(
+            f"| {len(engine.tokenizer.encode(prompt(tag, words)))} | {min(times[True]) * 1e3:.0f}"
+            f" / {c:.0f} | {min(times[False]) * 1e3:.0f} / {s:.0f} | {s / c:.2f}x |"
+        )
+    attn.c_extend = True
+
+
+def _best(fn, repeats: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def kernel_runs(tokens: list[int], repeats: int) -> None:
+    lib = cpu_decode.library()
+    if lib is None or not lib.plait_bf16_dot():
+        print("\nthe C extend attention is not built here (AVX512_BF16)")
+        return
+    hq, hkv, d, threads = 9, 3, 64, torch.get_num_threads()
+    print(f"\none layer, bfloat16, {hq} query heads over {hkv} KV heads of {d}, {threads} threads;")
+    print("SDPA as the backend calls it: the KV gathered from the pool, queries folded, a mask")
+    print("| tokens | C, ms (GFLOP/s) | SDPA, ms (GFLOP/s) | SDPA / C |")
+    print("| --- | --- | --- | --- |")
+    for n in tokens:
+        k_buf = torch.randn(n + 1, hkv, d).bfloat16()
+        v_buf = torch.randn(n + 1, hkv, d).bfloat16()
+        table = torch.arange(n + 1, dtype=torch.int64)[None, 1:].contiguous()
+        q = torch.randn(n, hq, d).bfloat16()
+        out = torch.empty_like(q)
+        rows, prefix, ext = torch.zeros(1), torch.zeros(1), torch.tensor([n])
+
+        def c() -> None:
+            cpu_decode.extend_attention(
+                lib, q, k_buf, v_buf, table, rows, prefix, ext, d**-0.5, out, threads
+            )
+
+        pos = torch.arange(n)
+        mask = (pos[None, :] <= pos[:, None])[None].expand(hq // hkv, n, n)
+        mask = mask.reshape(1, 1, hq // hkv * n, n)
+        qf = q.view(n, hkv, hq // hkv, d).permute(1, 2, 0, 3).reshape(1, hkv, -1, d)
+
+        def sdpa() -> None:
+            keys = k_buf.index_select(0, table[0]).transpose(0, 1)[None]
+            values = v_buf.index_select(0, table[0]).transpose(0, 1)[None]
+            F.scaled_dot_product_attention(qf, keys, values, attn_mask=mask, scale=d**-0.5)
+
+        flops = hq * 4 * d * n * (n + 1) / 2
+        tc, ts = _best(c, repeats), _best(sdpa, repeats)
+        print(
+            f"| {n} | {tc * 1e3:.2f} ({flops / tc / 1e9:.0f}) | {ts * 1e3:.2f} "
+            f"({flops / ts / 1e9:.0f}) | {ts / tc:.2f}x |"
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--variants", default="bfloat16,int4")
+    ap.add_argument("--tokens", default="250,1000,4000")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    tokens = [int(t) for t in args.tokens.split(",")]
+    print(f"load {os.getloadavg()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    kernel_runs(tokens, args.repeats)
+    for variant in args.variants.split(","):
+        engine_runs(variant, tokens, args.repeats)
+    print(f"\nload {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
