@@ -81,45 +81,54 @@ def _best(fn, repeats: int) -> float:
     return best
 
 
+def layer_times(lib: object, n: int, dtype: torch.dtype, repeats: int) -> tuple[float, float]:
+    """Seconds of one layer's attention over ``n`` new tokens (no prefix): the C kernel's, and
+    SDPA's as the backend calls it (K / V gathered from the pool, queries folded, a mask)."""
+    hq, hkv, d, threads = 9, 3, 64, torch.get_num_threads()
+    k_buf = torch.randn(n + 1, hkv, d).to(dtype)
+    v_buf = torch.randn(n + 1, hkv, d).to(dtype)
+    table = torch.arange(n + 1, dtype=torch.int64)[None, 1:].contiguous()
+    q = torch.randn(n, hq, d).to(dtype)
+    out = torch.empty_like(q)
+    rows, prefix, ext = torch.zeros(1), torch.zeros(1), torch.tensor([n])
+    pos = torch.arange(n)
+    mask = (pos[None, :] <= pos[:, None])[None].expand(hq // hkv, n, n)
+    mask = mask.reshape(1, 1, hq // hkv * n, n)
+    qf = q.view(n, hkv, hq // hkv, d).permute(1, 2, 0, 3).reshape(1, hkv, -1, d)
+
+    def c() -> None:
+        rc = cpu_decode.extend_attention(
+            lib, q, k_buf, v_buf, table, rows, prefix, ext, d**-0.5, out, threads
+        )
+        assert rc == 0, rc
+
+    def sdpa() -> None:
+        keys = k_buf.index_select(0, table[0]).transpose(0, 1)[None]
+        values = v_buf.index_select(0, table[0]).transpose(0, 1)[None]
+        F.scaled_dot_product_attention(qf, keys, values, attn_mask=mask, scale=d**-0.5)
+
+    return _best(c, repeats), _best(sdpa, repeats)
+
+
 def kernel_runs(tokens: list[int], repeats: int) -> None:
     lib = cpu_decode.library()
-    if lib is None or not lib.plait_bf16_dot():
-        print("\nthe C extend attention is not built here (AVX512_BF16)")
+    if lib is None:
+        print(f"\nno C library here: {cpu_decode.build_error()}")
         return
-    hq, hkv, d, threads = 9, 3, 64, torch.get_num_threads()
-    print(f"\none layer, bfloat16, {hq} query heads over {hkv} KV heads of {d}, {threads} threads;")
+    print(f"\none layer: 9 query heads over 3 KV heads of 64, {torch.get_num_threads()} threads;")
     print("SDPA as the backend calls it: the KV gathered from the pool, queries folded, a mask")
-    print("| tokens | C, ms (GFLOP/s) | SDPA, ms (GFLOP/s) | SDPA / C |")
-    print("| --- | --- | --- | --- |")
-    for n in tokens:
-        k_buf = torch.randn(n + 1, hkv, d).bfloat16()
-        v_buf = torch.randn(n + 1, hkv, d).bfloat16()
-        table = torch.arange(n + 1, dtype=torch.int64)[None, 1:].contiguous()
-        q = torch.randn(n, hq, d).bfloat16()
-        out = torch.empty_like(q)
-        rows, prefix, ext = torch.zeros(1), torch.zeros(1), torch.tensor([n])
-
-        def c() -> None:
-            cpu_decode.extend_attention(
-                lib, q, k_buf, v_buf, table, rows, prefix, ext, d**-0.5, out, threads
+    print("| dtype | tokens | C, ms (GFLOP/s) | SDPA, ms (GFLOP/s) | SDPA / C |")
+    print("| --- | --- | --- | --- | --- |")
+    dtypes = [torch.float32] + ([torch.bfloat16] if lib.plait_bf16_dot() else [])
+    for dtype in dtypes:
+        for n in tokens:
+            tc, ts = layer_times(lib, n, dtype, repeats)
+            flops = 9 * 4 * 64 * n * (n + 1) / 2
+            print(
+                f"| {str(dtype).removeprefix('torch.')} | {n} | {tc * 1e3:.2f} "
+                f"({flops / tc / 1e9:.0f}) | {ts * 1e3:.2f} ({flops / ts / 1e9:.0f}) | "
+                f"{ts / tc:.2f}x |"
             )
-
-        pos = torch.arange(n)
-        mask = (pos[None, :] <= pos[:, None])[None].expand(hq // hkv, n, n)
-        mask = mask.reshape(1, 1, hq // hkv * n, n)
-        qf = q.view(n, hkv, hq // hkv, d).permute(1, 2, 0, 3).reshape(1, hkv, -1, d)
-
-        def sdpa() -> None:
-            keys = k_buf.index_select(0, table[0]).transpose(0, 1)[None]
-            values = v_buf.index_select(0, table[0]).transpose(0, 1)[None]
-            F.scaled_dot_product_attention(qf, keys, values, attn_mask=mask, scale=d**-0.5)
-
-        flops = hq * 4 * d * n * (n + 1) / 2
-        tc, ts = _best(c, repeats), _best(sdpa, repeats)
-        print(
-            f"| {n} | {tc * 1e3:.2f} ({flops / tc / 1e9:.0f}) | {ts * 1e3:.2f} "
-            f"({flops / ts / 1e9:.0f}) | {ts / tc:.2f}x |"
-        )
 
 
 def main() -> None:
@@ -131,7 +140,7 @@ def main() -> None:
     tokens = [int(t) for t in args.tokens.split(",")]
     print(f"load {os.getloadavg()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     kernel_runs(tokens, args.repeats)
-    for variant in args.variants.split(","):
+    for variant in filter(None, args.variants.split(",")):
         engine_runs(variant, tokens, args.repeats)
     print(f"\nload {os.getloadavg()}")
 

@@ -141,12 +141,14 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
     ]
     lib.plait_extend_attention.restype = _int
     lib.plait_extend_attention.argtypes = [
-        *(_vp, _vp, _vp),  # q, the layer's K and V pool (bfloat16)
-        _vp, _i64, _vp,  # req_to_token, its row stride, each request's row
-        _vp, _vp, _int,  # prefix lengths, extend lengths (int64), requests
+        *(_vp, _vp, _vp, _int),  # q, the layer's K and V pool, bfloat16 (1) or float32 (0)
+        *(_vp, _i64, _vp),  # req_to_token, its row stride, each request's row
+        *(_vp, _vp, _int),  # prefix lengths, extend lengths (int64), requests
         *(_int, _int, _int),  # Hq, Hkv, D
-        ctypes.c_float, _vp, _int,  # scale, out, threads
+        *(ctypes.c_float, _vp, _int),  # scale, out, threads
     ]
+    lib.plait_extend_attention_built.restype = _int
+    lib.plait_extend_attention_built.argtypes = [_int]  # bfloat16 (1) or float32 (0)
     lib.plait_argmax_rows.restype = None
     lib.plait_argmax_rows.argtypes = [_vp, _int, _i64, _vp]  # logits, rows, vocab, out (int64)
     lib.plait_bf16_dot.restype = _int
@@ -225,7 +227,7 @@ def extend_attention(
 ) -> int:
     """``plait_extend_attention``: causal attention of an extend forward's new tokens over the
     pool. ``q`` and ``out`` [N, Hq, D] and the layer's ``k_buf`` / ``v_buf`` [slots, Hkv, D]
-    bfloat16 and contiguous; ``req_to_token`` int64 [*, max_context]; per request ``rows`` (its
+    contiguous, all bfloat16 or all float32; ``req_to_token`` int64 [*, max_context]; per request ``rows`` (its
     table row), ``prefix`` and ``ext`` (new tokens, each > 0) int64. Returns 0, or -2 where the
     build or the shape is not supported (nothing written then)."""
     import torch
@@ -235,11 +237,13 @@ def extend_attention(
     assert q.is_contiguous() and out.is_contiguous() and out.shape == q.shape
     assert k_buf.is_contiguous() and v_buf.is_contiguous() and req_to_token.is_contiguous()
     assert int(ext.sum()) == n, "the requests' new tokens are q's rows"
+    assert q.dtype == k_buf.dtype == v_buf.dtype == out.dtype
+    assert q.dtype in (torch.bfloat16, torch.float32)
     rows, prefix, ext = (t.to(torch.int64).contiguous() for t in (rows, prefix, ext))
     return lib.plait_extend_attention(
-        q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), req_to_token.data_ptr(),
-        req_to_token.stride(0), rows.data_ptr(), prefix.data_ptr(), ext.data_ptr(), len(ext),
-        hq, hkv, d, scale, out.data_ptr(), threads,
+        q.data_ptr(), k_buf.data_ptr(), v_buf.data_ptr(), int(q.dtype == torch.bfloat16),
+        req_to_token.data_ptr(), req_to_token.stride(0), rows.data_ptr(), prefix.data_ptr(),
+        ext.data_ptr(), len(ext), hq, hkv, d, scale, out.data_ptr(), threads,
     )  # fmt: skip
 
 

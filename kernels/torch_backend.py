@@ -1,5 +1,5 @@
 """Attention over the paged KV pool on the CPU: torch's SDPA (also the reference for kernels),
-and a prefill's bfloat16 attention by the C library where it is built (``extend_attention.c``)."""
+and a prefill's attention by the C library where it is built (``extend_attention.c``)."""
 
 from __future__ import annotations
 
@@ -46,12 +46,12 @@ class TorchAttentionBackend(AttentionBackend):
     Grouped-query attention never materialises repeated KV: the G query heads of a KV head are
     folded into the query-length axis, so one matmul serves the whole group.
 
-    An extend forward whose queries and pool are bfloat16 on the CPU is attended by the C
-    library's ``plait_extend_attention`` where it is built (AVX512_BF16; head_dim 64 or 128)
-    and ``c_extend`` is on: causal over the pool's slots in place, no gathered copy of K / V
-    and no mask (3x torch's SDPA at 250-2,000 tokens, bench/RESULTS.md). Its results are
-    bfloat16's (the softmax weights rounded to bfloat16 for P V, as torch's CPU flash attention
-    rounds them) and do not depend on the thread count or the batch.
+    An extend forward on the CPU whose queries and pool are both float32 or both bfloat16 is
+    attended by the C library's ``plait_extend_attention`` where it is built (AVX-512, and
+    AVX512_BF16 for bfloat16; head_dim 64 or 128) and ``c_extend`` is on: causal over the
+    pool's slots in place, no gathered copy of K / V and no mask (2-4x torch's SDPA at 250-4,000
+    tokens, bench/RESULTS.md). bfloat16 rounds the softmax weights for P V, as torch's CPU flash
+    attention does; the results do not depend on the thread count or the batch.
     """
 
     def __init__(
@@ -184,11 +184,12 @@ class TorchAttentionBackend(AttentionBackend):
         if not (
             self.c_extend
             and q.device.type == "cpu"
-            and q.dtype == k_buf.dtype == v_buf.dtype == torch.bfloat16
+            and q.dtype == k_buf.dtype == v_buf.dtype
+            and q.dtype in (torch.float32, torch.bfloat16)
         ):
             return None
         lib = cpu_decode.library()
-        if lib is None:
+        if lib is None or not lib.plait_extend_attention_built(int(q.dtype == torch.bfloat16)):
             return None
         q = q.contiguous()
         out = torch.empty_like(q)
