@@ -195,7 +195,7 @@ class TorchAttentionBackend(AttentionBackend):
         out = torch.empty_like(q)
         rc = cpu_decode.extend_attention(
             lib, q, k_buf, v_buf, batch.req_to_token, batch.req_pool_indices,
-            meta.prefix, meta.ext, scale, out, torch.get_num_threads(),
+            meta.prefix, meta.ext, scale, out, batch.cpu_threads or torch.get_num_threads(),
         )  # fmt: skip
         return out if rc == 0 else None
 

@@ -35,6 +35,9 @@ class ForwardBatch:
     seq_lens_cpu: list[int]
     req_to_token: torch.Tensor  # [max_reqs, max_context_len] the pool's table
     attn_metadata: Any = field(default=None)  # filled by the attention backend once per forward
+    # CPU threads this forward's own kernels may use (the runner's choice; torch's own ops may
+    # run on fewer while OpenBLAS or the fused step has the others); 0: torch's count
+    cpu_threads: int = 0
 
     @property
     def batch_size(self) -> int:

@@ -176,6 +176,7 @@ class ModelRunner:
                 else:
                     out = LogitsOutput(self.fused.forward(batch, use, sample_index), None)
             else:
+                batch.cpu_threads = use
                 out = self._torch_forward(batch, sample_index, prompt_index)
         finally:
             if restore:

@@ -27,7 +27,17 @@ def _reference(q, keys, values, q_pos, scale):
 
 
 def _run(
-    mode, prefix_lens, extend_lens, hq, hkv, d, shared, seed, dtype=torch.float32, **backend_kw
+    mode,
+    prefix_lens,
+    extend_lens,
+    hq,
+    hkv,
+    d,
+    shared,
+    seed,
+    dtype=torch.float32,
+    cpu_threads=0,
+    **backend_kw,
 ):
     """Attends a random batch through ``TorchAttentionBackend(..., **backend_kw)``, checks each
     request against ``_reference`` (float64) and returns the batch, the output and the largest
@@ -66,6 +76,7 @@ def _run(
         extend_lens_cpu=list(extend_lens),
         seq_lens_cpu=seq,
         req_to_token=rows.req_to_token,
+        cpu_threads=cpu_threads,
     )
     backend = TorchAttentionBackend(hq, hkv, d, **backend_kw)
     backend.init_forward_metadata(batch)
@@ -178,3 +189,25 @@ def test_c_extend_bits_do_not_depend_on_threads_or_the_batch(dtype):
     assert torch.equal(batch, attend([0, 1, 2], 1))
     assert torch.equal(batch[: ext[0]], attend([0], 2))
     assert torch.equal(batch[ext[0] + ext[1] :], attend([2], 1))
+
+
+def test_c_extend_runs_on_the_forwards_threads_not_torchs(monkeypatch):
+    """A forward whose products are OpenBLAS's runs torch's ops on one thread; the runner's
+    count for the forward (``cpu_threads``) is the kernel's."""
+    if not _c_built(torch.float32):
+        pytest.skip("the C extend attention is not built here")
+    seen = []
+    real = cpu_decode.extend_attention
+
+    def spy(*args):
+        seen.append(args[-1])
+        return real(*args)
+
+    monkeypatch.setattr(cpu_decode, "extend_attention", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _run(ForwardMode.EXTEND, [3], [40], 9, 3, 64, 0, 0, cpu_threads=2)
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2]
