@@ -9,7 +9,10 @@ the same GGUF. Four workloads:
 - ``distinct``: 32 concurrent requests sharing nothing (~250 tokens), 64 new tokens each;
 - ``multiturn``: 8 concurrent conversations x 4 turns (each turn's prompt is the conversation so
   far), 32 new tokens a turn.
-(Flags change these sizes for a smoke run; the defaults are the issue's.)
+(Flags change these sizes for a smoke run; the defaults are the issue's.) A fifth, not in the
+default set: ``prefill``, long prompts one after another (``--prefill-requests`` of about
+``--prefill-words`` tokens, one new token each): prompt tokens a second, the server's usage
+counting them.
 
 Every repeat uses fresh prompts (a per-repeat header / seed), so neither server answers from a
 cache filled by an earlier repeat; within a workload, caching is each server's own business.
@@ -70,6 +73,7 @@ SYSTEMS = {
     "llama-Q4_1": ("llama", "int4", ["Q4_1"]),
 }
 WORKLOADS = ("single", "shared", "distinct", "multiturn")
+EXTRA_WORKLOADS = ("prefill",)
 
 
 @dataclass(slots=True)
@@ -196,6 +200,16 @@ async def single(client: httpx.AsyncClient, rep: int, new: int) -> Result:
     return Result(stamps[-1] - stamps[0], produced - 1)
 
 
+async def prefill(client: httpx.AsyncClient, prompts: list[str]) -> Result:
+    """Prompt tokens a second over ``prompts`` sent one after another, one new token each."""
+    t, tokens = time.perf_counter(), 0
+    for p in prompts:
+        r = await client.post("/v1/completions", json=_body(p, 1))
+        r.raise_for_status()
+        tokens += int(r.json()["usage"]["prompt_tokens"])
+    return Result(time.perf_counter() - t, tokens)
+
+
 async def batch(client: httpx.AsyncClient, prompts: list[str], new: int) -> Result:
     t = time.perf_counter()
     outs = await asyncio.gather(*(complete(client, p, new) for p in prompts))
@@ -234,6 +248,9 @@ async def run_workload(base: str, workload: str, rep: int, args: argparse.Namesp
             return await batch(client, shared_prompts(rep, n), new)
         if workload == "distinct":
             return await batch(client, distinct_prompts(n, seed=1000 + rep), new)
+        if workload == "prefill":
+            prompts = distinct_prompts(args.prefill_requests, args.prefill_words, 2000 + rep)
+            return await prefill(client, prompts)
         return await multiturn(client, rep, args.conversations, args.turns, args.turn_new)
 
 
@@ -259,6 +276,9 @@ def add_workload_args(ap: argparse.ArgumentParser, single_new: int = 64) -> None
     ap.add_argument("--conversations", type=int, default=8)
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--turn-new", type=int, default=32, help="new tokens per turn")
+    ap.add_argument("--prefill-requests", type=int, default=2, help="prompts of ``prefill``")
+    # ~2 tokens a word: ~1,700 tokens, inside llama-server's 2,048 a slot (-c 65536, 32 slots)
+    ap.add_argument("--prefill-words", type=int, default=800, help="words a ``prefill`` prompt")
 
 
 def main() -> None:
@@ -292,6 +312,9 @@ def main() -> None:
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     workloads = args.workloads.split(",")
+    unknown = sorted(set(workloads) - set(WORKLOADS + EXTRA_WORKLOADS))
+    if unknown:
+        ap.error(f"--workloads: unknown {unknown}; known: {WORKLOADS + EXTRA_WORKLOADS}")
     results: dict[str, dict[str, list[float]]] = {}
     # this host's read bandwidth moves 30-50% within minutes (2x within seconds on an AVX-512
     # host, 2026-12-04): each single-stream repeat is judged against the higher of two bounds
