@@ -109,25 +109,26 @@ INLINE void xattn_scores(const void *qt, const void *const *key, int nj,
 #if BF16_DOT
             const uint32_t *q = (const uint32_t *)qt;
             for (int p = 0; p < D / 2; p++) {
-                __m512bh qv[XA_RV];
-                for (int rv = 0; rv < XA_RV; rv++)
-                    qv[rv] = (__m512bh)_mm512_loadu_si512(q + p * XA_ROWS + 16 * rv);
-                for (int jj = 0; jj < 4; jj++) {
-                    const __m512bh kb = (__m512bh)_mm512_set1_epi32(((const int32_t *)kr[jj])[p]);
-                    for (int rv = 0; rv < XA_RV; rv++)
-                        acc[jj][rv] = _mm512_dpbf16_ps(acc[jj][rv], qv[rv], kb);
+                /* the 4 keys' broadcasts held, a row vector loaded once for them */
+                __m512bh kb[4];
+                for (int jj = 0; jj < 4; jj++)
+                    kb[jj] = (__m512bh)_mm512_set1_epi32(((const int32_t *)kr[jj])[p]);
+                for (int rv = 0; rv < XA_RV; rv++) {
+                    const __m512bh qv = (__m512bh)_mm512_loadu_si512(q + p * XA_ROWS + 16 * rv);
+                    for (int jj = 0; jj < 4; jj++)
+                        acc[jj][rv] = _mm512_dpbf16_ps(acc[jj][rv], qv, kb[jj]);
                 }
             }
 #endif
         } else {
             const float *q = (const float *)qt;
             for (int d = 0; d < D; d++) {
-                __m512 qv[XA_RV];
-                for (int rv = 0; rv < XA_RV; rv++) qv[rv] = _mm512_loadu_ps(q + d * XA_ROWS + 16 * rv);
-                for (int jj = 0; jj < 4; jj++) {
-                    const __m512 kb = _mm512_set1_ps(((const float *)kr[jj])[d]);
-                    for (int rv = 0; rv < XA_RV; rv++)
-                        acc[jj][rv] = _mm512_fmadd_ps(qv[rv], kb, acc[jj][rv]);
+                __m512 kb[4];
+                for (int jj = 0; jj < 4; jj++) kb[jj] = _mm512_set1_ps(((const float *)kr[jj])[d]);
+                for (int rv = 0; rv < XA_RV; rv++) {
+                    const __m512 qv = _mm512_loadu_ps(q + d * XA_ROWS + 16 * rv);
+                    for (int jj = 0; jj < 4; jj++)
+                        acc[jj][rv] = _mm512_fmadd_ps(qv, kb[jj], acc[jj][rv]);
                 }
             }
         }
@@ -205,25 +206,25 @@ INLINE void xattn_pv(const void *pw, const void *const *val, const uint32_t *vp,
 #if BF16_DOT
             const uint32_t *pp = (const uint32_t *)pw;
             for (int jp = 0; jp < (nj + 1) / 2; jp++) {
-                __m512bh pv[XA_RV];
-                for (int rv = 0; rv < XA_RV; rv++)
-                    pv[rv] = (__m512bh)_mm512_loadu_si512(pp + jp * XA_ROWS + 16 * rv);
-                for (int dd = 0; dd < XA_DC; dd++) {
-                    const __m512bh vb = (__m512bh)_mm512_set1_epi32((int)vp[jp * D + d0 + dd]);
-                    for (int rv = 0; rv < XA_RV; rv++)
-                        acc[dd][rv] = _mm512_dpbf16_ps(acc[dd][rv], pv[rv], vb);
+                __m512bh vb[XA_DC];
+                for (int dd = 0; dd < XA_DC; dd++)
+                    vb[dd] = (__m512bh)_mm512_set1_epi32((int)vp[jp * D + d0 + dd]);
+                for (int rv = 0; rv < XA_RV; rv++) {
+                    const __m512bh pv = (__m512bh)_mm512_loadu_si512(pp + jp * XA_ROWS + 16 * rv);
+                    for (int dd = 0; dd < XA_DC; dd++)
+                        acc[dd][rv] = _mm512_dpbf16_ps(acc[dd][rv], pv, vb[dd]);
                 }
             }
 #endif
         } else {
             const float *pp = (const float *)pw;
             for (int j = 0; j < nj; j++) {
-                __m512 pv[XA_RV];
-                for (int rv = 0; rv < XA_RV; rv++) pv[rv] = _mm512_loadu_ps(pp + j * XA_ROWS + 16 * rv);
-                for (int dd = 0; dd < XA_DC; dd++) {
-                    const __m512 vb = _mm512_set1_ps(((const float *)val[j])[d0 + dd]);
-                    for (int rv = 0; rv < XA_RV; rv++)
-                        acc[dd][rv] = _mm512_fmadd_ps(pv[rv], vb, acc[dd][rv]);
+                __m512 vb[XA_DC];
+                for (int dd = 0; dd < XA_DC; dd++) vb[dd] = _mm512_set1_ps(((const float *)val[j])[d0 + dd]);
+                for (int rv = 0; rv < XA_RV; rv++) {
+                    const __m512 pv = _mm512_loadu_ps(pp + j * XA_ROWS + 16 * rv);
+                    for (int dd = 0; dd < XA_DC; dd++)
+                        acc[dd][rv] = _mm512_fmadd_ps(pv, vb[dd], acc[dd][rv]);
                 }
             }
         }
@@ -285,14 +286,23 @@ INLINE void xattn_unit_d(const xattn_args *a, int64_t req, int kvh, int64_t blk,
     for (int rv = 0; rv < XA_RV; rv++)
         _mm512_storeu_ps(inv + 16 * rv, _mm512_div_ps(_mm512_set1_ps(1.0f), l[rv]));
     char *obase = (char *)a->out + (a->tok0[req] + i0) * qrow * es;
+    /* a row's outputs are a column of ot: 16 at a time by a gather */
+    const __m512i col = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(XA_ROWS));
     for (int row = 0; row < nrows; row++) {
         const int64_t at = ((int64_t)(row / G) * qrow + (kvh * G + row % G) * D) * es;
-        for (int d = 0; d < D; d++) {
-            const float y = ot[d * XA_ROWS + row] * inv[row];
-            if (bf)
-                ((uint16_t *)(obase + at))[d] = f32_to_bf16(y);
-            else
-                ((float *)(obase + at))[d] = y;
+        const __m512 s = _mm512_set1_ps(inv[row]);
+        for (int d = 0; d < D; d += 16) {
+            const __m512 y = _mm512_mul_ps(_mm512_i32gather_ps(col, ot + d * XA_ROWS + row, 4), s);
+            if (bf) {
+#if BF16_DOT
+                _mm256_storeu_si256((__m256i *)((uint16_t *)(obase + at) + d),
+                                    (__m256i)_mm512_cvtneps_pbh(y));
+#endif
+            } else {
+                _mm512_storeu_ps((float *)(obase + at) + d, y);
+            }
         }
     }
 }
