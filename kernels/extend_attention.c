@@ -18,8 +18,10 @@
  *     rounds them for a bfloat16 input);
  *   - ot[d][rows] += p[key][rows] v_key[d], v's element broadcast (bfloat16: the values of a
  *     pair of keys, packed once per call in ``vpk``).
- * Each row's sums run over the key blocks in order, whatever thread runs its unit: the bits do
- * not depend on the thread count or the batch's other requests.
+ * A unit of at most 16 rows (a decode row in a prefill's forward, a prefill's last few
+ * positions) runs one row vector instead of XA_RV. Each row's sums run over the key blocks in
+ * order, whatever thread runs its unit: the bits do not depend on the thread count or the
+ * batch's other requests.
  */
 
 #if defined(__AVX512F__)
@@ -98,11 +100,11 @@ static void xattn_pack_v(void *p, int tid, int64_t lo, int64_t hi) {
 /* Scores of keys k0 + j (j < nj, nj <= XA_BK) for the unit's rows: sc[j][rows] = q . k_j.
  * ``key[j]``: key j's row in the pool (its KV head's D elements). */
 INLINE void xattn_scores(const void *qt, const void *const *key, int nj,
-                         float *sc, const int D, const int bf) {
+                         float *sc, const int D, const int bf, const int RV) {
     for (int j0 = 0; j0 < nj; j0 += 4) {
         __m512 acc[4][XA_RV];
         for (int jj = 0; jj < 4; jj++)
-            for (int rv = 0; rv < XA_RV; rv++) acc[jj][rv] = _mm512_setzero_ps();
+            for (int rv = 0; rv < RV; rv++) acc[jj][rv] = _mm512_setzero_ps();
         const void *kr[4];
         for (int jj = 0; jj < 4; jj++) kr[jj] = key[j0 + jj < nj ? j0 + jj : j0];
         if (bf) {
@@ -113,7 +115,7 @@ INLINE void xattn_scores(const void *qt, const void *const *key, int nj,
                 __m512bh kb[4];
                 for (int jj = 0; jj < 4; jj++)
                     kb[jj] = (__m512bh)_mm512_set1_epi32(((const int32_t *)kr[jj])[p]);
-                for (int rv = 0; rv < XA_RV; rv++) {
+                for (int rv = 0; rv < RV; rv++) {
                     const __m512bh qv = (__m512bh)_mm512_loadu_si512(q + p * XA_ROWS + 16 * rv);
                     for (int jj = 0; jj < 4; jj++)
                         acc[jj][rv] = _mm512_dpbf16_ps(acc[jj][rv], qv, kb[jj]);
@@ -125,7 +127,7 @@ INLINE void xattn_scores(const void *qt, const void *const *key, int nj,
             for (int d = 0; d < D; d++) {
                 __m512 kb[4];
                 for (int jj = 0; jj < 4; jj++) kb[jj] = _mm512_set1_ps(((const float *)kr[jj])[d]);
-                for (int rv = 0; rv < XA_RV; rv++) {
+                for (int rv = 0; rv < RV; rv++) {
                     const __m512 qv = _mm512_loadu_ps(q + d * XA_ROWS + 16 * rv);
                     for (int jj = 0; jj < 4; jj++)
                         acc[jj][rv] = _mm512_fmadd_ps(qv, kb[jj], acc[jj][rv]);
@@ -133,7 +135,7 @@ INLINE void xattn_scores(const void *qt, const void *const *key, int nj,
             }
         }
         for (int jj = 0; jj < 4 && j0 + jj < nj; jj++)
-            for (int rv = 0; rv < XA_RV; rv++)
+            for (int rv = 0; rv < RV; rv++)
                 _mm512_storeu_ps(sc + (j0 + jj) * XA_ROWS + 16 * rv, acc[jj][rv]);
     }
 }
@@ -151,9 +153,10 @@ INLINE __m512 xattn_exp(__m512 x) {
  * ``pw``: float32 [j][rows], or bfloat16 pairs of keys [j / 2][rows] (a key past nj weighs 0).
  * ``pos``: each row's position; a key past it weighs 0. */
 INLINE void xattn_softmax(const xattn_args *a, float *sc, int64_t k0, int nj, const int32_t *pos,
-                          __m512 *m, __m512 *l, __m512 *alpha, void *pw, const int bf) {
+                          __m512 *m, __m512 *l, __m512 *alpha, void *pw, const int bf,
+                          const int RV) {
     const __m512 scale = _mm512_set1_ps(a->scale), ninf = _mm512_set1_ps(-INFINITY);
-    for (int rv = 0; rv < XA_RV; rv++) {
+    for (int rv = 0; rv < RV; rv++) {
         const __m512i posv = _mm512_loadu_si512(pos + 16 * rv);
         __m512 mx = m[rv];
         for (int j = 0; j < nj; j++) {
@@ -196,11 +199,11 @@ INLINE void xattn_softmax(const xattn_args *a, float *sc, int64_t k0, int nj, co
 /* ot[d][rows] = ot[d][rows] * alpha + sum_j p[j][rows] v_j[d] over keys k0 + j (j < nj).
  * ``val[j]``: float32, key j's V row in the pool; bfloat16, ``vp``: the block's packed pairs. */
 INLINE void xattn_pv(const void *pw, const void *const *val, const uint32_t *vp, int nj,
-                     const __m512 *alpha, float *ot, const int D, const int bf) {
+                     const __m512 *alpha, float *ot, const int D, const int bf, const int RV) {
     for (int d0 = 0; d0 < D; d0 += XA_DC) {
         __m512 acc[XA_DC][XA_RV];
         for (int dd = 0; dd < XA_DC; dd++)
-            for (int rv = 0; rv < XA_RV; rv++)
+            for (int rv = 0; rv < RV; rv++)
                 acc[dd][rv] = _mm512_mul_ps(_mm512_loadu_ps(ot + (d0 + dd) * XA_ROWS + 16 * rv), alpha[rv]);
         if (bf) {
 #if BF16_DOT
@@ -209,7 +212,7 @@ INLINE void xattn_pv(const void *pw, const void *const *val, const uint32_t *vp,
                 __m512bh vb[XA_DC];
                 for (int dd = 0; dd < XA_DC; dd++)
                     vb[dd] = (__m512bh)_mm512_set1_epi32((int)vp[jp * D + d0 + dd]);
-                for (int rv = 0; rv < XA_RV; rv++) {
+                for (int rv = 0; rv < RV; rv++) {
                     const __m512bh pv = (__m512bh)_mm512_loadu_si512(pp + jp * XA_ROWS + 16 * rv);
                     for (int dd = 0; dd < XA_DC; dd++)
                         acc[dd][rv] = _mm512_dpbf16_ps(acc[dd][rv], pv, vb[dd]);
@@ -221,7 +224,7 @@ INLINE void xattn_pv(const void *pw, const void *const *val, const uint32_t *vp,
             for (int j = 0; j < nj; j++) {
                 __m512 vb[XA_DC];
                 for (int dd = 0; dd < XA_DC; dd++) vb[dd] = _mm512_set1_ps(((const float *)val[j])[d0 + dd]);
-                for (int rv = 0; rv < XA_RV; rv++) {
+                for (int rv = 0; rv < RV; rv++) {
                     const __m512 pv = _mm512_loadu_ps(pp + j * XA_ROWS + 16 * rv);
                     for (int dd = 0; dd < XA_DC; dd++)
                         acc[dd][rv] = _mm512_fmadd_ps(pv, vb[dd], acc[dd][rv]);
@@ -229,7 +232,7 @@ INLINE void xattn_pv(const void *pw, const void *const *val, const uint32_t *vp,
             }
         }
         for (int dd = 0; dd < XA_DC; dd++)
-            for (int rv = 0; rv < XA_RV; rv++)
+            for (int rv = 0; rv < RV; rv++)
                 _mm512_storeu_ps(ot + (d0 + dd) * XA_ROWS + 16 * rv, acc[dd][rv]);
     }
 }
@@ -238,7 +241,7 @@ INLINE void xattn_pv(const void *pw, const void *const *val, const uint32_t *vp,
  * (row = i * G + g); rows past the unit's last are padding (zero queries at its last position,
  * never written out). */
 INLINE void xattn_unit_d(const xattn_args *a, int64_t req, int kvh, int64_t blk, const int D,
-                         const int bf) {
+                         const int bf, const int RV) {
     const int G = a->Hq / a->Hkv, es = bf ? 2 : 4;
     const int64_t P = a->prefix[req], E = a->ext[req], i0 = blk * a->BQ;
     const int npos = (int)(E - i0 < a->BQ ? E - i0 : a->BQ), nrows = npos * G;
@@ -249,7 +252,7 @@ INLINE void xattn_unit_d(const xattn_args *a, int64_t req, int kvh, int64_t blk,
     float pw[XA_BK * XA_ROWS] __attribute__((aligned(64)));
     int32_t pos[XA_ROWS] __attribute__((aligned(64)));
     const char *qbase = (const char *)a->q + (a->tok0[req] + i0) * qrow * es;
-    for (int row = 0; row < XA_ROWS; row++) {
+    for (int row = 0; row < 16 * RV; row++) {
         const int i = row < nrows ? row / G : npos - 1;
         pos[row] = (int32_t)(P + i0 + i);
         if (bf) {
@@ -263,7 +266,7 @@ INLINE void xattn_unit_d(const xattn_args *a, int64_t req, int kvh, int64_t blk,
     }
     memset(ot, 0, sizeof(float) * D * XA_ROWS);
     __m512 m[XA_RV], l[XA_RV], alpha[XA_RV];
-    for (int rv = 0; rv < XA_RV; rv++) {
+    for (int rv = 0; rv < RV; rv++) {
         m[rv] = _mm512_set1_ps(-INFINITY);
         l[rv] = _mm512_setzero_ps();
     }
@@ -278,12 +281,12 @@ INLINE void xattn_unit_d(const xattn_args *a, int64_t req, int kvh, int64_t blk,
             key[j] = kc + (slots[k0 + j] * HD + kvh * D) * es;
             val[j] = vc + (slots[k0 + j] * HD + kvh * D) * es;
         }
-        xattn_scores(qt_f, key, nj, sc, D, bf);
-        xattn_softmax(a, sc, k0, nj, pos, m, l, alpha, pw, bf);
-        xattn_pv(pw, val, vpk ? vpk + (k0 / 2) * D : NULL, nj, alpha, ot, D, bf);
+        xattn_scores(qt_f, key, nj, sc, D, bf, RV);
+        xattn_softmax(a, sc, k0, nj, pos, m, l, alpha, pw, bf, RV);
+        xattn_pv(pw, val, vpk ? vpk + (k0 / 2) * D : NULL, nj, alpha, ot, D, bf, RV);
     }
     float inv[XA_ROWS];
-    for (int rv = 0; rv < XA_RV; rv++)
+    for (int rv = 0; rv < RV; rv++)
         _mm512_storeu_ps(inv + 16 * rv, _mm512_div_ps(_mm512_set1_ps(1.0f), l[rv]));
     char *obase = (char *)a->out + (a->tok0[req] + i0) * qrow * es;
     /* a row's outputs are a column of ot: 16 at a time by a gather */
@@ -318,12 +321,20 @@ static void xattn_units(void *p, int tid, int64_t lo, int64_t hi) {
         const int64_t nblk = (a->ext[req] + a->BQ - 1) / a->BQ, r = u - a->unit0[req];
         const int kvh = (int)(r / nblk);
         const int64_t blk = nblk - 1 - r % nblk;
-        switch (a->D * 2 + a->bf) {
-        case 128: xattn_unit_d(a, req, kvh, blk, 64, 0); break;
-        case 256: xattn_unit_d(a, req, kvh, blk, 128, 0); break;
+        /* a unit of at most 16 rows (a decode row riding in a prefill's forward: G rows) runs
+         * one row vector, not XA_RV of padding */
+        const int64_t npos = a->ext[req] - blk * a->BQ < a->BQ ? a->ext[req] - blk * a->BQ : a->BQ;
+        const int one = npos * (a->Hq / a->Hkv) <= 16;
+        switch (a->D * 4 + a->bf * 2 + one) {
+        case 256: xattn_unit_d(a, req, kvh, blk, 64, 0, XA_RV); break;
+        case 257: xattn_unit_d(a, req, kvh, blk, 64, 0, 1); break;
+        case 512: xattn_unit_d(a, req, kvh, blk, 128, 0, XA_RV); break;
+        case 513: xattn_unit_d(a, req, kvh, blk, 128, 0, 1); break;
 #if BF16_DOT
-        case 129: xattn_unit_d(a, req, kvh, blk, 64, 1); break;
-        case 257: xattn_unit_d(a, req, kvh, blk, 128, 1); break;
+        case 258: xattn_unit_d(a, req, kvh, blk, 64, 1, XA_RV); break;
+        case 259: xattn_unit_d(a, req, kvh, blk, 64, 1, 1); break;
+        case 514: xattn_unit_d(a, req, kvh, blk, 128, 1, XA_RV); break;
+        case 515: xattn_unit_d(a, req, kvh, blk, 128, 1, 1); break;
 #endif
         default: break;
         }
