@@ -42,7 +42,7 @@ typedef struct {
     const int64_t *prefix, *ext; /* per request: tokens in the pool before, tokens new */
     const int64_t *tok0;        /* per request: its first token in q / out */
     const int64_t *unit0;       /* [R + 1]: each request's first unit */
-    const int64_t *vpk0;        /* [R + 1]: each request's packed V in ``vpk`` (uint32s) */
+    const int64_t *vpk0;        /* [R]: each request's packed V in ``vpk`` (uint32s from its start) */
     uint32_t *vpk;              /* bfloat16: per request, KV head and pair of keys, D pairs */
     int Hq, Hkv, D, BQ;         /* BQ: positions a unit */
     float scale;
