@@ -40,7 +40,8 @@ HIDDEN, INTER, LAYERS, VOCAB, HEADS_DIM = 576, 1536, 30, 49152, 64
 LAYER_SHAPES = [(576 + 2 * 3 * 64, HIDDEN), (HIDDEN, HIDDEN), (2 * INTER, HIDDEN), (HIDDEN, INTER)]
 
 
-def _best(fn: Callable[[], object], repeats: int) -> float:
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn``, after one untimed call."""
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -61,7 +62,7 @@ class ReadBound:
         self.buf = huge_pages.place([buf])[0] if huge_pages.available() else buf
 
     def measure(self, repeats: int = 3) -> float:
-        return self.buf.numel() * 4 / _best(lambda: self.buf.sum(), repeats)
+        return self.buf.numel() * 4 / best_seconds(lambda: self.buf.sum(), repeats)
 
 
 def read_bandwidth(gib: float, repeats: int) -> float:
@@ -72,7 +73,7 @@ def copy_bandwidth(gib: float, repeats: int) -> float:
     """The old (wrong) measure, for comparison: a copy's size over its time."""
     n = int(gib * (1 << 30)) // 8
     a, b = torch.ones(n), torch.empty(n)
-    return n * 4 / _best(lambda: b.copy_(a), repeats)
+    return n * 4 / best_seconds(lambda: b.copy_(a), repeats)
 
 
 def gemm_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
@@ -83,7 +84,7 @@ def gemm_peak(dtype: torch.dtype, size: int, repeats: int) -> float:
     else:
         a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
         fn = lambda: a @ b  # noqa: E731
-    return 2 * size**3 / _best(fn, repeats)
+    return 2 * size**3 / best_seconds(fn, repeats)
 
 
 def step_weight_bytes(precision: str, greedy: bool = True) -> int:
@@ -164,7 +165,7 @@ def gemv_rate(precision: str, total_bytes: int, repeats: int, threads: int) -> f
     calls, streamed = _weights(precision, total_bytes, threads)
     if not calls:
         return None
-    return streamed / _best(lambda: [c() for c in calls], repeats)
+    return streamed / best_seconds(lambda: [c() for c in calls], repeats)
 
 
 def main() -> None:

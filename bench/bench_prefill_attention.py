@@ -1,10 +1,11 @@
 """A long prompt's prefill with the C extend attention on and off, side by side in one process.
 
 For each ``--variants`` precision one in-process ``Engine`` of the default model prefills
-prompts of ``--tokens`` lengths (distinct words, so the radix cache shares nothing between
-runs: each run's first word is its own), one greedy token each: the time to the first token,
-with ``TorchAttentionBackend.c_extend`` on (``plait_extend_attention``: causal over the pool in
-place) and off (torch's SDPA over a gathered copy with a mask), the two alternating run by run;
+prompts of about ``--tokens`` tokens (``bench.workloads.distinct_prompts``: the radix cache
+shares no more than their first two tokens between runs), one greedy token each: the time to
+the first token, with ``TorchAttentionBackend.c_extend`` on (``plait_extend_attention``:
+causal over the pool in place) and off (torch's SDPA over a gathered copy with a mask), the two
+alternating run by run;
 min and median over ``--repeats``, and the ratio of the medians. Chunked prefill is the engine's
 default (1,024 tokens a forward: a longer prompt's later chunks attend over a prefix). A second
 table times the kernel alone against SDPA on one layer's shapes (SmolLM2: 9 query heads over 3
@@ -25,23 +26,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from plait.bench.bench_machine import best_seconds
+from plait.bench.bench_threads import VARIANTS
+from plait.bench.workloads import distinct_prompts
 from plait.kernels import cpu_decode
 from plait.runtime.engine import Engine
 
-VARIANTS = {
-    "float32": {"dtype": "float32"},
-    "bfloat16": {"dtype": "bfloat16"},
-    "int8": {"dtype": "bfloat16", "quantization": "int8"},
-    "int4": {"dtype": "bfloat16", "quantization": "int4"},
-}
-WORDS = (
-    "river stone lantern orchard meadow harbor violin candle garden whisper silver falcon "
-    "thunder willow copper ember glacier cedar marble velvet canyon prairie beacon"
-).split()
 
-
-def prompt(tag: int, words: int) -> str:
-    return f"{tag}: " + " ".join(WORDS[(i * 7 + tag) % len(WORDS)] for i in range(words))
+def prompt(seed: int, tokens: int) -> str:
+    """A prompt of about ``tokens`` tokens that shares nothing with another seed's past its
+    first two (``distinct_prompts``' words are about a token each with SmolLM2's tokenizer)."""
+    return distinct_prompts(1, max(tokens, 1), seed)[0]
 
 
 def engine_runs(variant: str, tokens: list[int], repeats: int) -> None:
@@ -54,31 +49,20 @@ def engine_runs(variant: str, tokens: list[int], repeats: int) -> None:
     print("| --- | --- | --- | --- |")
     tag = 0
     for n in tokens:
-        words = n  # about a token a word for these words
         times: dict[bool, list[float]] = {True: [], False: []}
         for _ in tqdm(range(repeats), desc=f"{variant} {n}", leave=False):
             for on in (True, False):
                 attn.c_extend = on
                 tag += 1
                 t = time.perf_counter()
-                engine.generate(prompt(tag, words), params)
+                engine.generate(prompt(tag, n), params)
                 times[on].append(time.perf_counter() - t)
         c, s = (statistics.median(times[k]) * 1e3 for k in (True, False))
         print(
-            f"| {len(engine.tokenizer.encode(prompt(tag, words)))} | {min(times[True]) * 1e3:.0f}"
+            f"| {len(engine.tokenizer.encode(prompt(tag, n)))} | {min(times[True]) * 1e3:.0f}"
             f" / {c:.0f} | {min(times[False]) * 1e3:.0f} / {s:.0f} | {s / c:.2f}x |"
         )
     attn.c_extend = True
-
-
-def _best(fn, repeats: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def layer_times(lib: object, n: int, dtype: torch.dtype, repeats: int) -> tuple[float, float]:
@@ -107,7 +91,7 @@ def layer_times(lib: object, n: int, dtype: torch.dtype, repeats: int) -> tuple[
         values = v_buf.index_select(0, table[0]).transpose(0, 1)[None]
         F.scaled_dot_product_attention(qf, keys, values, attn_mask=mask, scale=d**-0.5)
 
-    return _best(c, repeats), _best(sdpa, repeats)
+    return best_seconds(c, repeats), best_seconds(sdpa, repeats)
 
 
 def kernel_runs(tokens: list[int], repeats: int) -> None:
