@@ -9,10 +9,12 @@ alternating run by run;
 min and median over ``--repeats``, and the ratio of the medians. Chunked prefill is the engine's
 default (1,024 tokens a forward: a longer prompt's later chunks attend over a prefix). A second
 table times the kernel alone against SDPA on one layer's shapes (SmolLM2: 9 query heads over 3
-KV heads of 64), with the FLOPs of causal attention.
+KV heads of 64), with the FLOPs of causal attention; a third (``--mixed PREFILL:ROWS``) one
+layer of a mixed forward through the backend, decode rows riding in a prefill's chunk, C on and
+off.
 
     python bench/bench_prefill_attention.py [--variants bfloat16,int4] [--tokens 250,1000,4000]
-        [--repeats 5]
+        [--repeats 5] [--mixed 500:30] [--contexts 100,500,2000]
 """
 
 from __future__ import annotations
@@ -30,7 +32,10 @@ from plait.bench.bench_machine import best_seconds
 from plait.bench.bench_threads import VARIANTS
 from plait.bench.workloads import distinct_prompts
 from plait.kernels import cpu_decode
+from plait.kernels.torch_backend import TorchAttentionBackend
+from plait.radix_cache.memory_pool import TokenToKVPool
 from plait.runtime.engine import Engine
+from plait.runtime.model.forward_batch import ForwardBatch, ForwardMode
 
 
 def prompt(seed: int, tokens: int) -> str:
@@ -94,6 +99,64 @@ def layer_times(lib: object, n: int, dtype: torch.dtype, repeats: int) -> tuple[
     return best_seconds(c, repeats), best_seconds(sdpa, repeats)
 
 
+def mixed_layer_times(
+    n: int, rows: int, context: int, dtype: torch.dtype, repeats: int
+) -> tuple[float, float]:
+    """Seconds of one layer's attention in a mixed forward, through ``TorchAttentionBackend``:
+    a prefill of ``n`` new tokens (``n`` 0: none) and ``rows`` decode rows of one new token at
+    ``context`` positions each (``enable_mixed_chunk``'s batch), the C extend attention on and
+    off (SDPA's groups as the backend builds them, metadata included)."""
+    hq, hkv, d = 9, 3, 64
+    prefix = [context] * rows + ([0] if n else [])
+    ext = [1] * rows + ([n] if n else [])
+    seq = [p + e for p, e in zip(prefix, ext)]
+    pool = TokenToKVPool(sum(seq) + 8, 1, hkv, d, dtype)
+    table = torch.zeros(len(seq), max(seq), dtype=torch.int64)
+    slots = pool.alloc(sum(seq))
+    for i, (start, length) in enumerate(zip([0, *torch.tensor(seq).cumsum(0).tolist()], seq)):
+        table[i, :length] = slots[start : start + length]
+    k_buf, v_buf = pool.get_kv(0)
+    k_buf.copy_(torch.randn(k_buf.shape).to(dtype))
+    v_buf.copy_(torch.randn(v_buf.shape).to(dtype))
+    tokens = sum(ext)
+    new_slots = torch.cat([table[i, p:s] for i, (p, s) in enumerate(zip(prefix, seq))])
+    q = torch.randn(tokens, hq, d).to(dtype)
+    k, v = torch.randn(tokens, hkv, d).to(dtype), torch.randn(tokens, hkv, d).to(dtype)
+    times = []
+    for on in (True, False):
+        backend = TorchAttentionBackend(hq, hkv, d, c_extend=on)
+
+        def attend(backend: TorchAttentionBackend = backend) -> None:
+            batch = ForwardBatch(
+                ForwardMode.EXTEND, torch.zeros(tokens, dtype=torch.int64),
+                torch.cat([torch.arange(p, s) for p, s in zip(prefix, seq)]), new_slots,
+                torch.arange(len(seq)), torch.tensor(seq), prefix, ext, seq, table,
+            )  # fmt: skip
+            backend.init_forward_metadata(batch)
+            backend.forward(q, k, v, 0, pool, batch, d**-0.5)
+
+        times.append(best_seconds(attend, repeats))
+    return times[0], times[1]
+
+
+def mixed_runs(prefill: int, rows: int, contexts: list[int], repeats: int) -> None:
+    lib = cpu_decode.library()
+    if lib is None:
+        return
+    print(f"\none layer of a mixed forward: a {prefill}-token prefill and {rows} decode rows")
+    print("(one new token each at the context), through the backend, ms")
+    print("| dtype | context | C | SDPA | SDPA / C |")
+    print("| --- | --- | --- | --- | --- |")
+    dtypes = [torch.float32] + ([torch.bfloat16] if lib.plait_bf16_dot() else [])
+    for dtype in dtypes:
+        for ctx in contexts:
+            tc, ts = mixed_layer_times(prefill, rows, ctx, dtype, repeats)
+            print(
+                f"| {str(dtype).removeprefix('torch.')} | {ctx} | {tc * 1e3:.2f} | "
+                f"{ts * 1e3:.2f} | {ts / tc:.2f}x |"
+            )
+
+
 def kernel_runs(tokens: list[int], repeats: int) -> None:
     lib = cpu_decode.library()
     if lib is None:
@@ -120,10 +183,16 @@ def main() -> None:
     ap.add_argument("--variants", default="bfloat16,int4")
     ap.add_argument("--tokens", default="250,1000,4000")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--mixed", default="500:30", help="PREFILL:ROWS of the mixed table, '' none")
+    ap.add_argument("--contexts", default="100,500,2000", help="the mixed table's decode contexts")
     args = ap.parse_args()
     tokens = [int(t) for t in args.tokens.split(",")]
     print(f"load {os.getloadavg()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     kernel_runs(tokens, args.repeats)
+    if args.mixed:
+        prefill, rows = (int(x) for x in args.mixed.split(":"))
+        contexts = [int(c) for c in args.contexts.split(",")]
+        mixed_runs(prefill, rows, contexts, args.repeats)
     for variant in filter(None, args.variants.split(",")):
         engine_runs(variant, tokens, args.repeats)
     print(f"\nload {os.getloadavg()}")

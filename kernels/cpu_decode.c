@@ -1814,6 +1814,9 @@ typedef struct {
     const int64_t *unit0; /* [M + 1]: row m's first unit; unit0[M] units in all */
     float *part;          /* [M, Hq, ATTN_CHUNKS_MAX, D + 2]: chunks' outputs, max, sum */
     atomic_int *done;     /* [M, Hkv]: chunks finished */
+    int64_t q_ld;         /* floats from one row's q to the next's (the step's qkv: QKV) */
+    int q_bf16;           /* 1: every q element is a bfloat16 value (a prefill's decode rows in
+                           * a bfloat16 forward): its low part is 0 and is not multiplied */
 } attn_args;
 
 /* The attention of one unit is written with D (head_dim) and the KV dtype as arguments of
@@ -1836,9 +1839,10 @@ INLINE void qk_parts(const attn_args *a, const float *q, const uint16_t *qb, int
             for (int d = 0; d < D; d += 32)
                 d2 = _mm512_dpbf16_ps(d2, (__m512bh)_mm512_loadu_si512(qb + d),
                                       (__m512bh)_mm512_loadu_si512(k + d));
-            for (int d = 0; d < D; d += 32)
-                d2 = _mm512_dpbf16_ps(d2, (__m512bh)_mm512_loadu_si512(qb + D + d),
-                                      (__m512bh)_mm512_loadu_si512(k + d));
+            if (!a->q_bf16)
+                for (int d = 0; d < D; d += 32)
+                    d2 = _mm512_dpbf16_ps(d2, (__m512bh)_mm512_loadu_si512(qb + D + d),
+                                          (__m512bh)_mm512_loadu_si512(k + d));
             memcpy(acc, &d2, 64);
             return;
         }
@@ -2050,7 +2054,7 @@ static void attn_merge(const attn_args *a, int m, int h, int64_t nch) {
 INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc, const int D,
                         const int bf) {
     const int Hq = a->Hq, G = Hq / a->Hkv, h0 = kvh * G;
-    const int64_t qkv_w = (int64_t)(Hq + 2 * a->Hkv) * D;
+    const int64_t qkv_w = a->q_ld;
     const int64_t S = a->seq_lens[m], C = chunk_len(S), nch = chunk_count(S), s0 = c * C;
     const int64_t n = S - s0 < C ? S - s0 : C;
     const int64_t *slot = a->slots + a->rows[m] * a->stride + s0;
@@ -2595,7 +2599,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         attn_args at = {M, Hq, Hkv, D, kvdt, qkv, attn,
                         (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
                         rows, seq_lens, scores, score_floats, (float)scale,
-                        unit0, part, done};
+                        unit0, part, done, QKV, 0};
         CLAIM_LABEL(PH_ATTENTION);
         attention(&at, nthreads);
         PHASE(PH_ATTENTION);

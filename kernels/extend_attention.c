@@ -18,10 +18,12 @@
  *     rounds them for a bfloat16 input);
  *   - ot[d][rows] += p[key][rows] v_key[d], v's element broadcast (bfloat16: the values of a
  *     pair of keys, packed once per call in ``vpk``).
- * A unit of at most 16 rows (a decode row in a prefill's forward, a prefill's last few
- * positions) runs one row vector instead of XA_RV. Each row's sums run over the key blocks in
- * order, whatever thread runs its unit: the bits do not depend on the thread count or the
- * batch's other requests.
+ * A unit of at most 16 rows (a prefill's last few positions) runs one row vector instead of
+ * XA_RV. A request of one new token (a decode row riding in a prefill's forward) is not a unit
+ * at all: the decode step's attention (cpu_decode.c's ``attention``, the keys along the lanes)
+ * takes those rows after the units, where a unit would hold the G rows of one position. Each
+ * row's sums run over the key blocks in order, whatever thread runs its unit: the bits do not
+ * depend on the thread count or the batch's other requests.
  */
 
 #if defined(__AVX512F__)
@@ -42,7 +44,8 @@ typedef struct {
     const int64_t *prefix, *ext; /* per request: tokens in the pool before, tokens new */
     const int64_t *tok0;        /* per request: its first token in q / out */
     const int64_t *unit0;       /* [R + 1]: each request's first unit */
-    const int64_t *vpk0;        /* [R]: each request's packed V in ``vpk`` (uint32s from its start) */
+    const int64_t *vpk0;        /* [R + 1]: each request's packed V in ``vpk`` (uint32s from its
+                                 * start; none for a decode row), then the end */
     uint32_t *vpk;              /* bfloat16: per request, KV head and pair of keys, D pairs */
     int Hq, Hkv, D, BQ;         /* BQ: positions a unit */
     float scale;
@@ -61,6 +64,17 @@ INLINE int64_t xattn_seq(const xattn_args *a, int64_t r) { return a->prefix[r] +
 
 INLINE int64_t xattn_pairs(const xattn_args *a, int64_t r) { return (xattn_seq(a, r) + 1) / 2; }
 
+/* A request of one new token (a decode row riding in a prefill's forward) is attended by the
+ * decode step's kernel (``xattn_decode_rows``): the keys along the lanes, as a decode step
+ * reads them, where a unit of these would hold G of its 16 rows. */
+INLINE int xattn_decode_row(const xattn_args *a, int64_t r) { return a->ext[r] == 1; }
+
+/* Pack units of request r (none for a decode row: its V is read as it is). */
+INLINE int64_t xattn_packs(const xattn_args *a, int64_t r) {
+    if (xattn_decode_row(a, r)) return 0;
+    return (xattn_pairs(a, r) + XA_PACK_PAIRS - 1) / XA_PACK_PAIRS * a->Hkv;
+}
+
 /* Packs units [lo, hi) of (request, KV head, 32 key pairs): for pair jp and dimension d the
  * 32 bits (V_2jp[d], V_2jp+1[d]); a key past the sequence packs as zeros. */
 static void xattn_pack_v(void *p, int tid, int64_t lo, int64_t hi) {
@@ -71,11 +85,11 @@ static void xattn_pack_v(void *p, int tid, int64_t lo, int64_t hi) {
     const uint16_t *vc = (const uint16_t *)a->vc;
     int64_t r = 0, u0 = 0;
     for (int64_t u = lo; u < hi; u++) {
-        int64_t per = (xattn_pairs(a, r) + XA_PACK_PAIRS - 1) / XA_PACK_PAIRS * a->Hkv;
+        int64_t per = xattn_packs(a, r);
         while (u >= u0 + per) {
             u0 += per;
             r++;
-            per = (xattn_pairs(a, r) + XA_PACK_PAIRS - 1) / XA_PACK_PAIRS * a->Hkv;
+            per = xattn_packs(a, r);
         }
         const int64_t chunks = per / a->Hkv, kvh = (u - u0) / chunks, c = (u - u0) % chunks;
         const int64_t npairs = xattn_pairs(a, r), seq = xattn_seq(a, r);
@@ -321,8 +335,8 @@ static void xattn_units(void *p, int tid, int64_t lo, int64_t hi) {
         const int64_t nblk = (a->ext[req] + a->BQ - 1) / a->BQ, r = u - a->unit0[req];
         const int kvh = (int)(r / nblk);
         const int64_t blk = nblk - 1 - r % nblk;
-        /* a unit of at most 16 rows (a decode row riding in a prefill's forward: G rows) runs
-         * one row vector, not XA_RV of padding */
+        /* a unit of at most 16 rows (a prefill's last few positions) runs one row vector,
+         * not XA_RV of padding */
         const int64_t npos = a->ext[req] - blk * a->BQ < a->BQ ? a->ext[req] - blk * a->BQ : a->BQ;
         const int one = npos * (a->Hq / a->Hkv) <= 16;
         switch (a->D * 4 + a->bf * 2 + one) {
@@ -339,6 +353,60 @@ static void xattn_units(void *p, int tid, int64_t lo, int64_t hi) {
         default: break;
         }
     }
+}
+
+/* The decode rows of the batch (``xattn_decode_row``; ``nd`` of them) by the decode step's
+ * ``attention``: their q gathered as float32 rows (a bfloat16 q widened exactly, its low part
+ * then skipped), their outputs written back in q's dtype (bfloat16 rounded to nearest even).
+ * A row's bits depend on its own sequence alone, as in a decode step. Returns 0 or -1. */
+static int xattn_decode_rows(const xattn_args *a, int nreq, int64_t nd, int nthreads) {
+    const int Hq = a->Hq, Hkv = a->Hkv, D = a->D;
+    const int64_t HD = (int64_t)Hq * D;
+    int64_t max_seq = 1;
+    for (int r = 0; r < nreq; r++)
+        if (xattn_decode_row(a, r) && xattn_seq(a, r) > max_seq) max_seq = xattn_seq(a, r);
+    const int64_t score_floats = (int64_t)(Hq / Hkv) * chunk_len(max_seq);
+    const size_t floats = (size_t)(2 * nd * HD + (int64_t)nthreads * score_floats +
+                                   nd * Hq * ATTN_CHUNKS_MAX * (D + 2));
+    const size_t float_bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
+    const size_t bytes = float_bytes + sizeof(int64_t) * (size_t)(3 * nd + 1) +
+                         sizeof(atomic_int) * (size_t)(nd * Hkv);
+    float *buf = aligned_alloc(64, (bytes + 63) & ~(size_t)63);
+    if (!buf) return -1;
+    float *qf = buf, *of = qf + nd * HD, *scores = of + nd * HD;
+    float *part = scores + (int64_t)nthreads * score_floats;
+    int64_t *rows = (int64_t *)((char *)buf + float_bytes), *seq = rows + nd, *unit0 = seq + nd;
+    atomic_int *done = (atomic_int *)(unit0 + nd + 1);
+    unit0[0] = 0;
+    for (int r = 0, i = 0; r < nreq; r++) {
+        if (!xattn_decode_row(a, r)) continue;
+        rows[i] = a->rows[r];
+        seq[i] = xattn_seq(a, r);
+        unit0[i + 1] = unit0[i] + Hkv * chunk_count(seq[i]);
+        if (a->bf) {
+            const uint16_t *src = (const uint16_t *)a->q + a->tok0[r] * HD;
+            for (int64_t e = 0; e < HD; e++) qf[i * HD + e] = bf16_to_f32(src[e]);
+        } else {
+            memcpy(qf + i * HD, (const float *)a->q + a->tok0[r] * HD, sizeof(float) * HD);
+        }
+        i++;
+    }
+    attn_args at = {(int)nd, Hq, Hkv, D, a->bf ? DT_BF16 : DT_F32, qf, of, a->kc, a->vc,
+                    a->table, a->stride, rows, seq, scores, score_floats, a->scale,
+                    unit0, part, done, HD, a->bf};
+    attention(&at, nthreads);
+    for (int r = 0, i = 0; r < nreq; r++) {
+        if (!xattn_decode_row(a, r)) continue;
+        if (a->bf) {
+            uint16_t *dst = (uint16_t *)a->out + a->tok0[r] * HD;
+            to_bf16(of + i * HD, dst, HD);
+        } else {
+            memcpy((float *)a->out + a->tok0[r] * HD, of + i * HD, sizeof(float) * HD);
+        }
+        i++;
+    }
+    free(buf);
+    return 0;
 }
 
 #endif /* __AVX512F__ */
@@ -362,7 +430,7 @@ int plait_extend_attention(const void *q, const void *kc, const void *vc, int bf
     if (!meta) return -1;
     int64_t *tok0 = meta, *unit0 = meta + nreq, *vpk0 = meta + 2 * (size_t)nreq + 1;
     const int BQ = xattn_bq(Hq / Hkv);
-    int64_t t = 0, u = 0, packs = 0;
+    int64_t t = 0, u = 0, packs = 0, decodes = 0;
     xattn_args a = {q, kc, vc, bf, table, stride, rows, prefix, ext, tok0, unit0, vpk0, NULL,
                     Hq, Hkv, D, BQ, scale, out};
     vpk0[0] = 0;
@@ -374,25 +442,28 @@ int plait_extend_attention(const void *q, const void *kc, const void *vc, int bf
         tok0[r] = t;
         unit0[r] = u;
         t += ext[r];
-        u += (int64_t)Hkv * ((ext[r] + BQ - 1) / BQ);
-        if (r + 1 < nreq) vpk0[r + 1] = vpk0[r] + xattn_pairs(&a, r) * Hkv * D;
-        packs += (xattn_pairs(&a, r) + XA_PACK_PAIRS - 1) / XA_PACK_PAIRS * Hkv;
+        const int dec = xattn_decode_row(&a, r);
+        decodes += dec;
+        u += dec ? 0 : (int64_t)Hkv * ((ext[r] + BQ - 1) / BQ);
+        vpk0[r + 1] = vpk0[r] + (dec ? 0 : xattn_pairs(&a, r) * Hkv * D);
+        packs += xattn_packs(&a, r);
     }
     unit0[nreq] = u;
-    if (bf) {
-        a.vpk = malloc(sizeof(uint32_t) * (size_t)(vpk0[nreq - 1] + xattn_pairs(&a, nreq - 1) * Hkv * D));
+    if (bf && packs) {
+        a.vpk = malloc(sizeof(uint32_t) * (size_t)vpk0[nreq]);
         if (!a.vpk) {
             free(meta);
             return -1;
         }
     }
     nthreads = acquire_pool(nthreads);
-    if (bf) parallel_claim(xattn_pack_v, &a, packs, 1, nthreads);
-    parallel_claim(xattn_units, &a, u, 1, nthreads);
+    if (bf && packs) parallel_claim(xattn_pack_v, &a, packs, 1, nthreads);
+    if (u) parallel_claim(xattn_units, &a, u, 1, nthreads);
+    const int rc = decodes ? xattn_decode_rows(&a, nreq, decodes, nthreads) : 0;
     pthread_mutex_unlock(&pool.step_lock);
     free(a.vpk);
     free(meta);
-    return 0;
+    return rc;
 #else
     (void)q, (void)kc, (void)vc, (void)bf, (void)table, (void)stride, (void)rows, (void)prefix;
     (void)ext, (void)nreq, (void)Hq, (void)Hkv, (void)D, (void)scale, (void)out, (void)nthreads;

@@ -152,6 +152,26 @@ def test_extend_by_c_is_as_close_to_the_reference_as_sdpa(dtype, hq, hkv, d, see
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(
+    "prefix,extend",
+    [
+        ([300, 900, 5], [1, 1, 1]),  # decode rows alone: several of the decode kernel's chunks
+        ([499, 0, 2100, 64], [1, 200, 1, 1]),  # decode rows riding in a prefill's forward
+        ([0], [1]),  # a one-token prompt
+    ],
+)
+def test_decode_rows_in_an_extend_batch_are_as_close_as_sdpa(dtype, prefix, extend):
+    """A request of one new token in an extend forward (a decode row mixed into a prefill's
+    chunk) is attended by the decode step's kernel inside the C extend attention: held to
+    SDPA's error against float64, across chunk merges and with or without prefills beside it."""
+    args = (ForwardMode.EXTEND, prefix, extend, 9, 3, 64, 0, 7, dtype)
+    batch, _, c_err = _run(*args)
+    _, _, sdpa_err = _run(*args, c_extend=False)
+    assert c_err <= 1.5 * sdpa_err + (1e-3 if dtype == torch.bfloat16 else 1e-7)
+    assert (batch.attn_metadata.groups is None) == _c_built(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_extend_of_a_head_dim_the_kernel_lacks_is_attended_by_sdpa(dtype):
     batch, _, _ = _run(ForwardMode.EXTEND, [5, 0], [40, 3], 4, 2, 80, 0, 0, dtype)
     assert batch.attn_metadata.groups is not None
@@ -189,6 +209,7 @@ def test_c_extend_bits_do_not_depend_on_threads_or_the_batch(dtype):
     assert torch.equal(batch, attend([0, 1, 2], 1))
     assert torch.equal(batch[: ext[0]], attend([0], 2))
     assert torch.equal(batch[ext[0] + ext[1] :], attend([2], 1))
+    assert torch.equal(batch[ext[0] : ext[0] + ext[1]], attend([1], 1))  # the decode row
 
 
 def test_c_extend_runs_on_the_forwards_threads_not_torchs(monkeypatch):
