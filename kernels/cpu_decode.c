@@ -1576,6 +1576,22 @@ static void widen_rows(const gemv_args *a, int64_t o, const void *wr, float *dst
  * bits), without converting each weight again for every activation tile. */
 #define TILE_MIN_ROWS 4 /* activation rows from which weight rows go in blocks of TILE_RO */
 
+/* The activation rows from which a format's weight rows go in blocks of TILE_RO; below it each
+ * weight row is one stream through its 1 x n tiles. With AVX-512, bfloat16 (by AVX512_BF16)
+ * keeps the 1 x n tiles up to 11 rows and float32 up to 7: a 4 x 4 tile of a few activation
+ * rows is bound by neither the reads nor the multiplies (a 98,304 x 576 product from memory,
+ * 2 threads of a Zen 4, alternating in one process, min of 7: bfloat16 4 rows 5.28 -> 3.68
+ * ms, 6 rows 5.88 -> 3.89, 8 rows 7.02 -> 5.45, 11 rows 8.16 -> 7.70, 12 at 1 x n no faster;
+ * float32 4 rows 9.04 -> 7.43, 6 rows 10.56 -> 8.74, 8 at 1 x n 11.5 -> 12.6: bench/RESULTS.md).
+ * The bits are the same either way (see NT_TILE). */
+INLINE int tile_min_rows(int dtype) {
+#if VW == 16
+    if (dtype == DT_BF16 && BF16_DOT) return 12;
+    if (dtype == DT_F32) return 8;
+#endif
+    return TILE_MIN_ROWS;
+}
+
 /* One activation row (decode): a format's 1 x 1 tile over rows [o0, o1) by direct calls in one
  * loop, which the compiler inlines, rather than one call through ``tiles`` a row (the call and
  * the tile's set-up were ~15% of a bfloat16 row's time from L2: 576 inputs, one thread, 66 ->
@@ -1603,7 +1619,7 @@ static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, void *conv) {
         nt_rows_1(a, o0, o1, row);
         return;
     }
-    const int ro = a->M >= TILE_MIN_ROWS && a->dtype != DT_I4 ? TILE_RO : 1;
+    const int ro = a->M >= tile_min_rows(a->dtype) && a->dtype != DT_I4 ? TILE_RO : 1;
     const int nb = a->dtype == DT_I4 ? 4 : TILE_NB; /* the int4 kernels' widest is 4 rows */
     const nt_kernel *k = tiles[a->dtype][ro > 1], *k1 = tiles[a->dtype][0];
     int64_t o = o0;
