@@ -9,7 +9,8 @@ products or the attention does to a batch, without the served path's noise.
 ``--base ROOT`` runs the same in a second checkout (ROOT holds its ``plait`` package, e.g. a
 ``git worktree``'s parent), one subprocess per run, the two trees alternating run by run.
 
-    python bench/bench_batch_phases.py [--dtypes float32,bfloat16] [--workloads distinct,multiturn]
+    python bench/bench_batch_phases.py [--dtypes float32,bfloat16,int8,int4]
+        [--workloads distinct,multiturn]
         [--repeats 2] [--base /tmp/base]
 """
 
@@ -30,10 +31,11 @@ from tqdm import tqdm
 
 def run_once(dtype: str, workload: str, rep: int) -> dict[str, float]:
     """One run of ``workload`` in this process: seconds of wall, extend and decode."""
+    from plait.bench.bench_threads import VARIANTS
     from plait.bench.workloads import WORDS, distinct_prompts
     from plait.runtime.engine import Engine
 
-    engine = Engine(None, dtype=dtype, max_total_tokens=16384)
+    engine = Engine(None, max_total_tokens=16384, **VARIANTS[dtype])
     runner = engine.core.runner
     booked: dict[str, float] = collections.defaultdict(float)
     forward = runner.forward

@@ -1103,6 +1103,16 @@ INLINE int32_t x_quad(const int8_t *p) {
     memcpy(&v, p, 4);
     return v;
 }
+/* Eight activation rows of a packed format as two tiles of four: an 8-row tile's sums fill
+ * AVX2's 16 registers and spill; with AVX-512's 32 the 8-row VNNI tiles were slower than two of
+ * 4 too (98,304 x 576 and x 1536 products from memory, 2 threads of a Zen 4, alternating: int8
+ * 8 / 16 / 32 rows 1.05-1.09x / 1.07-1.10x / 1.11x, int4 1.04-1.12x / 1.07-1.13x / 1.13-1.16x,
+ * the same bits: bench/RESULTS.md). */
+#define TWO_FOURS(NAME, FOUR)                                                                  \
+    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
+        FOUR(a, g, m0);                                                                        \
+        FOUR(a, g, m0 + 4);                                                                    \
+    }
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define I8_VNNI 1
 #define PACKED_DOT 2
@@ -1207,10 +1217,11 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
 /* 16 scales (or lows) of a block: float32, or float16 widened (exact) */
 #define LOAD16_F32(p) _mm512_loadu_ps(p)
 #define LOAD16_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
-/* a format's kernels for 1, 2, 4 and 8 activation rows (P_1 .. P_8), scales ST read by LOAD */
+/* a format's kernels for 1, 2, 4 and 8 activation rows (P_1 .. P_8; 8 as two tiles of 4),
+ * scales ST read by LOAD */
 #define PACKED_SET(TILE, P, ST, LOAD)                                                          \
     TILE(P##_1, 1, ST, LOAD) TILE(P##_2, 2, ST, LOAD) TILE(P##_4, 4, ST, LOAD)                 \
-    TILE(P##_8, 8, ST, LOAD)
+    TWO_FOURS(P##_8, P##_4)
 PACKED_SET(NT8P_TILE, nt_i8p, float, LOAD16_F32)
 PACKED_SET(NT8P_TILE, nt_i8ph, uint16_t, LOAD16_F16)
 PACKED_SET(NT4P_TILE, nt_i4p, float, LOAD16_F32)
@@ -1362,7 +1373,6 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
             for (int b = 0; b < NB; b++) emit8(a, 16 * g + 8 * h, m0 + b, f[b]);               \
         }                                                                                      \
     }
-/* A tile of 8 activation rows as two of 4 (16 registers: 8 rows' sums would spill) */
 /* One activation row: both halves of a group in one pass (one stream through its codes, and
  * each activation broadcast once for the 16 rows); the same integers and float steps. */
 #define NT8P_ONE(NAME, ST, LOAD8)                                                              \
@@ -1438,11 +1448,6 @@ INLINE void emit8(const gemv_args *a, int64_t o, int m, __m256 v) {
         }                                                                                      \
         emit8(a, 16 * g, m0, f[0]);                                                            \
         emit8(a, 16 * g + 8, m0, f[1]);                                                        \
-    }
-#define TWO_FOURS(NAME, FOUR)                                                                  \
-    static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
-        FOUR(a, g, m0);                                                                        \
-        FOUR(a, g, m0 + 4);                                                                    \
     }
 #define LOAD8_F32(p) _mm256_loadu_ps(p)
 #define LOAD8_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
@@ -1585,6 +1590,7 @@ static void widen_rows(const gemv_args *a, int64_t o, const void *wr, float *dst
  * float32 4 rows 9.04 -> 7.43, 6 rows 10.56 -> 8.74, 8 at 1 x n 11.5 -> 12.6: bench/RESULTS.md).
  * The bits are the same either way (see NT_TILE). */
 INLINE int tile_min_rows(int dtype) {
+    (void)dtype;
 #if VW == 16
     if (dtype == DT_BF16 && BF16_DOT) return 12;
     if (dtype == DT_F32) return 8;
