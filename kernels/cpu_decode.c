@@ -1883,15 +1883,33 @@ INLINE void qk_parts(const attn_args *a, const float *q, const uint16_t *qb, int
 
 /* sc[s] = (q . k_s) * scale for s in [0, S); with AVX-512 16 keys at a time summed by
  * ``hsum16`` (each lane in ``hsum``'s order, so a score has the same bits in a block or in the
- * tail). */
+ * tail). ``pf`` (a group's first head): asks for the K rows ATTN_KEYS_AHEAD keys ahead and for
+ * the V rows of the keys it reads. A unit reads a third of each slot's row (one KV head of
+ * SmolLM2's 3), keys 384 bytes apart, which the hardware's prefetchers left to wait on memory:
+ * one row at 1,000 positions, 30 layers, bfloat16, KV in L3 1.68-1.83 -> 1.42-1.48 ms a token
+ * (1.4 -> 1.1 ms of it attention); in the decode step, where the weights stream between the
+ * layers, 2-3% of the step at 1,000 and 3,000 positions (bench/RESULTS.md). */
+#define ATTN_KEYS_AHEAD 32
 INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
                       const int64_t *slot, int64_t S, int kvh, float *sc, const int D,
-                      const int bf) {
+                      const int bf, const int pf) {
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
     int64_t s = 0;
 #if VW == 16
     for (; s + 16 <= S; s += 16) {
         f32x16 acc[16];
+        if (pf) { /* (the group's first head: the others find K in L1) */
+            const int64_t eb = bf ? 2 : 4, row = D * eb;
+            for (int j = 0; j < 16 && s + ATTN_KEYS_AHEAD + j < S; j++) {
+                const char *kp =
+                    (const char *)a->kc + (slot[s + ATTN_KEYS_AHEAD + j] * HD + kvo) * eb;
+                for (int64_t o = 0; o < row; o += 64) __builtin_prefetch(kp + o, 0, 3);
+            }
+            for (int j = 0; j < 16; j++) { /* V for p . v, into L2 */
+                const char *vp = (const char *)a->vc + (slot[s + j] * HD + kvo) * eb;
+                for (int64_t o = 0; o < row; o += 64) __builtin_prefetch(vp + o, 0, 2);
+            }
+        }
         for (int j = 0; j < 16; j++) qk_parts(a, q, qb, slot[s + j] * HD + kvo, D, bf, &acc[j]);
         f32x16 v = hsum16(acc); /* lane 4k + i: key 4i + k */
         v = __builtin_shufflevector(v, v, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
@@ -2092,7 +2110,7 @@ INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc
             for (int d = 0; d < D; d++) /* the remainder is exact in float32 */
                 qb[D + d] = f32_to_bf16(q[d] - bf16_to_f32(qb[d]));
         }
-        qk_scores(a, q, qb, slot, n, kvh, sc + g * C, D, bf);
+        qk_scores(a, q, qb, slot, n, kvh, sc + g * C, D, bf, g == 0);
     }
 #endif
     for (int g = 0; g < G; g++) sums[g] = softmax_weights(sc + g * C, n, &maxes[g]);
