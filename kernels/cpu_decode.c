@@ -1837,8 +1837,6 @@ typedef struct {
     float *part;          /* [M, Hq, ATTN_CHUNKS_MAX, D + 2]: chunks' outputs, max, sum */
     atomic_int *done;     /* [M, Hkv]: chunks finished */
     int64_t q_ld;         /* floats from one row's q to the next's (the step's qkv: QKV) */
-    int q_bf16;           /* 1: every q element is a bfloat16 value (a prefill's decode rows in
-                           * a bfloat16 forward): its low part is 0 and is not multiplied */
 } attn_args;
 
 /* The attention of one unit is written with D (head_dim) and the KV dtype as arguments of
@@ -1846,10 +1844,12 @@ typedef struct {
  * known, the loops over D unroll and a unit's outputs stay in registers. */
 
 /* q . k for one query head and one cached key (``off``: the key's first element), as 16
- * lanes for ``hsum``: bfloat16 keys through AVX512_BF16 dot products against the query split
- * in two bfloat16 parts (``qb``: [hi | lo], q = hi + lo to ~16 bits), the his then the los:
- * a query rounded to bfloat16 alone cost greedy agreement with float32 (97.4% -> 91.7%,
- * bench_quant_accuracy); else the keys widened and FMAs. */
+ * lanes for ``hsum``: bfloat16 keys through AVX512_BF16 dot products against the query rounded
+ * to bfloat16 (``qb``), as torch's bfloat16 attention takes it; else the keys widened and FMAs
+ * against the float32 query. (The query in two bfloat16 parts, hi + lo, doubled the products
+ * and was no closer to float32: SmolLM2 bfloat16, 16 prompts x 64 greedy tokens, the mean
+ * |logprob - float32's| before the first divergence 0.0099 with two parts, 0.0090 with one;
+ * bench/RESULTS.md.) */
 INLINE void qk_parts(const attn_args *a, const float *q, const uint16_t *qb, int64_t off,
                      const int D, const int bf, vfw *acc) {
     for (int h = 0; h < VPARTS; h++) acc[h] = (vfw){0};
@@ -1861,10 +1861,6 @@ INLINE void qk_parts(const attn_args *a, const float *q, const uint16_t *qb, int
             for (int d = 0; d < D; d += 32)
                 d2 = _mm512_dpbf16_ps(d2, (__m512bh)_mm512_loadu_si512(qb + d),
                                       (__m512bh)_mm512_loadu_si512(k + d));
-            if (!a->q_bf16)
-                for (int d = 0; d < D; d += 32)
-                    d2 = _mm512_dpbf16_ps(d2, (__m512bh)_mm512_loadu_si512(qb + D + d),
-                                          (__m512bh)_mm512_loadu_si512(k + d));
             memcpy(acc, &d2, 64);
             return;
         }
@@ -2102,14 +2098,10 @@ INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc
 #if VW == 8
     qk_scores_heads(a, a->qkv + m * qkv_w + (int64_t)h0 * D, slot, n, kvh, sc, C, G, D, bf);
 #else
-    uint16_t qb[512]; /* the query's bfloat16 parts: hi [D], lo [D] */
+    uint16_t qb[256]; /* the query rounded to bfloat16 */
     for (int g = 0; g < G; g++) {
         const float *q = a->qkv + m * qkv_w + (int64_t)(h0 + g) * D;
-        if (bf) {
-            to_bf16(q, qb, D);
-            for (int d = 0; d < D; d++) /* the remainder is exact in float32 */
-                qb[D + d] = f32_to_bf16(q[d] - bf16_to_f32(qb[d]));
-        }
+        if (bf) to_bf16(q, qb, D);
         qk_scores(a, q, qb, slot, n, kvh, sc + g * C, D, bf, g == 0);
     }
 #endif
@@ -2639,7 +2631,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         attn_args at = {M, Hq, Hkv, D, kvdt, qkv, attn,
                         (const void *)lp[L_K], (const void *)lp[L_V], req_to_token, stride,
                         rows, seq_lens, scores, score_floats, (float)scale,
-                        unit0, part, done, QKV, 0};
+                        unit0, part, done, QKV};
         CLAIM_LABEL(PH_ATTENTION);
         attention(&at, nthreads);
         PHASE(PH_ATTENTION);

@@ -356,8 +356,8 @@ static void xattn_units(void *p, int tid, int64_t lo, int64_t hi) {
 }
 
 /* The decode rows of the batch (``xattn_decode_row``; ``nd`` of them) by the decode step's
- * ``attention``: their q gathered as float32 rows (a bfloat16 q widened exactly, its low part
- * then skipped), their outputs written back in q's dtype (bfloat16 rounded to nearest even).
+ * ``attention``: their q gathered as float32 rows (a bfloat16 q widened exactly), their
+ * outputs written back in q's dtype (bfloat16 rounded to nearest even).
  * A row's bits depend on its own sequence alone, as in a decode step. Returns 0 or -1. */
 static int xattn_decode_rows(const xattn_args *a, int nreq, int64_t nd, int nthreads) {
     const int Hq = a->Hq, Hkv = a->Hkv, D = a->D;
@@ -393,7 +393,7 @@ static int xattn_decode_rows(const xattn_args *a, int nreq, int64_t nd, int nthr
     }
     attn_args at = {(int)nd, Hq, Hkv, D, a->bf ? DT_BF16 : DT_F32, qf, of, a->kc, a->vc,
                     a->table, a->stride, rows, seq, scores, score_floats, a->scale,
-                    unit0, part, done, HD, a->bf};
+                    unit0, part, done, HD};
     attention(&at, nthreads);
     for (int r = 0, i = 0; r < nreq; r++) {
         if (!xattn_decode_row(a, r)) continue;
