@@ -5,7 +5,9 @@ For each of bfloat16, int8 and int4 (``--quantization``), on the same prompts an
   difference (as a fraction of ``--new`` per prompt, averaged), and prompts fully equal;
 - teacher-forced top-1 agreement: along float32's greedy continuation, the fraction of
   positions whose argmax equals float32's token (no divergence compounding);
-- perplexity of a fixed English text (prompt logprobs).
+- perplexity of a fixed English text (prompt logprobs);
+- the decode steps' logprob gap: mean |logprob - float32's| of the greedy tokens before each
+  prompt's first difference (finer than the greedy agreement, which turns on near-ties).
 
     python bench/bench_quant_accuracy.py [--variants bfloat16,int8,int4] [--new 24]
 """
@@ -56,8 +58,13 @@ VARIANTS = {
 def measure(engine: Engine, reference: list[list[int]] | None, new: int) -> dict:
     """Greedy outputs, teacher-forced argmax along ``reference`` and the text's perplexity."""
     tok = engine.tokenizer
-    greedy = engine.generate(PROMPTS, {"max_new_tokens": new, "temperature": 0})
-    out = {"greedy": [g["output_ids"] for g in greedy]}
+    greedy = engine.generate(
+        PROMPTS, {"max_new_tokens": new, "temperature": 0}, return_logprob=True
+    )
+    out = {
+        "greedy": [g["output_ids"] for g in greedy],
+        "logprobs": [[v for v, _, _ in g["meta_info"]["output_token_logprobs"]] for g in greedy],
+    }
     ppl_run = engine.generate(
         input_ids=[tok.encode(TEXT)],
         sampling_params={"max_new_tokens": 1, "temperature": 0},
@@ -92,6 +99,19 @@ def measure(engine: Engine, reference: list[list[int]] | None, new: int) -> dict
     return out
 
 
+def decode_logprob_gap(base: dict, m: dict) -> float:
+    """Mean |logprob - float32's| of the greedy tokens before each prompt's first difference:
+    the decode steps' own error, finer than where the first near-tie falls."""
+    gaps = [
+        abs(x - y)
+        for ids_b, ids_m, lp_b, lp_m in zip(
+            base["greedy"], m["greedy"], base["logprobs"], m["logprobs"]
+        )
+        for x, y in zip(lp_b[: prefix_agreement(ids_b, ids_m)], lp_m)
+    ]
+    return sum(gaps) / max(len(gaps), 1)
+
+
 def prefix_agreement(a: list[int], b: list[int]) -> int:
     k = 0
     while k < min(len(a), len(b)) and a[k] == b[k]:
@@ -109,7 +129,7 @@ def main() -> None:
     base = measure(engine, None, args.new)
     del engine
     print(f"float32: perplexity {base['ppl']:.3f}")
-    rows = [("float32", 1.0, len(PROMPTS), 1.0, base["ppl"])]
+    rows = [("float32", 1.0, len(PROMPTS), 1.0, base["ppl"], 0.0)]
     for name in args.variants.split(","):
         t = time.perf_counter()
         engine = Engine(args.model, max_total_tokens=8192, **VARIANTS[name])
@@ -119,14 +139,17 @@ def main() -> None:
         agree = [prefix_agreement(a, b) for a, b in zip(base["greedy"], m["greedy"])]
         frac = sum(agree) / (args.new * len(PROMPTS))
         full = sum(a == args.new for a in agree)
-        rows.append((name, frac, full, m["top1"], m["ppl"]))
+        rows.append((name, frac, full, m["top1"], m["ppl"], decode_logprob_gap(base, m)))
         print(f"{name}: load {load:.1f}s, greedy prefixes {agree}")
     print(
-        "\n| variant | greedy agreement | prompts fully equal | teacher-forced top-1 | perplexity |"
+        "\n| variant | greedy agreement | prompts fully equal | teacher-forced top-1 | perplexity"
+        " | decode |logprob gap| |"
     )
-    print("| --- | --- | --- | --- | --- |")
-    for name, frac, full, top1, ppl in rows:
-        print(f"| {name} | {frac:.1%} | {full}/{len(PROMPTS)} | {top1:.1%} | {ppl:.3f} |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, frac, full, top1, ppl, gap in rows:
+        print(
+            f"| {name} | {frac:.1%} | {full}/{len(PROMPTS)} | {top1:.1%} | {ppl:.3f} | {gap:.4f} |"
+        )
 
 
 if __name__ == "__main__":
