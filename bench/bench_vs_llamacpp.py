@@ -12,7 +12,8 @@ the same GGUF. Four workloads:
 (Flags change these sizes for a smoke run; the defaults are the issue's.) A fifth, not in the
 default set: ``prefill``, long prompts one after another (``--prefill-requests`` of about
 ``--prefill-words`` tokens, one new token each): prompt tokens a second, the server's usage
-counting them.
+counting them; and ``longctx``, ``single``'s stream after a prompt of ``--longctx-words``
+(decode tok/s with the whole context in every token's attention).
 
 Every repeat uses fresh prompts (a per-repeat header / seed), so neither server answers from a
 cache filled by an earlier repeat; within a workload, caching is each server's own business.
@@ -73,7 +74,7 @@ SYSTEMS = {
     "llama-Q4_1": ("llama", "int4", ["Q4_1"]),
 }
 WORKLOADS = ("single", "shared", "distinct", "multiturn")
-EXTRA_WORKLOADS = ("prefill",)
+EXTRA_WORKLOADS = ("prefill", "longctx")
 
 
 @dataclass(slots=True)
@@ -191,13 +192,16 @@ async def stream_stamps(
     return stamps, produced
 
 
-async def single(client: httpx.AsyncClient, rep: int, new: int) -> Result:
+async def stream_rate(client: httpx.AsyncClient, prompt: str, new: int) -> Result:
     """Decode rate of one stream: the tokens after the first over the time from the first
-    text chunk to the last (``stream_stamps``, the first chunk taken as one token)."""
-    stamps, produced = await stream_stamps(
-        client, f"Story {rep}: Once upon a time, in a small village,", new
-    )
+    text chunk to the last (``stream_stamps``, the first chunk taken as one token; the prompt's
+    prefill is before the first chunk, outside the time)."""
+    stamps, produced = await stream_stamps(client, prompt, new)
     return Result(stamps[-1] - stamps[0], produced - 1)
+
+
+async def single(client: httpx.AsyncClient, rep: int, new: int) -> Result:
+    return await stream_rate(client, f"Story {rep}: Once upon a time, in a small village,", new)
 
 
 async def prefill(client: httpx.AsyncClient, prompts: list[str]) -> Result:
@@ -248,6 +252,9 @@ async def run_workload(base: str, workload: str, rep: int, args: argparse.Namesp
             return await batch(client, shared_prompts(rep, n), new)
         if workload == "distinct":
             return await batch(client, distinct_prompts(n, seed=1000 + rep), new)
+        if workload == "longctx":
+            prompt = distinct_prompts(1, args.longctx_words, 3000 + rep)[0]
+            return await stream_rate(client, prompt, args.single_new)
         if workload == "prefill":
             prompts = distinct_prompts(args.prefill_requests, args.prefill_words, 2000 + rep)
             return await prefill(client, prompts)
@@ -277,8 +284,10 @@ def add_workload_args(ap: argparse.ArgumentParser, single_new: int = 64) -> None
     ap.add_argument("--turns", type=int, default=4)
     ap.add_argument("--turn-new", type=int, default=32, help="new tokens per turn")
     ap.add_argument("--prefill-requests", type=int, default=2, help="prompts of ``prefill``")
-    # ~2 tokens a word: ~1,700 tokens, inside llama-server's 2,048 a slot (-c 65536, 32 slots)
+    # a token a word (``distinct_prompts``), inside llama-server's 2,048 a slot (-c 65536, 32
+    # slots) with the stream's new tokens
     ap.add_argument("--prefill-words", type=int, default=800, help="words a ``prefill`` prompt")
+    ap.add_argument("--longctx-words", type=int, default=1800, help="words a ``longctx`` prompt")
 
 
 def main() -> None:
