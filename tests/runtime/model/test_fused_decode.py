@@ -422,7 +422,9 @@ def test_torch_decode_kernel_keeps_torch_steps(model_dirs):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("k,n,m", [(64, 48, 1), (100, 33, 3), (576, 70, 4), (23, 5, 7)])
+@pytest.mark.parametrize(
+    "k,n,m", [(64, 48, 1), (100, 33, 3), (576, 70, 4), (23, 5, 7), (576, 70, 13)]
+)
 def test_products_against_float64(dtype, k, n, m):
     """Every tail: in not a multiple of 64 or 16, out not of 16, rows past the 4-row blocks;
     bias and accumulate (the residual add)."""
@@ -653,18 +655,19 @@ def test_products_are_the_same_bits_whoever_claims_the_rows(m):
 @pytest.mark.parametrize("k", [96, 100])
 def test_a_batch_row_has_the_bits_of_the_row_alone_in_every_format(k):
     """Batches run tiles (bfloat16 and int8 weights widened once per block without
-    AVX512_BF16, in registers for one row): every row of a batch of 2-9 the same bits as that
-    row's product alone. k = 100: a tail past the last vector (not for int8 / int4, whole
-    blocks only)."""
+    AVX512_BF16, in registers for one row): every row of a batch of 2-16 the same bits as that
+    row's product alone, across the row counts where a format moves from one weight row a tile
+    to four (``tile_min_rows``) and the packed formats' 8-row tiles. k = 100: a tail past the
+    last vector (not for int8 / int4, whole blocks only)."""
     lib = cpu_decode.library()
-    x = torch.randn(9, k, generator=torch.Generator().manual_seed(k))
+    x = torch.randn(16, k, generator=torch.Generator().manual_seed(k))
     dense = torch.randn(48, k, generator=torch.Generator().manual_seed(1))
     formats = _formats(48, k) if k % 32 == 0 else [(cpu_decode.DT_BF16, dense.bfloat16(), {})]
     for code, w, kw in formats:
-        alone = torch.empty(9, 48)
-        for i in range(9):
+        alone = torch.empty(16, 48)
+        for i in range(16):
             assert cpu_decode.gemv(lib, code, w, x[i : i + 1], alone[i : i + 1], **kw) == 0
-        for m in (2, 4, 5, 9):
+        for m in (2, 4, 5, 8, 9, 11, 12, 16):
             y = torch.empty(m, 48)
             assert cpu_decode.gemv(lib, code, w, x[:m], y, threads=2, **kw) == 0
             assert torch.equal(y, alone[:m]), (code, m)
