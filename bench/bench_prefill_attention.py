@@ -139,15 +139,26 @@ def mixed_layer_times(
     return times[0], times[1]
 
 
+def c_dtypes() -> list[torch.dtype]:
+    """The dtypes ``plait_extend_attention`` is built for here (none: says why)."""
+    dtypes = [
+        dt
+        for dt in (torch.float32, torch.bfloat16)
+        if cpu_decode.extend_attention_built(dt == torch.bfloat16)
+    ]
+    if not dtypes:
+        print(f"\nno C extend attention here: {cpu_decode.build_error() or 'not built (AVX-512)'}")
+    return dtypes
+
+
 def mixed_runs(prefill: int, rows: int, contexts: list[int], repeats: int) -> None:
-    lib = cpu_decode.library()
-    if lib is None:
+    dtypes = c_dtypes()
+    if not dtypes:
         return
     print(f"\none layer of a mixed forward: a {prefill}-token prefill and {rows} decode rows")
     print("(one new token each at the context), through the backend, ms")
     print("| dtype | context | C | SDPA | SDPA / C |")
     print("| --- | --- | --- | --- | --- |")
-    dtypes = [torch.float32] + ([torch.bfloat16] if lib.plait_bf16_dot() else [])
     for dtype in dtypes:
         for ctx in contexts:
             tc, ts = mixed_layer_times(prefill, rows, ctx, dtype, repeats)
@@ -158,15 +169,14 @@ def mixed_runs(prefill: int, rows: int, contexts: list[int], repeats: int) -> No
 
 
 def kernel_runs(tokens: list[int], repeats: int) -> None:
-    lib = cpu_decode.library()
-    if lib is None:
-        print(f"\nno C library here: {cpu_decode.build_error()}")
+    dtypes = c_dtypes()
+    if not dtypes:
         return
+    lib = cpu_decode.library()
     print(f"\none layer: 9 query heads over 3 KV heads of 64, {torch.get_num_threads()} threads;")
     print("SDPA as the backend calls it: the KV gathered from the pool, queries folded, a mask")
     print("| dtype | tokens | C, ms (GFLOP/s) | SDPA, ms (GFLOP/s) | SDPA / C |")
     print("| --- | --- | --- | --- | --- |")
-    dtypes = [torch.float32] + ([torch.bfloat16] if lib.plait_bf16_dot() else [])
     for dtype in dtypes:
         for n in tokens:
             tc, ts = layer_times(lib, n, dtype, repeats)

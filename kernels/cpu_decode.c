@@ -1891,6 +1891,7 @@ INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
                       const int bf, const int pf) {
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
     int64_t s = 0;
+    (void)pf; /* (AVX2 builds read a key block's heads together: qk_scores_heads) */
 #if VW == 16
     for (; s + 16 <= S; s += 16) {
         f32x16 acc[16];
@@ -2174,6 +2175,22 @@ static void attn_units(void *p, int tid, int64_t lo, int64_t hi) {
 static void attention(attn_args *a, int nth) {
     for (int i = 0; i < a->M * a->Hkv; i++) atomic_store_explicit(&a->done[i], 0, memory_order_relaxed);
     parallel_claim(attn_units, a, a->unit0[a->M], 1, nth);
+}
+
+/* The floats ``attention`` works in for M rows whose longest is ``max_seq``, on ``nth``
+ * threads: ``scores`` ([nth][*score_floats], a unit's G x chunk_len scores a thread), then
+ * ``part`` (each row's chunk partials). */
+static int64_t attn_scratch_floats(int M, int Hq, int Hkv, int D, int64_t max_seq, int nth,
+                                   int64_t *score_floats) {
+    *score_floats = (int64_t)(Hq / Hkv) * chunk_len(max_seq);
+    return (int64_t)nth * *score_floats + (int64_t)M * Hq * ATTN_CHUNKS_MAX * (D + 2);
+}
+
+/* ``unit0`` [M + 1] of rows of ``seq_lens``: each row's first unit (KV heads x its chunks),
+ * then the units in all. */
+static void attn_unit0(int64_t *unit0, const int64_t *seq_lens, int M, int Hkv) {
+    unit0[0] = 0;
+    for (int m = 0; m < M; m++) unit0[m + 1] = unit0[m] + Hkv * chunk_count(seq_lens[m]);
 }
 
 typedef struct {
@@ -2580,10 +2597,9 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
     int64_t max_seq = 1;
     for (int m = 0; m < M; m++) max_seq = seq_lens[m] > max_seq ? seq_lens[m] : max_seq;
 
-    const int64_t score_floats = (int64_t)(Hq / Hkv) * chunk_len(max_seq),
-                  part_floats = (int64_t)M * Hq * ATTN_CHUNKS_MAX * (D + 2);
+    int64_t score_floats;
     int64_t floats = M * (2 * H + QKV + Hq * D + 3 * I + 2 * D) +
-                     (int64_t)nthreads * score_floats + part_floats + 64;
+                     attn_scratch_floats(M, Hq, Hkv, D, max_seq, nthreads, &score_floats) + 64;
     const size_t float_bytes = ((size_t)floats * sizeof(float) + 63) & ~(size_t)63;
     const size_t bytes = float_bytes + sizeof(int64_t) * (size_t)(M + 1) +
                          sizeof(atomic_int) * (size_t)M * Hkv;
@@ -2594,8 +2610,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
           *scores = cs + M * 2 * D, *part = scores + (int64_t)nthreads * score_floats;
     int64_t *unit0 = (int64_t *)((char *)buf + float_bytes);
     atomic_int *done = (atomic_int *)(unit0 + M + 1);
-    unit0[0] = 0;
-    for (int m = 0; m < M; m++) unit0[m + 1] = unit0[m] + Hkv * chunk_count(seq_lens[m]);
+    attn_unit0(unit0, seq_lens, M, Hkv);
 
     nthreads = acquire_pool(nthreads);
     int rc = 0;

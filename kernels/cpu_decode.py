@@ -212,6 +212,14 @@ def gemv(
     )  # fmt: skip
 
 
+@functools.cache
+def extend_attention_built(bf16: bool) -> bool:
+    """Whether this process's library has ``plait_extend_attention`` for bfloat16 (else
+    float32): asked once, not at every layer of every extend forward."""
+    lib = library()
+    return lib is not None and bool(lib.plait_extend_attention_built(int(bf16)))
+
+
 def extend_attention(
     lib: ctypes.CDLL,
     q: Tensor,

@@ -365,9 +365,9 @@ static int xattn_decode_rows(const xattn_args *a, int nreq, int64_t nd, int nthr
     int64_t max_seq = 1;
     for (int r = 0; r < nreq; r++)
         if (xattn_decode_row(a, r) && xattn_seq(a, r) > max_seq) max_seq = xattn_seq(a, r);
-    const int64_t score_floats = (int64_t)(Hq / Hkv) * chunk_len(max_seq);
-    const size_t floats = (size_t)(2 * nd * HD + (int64_t)nthreads * score_floats +
-                                   nd * Hq * ATTN_CHUNKS_MAX * (D + 2));
+    int64_t score_floats;
+    const size_t floats = (size_t)(2 * nd * HD + attn_scratch_floats((int)nd, Hq, Hkv, D, max_seq,
+                                                                     nthreads, &score_floats));
     const size_t float_bytes = (floats * sizeof(float) + 63) & ~(size_t)63;
     const size_t bytes = float_bytes + sizeof(int64_t) * (size_t)(3 * nd + 1) +
                          sizeof(atomic_int) * (size_t)(nd * Hkv);
@@ -377,12 +377,10 @@ static int xattn_decode_rows(const xattn_args *a, int nreq, int64_t nd, int nthr
     float *part = scores + (int64_t)nthreads * score_floats;
     int64_t *rows = (int64_t *)((char *)buf + float_bytes), *seq = rows + nd, *unit0 = seq + nd;
     atomic_int *done = (atomic_int *)(unit0 + nd + 1);
-    unit0[0] = 0;
     for (int r = 0, i = 0; r < nreq; r++) {
         if (!xattn_decode_row(a, r)) continue;
         rows[i] = a->rows[r];
         seq[i] = xattn_seq(a, r);
-        unit0[i + 1] = unit0[i] + Hkv * chunk_count(seq[i]);
         if (a->bf) {
             const uint16_t *src = (const uint16_t *)a->q + a->tok0[r] * HD;
             for (int64_t e = 0; e < HD; e++) qf[i * HD + e] = bf16_to_f32(src[e]);
@@ -391,6 +389,7 @@ static int xattn_decode_rows(const xattn_args *a, int nreq, int64_t nd, int nthr
         }
         i++;
     }
+    attn_unit0(unit0, seq, (int)nd, Hkv);
     attn_args at = {(int)nd, Hq, Hkv, D, a->bf ? DT_BF16 : DT_F32, qf, of, a->kc, a->vc,
                     a->table, a->stride, rows, seq, scores, score_floats, a->scale,
                     unit0, part, done, HD};

@@ -188,9 +188,10 @@ class TorchAttentionBackend(AttentionBackend):
             and q.dtype in (torch.float32, torch.bfloat16)
         ):
             return None
-        lib = cpu_decode.library()
-        if lib is None or not lib.plait_extend_attention_built(int(q.dtype == torch.bfloat16)):
+        if not cpu_decode.extend_attention_built(q.dtype == torch.bfloat16):
             return None
+        lib = cpu_decode.library()
+        assert lib is not None  # (built)
         q = q.contiguous()
         out = torch.empty_like(q)
         rc = cpu_decode.extend_attention(

@@ -129,7 +129,7 @@ _LIB = cpu_decode.library()
 
 
 def _c_built(dtype: torch.dtype) -> bool:
-    return _LIB is not None and bool(_LIB.plait_extend_attention_built(dtype == torch.bfloat16))
+    return cpu_decode.extend_attention_built(dtype == torch.bfloat16)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
