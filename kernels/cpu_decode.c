@@ -1839,6 +1839,31 @@ typedef struct {
     int64_t q_ld;         /* floats from one row's q to the next's (the step's qkv: QKV) */
 } attn_args;
 
+/* The unit a thread takes after this one (its share's next, ``attn_units``): a unit's first
+ * pass over its keys (one head's q . k) is bound by memory where the KV is not in a cache,
+ * and its other passes (the group's other heads, softmax, p . v) by instructions, so each
+ * unit asks for the next unit's K during its second head's q . k and for its V during p . v,
+ * a key at a time, into L2. In the step, where a layer's weights stream through the caches
+ * between its attentions: one thread over 4,000 positions 8.9 -> 6.5 ms a token, two
+ * 4.9 -> 3.8; 32 rows of 300, 13.3 -> 10.2 ms (bench/RESULTS.md). ``slot`` NULL: none. */
+typedef struct {
+    const int64_t *slot; /* the next unit's keys' slots */
+    int64_t n;           /* its keys */
+    int64_t kvo;         /* its KV head's first element in a slot's row */
+} attn_next;
+
+/* Asks for the rows of the next unit's keys [lo, hi) of ``cache`` (K or V) into L2. */
+INLINE void prefetch_next(const attn_args *a, const attn_next *nx, const void *cache, int64_t lo,
+                          int64_t hi, const int D, const int bf) {
+    if (!nx->slot) return;
+    const int64_t HD = (int64_t)a->Hkv * D, eb = bf ? 2 : 4, row = D * eb;
+    if (hi > nx->n) hi = nx->n;
+    for (int64_t j = lo; j < hi; j++) {
+        const char *p = (const char *)cache + (nx->slot[j] * HD + nx->kvo) * eb;
+        for (int64_t o = 0; o < row; o += 64) __builtin_prefetch(p + o, 0, 2);
+    }
+}
+
 /* The attention of one unit is written with D (head_dim) and the KV dtype as arguments of
  * always-inline functions, called with constants for the common shapes (below): with them
  * known, the loops over D unroll and a unit's outputs stay in registers. */
@@ -1888,7 +1913,7 @@ INLINE void qk_parts(const attn_args *a, const float *q, const uint16_t *qb, int
 #define ATTN_KEYS_AHEAD 32
 INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
                       const int64_t *slot, int64_t S, int kvh, float *sc, const int D,
-                      const int bf, const int pf) {
+                      const int bf, const int pf, const attn_next *nx) {
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
     int64_t s = 0;
     (void)pf; /* (AVX2 builds read a key block's heads together: qk_scores_heads) */
@@ -1907,12 +1932,14 @@ INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
                 for (int64_t o = 0; o < row; o += 64) __builtin_prefetch(vp + o, 0, 2);
             }
         }
+        if (nx) prefetch_next(a, nx, a->kc, s, s + 16, D, bf);
         for (int j = 0; j < 16; j++) qk_parts(a, q, qb, slot[s + j] * HD + kvo, D, bf, &acc[j]);
         f32x16 v = hsum16(acc); /* lane 4k + i: key 4i + k */
         v = __builtin_shufflevector(v, v, 0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         store_f32(sc + s, v * splat(a->scale));
     }
 #endif
+    if (nx) prefetch_next(a, nx, a->kc, s, nx->n, D, bf); /* (past S: the next may be longer) */
     for (; s < S; s++) {
         vfw acc[VPARTS];
         qk_parts(a, q, qb, slot[s] * HD + kvo, D, bf, acc);
@@ -1926,7 +1953,8 @@ INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
  * loaded once for up to 8 heads, and each head's sums are ``qk_parts``' in its order, 8 keys'
  * totals at once by ``hsum8x8`` (a tail key by ``hsum8``): the same bits as head by head. */
 INLINE void qk_scores_heads(const attn_args *a, const float *q, const int64_t *slot, int64_t S,
-                            int kvh, float *sc, int64_t ld, int G, const int D, const int bf) {
+                            int kvh, float *sc, int64_t ld, int G, const int D, const int bf,
+                            const attn_next *nx) {
     const int DV = D / VW;
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
     const vfw scale = vsplat(a->scale);
@@ -1934,6 +1962,7 @@ INLINE void qk_scores_heads(const attn_args *a, const float *q, const int64_t *s
         const int ng = G - g0 < 8 ? G - g0 : 8;
         for (int64_t s = 0; s < S; s += 8) {
             const int keys = S - s < 8 ? (int)(S - s) : 8;
+            if (g0 == 0) prefetch_next(a, nx, a->kc, s, s + 8 < S ? s + 8 : nx->n, D, bf);
             f32x8 v[8][8]; /* [head][key] */
             for (int j = 0; j < keys; j++) {
                 const int64_t off = slot[s + j] * HD + kvo;
@@ -1964,9 +1993,13 @@ INLINE void qk_scores_heads(const attn_args *a, const float *q, const int64_t *s
 }
 #endif
 
-/* Softmax's numerators in place over sc[0, S), exp(sc[s] - max); returns their sum and sets
- * ``*max_out`` to the max. */
-static float softmax_weights(float *sc, int64_t S, float *max_out) {
+/* Softmax's numerators in place over sc[0, S), exp(sc[s] - max); returns their sum (lane by
+ * lane over 16-key blocks, then the lanes by ``hsum_parts`` and the tail keys in order: a
+ * running scalar sum of each block's ``hsum`` made the pass a chain of horizontal adds) and
+ * sets ``*max_out`` to the max. With ``wb``, also the numerators rounded to bfloat16 into
+ * wb[0, S), and wb[S] = 0 (p . v by pairs of keys: ``pv_heads_dp``); wb may be sc's own
+ * memory (each block is read before its half-width copy is written). */
+static float softmax_weights(float *sc, int64_t S, float *max_out, uint16_t *wb) {
     float mx = -INFINITY; /* (a max is the same in any order) */
     int64_t s = 0;
     if (S >= VW) {
@@ -1979,20 +2012,36 @@ static float softmax_weights(float *sc, int64_t S, float *max_out) {
     }
     for (; s < S; s++) mx = sc[s] > mx ? sc[s] : mx;
     *max_out = mx;
-    float sum = 0.0f;
+    vfw acc[VPARTS];
+    for (int h = 0; h < VPARTS; h++) acc[h] = (vfw){0};
     s = 0;
     for (; s + 16 <= S; s += 16) {
         vfw e[VPARTS];
         for (int h = 0; h < VPARTS; h++) {
             e[h] = vexp(load_vw(sc + s + VW * h) - vsplat(mx));
-            store_vw(sc + s + VW * h, e[h]);
+            acc[h] += e[h];
         }
-        sum += hsum_parts(e);
+#if BF16_DOT
+        if (wb) {
+            const __m256bh b = _mm512_cvtneps_pbh((__m512)e[0]);
+            memcpy(wb + s, &b, 32);
+            continue;
+        }
+#endif
+        for (int h = 0; h < VPARTS; h++) store_vw(sc + s + VW * h, e[h]);
     }
+    float sum = hsum_parts(acc);
     for (; s < S; s++) {
-        sc[s] = sexp(sc[s] - mx);
-        sum += sc[s];
+        const float e = sexp(sc[s] - mx);
+        sum += e;
+        if (wb) {
+            const uint16_t b = f32_to_bf16(e);
+            memcpy(wb + s, &b, 2);
+        } else {
+            sc[s] = e;
+        }
     }
+    if (wb) memset(wb + S, 0, 2);
     return sum;
 }
 
@@ -2014,7 +2063,7 @@ INLINE int pv_block(const int DV, const int NH) {
  * still runs over s in order, so its bits do not depend on NH or the blocks. */
 INLINE void pv_heads(const attn_args *a, const int64_t *slot, int64_t S, int kvh, const float *w,
                      int64_t ld, const float *sums, float *dst, int64_t dst_ld, const int NH,
-                     const int D, const int bf) {
+                     const int D, const int bf, const attn_next *nx) {
     const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
     const int DV = D / VW, DB = pv_block(DV, NH);
     for (int d0 = 0; d0 < DV; d0 += DB) {
@@ -2022,6 +2071,7 @@ INLINE void pv_heads(const attn_args *a, const int64_t *slot, int64_t S, int kvh
         for (int h = 0; h < NH; h++)
             for (int d = 0; d < DB; d++) o[h][d] = (vfw){0};
         for (int64_t s = 0; s < S; s++) {
+            if (nx && d0 == 0) prefetch_next(a, nx, a->vc, s, s + 1 < S ? s + 1 : nx->n, D, bf);
             const int64_t off = slot[s] * HD + kvo + (int64_t)VW * d0;
             vfw p[4];
             for (int h = 0; h < NH; h++) p[h] = vsplat(w[h * ld + s]);
@@ -2038,6 +2088,58 @@ INLINE void pv_heads(const attn_args *a, const int64_t *slot, int64_t S, int kvh
         }
     }
 }
+
+#if BF16_DOT
+/* ``pv_heads`` for bfloat16 V (D a multiple of 32) by AVX512_BF16 dot products: the V rows
+ * of keys s and s + 1 interleaved (``vpunpck[lh]wd``), so that lane i of ``vdpbf16ps`` adds
+ * w_s v_s[d] + w_s+1 v_s+1[d] for one dimension d, with the pair of weights (bfloat16, ``wb``:
+ * rows ``wld`` apart, wb[S] = 0 past an odd S) broadcast: half the instructions of widening V
+ * for float32 FMAs, the weights rounded to bfloat16 as torch's bfloat16 attention rounds them
+ * for its p . v product. Each output's sum runs over the pairs in order; lanes come out by
+ * 128-bit lane (dimensions 0-3, 8-11, ... in the low half's dot products, 4-7, 12-15, ... in
+ * the high half's), put back in order at the store. */
+INLINE void pv_heads_dp(const attn_args *a, const int64_t *slot, int64_t S, int kvh,
+                        const uint16_t *wb, int64_t wld, const float *sums, float *dst,
+                        int64_t dst_ld, const int NH, const int D, const attn_next *nx) {
+    const int64_t HD = (int64_t)a->Hkv * D, kvo = (int64_t)kvh * D;
+    const uint16_t *vc = (const uint16_t *)a->vc;
+    const __m512i lo_idx = _mm512_set_epi32(23, 22, 21, 20, 7, 6, 5, 4, 19, 18, 17, 16, 3, 2, 1, 0),
+                  hi_idx = _mm512_set_epi32(31, 30, 29, 28, 15, 14, 13, 12, 27, 26, 25, 24, 11, 10, 9, 8);
+    for (int d0 = 0; d0 < D; d0 += 64) {
+        const int DB = D - d0 >= 64 ? 2 : 1; /* 32 dimensions a vector */
+        __m512 o[4][4];                      /* [head][low / high half of each vector] */
+        for (int h = 0; h < NH; h++)
+            for (int k = 0; k < 2 * DB; k++) o[h][k] = _mm512_setzero_ps();
+        for (int64_t s = 0; s < S; s += 2) {
+            if (nx && d0 == 0) prefetch_next(a, nx, a->vc, s, s + 2 < S ? s + 2 : nx->n, D, 1);
+            const uint16_t *v0 = vc + slot[s] * HD + kvo + d0;
+            const uint16_t *v1 = s + 1 < S ? vc + slot[s + 1] * HD + kvo + d0 : NULL;
+            __m512bh pr[4];
+            for (int b = 0; b < DB; b++) {
+                const __m512i x = _mm512_loadu_si512(v0 + 32 * b),
+                              y = v1 ? _mm512_loadu_si512(v1 + 32 * b) : _mm512_setzero_si512();
+                pr[2 * b] = (__m512bh)_mm512_unpacklo_epi16(x, y);
+                pr[2 * b + 1] = (__m512bh)_mm512_unpackhi_epi16(x, y);
+            }
+            for (int h = 0; h < NH; h++) {
+                int32_t pair;
+                memcpy(&pair, wb + h * wld + s, 4);
+                const __m512bh w = (__m512bh)_mm512_set1_epi32(pair);
+                for (int k = 0; k < 2 * DB; k++) o[h][k] = _mm512_dpbf16_ps(o[h][k], w, pr[k]);
+            }
+        }
+        for (int h = 0; h < NH; h++) {
+            const __m512 inv = _mm512_set1_ps(1.0f / sums[h]);
+            float *out = dst + (int64_t)h * dst_ld + d0;
+            for (int b = 0; b < DB; b++) {
+                const __m512 l = o[h][2 * b], u = o[h][2 * b + 1];
+                _mm512_storeu_ps(out + 32 * b, _mm512_permutex2var_ps(l, lo_idx, u) * inv);
+                _mm512_storeu_ps(out + 32 * b + 16, _mm512_permutex2var_ps(l, hi_idx, u) * inv);
+            }
+        }
+    }
+}
+#endif
 
 /* Attention is split by chunks of positions (flash-decoding's split of the keys): a unit is
  * (row m, KV head, chunk) with all the query heads of the KV head's group, so K and V are
@@ -2087,9 +2189,10 @@ static void attn_merge(const attn_args *a, int m, int h, int64_t nch) {
     }
 }
 
-/* One unit: row m, KV head kvh, chunk c, its G query heads. ``sc``: G x chunk_len scores. */
+/* One unit: row m, KV head kvh, chunk c, its G query heads. ``sc``: G x chunk_len scores.
+ * ``nx``: the unit the thread takes next, whose K and V it asks for (``attn_next``). */
 INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc, const int D,
-                        const int bf) {
+                        const int bf, const attn_next *nx) {
     const int Hq = a->Hq, G = Hq / a->Hkv, h0 = kvh * G;
     const int64_t qkv_w = a->q_ld;
     const int64_t S = a->seq_lens[m], C = chunk_len(S), nch = chunk_count(S), s0 = c * C;
@@ -2097,16 +2200,23 @@ INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc
     const int64_t *slot = a->slots + a->rows[m] * a->stride + s0;
     float sums[256], maxes[256];
 #if VW == 8
-    qk_scores_heads(a, a->qkv + m * qkv_w + (int64_t)h0 * D, slot, n, kvh, sc, C, G, D, bf);
+    qk_scores_heads(a, a->qkv + m * qkv_w + (int64_t)h0 * D, slot, n, kvh, sc, C, G, D, bf, nx);
 #else
     uint16_t qb[256]; /* the query rounded to bfloat16 */
     for (int g = 0; g < G; g++) {
         const float *q = a->qkv + m * qkv_w + (int64_t)(h0 + g) * D;
         if (bf) to_bf16(q, qb, D);
-        qk_scores(a, q, qb, slot, n, kvh, sc + g * C, D, bf, g == 0);
+        /* the first head reads K from memory; the second asks for the next unit's */
+        qk_scores(a, q, qb, slot, n, kvh, sc + g * C, D, bf, g == 0, g == (G > 1) ? nx : NULL);
     }
 #endif
-    for (int g = 0; g < G; g++) sums[g] = softmax_weights(sc + g * C, n, &maxes[g]);
+#if BF16_DOT
+    const int dp = bf && D % 32 == 0; /* p . v by pairs of keys (``pv_heads_dp``) */
+#else
+    const int dp = 0;
+#endif
+    for (int g = 0; g < G; g++)
+        sums[g] = softmax_weights(sc + g * C, n, &maxes[g], dp ? (uint16_t *)(sc + g * C) : NULL);
     float *dst;
     int64_t dst_ld;
     if (nch == 1) { /* normalised, straight to the output */
@@ -2121,14 +2231,32 @@ INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc
             sums[g] = 1.0f; /* unnormalised: x * (1 / 1) is x */
         }
     }
-    int g = 0;
-    for (; g + 4 <= G; g += 4)
-        pv_heads(a, slot, n, kvh, sc + g * C, C, sums + g, dst + g * dst_ld, dst_ld, 4, D, bf);
-    switch (G - g) {
-    case 3: pv_heads(a, slot, n, kvh, sc + g * C, C, sums + g, dst + g * dst_ld, dst_ld, 3, D, bf); break;
-    case 2: pv_heads(a, slot, n, kvh, sc + g * C, C, sums + g, dst + g * dst_ld, dst_ld, 2, D, bf); break;
-    case 1: pv_heads(a, slot, n, kvh, sc + g * C, C, sums + g, dst + g * dst_ld, dst_ld, 1, D, bf); break;
-    default: break;
+    for (int g = 0; g < G;) { /* the group's heads four at a time, V read once for them */
+        const int nh = G - g < 4 ? G - g : 4;
+        const attn_next *pnx = g == 0 ? nx : NULL;
+        float *o = dst + g * dst_ld;
+#if BF16_DOT
+        if (dp) {
+            const uint16_t *wb = (const uint16_t *)(sc + g * C);
+            const int64_t wld = 2 * C;
+            switch (nh) {
+            case 4: pv_heads_dp(a, slot, n, kvh, wb, wld, sums + g, o, dst_ld, 4, D, pnx); break;
+            case 3: pv_heads_dp(a, slot, n, kvh, wb, wld, sums + g, o, dst_ld, 3, D, pnx); break;
+            case 2: pv_heads_dp(a, slot, n, kvh, wb, wld, sums + g, o, dst_ld, 2, D, pnx); break;
+            default: pv_heads_dp(a, slot, n, kvh, wb, wld, sums + g, o, dst_ld, 1, D, pnx); break;
+            }
+            g += nh;
+            continue;
+        }
+#endif
+        const float *w = sc + g * C;
+        switch (nh) {
+        case 4: pv_heads(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 4, D, bf, pnx); break;
+        case 3: pv_heads(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 3, D, bf, pnx); break;
+        case 2: pv_heads(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 2, D, bf, pnx); break;
+        default: pv_heads(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 1, D, bf, pnx); break;
+        }
+        g += nh;
     }
     if (nch > 1 &&
         atomic_fetch_add_explicit(&a->done[m * a->Hkv + kvh], 1, memory_order_acq_rel) == nch - 1)
@@ -2136,11 +2264,13 @@ INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc
 }
 
 #define ATTN_UNIT(NAME, D)                                                                     \
-    static void NAME##_bf(const attn_args *a, int m, int kvh, int64_t c, float *sc) {          \
-        attn_unit_d(a, m, kvh, c, sc, D, 1);                                                   \
+    static void NAME##_bf(const attn_args *a, int m, int kvh, int64_t c, float *sc,            \
+                          const attn_next *nx) {                                               \
+        attn_unit_d(a, m, kvh, c, sc, D, 1, nx);                                               \
     }                                                                                          \
-    static void NAME##_f32(const attn_args *a, int m, int kvh, int64_t c, float *sc) {         \
-        attn_unit_d(a, m, kvh, c, sc, D, 0);                                                   \
+    static void NAME##_f32(const attn_args *a, int m, int kvh, int64_t c, float *sc,           \
+                           const attn_next *nx) {                                              \
+        attn_unit_d(a, m, kvh, c, sc, D, 0, nx);                                               \
     }
 ATTN_UNIT(attn_d64, 64)
 ATTN_UNIT(attn_d128, 128)
@@ -2148,18 +2278,21 @@ ATTN_UNIT(attn_d256, 256)
 
 /* Any other head_dim (a multiple of 16, at most 256): the order of every sum is the same, the
  * loops are not unrolled. */
-static void attn_unit(const attn_args *a, int m, int kvh, int64_t c, float *sc) {
+static void attn_unit(const attn_args *a, int m, int kvh, int64_t c, float *sc,
+                      const attn_next *nx) {
     const int bf = a->kvdt == DT_BF16;
     switch (a->D) {
-    case 64: (bf ? attn_d64_bf : attn_d64_f32)(a, m, kvh, c, sc); return;
-    case 128: (bf ? attn_d128_bf : attn_d128_f32)(a, m, kvh, c, sc); return;
-    case 256: (bf ? attn_d256_bf : attn_d256_f32)(a, m, kvh, c, sc); return;
+    case 64: (bf ? attn_d64_bf : attn_d64_f32)(a, m, kvh, c, sc, nx); return;
+    case 128: (bf ? attn_d128_bf : attn_d128_f32)(a, m, kvh, c, sc, nx); return;
+    case 256: (bf ? attn_d256_bf : attn_d256_f32)(a, m, kvh, c, sc, nx); return;
     default: break;
     }
-    attn_unit_d(a, m, kvh, c, sc, a->D, bf);
+    attn_unit_d(a, m, kvh, c, sc, a->D, bf, nx);
 }
 
-/* Units in order (row, KV head, chunk); row m's first is unit0[m]. */
+/* Units in order (row, KV head, chunk); row m's first is unit0[m]. A thread claims its own
+ * share's units in order before any other's, so unit u + 1 is the one it most likely takes
+ * next: u asks for its keys (``attn_next``). */
 static void attn_units(void *p, int tid, int64_t lo, int64_t hi) {
     const attn_args *a = (const attn_args *)p;
     float *sc = a->scores + (int64_t)tid * a->score_floats;
@@ -2168,7 +2301,16 @@ static void attn_units(void *p, int tid, int64_t lo, int64_t hi) {
     for (int64_t u = lo; u < hi; u++) {
         while (a->unit0[m + 1] <= u) m++;
         const int64_t nch = chunk_count(a->seq_lens[m]), r = u - a->unit0[m];
-        attn_unit(a, m, (int)(r / nch), r % nch, sc);
+        attn_next nx = {NULL, 0, 0};
+        if (u + 1 < a->unit0[a->M]) {
+            const int mn = a->unit0[m + 1] <= u + 1 ? m + 1 : m;
+            const int64_t S = a->seq_lens[mn], C = chunk_len(S), nc = chunk_count(S),
+                          rn = u + 1 - a->unit0[mn], s0 = rn % nc * C;
+            nx.slot = a->slots + a->rows[mn] * a->stride + s0;
+            nx.n = S - s0 < C ? S - s0 : C;
+            nx.kvo = rn / nc * a->D;
+        }
+        attn_unit(a, m, (int)(r / nch), r % nch, sc, &nx);
     }
 }
 

@@ -160,11 +160,14 @@ def test_extend_by_c_is_as_close_to_the_reference_as_sdpa(dtype, hq, hkv, d, see
         ([0], [1]),  # a one-token prompt
     ],
 )
-def test_decode_rows_in_an_extend_batch_are_as_close_as_sdpa(dtype, prefix, extend):
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (8, 2, 128), (12, 1, 64), (4, 4, 64)])
+def test_decode_rows_in_an_extend_batch_are_as_close_as_sdpa(dtype, prefix, extend, hq, hkv, d):
     """A request of one new token in an extend forward (a decode row mixed into a prefill's
     chunk) is attended by the decode step's kernel inside the C extend attention: held to
-    SDPA's error against float64, across chunk merges and with or without prefills beside it."""
-    args = (ForwardMode.EXTEND, prefix, extend, 9, 3, 64, 0, 7, dtype)
+    SDPA's error against float64, across chunk merges (odd key counts among them: p . v takes
+    keys by pairs in bfloat16) and with or without prefills beside it, for groups of 1 to 12
+    query heads (p . v takes them four at a time) and head dims of 64 and 128."""
+    args = (ForwardMode.EXTEND, prefix, extend, hq, hkv, d, 0, 7, dtype)
     batch, _, c_err = _run(*args)
     _, _, sdpa_err = _run(*args, c_extend=False)
     assert c_err <= 1.5 * sdpa_err + (1e-3 if dtype == torch.bfloat16 else 1e-7)
@@ -183,7 +186,7 @@ def test_c_extend_bits_do_not_depend_on_threads_or_the_batch(dtype):
         pytest.skip(f"the C extend attention is not built for {dtype} here")
     gen = torch.Generator().manual_seed(0)
     hq, hkv, d = 9, 3, 64
-    prefix, ext = [17, 0, 40], [75, 1, 130]
+    prefix, ext = [17, 0, 40, 300], [75, 1, 130, 1]
     seq = [p + e for p, e in zip(prefix, ext)]
     k_buf = torch.randn(sum(seq) + 1, hkv, d, generator=gen).to(dtype)
     v_buf = torch.randn(sum(seq) + 1, hkv, d, generator=gen).to(dtype)
@@ -205,11 +208,12 @@ def test_c_extend_bits_do_not_depend_on_threads_or_the_batch(dtype):
         assert rc == 0
         return out
 
-    batch = attend([0, 1, 2], 2)
-    assert torch.equal(batch, attend([0, 1, 2], 1))
+    batch = attend([0, 1, 2, 3], 2)
+    assert torch.equal(batch, attend([0, 1, 2, 3], 1))
     assert torch.equal(batch[: ext[0]], attend([0], 2))
-    assert torch.equal(batch[ext[0] + ext[1] :], attend([2], 1))
-    assert torch.equal(batch[ext[0] : ext[0] + ext[1]], attend([1], 1))  # the decode row
+    assert torch.equal(batch[ext[0] + ext[1] : -1], attend([2], 1))
+    assert torch.equal(batch[ext[0] : ext[0] + ext[1]], attend([1], 1))  # the decode rows
+    assert torch.equal(batch[-1:], attend([3], 1))  # (three chunks merged)
 
 
 def test_c_extend_runs_on_the_forwards_threads_not_torchs(monkeypatch):
