@@ -18,6 +18,7 @@ from plait.runtime.model.loader import load_model
 from plait.runtime.model.model_runner import ModelRunner
 from plait.runtime.model.models.quant_linear import Int4Linear, Int8Linear
 from tests.conftest import make_tiny_model
+from tests.kernels.test_cpu_decode_build import NARROWER
 
 pytestmark = pytest.mark.skipif(
     cpu_decode.library() is None, reason=f"no fused decode step: {cpu_decode.build_error()}"
@@ -200,6 +201,30 @@ def test_long_rows_same_bits_at_any_thread_count_and_batch(model_dirs, dtype):
     for i in (1, 3):
         alone = state.fused_step(state.decode_batch([i], [12 + i - 1]), threads=2)
         assert torch.equal(alone[0], one[i])
+
+
+@pytest.mark.skipif(cpu_decode._compiler() is None, reason="no C compiler on this machine")
+@pytest.mark.parametrize("target", NARROWER)
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_narrower_builds_attend_long_rows_as_torch_does(model_dirs, target, dtype):
+    """The step built for a CPU with fewer vector instructions than this one (without
+    AVX512_BF16: p . v by float32 FMAs; AVX2 alone: a key block's heads together in 8 lanes),
+    each attention unit asking for the next one's keys, over rows of several chunks."""
+    flags, needs = NARROWER[target]
+    if needs not in (cpu_decode.cpu_flags() or ()):
+        pytest.skip(f"this CPU cannot run a {target} build")
+    base = [f for f in cpu_decode.FLAGS if not f.startswith("-march")]
+    lib = cpu_decode._load(cpu_decode._compiler(), [*base, *flags])
+    assert lib.plait_bf16_dot() == 0
+    state = _State(model_dirs["llama-hd64-long"], dtype, LONG_ROWS, max_len=2304)
+    batch = state.decode_batch([0, 1, 2, 3, 4], [7, 8, 9, 10, 11])
+    expected = state.torch_step(batch)
+    got = state.fused_step_on(lib, batch)
+    if dtype == "float32":
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+        return
+    exact = _float32_logits(model_dirs["llama-hd64-long"], LONG_ROWS, [7, 8, 9, 10, 11], 2304)
+    _assert_bfloat16_agrees(got, expected, exact)
 
 
 @pytest.mark.parametrize("quant", ["int8", "int4"])
