@@ -1842,7 +1842,9 @@ typedef struct {
 /* The unit a thread takes after this one (its share's next, ``attn_units``): a unit's first
  * pass over its keys (one head's q . k) is bound by memory where the KV is not in a cache,
  * and its other passes (the group's other heads, softmax, p . v) by instructions, so each
- * unit asks for the next unit's K during its second head's q . k and for its V during p . v,
+ * unit asks for the next unit's K during its second head's q . k (its one head's, in a group
+ * of one; AVX2 builds: its q . k, which reads a key block's heads together) and for its V
+ * during p . v,
  * a key at a time, into L2: where the KV comes from memory, reading and computing had taken
  * turns (one thread over 4,000 positions in 30 layers, 88 cycles a key and KV head against 42
  * with the KV in L2; this prefetch alone 8.9 -> 6.5 ms a token, two threads 4.9 -> 3.8, 32
