@@ -1855,16 +1855,24 @@ typedef struct {
     int64_t kvo;         /* its KV head's first element in a slot's row */
 } attn_next;
 
+/* Asks for the rows of keys [lo, hi) of ``slot`` in ``cache`` (K or V), KV head offset
+ * ``kvo``, into L1 (``l1``) or L2. */
+INLINE void prefetch_rows(const attn_args *a, const void *cache, const int64_t *slot, int64_t kvo,
+                          int64_t lo, int64_t hi, const int D, const int bf, const int l1) {
+    const int64_t HD = (int64_t)a->Hkv * D, eb = bf ? 2 : 4, row = D * eb;
+    for (int64_t j = lo; j < hi; j++) {
+        const char *p = (const char *)cache + (slot[j] * HD + kvo) * eb;
+        for (int64_t o = 0; o < row; o += 64) {
+            if (l1) __builtin_prefetch(p + o, 0, 3);
+            else __builtin_prefetch(p + o, 0, 2);
+        }
+    }
+}
+
 /* Asks for the rows of the next unit's keys [lo, hi) of ``cache`` (K or V) into L2. */
 INLINE void prefetch_next(const attn_args *a, const attn_next *nx, const void *cache, int64_t lo,
                           int64_t hi, const int D, const int bf) {
-    if (!nx->slot) return;
-    const int64_t HD = (int64_t)a->Hkv * D, eb = bf ? 2 : 4, row = D * eb;
-    if (hi > nx->n) hi = nx->n;
-    for (int64_t j = lo; j < hi; j++) {
-        const char *p = (const char *)cache + (nx->slot[j] * HD + nx->kvo) * eb;
-        for (int64_t o = 0; o < row; o += 64) __builtin_prefetch(p + o, 0, 2);
-    }
+    if (nx->slot) prefetch_rows(a, cache, nx->slot, nx->kvo, lo, hi < nx->n ? hi : nx->n, D, bf, 0);
 }
 
 /* The attention of one unit is written with D (head_dim) and the KV dtype as arguments of
@@ -1924,16 +1932,9 @@ INLINE void qk_scores(const attn_args *a, const float *q, const uint16_t *qb,
     for (; s + 16 <= S; s += 16) {
         f32x16 acc[16];
         if (pf) { /* (the group's first head: the others find K in L1) */
-            const int64_t eb = bf ? 2 : 4, row = D * eb;
-            for (int j = 0; j < 16 && s + ATTN_KEYS_AHEAD + j < S; j++) {
-                const char *kp =
-                    (const char *)a->kc + (slot[s + ATTN_KEYS_AHEAD + j] * HD + kvo) * eb;
-                for (int64_t o = 0; o < row; o += 64) __builtin_prefetch(kp + o, 0, 3);
-            }
-            for (int j = 0; j < 16; j++) { /* V for p . v, into L2 */
-                const char *vp = (const char *)a->vc + (slot[s + j] * HD + kvo) * eb;
-                for (int64_t o = 0; o < row; o += 64) __builtin_prefetch(vp + o, 0, 2);
-            }
+            const int64_t ahead = s + ATTN_KEYS_AHEAD, end = ahead + 16 < S ? ahead + 16 : S;
+            prefetch_rows(a, a->kc, slot, kvo, ahead, end, D, bf, 1);
+            prefetch_rows(a, a->vc, slot, kvo, s, s + 16, D, bf, 0); /* V for p . v */
         }
         if (nx) prefetch_next(a, nx, a->kc, s, s + 16, D, bf);
         for (int j = 0; j < 16; j++) qk_parts(a, q, qb, slot[s + j] * HD + kvo, D, bf, &acc[j]);
@@ -2144,6 +2145,22 @@ INLINE void pv_heads_dp(const attn_args *a, const int64_t *slot, int64_t S, int 
 }
 #endif
 
+/* p . v for NH heads of a unit's group (weights ``w``: their rows ``C`` floats apart, or with
+ * ``dp`` their bfloat16 copies ``softmax_weights`` wrote over them): ``pv_heads_dp`` where the
+ * build and V have it, else ``pv_heads``. */
+INLINE void pv_group(const attn_args *a, const int64_t *slot, int64_t S, int kvh, const float *w,
+                     int64_t C, const float *sums, float *dst, int64_t dst_ld, const int NH,
+                     const int D, const int bf, const int dp, const attn_next *nx) {
+#if BF16_DOT
+    if (dp) {
+        pv_heads_dp(a, slot, S, kvh, (const uint16_t *)w, 2 * C, sums, dst, dst_ld, NH, D, nx);
+        return;
+    }
+#endif
+    (void)dp;
+    pv_heads(a, slot, S, kvh, w, C, sums, dst, dst_ld, NH, D, bf, nx);
+}
+
 /* Attention is split by chunks of positions (flash-decoding's split of the keys): a unit is
  * (row m, KV head, chunk) with all the query heads of the KV head's group, so K and V are
  * read once per group, and a long context spreads over the threads even for one row. A
@@ -2237,27 +2254,13 @@ INLINE void attn_unit_d(const attn_args *a, int m, int kvh, int64_t c, float *sc
     for (int g = 0; g < G;) { /* the group's heads four at a time, V read once for them */
         const int nh = G - g < 4 ? G - g : 4;
         const attn_next *pnx = g == 0 ? nx : NULL;
-        float *o = dst + g * dst_ld;
-#if BF16_DOT
-        if (dp) {
-            const uint16_t *wb = (const uint16_t *)(sc + g * C);
-            const int64_t wld = 2 * C;
-            switch (nh) {
-            case 4: pv_heads_dp(a, slot, n, kvh, wb, wld, sums + g, o, dst_ld, 4, D, pnx); break;
-            case 3: pv_heads_dp(a, slot, n, kvh, wb, wld, sums + g, o, dst_ld, 3, D, pnx); break;
-            case 2: pv_heads_dp(a, slot, n, kvh, wb, wld, sums + g, o, dst_ld, 2, D, pnx); break;
-            default: pv_heads_dp(a, slot, n, kvh, wb, wld, sums + g, o, dst_ld, 1, D, pnx); break;
-            }
-            g += nh;
-            continue;
-        }
-#endif
         const float *w = sc + g * C;
+        float *o = dst + g * dst_ld;
         switch (nh) {
-        case 4: pv_heads(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 4, D, bf, pnx); break;
-        case 3: pv_heads(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 3, D, bf, pnx); break;
-        case 2: pv_heads(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 2, D, bf, pnx); break;
-        default: pv_heads(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 1, D, bf, pnx); break;
+        case 4: pv_group(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 4, D, bf, dp, pnx); break;
+        case 3: pv_group(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 3, D, bf, dp, pnx); break;
+        case 2: pv_group(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 2, D, bf, dp, pnx); break;
+        default: pv_group(a, slot, n, kvh, w, C, sums + g, o, dst_ld, 1, D, bf, dp, pnx); break;
         }
         g += nh;
     }
