@@ -730,6 +730,8 @@ typedef struct {
     const float *xsum;        /* DT_I4 without AVX-512: [M, in / 32] sums of activation groups;
                                  DT_I8P / DT_I4P: sums of the int16 activations per block */
     const uint16_t *xb;       /* DT_BF16, DT_I8 with BF16_DOT: the activations in bfloat16 */
+    const uint32_t *xp;       /* DT_BF16 by AMX: the activations as AMX's B tiles (``amx_pack``),
+                                 or NULL where the product runs by vectors */
     void *conv;               /* batches' weight blocks made once per block (``nt_rows``),
                                  [nth, TILE_RO, in]: DT_I8 as bfloat16 with BF16_DOT, DT_BF16
                                  and DT_I8 as float32 without */
@@ -1598,6 +1600,143 @@ INLINE int tile_min_rows(int dtype) {
     return TILE_MIN_ROWS;
 }
 
+/* ---- bfloat16 products by AMX ------------------------------------------------------------- */
+
+/* Where the CPU has AMX (AMX_TILE, AMX_BF16) and the kernel grants its tile state to this
+ * process, a bfloat16 product of ``in`` a multiple of 32 runs by ``tdpbf16ps``, for one
+ * activation row as for 64: the weights are tile A as they lie ([out, in], 16 rows of 32
+ * inputs a tile, no copy), the activations tile B (16 rows a tile, their bfloat16 pairs
+ * transposed once per product, ``amx_pack``), and each 16 x 16 float32 tile of sums goes
+ * through ``emit``. An output's sum runs over its 32-input chunks in order, each chunk's
+ * pairs as the instruction adds them, whatever the other rows of the batch: a row's bits are
+ * the same alone and in a batch, on any thread count, as the vector kernels' are. (Not the
+ * vector kernels' bits: AMX rounds its chunk sums its own way and flushes denormals.) The
+ * rows past a product's last whole 16-row block run by vectors (the same rows whatever M). */
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && BF16_DOT
+#define AMX_BF16 1
+#include <sys/syscall.h>
+#define ARCH_REQ_XCOMP_PERM 0x1023
+#define XFEATURE_XTILEDATA 18
+
+typedef struct {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} __attribute__((aligned(64))) amx_config;
+
+/* -1 until asked; then 1 where the kernel granted the tile state, else 0 (``plait_amx``) */
+static int amx_state = -1;
+
+static int amx_granted(void) {
+    if (amx_state < 0) amx_state = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    return amx_state;
+}
+
+/* tiles 0-3: sums (2 weight blocks x 2 activation groups), 4-5: weights, 6-7: activations */
+static void amx_configure(void) {
+    amx_config c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        c.rows[t] = 16;
+        c.colsb[t] = 64;
+    }
+    _tile_loadconfig(&c);
+}
+
+/* B tiles of ``xb`` ([M, K] bfloat16): [groups of 16 rows][K / 32][16 pairs][16 rows] of
+ * 32-bit bfloat16 pairs, the rows past M zero. */
+static void amx_pack(const uint16_t *xb, int M, int64_t K, uint32_t *xp) {
+    const int64_t kc = K / 32, groups = (M + 15) / 16;
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t c = 0; c < kc; c++) {
+            uint32_t *t = xp + (g * kc + c) * 256;
+            for (int j = 0; j < 16; j++) {
+                const int64_t m = 16 * g + j;
+                const uint32_t *src = (const uint32_t *)(xb + m * K) + 16 * c;
+                for (int p = 0; p < 16; p++) t[p * 16 + j] = m < M ? src[p] : 0;
+            }
+        }
+}
+
+/* A 16 x 16 tile of sums (weight rows o.., activation rows 16 g..) through ``emit``. */
+INLINE void amx_emit(const gemv_args *a, int64_t o, int64_t g, const float *ct) {
+    const int m0 = (int)(16 * g), n = a->M - m0 < 16 ? a->M - m0 : 16;
+    for (int r = 0; r < 16; r++)
+        for (int j = 0; j < n; j++) emit(a, m0 + j, o + r, ct[r * 16 + j]);
+}
+
+/* The sums of weight blocks o (and o + 16 where ``two``) with activation groups g (and g + 1
+ * where ``both``): the same tdpbf16ps per output in every case. */
+#define AMX_BLOCKS(TWO, BOTH)                                                                  \
+    do {                                                                                       \
+        _tile_zero(0);                                                                         \
+        if (TWO) _tile_zero(1);                                                                \
+        if (BOTH) _tile_zero(2);                                                               \
+        if (TWO && BOTH) _tile_zero(3);                                                        \
+        for (int64_t c = 0; c < kc; c++) {                                                     \
+            _tile_loadd(4, w0 + 64 * c, stride);                                               \
+            if (TWO) _tile_loadd(5, w0 + 16 * stride + 64 * c, stride);                        \
+            _tile_loadd(6, b0 + 256 * c, 64);                                                  \
+            if (BOTH) _tile_loadd(7, b0 + 256 * (kc + c), 64);                                 \
+            _tile_dpbf16ps(0, 4, 6);                                                           \
+            if (TWO) _tile_dpbf16ps(1, 5, 6);                                                  \
+            if (BOTH) _tile_dpbf16ps(2, 4, 7);                                                 \
+            if (TWO && BOTH) _tile_dpbf16ps(3, 5, 7);                                          \
+        }                                                                                      \
+        _tile_stored(0, ct, 64);                                                               \
+        amx_emit(a, o, g, ct);                                                                 \
+        if (TWO) {                                                                             \
+            _tile_stored(1, ct, 64);                                                           \
+            amx_emit(a, o + 16, g, ct);                                                        \
+        }                                                                                      \
+        if (BOTH) {                                                                            \
+            _tile_stored(2, ct, 64);                                                           \
+            amx_emit(a, o, g + 1, ct);                                                         \
+        }                                                                                      \
+        if (TWO && BOTH) {                                                                     \
+            _tile_stored(3, ct, 64);                                                           \
+            amx_emit(a, o + 16, g + 1, ct);                                                    \
+        }                                                                                      \
+    } while (0)
+
+/* Weight rows [o0, o1), whole 16-row blocks, two at a time where there are two. */
+static void amx_bf16_rows(const gemv_args *a, int64_t o0, int64_t o1) {
+    if (o0 >= o1) return;
+    amx_configure();
+    const int64_t K = a->in, kc = K / 32, stride = 2 * K, groups = (a->M + 15) / 16;
+    float ct[256] __attribute__((aligned(64)));
+    for (int64_t o = o0; o < o1; o += 32) {
+        const int two = o + 32 <= o1;
+        const char *w0 = (const char *)a->w + o * stride;
+        for (int64_t g = 0; g < groups; g += 2) {
+            const int both = g + 1 < groups;
+            const uint32_t *b0 = a->xp + g * kc * 256;
+            if (two && both) AMX_BLOCKS(1, 1);
+            else if (two) AMX_BLOCKS(1, 0);
+            else if (both) AMX_BLOCKS(0, 1);
+            else AMX_BLOCKS(0, 0);
+        }
+    }
+    _tile_release();
+}
+#else
+#define AMX_BF16 0
+#endif
+
+/* 0 turns AMX off for this process (``plait_amx``: benches and tests compare the two). */
+static int amx_wanted = 1;
+
+/* Whether the product ``a`` runs by AMX (``amx_bf16_rows``). */
+static int amx_product(const gemv_args *a) {
+#if AMX_BF16
+    return a->dtype == DT_BF16 && a->in % 32 == 0 && amx_wanted && amx_granted();
+#else
+    (void)a;
+    return 0;
+#endif
+}
+
 /* One activation row (decode): a format's 1 x 1 tile over rows [o0, o1) by direct calls in one
  * loop, which the compiler inlines, rather than one call through ``tiles`` a row (the call and
  * the tile's set-up were ~15% of a bfloat16 row's time from L2: 576 inputs, one thread, 66 ->
@@ -1621,6 +1760,14 @@ static void nt_rows_1(const gemv_args *a, int64_t o0, int64_t o1, int64_t row) {
 
 static void nt_rows(const gemv_args *a, int64_t o0, int64_t o1, void *conv) {
     const int64_t row = a->in * weight_eighths[a->dtype] / 8;
+#if AMX_BF16
+    if (a->xp) { /* whole 16-row blocks by AMX; the rows past the product's last block below */
+        const int64_t ob = o0 + (o1 - o0) / 16 * 16;
+        amx_bf16_rows(a, o0, ob);
+        o0 = ob;
+        if (o0 == o1) return;
+    }
+#endif
     if (a->M == 1) { /* (``conv`` is given to batches only) */
         nt_rows_1(a, o0, o1, row);
         return;
@@ -1761,9 +1908,12 @@ static int gemv(gemv_args *a, int nth) {
 #else
     const int convert = (a->dtype == DT_BF16 || a->dtype == DT_I8) && a->M >= TILE_MIN_ROWS;
 #endif
-    /* one buffer: xsum [M, G] floats, xb (bfloat16), then conv on a cache line */
+    /* AMX's B tiles: whole groups of 16 rows */
+    const size_t xp_bytes = amx_product(a) ? 2 * (size_t)((a->M + 15) / 16 * 16) * a->in : 0;
+    /* one buffer: xsum [M, G] floats, xb (bfloat16), xp and conv each on a cache line */
     const size_t xsum_bytes = sizeof(float) * (size_t)(a->M * G);
-    const size_t conv_at = (xsum_bytes + 2 * (size_t)nxb + 63) & ~(size_t)63;
+    const size_t xp_at = (xsum_bytes + 2 * (size_t)nxb + 63) & ~(size_t)63;
+    const size_t conv_at = xp_at + xp_bytes;
     char *buf = (char *)scratch_bytes(conv_at + (convert ? (size_t)nth * conv_bytes(a) : 0) + 64);
     if (!buf) return -1;
     if (G) {
@@ -1781,6 +1931,12 @@ static int gemv(gemv_args *a, int nth) {
         to_bf16(a->x, xb, nxb);
         a->xb = xb;
     }
+#if AMX_BF16
+    if (xp_bytes) {
+        amx_pack(xb, a->M, a->in, (uint32_t *)(buf + xp_at));
+        a->xp = (const uint32_t *)(buf + xp_at);
+    }
+#endif
     a->conv = convert ? (void *)(((uintptr_t)(buf + conv_at) + 63) & ~(uintptr_t)63) : NULL;
     parallel_claim(gemv_rows, a, a->out, gemv_chunk(a, nth), nth);
     return 0;
@@ -2650,9 +2806,20 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
         for (int t = 0; t < nth && rc == 0; t++) {
             const int32_t *c = cand + ((int64_t)r * nth + t) * smax;
             for (int32_t k = 0; k < count[r * nth + t] && rc == 0; k++) {
+                /* a row the full head computes in a 16-row block by AMX: that whole block, so
+                 * that its logit is the full head's bits (AMX's sums are the same whatever
+                 * the block's other rows) */
                 gemv_args g = product(ptrs + P_LM_HEAD, H, 1, x, NULL, row + c[k], 0, 1);
-                g.w = (const char *)g.w + c[k] * rowb;
+                const int64_t b0 = c[k] / 16 * 16;
+                float block[16];
+                const int whole = amx_product(&g) && b0 + 16 <= V;
+                if (whole) {
+                    g.out = g.ldy = 16;
+                    g.y = block;
+                    g.w = (const char *)g.w + b0 * rowb;
+                } else g.w = (const char *)g.w + c[k] * rowb;
                 rc = gemv(&g, 1);
+                if (whole) row[c[k]] = block[c[k] - b0];
             }
         }
     }
@@ -2868,6 +3035,18 @@ int plait_gemv(const void *w, int dtype, const float *scale, const float *low, i
 
 /* 1 when bfloat16 products round the activations to bfloat16 (AVX512_BF16), else 0. */
 int plait_bf16_dot(void) { return BF16_DOT; }
+
+/* Whether bfloat16 products of whole 32-input chunks run by AMX (``amx_bf16_rows``): 1 where the
+ * library was built with AMX_BF16, the kernel granted the tile state and ``want`` (1 on, 0 off,
+ * -1 as it is) leaves it on, else 0. Set it between calls, not during one. */
+int plait_amx(int want) {
+    if (want >= 0) amx_wanted = want;
+#if AMX_BF16
+    return amx_wanted && amx_granted();
+#else
+    return 0;
+#endif
+}
 
 /* 1 when DT_I8P, DT_I4P and DT_I4PH run by AVX512_VNNI, else 0. */
 int plait_i8_vnni(void) { return I8_VNNI; }

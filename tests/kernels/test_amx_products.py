@@ -1,0 +1,68 @@
+"""bfloat16 products by AMX (``amx_bf16_rows`` in ``kernels/cpu_decode.c``), where the CPU has
+it: as close to float64 as the vector kernels, a row's bits the same alone and in any batch on
+any thread count, and the rows past the last whole 16-row block the vector kernels' own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from plait.kernels import cpu_decode
+
+LIB = cpu_decode.library()
+pytestmark = pytest.mark.skipif(
+    LIB is None or not LIB.plait_amx(-1), reason="no AMX on this CPU (or not granted)"
+)
+
+
+def _product(w: torch.Tensor, x: torch.Tensor, threads: int, amx: bool) -> torch.Tensor:
+    y = torch.empty(x.shape[0], w.shape[0])
+    LIB.plait_amx(int(amx))
+    try:
+        assert cpu_decode.gemv(LIB, cpu_decode.DT_BF16, w, x, y, threads=threads) == 0
+    finally:
+        LIB.plait_amx(1)
+    return y
+
+
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 33, 64])
+def test_amx_products_are_within_float32_summation_error(m):
+    """Each output within the worst-case error of summing its k products in float32 (the
+    products of bfloat16 values are exact there): k u sum |w x|, as the vector kernels are."""
+    gen = torch.Generator().manual_seed(m)
+    n, k = 1040, 576
+    w = torch.randn(n, k, generator=gen).bfloat16()
+    x = torch.randn(m, k, generator=gen)
+    xb = x.bfloat16().double()
+    ref = xb @ w.double().T
+    bound = k * 2.0**-24 * (xb.abs() @ w.double().abs().T)
+    for amx in (True, False):
+        err = (_product(w, x, 2, amx).double() - ref).abs()
+        assert bool((err <= bound).all()), (amx, float((err - bound).max()))
+
+
+def test_a_row_has_the_same_bits_alone_and_in_any_batch_on_any_thread_count():
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(4112, 576, generator=gen).bfloat16()
+    x = torch.randn(40, 576, generator=gen)
+    alone = torch.cat([_product(w, x[i : i + 1], 1, True) for i in range(40)])
+    for m in (2, 16, 17, 32, 33, 40):
+        for threads in (1, 2, 3):
+            assert torch.equal(_product(w, x[:m], threads, True), alone[:m]), (m, threads)
+
+
+def test_rows_past_the_last_whole_block_are_the_vector_kernels():
+    """4,117 rows: 257 blocks by AMX, the last 5 rows by vectors whatever the batch."""
+    gen = torch.Generator().manual_seed(4)
+    w = torch.randn(4117, 576, generator=gen).bfloat16()
+    x = torch.randn(9, 576, generator=gen)
+    amx, vectors = _product(w, x, 2, True), _product(w, x, 2, False)
+    assert torch.equal(amx[:, 4112:], vectors[:, 4112:])
+    assert not torch.equal(amx[:, :4112], vectors[:, :4112])  # AMX ran the blocks
+
+
+def test_inputs_not_whole_32_chunks_run_by_vectors():
+    gen = torch.Generator().manual_seed(5)
+    w = torch.randn(64, 100, generator=gen).bfloat16()
+    x = torch.randn(3, 100, generator=gen)
+    assert torch.equal(_product(w, x, 2, True), _product(w, x, 2, False))
