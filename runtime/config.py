@@ -151,7 +151,7 @@ class EngineConfig:
         "auto",
         (str,),
         "float32 products on CPU: openblas (numpy's BLAS; faster than torch's MKL on AMD CPUs) "
-        "or torch; auto: openblas where numpy has it",
+        "or torch; auto: openblas where numpy has it, on CPUs other than Intel's",
         choices=FLOAT32_MATMULS,
     )
     decode_kernel: str = _opt(

@@ -1,10 +1,12 @@
 """Float32 matrix products on the CPU through OpenBLAS, the BLAS numpy ships.
 
 torch's CPU wheels multiply float32 with MKL, which on AMD CPUs takes a generic code path: on
-this box (AMD EPYC, avx512) OpenBLAS is faster at every size the model runs, and its
-matrix-vector product uses every thread where MKL's runs on one (bench/RESULTS.md, issue 15:
-the 121 decode products of SmolLM2-135M take 35 ms with MKL at 1 or 2 threads, 22 ms with
-OpenBLAS at 2; a 512-token prefill's 1.23 s against 0.93 s).
+an AMD EPYC (avx512) OpenBLAS was faster at every size the model runs, and its matrix-vector
+product uses every thread where MKL's runs on one (bench/RESULTS.md, issue 15: the 121 decode
+products of SmolLM2-135M took 35 ms with MKL at 1 or 2 threads, 22 ms with OpenBLAS at 2; a
+512-token prefill's 1.23 s against 0.93 s). On Intel CPUs MKL takes its own best path, and
+there ``auto`` keeps it: a 2-core Xeon with AMX ran the prefills of 32 distinct prompts in
+3.6-3.9 s with MKL against 5.0-5.1 with OpenBLAS (``bench_batch_phases.py``, 2026-12-05).
 
 Two thread pools must not be busy at once on a small box: torch's OpenMP workers spin after
 each op while OpenBLAS's run, and the other way round (measured: a decode step 7x slower).
@@ -113,13 +115,28 @@ def numpy_openblas() -> OpenBLAS | None:
 AUTO_MIN_WEIGHT_BYTES = 64 << 20
 
 
+@functools.cache
+def intel_cpu() -> bool:
+    """Whether this CPU is Intel's (``/proc/cpuinfo``'s vendor_id), where MKL runs its own
+    kernels; False where unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip() == "GenuineIntel"
+    except OSError:
+        pass
+    return False
+
+
 def resolve(choice: str, device: torch.device, weight_bytes: int) -> OpenBLAS | None:
     """The OpenBLAS to use for ``choice`` on ``device`` (None: torch's own products), for a
-    model with ``weight_bytes`` of float32 linear weights. ``openblas`` where it is not
-    available raises InvalidRequestError naming the option."""
+    model with ``weight_bytes`` of float32 linear weights. ``auto`` keeps torch's MKL on Intel
+    CPUs and for small models. ``openblas`` where it is not available raises
+    InvalidRequestError naming the option."""
     if choice == "torch" or device.type != "cpu":
         return None
-    if choice == "auto" and weight_bytes < AUTO_MIN_WEIGHT_BYTES:
+    if choice == "auto" and (weight_bytes < AUTO_MIN_WEIGHT_BYTES or intel_cpu()):
         return None
     blas = numpy_openblas()
     if blas is None and choice == "openblas":

@@ -108,11 +108,18 @@ def test_float32_matmul_torch_leaves_torch_products(tiny_lm_dir):
     assert engine.core.runner.openblas is None
 
 
-def test_auto_takes_openblas_only_for_weights_that_miss_the_caches(tiny_lm_dir):
+def test_auto_takes_openblas_only_for_weights_that_miss_the_caches(tiny_lm_dir, monkeypatch):
     from plait.runtime.engine import Engine
 
     small = Engine(tiny_lm_dir, max_total_tokens=512)  # auto: a tiny model stays on torch
     assert small.core.runner.openblas is None
+    monkeypatch.setattr(blas, "intel_cpu", lambda: False)
     assert blas.resolve("auto", torch.device("cpu"), blas.AUTO_MIN_WEIGHT_BYTES) is not None
     assert blas.resolve("auto", torch.device("cpu"), blas.AUTO_MIN_WEIGHT_BYTES - 1) is None
     assert blas.resolve("openblas", torch.device("cpu"), 0) is not None
+
+
+def test_auto_keeps_mkl_on_intel_cpus(monkeypatch):
+    monkeypatch.setattr(blas, "intel_cpu", lambda: True)
+    assert blas.resolve("auto", torch.device("cpu"), blas.AUTO_MIN_WEIGHT_BYTES) is None
+    assert blas.resolve("openblas", torch.device("cpu"), 0) is not None  # asked for: taken
