@@ -56,7 +56,15 @@ BUILD="$CACHE/build"
 if [[ ! -x "$CACHE/bin/llama-server" || ! -x "$CACHE/bin/llama-quantize" ]]; then
   GEN=()
   command -v ninja >/dev/null 2>&1 && GEN=(-G Ninja)
-  nice -n 10 cmake -S "$LLAMA_SRC" -B "$BUILD" "${GEN[@]}" \
+  # On a CPU with AMX-INT8, -march=native builds ggml's AMX buffer type (Q4_0 / Q4_1 / Q8_0 /
+  # K-quants), and its matmul segfaulted at load on Q8_0 on a 2-core Xeon here (2026-12-05;
+  # llama.cpp issue #20824, "segfault in ggml_backend_amx_mul_mat", open). Built without
+  # it, llama.cpp keeps its AVX-512 VNNI kernels and its CPU repacking.
+  NO_AMX=()
+  if grep -qw amx_int8 /proc/cpuinfo 2>/dev/null; then
+    NO_AMX=(-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8)
+  fi
+  nice -n 10 cmake -S "$LLAMA_SRC" -B "$BUILD" "${GEN[@]}" "${NO_AMX[@]}" \
     -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
     -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_OPENMP=ON \
     -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \

@@ -1659,11 +1659,21 @@ static void amx_pack(const uint16_t *xb, int M, int64_t K, uint32_t *xp) {
         }
 }
 
-/* A 16 x 16 tile of sums (weight rows o.., activation rows 16 g..) through ``emit``. */
+/* A 16 x 16 tile of sums (ct[r][j]: weight row o + r, activation row 16 g + j) as ``emit``
+ * takes them, an activation row's 16 outputs a vector (gathered from the tile's column;
+ * lane-wise the same operations: the same bits). One at a time, the emits were most of a
+ * 32-row product's time. */
 INLINE void amx_emit(const gemv_args *a, int64_t o, int64_t g, const float *ct) {
     const int m0 = (int)(16 * g), n = a->M - m0 < 16 ? a->M - m0 : 16;
-    for (int r = 0; r < 16; r++)
-        for (int j = 0; j < n; j++) emit(a, m0 + j, o + r, ct[r * 16 + j]);
+    const __m512i col = _mm512_set_epi32(240, 224, 208, 192, 176, 160, 144, 128, 112, 96, 80,
+                                         64, 48, 32, 16, 0);
+    for (int j = 0; j < n; j++) {
+        __m512 v = _mm512_i32gather_ps(col, ct + j, 4);
+        if (a->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(a->bias + o));
+        float *dst = a->y + (int64_t)(m0 + j) * a->ldy + o;
+        if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);
+        _mm512_storeu_ps(dst, v);
+    }
 }
 
 /* The sums of weight blocks o (and o + 16 where ``two``) with activation groups g (and g + 1
@@ -2740,6 +2750,13 @@ static void screen_task(void *p, int tid, int nth) {
     }
 }
 
+/* From this many rows a bfloat16 head that runs by AMX is read whole, not through its screen:
+ * there the screen's int8 product is no cheaper than AMX's (49,152 x 576, 2 threads of a Xeon,
+ * from L3: 16 rows 2.77 against 2.86 ms, 32 rows 5.37 against 5.01), and its bounds' passes
+ * and candidates come on top. The argmax is the same either way (the screen's finite logits
+ * are the full head's bits). */
+#define AMX_HEAD_ROWS 16
+
 /* logits [R, V] of the R rows of xn, exact at each row's argmax candidates and -inf elsewhere
  * (or the full head's, where the screen does not narrow a row). */
 static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float *xn, int R,
@@ -2988,11 +3005,12 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
         rms_norm(hidden + logit_rows[r] * H, (const float *)ptrs[P_FINAL_NORM], xn + r * H, 1, H,
                  (float)eps);
     CLAIM_LABEL(PH_HEAD);
-    if (argmax_only && ptrs[P_SCREEN + MAT_W] && R > 0) {
+    gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
+    if (argmax_only && ptrs[P_SCREEN + MAT_W] && R > 0 &&
+        !(R >= AMX_HEAD_ROWS && amx_product(&gl))) {
         rc |= screened_head(ptrs, H, V, xn, R, logits, nthreads, cfg[CFG_SCREEN_MAX],
                             screen_counts);
     } else {
-        gemv_args gl = product(ptrs + P_LM_HEAD, H, V, xn, NULL, logits, 0, R);
         rc |= gemv(&gl, nthreads);
     }
     if (rc == 0 && next_ids) argmax_rows(logits, R, V, next_ids);

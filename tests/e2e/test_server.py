@@ -392,10 +392,13 @@ def test_dead_worker_fails_requests_quickly_with_503(tiny_model_dir):
     }
 
     async def running_stats() -> dict:
-        # each answer comes between two worker steps, so the loop advances with the worker
-        while not (stats := await asyncio.to_thread(client.stats, 5))["running"]:
-            pass
-        return stats
+        # each answer comes between two worker steps, so the loop advances with the worker; the
+        # batch's requests reach the worker one message each, so the first can run before the
+        # rest are queued (seen on a fast host): wait until most of them are
+        while True:
+            stats = await asyncio.to_thread(client.stats, 5)
+            if stats["running"] and stats["queued"] >= 8:
+                return stats
 
     async def run() -> None:
         transport = httpx.ASGITransport(app=app)

@@ -54,7 +54,7 @@ class _State:
         self.pool = TokenToKVPool(
             slots, cfg.num_layers, cfg.num_kv_heads, cfg.head_dim, loaded.dtype
         )
-        self.rows = ReqToTokenPool(8, max_len)
+        self.rows = ReqToTokenPool(max(8, len(prompt_lens)), max_len)
         attn = make_attention_backend("torch", cfg, torch.device("cpu"))
         self.runner = ModelRunner(loaded.model, self.pool, attn, "torch", decode_kernel)
         gen = torch.Generator().manual_seed(0)

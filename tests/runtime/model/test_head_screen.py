@@ -305,3 +305,14 @@ def test_a_grammar_batch_is_not_screened(tiny_lm_dir):
     out = engine.generate("hello", {"max_new_tokens": 8, "temperature": 0, "regex": "[ab]{2,6}"})
     assert set(out["text"]) <= {"a", "b"}
     assert spy.seen and not any(spy.seen)
+
+
+@pytest.mark.skipif(lib is None or not lib.plait_amx(-1), reason="no AMX on this CPU")
+@pytest.mark.parametrize("rows", [15, 16, 20])
+def test_an_amx_batch_of_16_rows_or_more_reads_the_whole_head(dirs, rows):
+    """A bfloat16 head by AMX: from 16 rows (``AMX_HEAD_ROWS``) the argmax forward's logits
+    are the full head's, every one; below, screened. The argmax is the same."""
+    state = _State(dirs["llama"], "bfloat16", [5 + i % 7 for i in range(rows)])
+    full, screened = _both(state, list(range(rows)))
+    _assert_same_argmax_and_bits(full, screened)
+    assert bool(torch.isfinite(screened).all()) == (rows >= 16)
