@@ -2752,10 +2752,10 @@ static void screen_task(void *p, int tid, int nth) {
 
 /* From this many rows a bfloat16 head that runs by AMX is read whole, not through its screen:
  * there the screen's int8 product is no cheaper than AMX's (49,152 x 576, 2 threads of a Xeon,
- * from L3: 16 rows 2.77 against 2.86 ms, 32 rows 5.37 against 5.01), and its bounds' passes
- * and candidates come on top. The argmax is the same either way (the screen's finite logits
- * are the full head's bits). */
-#define AMX_HEAD_ROWS 16
+ * from L3: 8 rows 1.42 against 1.39 ms, 32 rows 5.37 against 5.01), and its bounds' passes and
+ * candidates come on top (a decode batch of 8 SmolLM2 rows: the head 4.4 -> 2.4 ms a step).
+ * The argmax is the same either way (the screen's finite logits are the full head's bits). */
+#define AMX_HEAD_ROWS 8
 
 /* logits [R, V] of the R rows of xn, exact at each row's argmax candidates and -inf elsewhere
  * (or the full head's, where the screen does not narrow a row). */
@@ -3065,6 +3065,10 @@ int plait_amx(int want) {
     return 0;
 #endif
 }
+
+/* The rows from which a bfloat16 head by AMX is read whole in an argmax step (``AMX_HEAD_ROWS``),
+ * or 0 where the products do not run by AMX. */
+int plait_amx_head_rows(void) { return plait_amx(-1) ? AMX_HEAD_ROWS : 0; }
 
 /* 1 when DT_I8P, DT_I4P and DT_I4PH run by AVX512_VNNI, else 0. */
 int plait_i8_vnni(void) { return I8_VNNI; }

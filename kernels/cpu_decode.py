@@ -155,6 +155,8 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.plait_bf16_dot.argtypes = []
     lib.plait_amx.restype = _int
     lib.plait_amx.argtypes = [_int]  # 1 on, 0 off, -1 as it is
+    lib.plait_amx_head_rows.restype = _int
+    lib.plait_amx_head_rows.argtypes = []
     lib.plait_i8_vnni.restype = _int
     lib.plait_i8_vnni.argtypes = []
     lib.plait_packed_dot.restype = _int

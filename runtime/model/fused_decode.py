@@ -28,7 +28,7 @@ Invariants:
   request whatever else is in its batch (every product sums in one fixed order).
 - ``forward(..., argmax_only=True)`` (the caller takes each row's argmax of the raw logits and
   nothing else) reads the head through its int8 screen where it has one (``head_screen``;
-  a batch of 16 rows or more whose bfloat16 head runs by AMX reads it whole, ``AMX_HEAD_ROWS``):
+  a batch of 8 rows or more whose bfloat16 head runs by AMX reads it whole, ``AMX_HEAD_ROWS``):
   each row's logits are then exact where its maximum can be and -inf elsewhere, so the argmax
   is the full head's. A row with more than ``screen_max`` candidates gets the full head's
   logits (the screen was read for nothing); where more than half of the first
