@@ -1606,8 +1606,8 @@ INLINE int tile_min_rows(int dtype) {
  * process, a bfloat16 product of ``in`` a multiple of 32 runs by ``tdpbf16ps``, for one
  * activation row as for 64: the weights are tile A as they lie ([out, in], 16 rows of 32
  * inputs a tile, no copy), the activations tile B (16 rows a tile, their bfloat16 pairs
- * transposed once per product, ``amx_pack``), and each 16 x 16 float32 tile of sums goes
- * through ``emit``. An output's sum runs over its 32-input chunks in order, each chunk's
+ * transposed once per product, ``amx_pack``), and each 16 x 16 float32 tile of sums is
+ * emitted as ``emit`` would (``amx_emit``). An output's sum runs over its 32-input chunks in order, each chunk's
  * pairs as the instruction adds them, whatever the other rows of the batch: a row's bits are
  * the same alone and in a batch, on any thread count, as the vector kernels' are. (Not the
  * vector kernels' bits: AMX rounds its chunk sums its own way and flushes denormals.) The
@@ -1628,7 +1628,8 @@ typedef struct {
 static int amx_state = -1;
 
 static int amx_granted(void) {
-    if (amx_state < 0) amx_state = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+    if (amx_state < 0)
+        amx_state = syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
     return amx_state;
 }
 
