@@ -1607,11 +1607,12 @@ INLINE int tile_min_rows(int dtype) {
  * activation row as for 64: the weights are tile A as they lie ([out, in], 16 rows of 32
  * inputs a tile, no copy), the activations tile B (16 rows a tile, their bfloat16 pairs
  * transposed once per product, ``amx_pack``), and each 16 x 16 float32 tile of sums is
- * emitted as ``emit`` would (``amx_emit``). An output's sum runs over its 32-input chunks in order, each chunk's
- * pairs as the instruction adds them, whatever the other rows of the batch: a row's bits are
- * the same alone and in a batch, on any thread count, as the vector kernels' are. (Not the
- * vector kernels' bits: AMX rounds its chunk sums its own way and flushes denormals.) The
- * rows past a product's last whole 16-row block run by vectors (the same rows whatever M). */
+ * emitted as ``emit`` would (``amx_emit``). An output's sum runs over its 32-input chunks in
+ * order, each chunk's pairs as the instruction adds them, whatever the other rows of the
+ * batch: a row's bits are the same alone and in a batch, on any thread count, as the vector
+ * kernels' are. (Not the vector kernels' bits: AMX rounds its chunk sums its own way and
+ * flushes denormals.) The rows past a product's last whole 16-row block run by vectors (the
+ * same rows whatever M). */
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && BF16_DOT
 #define AMX_BF16 1
 #include <sys/syscall.h>
@@ -2821,23 +2822,30 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
             continue;
         }
         const int64_t rowb = H * weight_eighths[head_dt] / 8;
+        /* a row the full head computes in a 16-row block by AMX takes that whole block, so
+         * that its logit is the full head's bits (AMX's sums are the same whatever the
+         * block's other rows); candidates come in ascending order, so a block two of them
+         * share is computed once */
+        float block[16];
+        int64_t have = -1; /* the block in ``block`` */
         for (int t = 0; t < nth && rc == 0; t++) {
             const int32_t *c = cand + ((int64_t)r * nth + t) * smax;
             for (int32_t k = 0; k < count[r * nth + t] && rc == 0; k++) {
-                /* a row the full head computes in a 16-row block by AMX: that whole block, so
-                 * that its logit is the full head's bits (AMX's sums are the same whatever
-                 * the block's other rows) */
                 gemv_args g = product(ptrs + P_LM_HEAD, H, 1, x, NULL, row + c[k], 0, 1);
                 const int64_t b0 = c[k] / 16 * 16;
-                float block[16];
-                const int whole = amx_product(&g) && b0 + 16 <= V;
-                if (whole) {
+                if (!(amx_product(&g) && b0 + 16 <= V)) {
+                    g.w = (const char *)g.w + c[k] * rowb;
+                    rc = gemv(&g, 1);
+                    continue;
+                }
+                if (b0 != have) {
                     g.out = g.ldy = 16;
                     g.y = block;
                     g.w = (const char *)g.w + b0 * rowb;
-                } else g.w = (const char *)g.w + c[k] * rowb;
-                rc = gemv(&g, 1);
-                if (whole) row[c[k]] = block[c[k] - b0];
+                    rc = gemv(&g, 1);
+                    have = b0;
+                }
+                row[c[k]] = block[c[k] - b0];
             }
         }
     }

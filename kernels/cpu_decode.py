@@ -51,16 +51,23 @@ def _compiler() -> str | None:
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str] | None:
-    """The CPU's feature flags as the kernel lists them (``/proc/cpuinfo``'s ``flags`` line,
-    ``Features`` on Arm), e.g. ``avx2``, ``avx512_vnni``; None where the system lists none."""
+def cpuinfo_field(*names: str) -> str | None:
+    """The value of the first ``/proc/cpuinfo`` line that starts with one of ``names`` (the
+    first CPU's), or None where the system lists none."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return frozenset(line.partition(":")[2].split())
+            if line.startswith(names):
+                return line.partition(":")[2].strip()
     except OSError:
         pass
     return None
+
+
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags as the kernel lists them (``/proc/cpuinfo``'s ``flags`` line,
+    ``Features`` on Arm), e.g. ``avx2``, ``avx512_vnni``; None where the system lists none."""
+    flags = cpuinfo_field("flags", "Features")
+    return None if flags is None else frozenset(flags.split())
 
 
 def _library_path(cc: str, flags: list[str] = FLAGS) -> Path:

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from plait.kernels import cpu_decode
 from plait.runtime.errors import InvalidRequestError
 
 # The columns a single-threaded OpenBLAS call computes: wide enough that each call's packing
@@ -115,18 +116,10 @@ def numpy_openblas() -> OpenBLAS | None:
 AUTO_MIN_WEIGHT_BYTES = 64 << 20
 
 
-@functools.cache
 def intel_cpu() -> bool:
     """Whether this CPU is Intel's (``/proc/cpuinfo``'s vendor_id), where MKL runs its own
     kernels; False where unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip() == "GenuineIntel"
-    except OSError:
-        pass
-    return False
+    return cpu_decode.cpuinfo_field("vendor_id") == "GenuineIntel"
 
 
 def resolve(choice: str, device: torch.device, weight_bytes: int) -> OpenBLAS | None:
