@@ -795,10 +795,21 @@ INLINE void row_scales(const gemv_args *a, int64_t o, int RO, const float **sc) 
 }
 
 /* A one-row tile (decode: every weight row one stream) asks for the line this many bytes
- * ahead: bfloat16 only, where it measured better (in-process decode on a 2-core Zen 3, 3
+ * ahead: bfloat16 1 KB, where it measured better (in-process decode on a 2-core Zen 3, 3
  * alternating rounds: 22.8 -> 21.2 ms a token by median; again 15.6 -> 15.0 ms the C step,
- * 8 rounds); float32's decode step got slower with it (45.7 -> 51.6). */
-#define ROW_AHEAD(T) (sizeof(T) == 2 ? 1024 : 0)
+ * 8 rounds). float32 on Intel CPUs only, 4 KB: its decode step got slower with 1 KB on the
+ * Zen 3 (45.7 -> 51.6), and faster with 4 KB on a 2-core Xeon with AMX (C step 18.1 -> 15.3 ms
+ * a token; 8 KB the same: bench/RESULTS.md). */
+static int f32_row_ahead; /* ``set_row_ahead``: 4096 on Intel CPUs, else 0 */
+__attribute__((constructor)) static void set_row_ahead(void) {
+#if defined(__x86_64__)
+    unsigned int a, b, c, d;
+    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0));
+    /* "GenuineIntel": ebx, edx, ecx */
+    f32_row_ahead = b == 0x756e6547 && d == 0x49656e69 && c == 0x6c65746e ? 4096 : 0;
+#endif
+}
+#define ROW_AHEAD(T) (sizeof(T) == 2 ? 1024 : sizeof(T) == 4 ? f32_row_ahead : 0)
 
 /* RO weight rows against NB activation rows: RO x NB accumulators, each output's products
  * summed in one register over k in steps of 16 (lanes then summed by ``hsum``'s halving
@@ -1127,6 +1138,13 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
     if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);
     _mm512_storeu_ps(dst, v);
 }
+/* One activation row (decode) asks for the codes' line this many bytes ahead. On a 2-core
+ * Zen 4 it gained nothing at 1-4 KB; on a 2-core Xeon with AMX (model 167) the hardware's
+ * prefetch alone read SmolLM2's small int8 products at 22-26 GB/s against a 30 GB/s bound, and
+ * the int8 decode step's C time went 5,950 -> 4,989 us a token at 4 KB (1 KB: 5,943 -> 5,862;
+ * 8 KB 5,814 -> 4,793 min but a wider median; 16 KB 5,926 -> 5,311: bench/RESULTS.md). The
+ * head screen, int8 whatever the model's format, runs it too. Bits unchanged. */
+#define I8_VNNI_AHEAD 4096
 #define NT8P_TILE(NAME, NB, ST, LOAD16)                                                        \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
         const int64_t K = a->in, NBLK = K / 32;                                                \
@@ -1141,6 +1159,7 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
             for (int b = 0; b < NB; b++) e[b] = o[b] = _mm512_setzero_si512();                 \
             const int8_t *wb = w + blk * 512;                                                  \
             for (int j = 0; j < 16; j += 2) {                                                  \
+                if (NB == 1) __builtin_prefetch(wb + 32 * j + I8_VNNI_AHEAD, 0, 3);                \
                 const __m256i *p = (const __m256i *)(wb + 32 * j);                             \
                 __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(p));                      \
                 __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(p + 1));                  \
@@ -1165,7 +1184,7 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
  * without, 24.1 at 2 KB, 26.7 at 4 KB, 26.9 at 8 KB; two threads 29.6, 31.6, 32.0, 31.6. The
  * int4 decode step's C time at 2 KB: 2,900 / 3,193 -> 2,686 / 2,838 us (min / median of 8,
  * alternated in one process; 4 KB the same). The int8 kernel (half the instructions a byte)
- * gained nothing from the same at 1-4 KB. */
+ * gained nothing from the same at 1-4 KB there (``I8_VNNI_AHEAD``: it does on a Xeon). */
 #define I4_VNNI_AHEAD 4096
 /* int4 with the activations in 14 bits split in two bytes, q = 128 h + l (h in -64..63, l in
  * 0..127): codes (0..15) are ``vpdpbusd``'s unsigned operand as they are, so 4 codes per lane
