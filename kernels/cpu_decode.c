@@ -1138,12 +1138,13 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
     if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);
     _mm512_storeu_ps(dst, v);
 }
-/* One activation row (decode) asks for the codes' line this many bytes ahead. On a 2-core
- * Zen 4 it gained nothing at 1-4 KB; on a 2-core Xeon with AMX (model 167) the hardware's
- * prefetch alone read SmolLM2's small int8 products at 22-26 GB/s against a 30 GB/s bound, and
- * the int8 decode step's C time went 5,950 -> 4,989 us a token at 4 KB (1 KB: 5,943 -> 5,862;
- * 8 KB 5,814 -> 4,793 min but a wider median; 16 KB 5,926 -> 5,311: bench/RESULTS.md). The
- * head screen, int8 whatever the model's format, runs it too. Bits unchanged. */
+/* One activation row (decode) asks for the codes' line this many bytes ahead, into L2
+ * (prefetcht1). On a 2-core Zen 4 it gained nothing at 1-4 KB (into L1); on a 2-core Xeon with
+ * AMX (model 167) the hardware's prefetch alone read SmolLM2's small int8 products at 22-26
+ * GB/s against a 30 GB/s bound, and the int8 decode step's C time went 5,950 -> 4,989 us a
+ * token at 4 KB into L1 (1 KB: 5,943 -> 5,862; 16 KB 5,926 -> 5,311), and from there 5,308 ->
+ * 4,664 into L2 (into L3 the same; non-temporal 13,387: bench/RESULTS.md). The head screen,
+ * int8 whatever the model's format, runs it too. Bits unchanged. */
 #define I8_VNNI_AHEAD 4096
 #define NT8P_TILE(NAME, NB, ST, LOAD16)                                                        \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
@@ -1159,7 +1160,7 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
             for (int b = 0; b < NB; b++) e[b] = o[b] = _mm512_setzero_si512();                 \
             const int8_t *wb = w + blk * 512;                                                  \
             for (int j = 0; j < 16; j += 2) {                                                  \
-                if (NB == 1) __builtin_prefetch(wb + 32 * j + I8_VNNI_AHEAD, 0, 3);                \
+                if (NB == 1) __builtin_prefetch(wb + 32 * j + I8_VNNI_AHEAD, 0, 2);                \
                 const __m256i *p = (const __m256i *)(wb + 32 * j);                             \
                 __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(p));                      \
                 __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(p + 1));                  \
