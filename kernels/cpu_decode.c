@@ -709,17 +709,21 @@ static void parallel_claim(range_fn fn, void *arg, int64_t units, int64_t chunk,
  * by VNNI, multiplies q and scale exactly). DT_I4: per 32-element
  * group g of a row, W = scale[g] * code + low[g] with code in 0..15, packed two to a byte in
  * 16 bytes per group (byte j: element j in the low nibble, element 16 + j in the high one, the
- * layout of GGUF's Q4_0 / Q4_1) and float32 [out, in / 32] scales and lows. */
+ * layout of GGUF's Q4_0 / Q4_1) and float32 [out, in / 32] scales and lows. DT_BF16T:
+ * DT_BF16 laid out for AMX (``amx_bf16_rows``; made only where AMX is granted, ``in`` a
+ * multiple of 32): each whole 16-row block's [in / 32][16][32], a tile of 1 KiB contiguous,
+ * the rows past the last whole block after them as they are; every block where DT_BF16 has it.
+ * ``product`` reads it as DT_BF16 with ``tiled`` set. */
 enum {
     DT_F32 = 0, DT_BF16 = 1, DT_I8 = 2, DT_I4 = 3, DT_I8P = 4, DT_I4P = 5, DT_I4PH = 6,
-    DT_I8PH = 7
+    DT_I8PH = 7, DT_BF16T = 8
 };
 
 /* 8 x the bytes a weight takes, by DT_* (int4: half a byte; scales and lows apart). */
-static const int64_t weight_eighths[8] = {32, 16, 8, 4, 8, 4, 4, 8};
+static const int64_t weight_eighths[9] = {32, 16, 8, 4, 8, 4, 4, 8, 16};
 
 /* The formats packed for AVX512_VNNI (16 output rows a vector). */
-INLINE int is_packed(int dtype) { return dtype >= DT_I8P; }
+INLINE int is_packed(int dtype) { return dtype >= DT_I8P && dtype <= DT_I8PH; }
 INLINE int is_i8p(int dtype) { return dtype == DT_I8P || dtype == DT_I8PH; }
 
 typedef struct {
@@ -745,6 +749,7 @@ typedef struct {
     int64_t ldy;
     int accumulate;    /* y += x W^T (a residual add) instead of y = */
     int M;
+    int tiled;         /* DT_BF16 whose whole 16-row blocks are AMX's A tiles (DT_BF16T) */
 } gemv_args;
 
 /* An output's last step, in every kernel: + bias, then stored or added (the residual). */
@@ -1624,10 +1629,13 @@ INLINE int tile_min_rows(int dtype) {
 
 /* Where the CPU has AMX (AMX_TILE, AMX_BF16) and the kernel grants its tile state to this
  * process, a bfloat16 product of ``in`` a multiple of 32 runs by ``tdpbf16ps``, for one
- * activation row as for 64: the weights are tile A as they lie ([out, in], 16 rows of 32
- * inputs a tile, no copy), the activations tile B (16 rows a tile, their bfloat16 pairs
- * transposed once per product, ``amx_pack``), and each 16 x 16 float32 tile of sums is
- * emitted as ``emit`` would (``amx_emit``). An output's sum runs over its 32-input chunks in
+ * activation row as for 64: the weights are tile A (16 rows of 32 inputs a tile), loaded a
+ * row apart from DT_BF16's [out, in], or 64 bytes apart from DT_BF16T's tiles (the fused
+ * step's copy: its tiles stream in order, each block's lines asked for ``AMX_AHEAD`` ahead;
+ * a one-row decode step's C 10.3 -> 9.0 ms on a 2-core Xeon, bench/RESULTS.md), the
+ * activations tile B (16 rows a tile, their bfloat16 pairs transposed once per product,
+ * ``amx_pack``), and each 16 x 16 float32 tile of sums is emitted as ``emit`` would
+ * (``amx_emit``). An output's sum runs over its 32-input chunks in
  * order, each chunk's pairs as the instruction adds them, whatever the other rows of the
  * batch: a row's bits are the same alone and in a batch, on any thread count, as the vector
  * kernels' are. (Not the vector kernels' bits: AMX rounds its chunk sums its own way and
@@ -1670,15 +1678,18 @@ static void amx_configure(void) {
  * 32-bit bfloat16 pairs, the rows past M zero. */
 static void amx_pack(const uint16_t *xb, int M, int64_t K, uint32_t *xp) {
     const int64_t kc = K / 32, groups = (M + 15) / 16;
-    for (int64_t g = 0; g < groups; g++)
+    if (M % 16) /* the last group's rows past M: zero (one pass, not a test per pair) */
+        memset(xp + (groups - 1) * kc * 256, 0, sizeof(uint32_t) * 256 * (size_t)kc);
+    for (int64_t g = 0; g < groups; g++) {
+        const int rows = M - 16 * g < 16 ? M - 16 * (int)g : 16;
         for (int64_t c = 0; c < kc; c++) {
             uint32_t *t = xp + (g * kc + c) * 256;
-            for (int j = 0; j < 16; j++) {
-                const int64_t m = 16 * g + j;
-                const uint32_t *src = (const uint32_t *)(xb + m * K) + 16 * c;
-                for (int p = 0; p < 16; p++) t[p * 16 + j] = m < M ? src[p] : 0;
+            for (int j = 0; j < rows; j++) {
+                const uint32_t *src = (const uint32_t *)(xb + (16 * g + j) * K) + 16 * c;
+                for (int p = 0; p < 16; p++) t[p * 16 + j] = src[p];
             }
         }
+    }
 }
 
 /* A 16 x 16 tile of sums (ct[r][j]: weight row o + r, activation row 16 g + j) as ``emit``
@@ -1707,8 +1718,14 @@ INLINE void amx_emit(const gemv_args *a, int64_t o, int64_t g, const float *ct) 
         if (BOTH) _tile_zero(2);                                                               \
         if (TWO && BOTH) _tile_zero(3);                                                        \
         for (int64_t c = 0; c < kc; c++) {                                                     \
-            _tile_loadd(4, w0 + 64 * c, stride);                                               \
-            if (TWO) _tile_loadd(5, w0 + 16 * stride + 64 * c, stride);                        \
+            if (ahead) { /* tiled, the first activation group: the next lines into L2 */        \
+                for (int l = 0; l < 16; l++) __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2); \
+                if (TWO)                                                                       \
+                    for (int l = 0; l < 16; l++)                                               \
+                        __builtin_prefetch(w1 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);          \
+            }                                                                                  \
+            _tile_loadd(4, w0 + cstep * c, ld);                                                \
+            if (TWO) _tile_loadd(5, w1 + cstep * c, ld);                                       \
             _tile_loadd(6, b0 + 256 * c, 64);                                                  \
             if (BOTH) _tile_loadd(7, b0 + 256 * (kc + c), 64);                                 \
             _tile_dpbf16ps(0, 4, 6);                                                           \
@@ -1732,17 +1749,28 @@ INLINE void amx_emit(const gemv_args *a, int64_t o, int64_t g, const float *ct) 
         }                                                                                      \
     } while (0)
 
+/* DT_BF16T asks for each block's lines this many bytes ahead, into L2, as it loads the block's
+ * tiles (a block's tiles stream one after another; DT_BF16's tile loads take 16 lines a row
+ * apart, which the hardware's prefetch alone followed at 20-26 GB/s in a decode step). In the
+ * one-row decode step, C time a token against DT_BF16 in one process: 256 bytes 10,369 ->
+ * 9,331 us, 512 10,276 -> 8,977, 1024 10,471 -> 9,626; 2048 gained nothing in products alone. */
+#ifndef AMX_AHEAD
+#define AMX_AHEAD 512
+#endif
 /* Weight rows [o0, o1), whole 16-row blocks, two at a time where there are two. */
 static void amx_bf16_rows(const gemv_args *a, int64_t o0, int64_t o1) {
     if (o0 >= o1) return;
     amx_configure();
     const int64_t K = a->in, kc = K / 32, stride = 2 * K, groups = (a->M + 15) / 16;
+    /* a tile's rows: DT_BF16's a row apart, DT_BF16T's 64 bytes apart; its next chunk */
+    const int64_t ld = a->tiled ? 64 : stride, cstep = a->tiled ? 1024 : 64;
     float ct[256] __attribute__((aligned(64)));
     for (int64_t o = o0; o < o1; o += 32) {
         const int two = o + 32 <= o1;
-        const char *w0 = (const char *)a->w + o * stride;
+        const char *w0 = (const char *)a->w + o * stride; /* a block starts where it did */
+        const char *w1 = a->tiled ? w0 + 1024 * kc : w0 + 16 * stride;
         for (int64_t g = 0; g < groups; g += 2) {
-            const int both = g + 1 < groups;
+            const int both = g + 1 < groups, ahead = a->tiled && g == 0;
             const uint32_t *b0 = a->xp + g * kc * 256;
             if (two && both) AMX_BLOCKS(1, 1);
             else if (two) AMX_BLOCKS(1, 0);
@@ -1762,7 +1790,7 @@ static int amx_wanted = 1;
 /* Whether the product ``a`` runs by AMX (``amx_bf16_rows``). */
 static int amx_product(const gemv_args *a) {
 #if AMX_BF16
-    return a->dtype == DT_BF16 && a->in % 32 == 0 && amx_wanted && amx_granted();
+    return a->dtype == DT_BF16 && a->in % 32 == 0 && (amx_wanted || a->tiled) && amx_granted();
 #else
     (void)a;
     return 0;
@@ -1907,8 +1935,10 @@ static void *scratch_bytes(size_t n) {
 }
 
 /* Returns -1 when a buffer found no memory, -2 for DT_I8P / DT_I4P / DT_I4PH where not built
- * (neither AVX512_VNNI nor AVX2) or rows not whole groups of 16. */
+ * (neither AVX512_VNNI nor AVX2) or rows not whole groups of 16, and for DT_BF16T where AMX is
+ * not built or granted. */
 static int gemv(gemv_args *a, int nth) {
+    if (a->tiled && !amx_product(a)) return -2; /* DT_BF16T only AMX reads */
     if (is_packed(a->dtype)) {
 #if PACKED_DOT
         if (a->out % 16) return -2;
@@ -2002,10 +2032,11 @@ enum {
 
 static gemv_args product(const int64_t *mat, int64_t in, int64_t out, const float *x,
                          const float *bias, float *y, int accumulate, int M) {
-    gemv_args a = {.w = (const void *)mat[MAT_W], .dtype = (int)mat[MAT_DTYPE],
+    const int dt = (int)mat[MAT_DTYPE];
+    gemv_args a = {.w = (const void *)mat[MAT_W], .dtype = dt == DT_BF16T ? DT_BF16 : dt,
                    .scale = (const float *)mat[MAT_SCALE], .low = (const float *)mat[MAT_LOW],
                    .in = in, .out = out, .x = x, .bias = bias, .y = y, .ldy = out,
-                   .accumulate = accumulate, .M = M};
+                   .accumulate = accumulate, .M = M, .tiled = dt == DT_BF16T};
     return a;
 }
 
@@ -2638,10 +2669,10 @@ static void ahead_add(ahead_list *a, const void *p, int64_t n, int64_t budget) {
 static void ahead_matrix(ahead_list *a, const int64_t *mat, int64_t in, int64_t out,
                          int64_t budget) {
     const int dt = (int)mat[MAT_DTYPE];
-    if (dt < 0 || dt > DT_I8PH) return;
+    if (dt < 0 || dt > DT_BF16T) return;
     ahead_add(a, (const void *)mat[MAT_W], in * out * weight_eighths[dt] / 8, budget);
     const int64_t groups = in / 32 * out, per = dt == DT_I4PH || dt == DT_I8PH ? 2 : 4;
-    if (dt != DT_F32 && dt != DT_BF16)
+    if (dt != DT_F32 && dt != DT_BF16 && dt != DT_BF16T)
         ahead_add(a, (const void *)mat[MAT_SCALE], groups * per, budget);
     if (dt == DT_I4 || dt == DT_I4P || dt == DT_I4PH)
         ahead_add(a, (const void *)mat[MAT_LOW], groups * per, budget);
@@ -2786,7 +2817,9 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
     gemv_args gs = product(ptrs + P_SCREEN, H, V, xn, NULL, logits, 0, R);
     int rc = gemv(&gs, nth);
     if (rc != 0) return rc;
-    const int head_dt = (int)ptrs[P_LM_HEAD + MAT_DTYPE];
+    const int head_dt = (int)ptrs[P_LM_HEAD + MAT_DTYPE] == DT_BF16T
+                            ? DT_BF16
+                            : (int)ptrs[P_LM_HEAD + MAT_DTYPE];
     const size_t floats = (size_t)R * (3 + (size_t)nth),
                  ints = (size_t)R * nth * (size_t)(smax + 1) + (size_t)R;
     float *A = (float *)malloc(floats * sizeof(float) + ints * sizeof(int32_t));
@@ -3070,7 +3103,7 @@ int plait_decode_step(const int64_t *cfg, const int64_t *ptrs, const int64_t *la
 int plait_gemv(const void *w, int dtype, const float *scale, const float *low, int64_t in,
                int64_t out, const float *x, const float *bias, float *y, int accumulate, int M,
                int nthreads) {
-    if ((dtype == DT_I8 || dtype == DT_I4 || is_packed(dtype)) && in % 32)
+    if ((dtype == DT_I8 || dtype == DT_I4 || dtype == DT_BF16T || is_packed(dtype)) && in % 32)
         return -2; /* whole blocks only */
     nthreads = acquire_pool(nthreads);
     int64_t mat[MAT_COUNT] = {(int64_t)w, dtype, (int64_t)scale, (int64_t)low};
@@ -3082,6 +3115,16 @@ int plait_gemv(const void *w, int dtype, const float *scale, const float *low, i
 
 /* 1 when bfloat16 products round the activations to bfloat16 (AVX512_BF16), else 0. */
 int plait_bf16_dot(void) { return BF16_DOT; }
+
+/* 1 where the library was built with AMX_BF16 and the kernel granted the tile state: DT_BF16T
+ * weights can be made (and run by AMX whatever ``plait_amx`` says), else 0. */
+int plait_amx_granted(void) {
+#if AMX_BF16
+    return amx_granted();
+#else
+    return 0;
+#endif
+}
 
 /* Whether bfloat16 products of whole 32-input chunks run by AMX (``amx_bf16_rows``): 1 where the
  * library was built with AMX_BF16, the kernel granted the tile state and ``want`` (1 on, 0 off,

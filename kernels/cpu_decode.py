@@ -36,7 +36,7 @@ _i64, _int, _double = ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _error: str | None = None
 
 # DT_* in cpu_decode.c: a product's weight format
-DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P, DT_I4P, DT_I4PH, DT_I8PH = 0, 1, 2, 3, 4, 5, 6, 7
+DT_F32, DT_BF16, DT_I8, DT_I4, DT_I8P, DT_I4P, DT_I4PH, DT_I8PH, DT_BF16T = range(9)
 
 # PH_* in cpu_decode.c: the parts of a decode step, in the order ``plait_phase_times`` writes them
 STEP_PARTS = ("norm", "qkv", "rope+kv", "attention", "o", "gate_up", "silu", "down", "head")
@@ -164,6 +164,8 @@ def typed(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.plait_amx.argtypes = [_int]  # 1 on, 0 off, -1 as it is
     lib.plait_amx_head_rows.restype = _int
     lib.plait_amx_head_rows.argtypes = []
+    lib.plait_amx_granted.restype = _int
+    lib.plait_amx_granted.argtypes = []
     lib.plait_i8_vnni.restype = _int
     lib.plait_i8_vnni.argtypes = []
     lib.plait_packed_dot.restype = _int
@@ -279,6 +281,21 @@ def pack_i8_vnni(codes: Tensor, scale: Tensor, half: bool = False) -> tuple[Tens
                          f"{tuple(codes.shape)} and {tuple(scale.shape)}")  # fmt: skip
     packed = codes.view(n // 16, 16, k // 2, 2).permute(0, 2, 1, 3).contiguous()
     return packed, _by_group(scale.to(torch.float16 if half else torch.float32))
+
+
+def tile_bf16_amx(w: Tensor) -> Tensor:
+    """``DT_BF16T``'s layout of bfloat16 weights [out, in] (``in`` a multiple of 32): each
+    whole 16-row block as AMX's A tiles, [in / 32][16][32] (a tile's 1 KiB contiguous), the rows
+    past the last whole block after them as they are. The same shape and size: every block, and
+    the tail, starts where it did."""
+    import torch
+
+    n, k = w.shape
+    if k % 32 or w.dtype != torch.bfloat16:
+        raise ValueError(f"DT_BF16T tiles bfloat16 [out, 32 x j], got {w.dtype} {tuple(w.shape)}")
+    whole = n // 16 * 16
+    tiles = w[:whole].reshape(n // 16, 16, k // 32, 32).transpose(1, 2).reshape(-1)
+    return torch.cat((tiles, w[whole:].reshape(-1))).view(n, k)
 
 
 def pack_i4_vnni(

@@ -193,6 +193,21 @@ class FusedDecode:
         self._build()
 
     @property
+    def lib(self) -> ctypes.CDLL:
+        """The build of the C step this runs; setting another rebuilds the tables where they
+        were laid out for a build with other formats (AMX tiles: ``DT_BF16T``)."""
+        return self._lib
+
+    @lib.setter
+    def lib(self, lib: ctypes.CDLL) -> None:
+        rebuild = hasattr(self, "_layers") and bool(lib.plait_amx_granted()) != bool(
+            self._lib.plait_amx_granted()
+        )
+        self._lib = lib
+        if rebuild:
+            self._build()
+
+    @property
     def screen_max(self) -> int:
         """The most candidates a row keeps through the screen; a row with more gets the full
         head's logits."""
@@ -259,8 +274,8 @@ class FusedDecode:
         linears = [self.model.lm_head] + [
             lin for layer in m.layers for lin in layer_products(layer)
         ]
-        packed = bool(self.lib.plait_packed_dot())
-        prods = {id(lin): product_weights(lin, packed, self.half_scales) for lin in linears}
+        packed, amx = bool(self.lib.plait_packed_dot()), bool(self.lib.plait_amx_granted())
+        prods = {id(lin): product_weights(lin, packed, self.half_scales, amx) for lin in linears}
         self.screen = head_screen.build(self.model.lm_head, packed) if self.head_screen else None
         self.screen_counts.zero_()
         self._screen_trial = True  # until SCREEN_TRIAL_ROWS rows decide

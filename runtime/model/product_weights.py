@@ -29,11 +29,15 @@ def _exact_in_half(t: torch.Tensor) -> bool:
     return bool(torch.equal(t.to(torch.float16).to(t.dtype), t))
 
 
-def product_weights(lin: torch.nn.Module, packed: bool, half_scales: bool = True) -> ProductWeights:
-    """``lin`` in the fused step's format: float32 / bfloat16 weights as they are; int8 and
-    int4 codes repacked (``packed``: the library has the packed kernels, AVX512_VNNI or AVX2;
-    rows in sixteens; their scales (and int4's lows) in float16 when ``half_scales`` and every
-    one is a float16 value), else as they are."""
+def product_weights(
+    lin: torch.nn.Module, packed: bool, half_scales: bool = True, amx_tiles: bool = False
+) -> ProductWeights:
+    """``lin`` in the fused step's format: float32 weights as they are; bfloat16 ones as AMX's
+    tiles (``DT_BF16T``, a copy) where ``amx_tiles`` (the library's AMX is granted) and ``in``
+    is a multiple of 32, else as they are; int8 and int4 codes repacked (``packed``: the library
+    has the packed kernels, AVX512_VNNI or AVX2; rows in sixteens; their scales (and int4's
+    lows) in float16 when ``half_scales`` and every one is a float16 value), else as they
+    are."""
     packed = packed and getattr(lin, "out_features", 1) % 16 == 0
     if isinstance(lin, Int8Linear):
         sources = [lin.qweight, lin.scale]
@@ -52,4 +56,7 @@ def product_weights(lin: torch.nn.Module, packed: bool, half_scales: bool = True
                 cpu_decode.DT_I4PH if half else cpu_decode.DT_I4P, tensors, list(held)
             )
         return ProductWeights(cpu_decode.DT_I4, held, list(held))
-    return ProductWeights(DTYPES[lin.weight.dtype], (lin.weight, None, None), [lin.weight])
+    w = lin.weight
+    if amx_tiles and w.dtype == torch.bfloat16 and w.shape[1] % 32 == 0 and w.shape[0] >= 16:
+        return ProductWeights(cpu_decode.DT_BF16T, (cpu_decode.tile_bf16_amx(w), None, None), [w])
+    return ProductWeights(DTYPES[w.dtype], (w, None, None), [w])

@@ -66,3 +66,56 @@ def test_inputs_not_whole_32_chunks_run_by_vectors():
     w = torch.randn(64, 100, generator=gen).bfloat16()
     x = torch.randn(3, 100, generator=gen)
     assert torch.equal(_product(w, x, 2, True), _product(w, x, 2, False))
+
+
+def _tiled(w: torch.Tensor, x: torch.Tensor, threads: int) -> torch.Tensor:
+    y = torch.empty(x.shape[0], w.shape[0])
+    tiles = cpu_decode.tile_bf16_amx(w)
+    assert cpu_decode.gemv(LIB, cpu_decode.DT_BF16T, tiles, x, y, threads=threads) == 0
+    return y
+
+
+def test_the_tiled_layout_is_each_whole_block_s_tiles_then_the_tail_rows():
+    """``DT_BF16T``: block b's tile c (1 KiB) holds rows 16b .. 16b + 15, inputs 32c .. 32c + 31,
+    row after row; the 5 rows past the last whole block follow as they are."""
+    w = torch.arange(37 * 64, dtype=torch.float32).view(37, 64).bfloat16()
+    flat = cpu_decode.tile_bf16_amx(w).reshape(-1)
+    assert flat.shape == w.reshape(-1).shape
+    for b in range(2):
+        for c in range(2):
+            at = (b * 2 + c) * 512
+            assert torch.equal(
+                flat[at : at + 512].view(16, 32), w[16 * b : 16 * b + 16, 32 * c : 32 * c + 32]
+            )
+    assert torch.equal(flat[32 * 64 :].view(5, 64), w[32:])
+    with pytest.raises(ValueError, match="32"):
+        cpu_decode.tile_bf16_amx(torch.zeros(16, 48, dtype=torch.bfloat16))
+
+
+@pytest.mark.parametrize("rows", [16, 48, 4117])
+def test_tiled_weights_give_the_plain_layout_s_amx_bits_alone_and_in_batches(rows):
+    """The same tiles from another layout: every output, the tail rows' (by vectors) too, has
+    the bits of ``DT_BF16`` by AMX, for any batch and thread count."""
+    gen = torch.Generator().manual_seed(rows)
+    w = torch.randn(rows, 576, generator=gen).bfloat16()
+    x = torch.randn(40, 576, generator=gen)
+    for m in (1, 2, 17, 40):
+        for threads in (1, 2, 3):
+            assert torch.equal(_tiled(w, x[:m], threads), _product(w, x[:m], threads, True)), (
+                m,
+                threads,
+            )
+
+
+def test_tiled_weights_run_by_amx_even_where_it_is_turned_off():
+    """``plait_amx(0)`` turns the plain layout's products to the vector kernels; tiles only AMX
+    can read, so they keep it."""
+    gen = torch.Generator().manual_seed(6)
+    w = torch.randn(64, 576, generator=gen).bfloat16()
+    x = torch.randn(3, 576, generator=gen)
+    LIB.plait_amx(0)
+    try:
+        off = _tiled(w, x, 2)
+    finally:
+        LIB.plait_amx(1)
+    assert torch.equal(off, _product(w, x, 2, True))

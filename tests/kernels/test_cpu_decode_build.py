@@ -90,6 +90,10 @@ def test_narrower_builds_compute_the_same_products(target, tmp_path):
                 continue
             cpu_decode.gemv(cpu_decode.library(), code, codes, x, native, scale=scales, low=lows)
             assert rc == 0 and torch.equal(y, native)
+        # AMX's tiles (no AMX without AVX512_BF16): refused, never read as rows
+        assert not lib.plait_amx_granted()
+        tiles = cpu_decode.tile_bf16_amx(bf)
+        assert cpu_decode.gemv(lib, cpu_decode.DT_BF16T, tiles, x, torch.empty(m, n)) == -2
 
 
 def test_the_step_cfg_names_follow_the_c_enum():

@@ -749,3 +749,28 @@ def test_a_forked_child_gets_its_own_threads():
     child.join(timeout=60)
     assert child.exitcode == 0
     assert queue.get(timeout=5) == 32 * 64
+
+
+def test_bfloat16_layers_are_read_as_amx_tiles_only_where_amx_is_granted():
+    """``product_weights``: a bfloat16 layer of whole 32-input chunks as ``DT_BF16T`` (a tiled
+    copy; the layer keeps its own weight) with ``amx_tiles``, as it is without; float32 and
+    inputs not whole chunks as they are."""
+    from plait.runtime.model.models.linear import Linear
+
+    def layer(n: int, k: int, dtype: torch.dtype) -> Linear:
+        lin = Linear(k, n, dtype=dtype)
+        lin.set_layout(False)
+        lin.weight.data = torch.randn(n, k).to(dtype)
+        return lin
+
+    bf = layer(48, 64, torch.bfloat16)
+    tiled = product_weights(bf, packed=True, amx_tiles=True)
+    assert tiled.dtype == cpu_decode.DT_BF16T and tiled.sources == [bf.weight]
+    assert torch.equal(tiled.tensors[0], cpu_decode.tile_bf16_amx(bf.weight))
+    assert product_weights(bf, packed=True).dtype == cpu_decode.DT_BF16
+    assert product_weights(layer(48, 48, torch.bfloat16), True, amx_tiles=True).dtype == (
+        cpu_decode.DT_BF16
+    )
+    assert product_weights(layer(48, 64, torch.float32), True, amx_tiles=True).dtype == (
+        cpu_decode.DT_F32
+    )
