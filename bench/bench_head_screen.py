@@ -24,18 +24,19 @@ from plait.runtime.engine import Engine
 
 
 class CandidateCount:
-    """Wraps ``FusedDecode.forward``: the finite logits of each screened row."""
+    """Wraps ``FusedDecode._run`` (which ``forward`` and ``forward_argmax`` both call): the
+    finite logits of each screened row."""
 
     def __init__(self, fused: Any) -> None:
-        self.fused, self.forward = fused, fused.forward
+        self.fused, self.run = fused, fused._run
         self.counts: list[int] = []
-        fused.forward = self
+        fused._run = self
 
-    def __call__(self, batch: Any, threads: int, sample_index: Any = None, argmax_only=False):
-        logits = self.forward(batch, threads, sample_index, argmax_only)
+    def __call__(self, batch: Any, threads: int, sample_index: Any, argmax_only: bool):
+        logits, ids = self.run(batch, threads, sample_index, argmax_only)
         if argmax_only and self.fused.head_screen:
             self.counts += torch.isfinite(logits).sum(-1).tolist()
-        return logits
+        return logits, ids
 
 
 def stat(xs: list[float], scale: float) -> str:
