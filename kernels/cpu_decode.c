@@ -1635,10 +1635,9 @@ INLINE int tile_min_rows(int dtype) {
  * a one-row decode step's C 10.3 -> 9.0 ms on a 2-core Xeon, bench/RESULTS.md), the
  * activations tile B (16 rows a tile, their bfloat16 pairs transposed once per product,
  * ``amx_pack``), and each 16 x 16 float32 tile of sums is emitted as ``emit`` would
- * (``amx_emit``). An output's sum runs over its 32-input chunks in
- * order, each chunk's pairs as the instruction adds them, whatever the other rows of the
- * batch: a row's bits are the same alone and in a batch, on any thread count, as the vector
- * kernels' are. (Not the vector kernels' bits: AMX rounds its chunk sums its own way and
+ * (``amx_emit``). An output's sum runs over its 32-input chunks in order, each chunk's pairs
+ * as the instruction adds them, whatever the other rows of the batch: a row's bits are the
+ * same alone and in a batch, on any thread count, as the vector kernels' are. (Not the vector kernels' bits: AMX rounds its chunk sums its own way and
  * flushes denormals.) The rows past a product's last whole 16-row block run by vectors (the
  * same rows whatever M). */
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && BF16_DOT
@@ -1719,7 +1718,8 @@ INLINE void amx_emit(const gemv_args *a, int64_t o, int64_t g, const float *ct) 
         if (TWO && BOTH) _tile_zero(3);                                                        \
         for (int64_t c = 0; c < kc; c++) {                                                     \
             if (ahead) { /* tiled, the first activation group: the next lines into L2 */        \
-                for (int l = 0; l < 16; l++) __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2); \
+                for (int l = 0; l < 16; l++)                                                   \
+                    __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);              \
                 if (TWO)                                                                       \
                     for (int l = 0; l < 16; l++)                                               \
                         __builtin_prefetch(w1 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);          \
@@ -2817,9 +2817,8 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
     gemv_args gs = product(ptrs + P_SCREEN, H, V, xn, NULL, logits, 0, R);
     int rc = gemv(&gs, nth);
     if (rc != 0) return rc;
-    const int head_dt = (int)ptrs[P_LM_HEAD + MAT_DTYPE] == DT_BF16T
-                            ? DT_BF16
-                            : (int)ptrs[P_LM_HEAD + MAT_DTYPE];
+    int head_dt = (int)ptrs[P_LM_HEAD + MAT_DTYPE];
+    if (head_dt == DT_BF16T) head_dt = DT_BF16; /* (its rows' bytes, its activations') */
     const size_t floats = (size_t)R * (3 + (size_t)nth),
                  ints = (size_t)R * nth * (size_t)(smax + 1) + (size_t)R;
     float *A = (float *)malloc(floats * sizeof(float) + ints * sizeof(int32_t));
