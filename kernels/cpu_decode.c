@@ -1143,13 +1143,16 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
     if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(dst), v);
     _mm512_storeu_ps(dst, v);
 }
-/* One activation row (decode) asks for the codes' line this many bytes ahead, into L2
+/* A group's first activation tile (a one-row decode's only one, a batch's first: the one that
+ * reads the codes from memory) asks for the codes' line this many bytes ahead, into L2
  * (prefetcht1). On a 2-core Zen 4 it gained nothing at 1-4 KB (into L1); on a 2-core Xeon with
  * AMX (model 167) the hardware's prefetch alone read SmolLM2's small int8 products at 22-26
  * GB/s against a 30 GB/s bound, and the int8 decode step's C time went 5,950 -> 4,989 us a
  * token at 4 KB into L1 (1 KB: 5,943 -> 5,862; 16 KB 5,926 -> 5,311), and from there 5,308 ->
  * 4,664 into L2 (into L3 the same; non-temporal 13,387: bench/RESULTS.md). The head screen,
- * int8 whatever the model's format, runs it too. Bits unchanged. */
+ * int8 whatever the model's format, runs it too. For batches (first tiles only, here and in
+ * int4's), in-process decode of 32 distinct prompts 3.15 -> 3.00 s, of 8 conversations 2.08 ->
+ * 1.70 s (int4 2.93 -> 2.82, 1.69 -> 1.46). Bits unchanged. */
 #define I8_VNNI_AHEAD 4096
 #define NT8P_TILE(NAME, NB, ST, LOAD16)                                                        \
     static void NAME(const gemv_args *a, int64_t g, int m0) {                                  \
@@ -1165,7 +1168,7 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
             for (int b = 0; b < NB; b++) e[b] = o[b] = _mm512_setzero_si512();                 \
             const int8_t *wb = w + blk * 512;                                                  \
             for (int j = 0; j < 16; j += 2) {                                                  \
-                if (NB == 1) __builtin_prefetch(wb + 32 * j + I8_VNNI_AHEAD, 0, 2);                \
+                if (m0 == 0) __builtin_prefetch(wb + 32 * j + I8_VNNI_AHEAD, 0, 2);                \
                 const __m256i *p = (const __m256i *)(wb + 32 * j);                             \
                 __m512i w0 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(p));                      \
                 __m512i w1 = _mm512_cvtepi8_epi16(_mm256_loadu_si256(p + 1));                  \
@@ -1183,7 +1186,8 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
         }                                                                                      \
         for (int b = 0; b < NB; b++) emit16(a, g, m0 + b, f[b]);                               \
     }
-/* One activation row (decode) asks for the codes' line this many bytes ahead: the int4 kernel
+/* A group's first activation tile asks for the codes' line this many bytes ahead (first for
+ * one row, then for a batch's first tile too: ``I8_VNNI_AHEAD``): the int4 kernel
  * does 16 ``vpdpbusd`` per 256 bytes of codes (40 GB/s a core from L2 on a 2-core Zen 4), and
  * with the hardware's prefetch alone it read memory slower than the int8 kernel. 3072 x 576
  * products (a SmolLM2 gate/up) on huge pages, from memory, median GB/s: one thread 18.3
@@ -1216,7 +1220,7 @@ INLINE void emit16(const gemv_args *a, int64_t g, int m, __m512 v) {
             __m512i *h1 = NB <= 2 ? hi1 : hi, *l1 = NB <= 2 ? lo1 : lo;                        \
             for (int b = 0; b < NB; b++) hi[b] = lo[b] = hi1[b] = lo1[b] = _mm512_setzero_si512(); \
             for (int c = 0; c < 4; c++) { /* codes k0 .. k0 + 7, k0 = blk * 32 + 8c */         \
-                if (NB == 1) __builtin_prefetch(w + (blk * 4 + c) * 64 + I4_VNNI_AHEAD, 0, 3);  \
+                if (m0 == 0) __builtin_prefetch(w + (blk * 4 + c) * 64 + I4_VNNI_AHEAD, 0, 3);  \
                 __m512i v = _mm512_loadu_si512(w + (blk * 4 + c) * 64);                        \
                 __m512i w0 = _mm512_and_si512(v, nib);                                         \
                 __m512i w1 = _mm512_and_si512(_mm512_srli_epi16(v, 4), nib);                   \
