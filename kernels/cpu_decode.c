@@ -719,8 +719,9 @@ enum {
     DT_I8PH = 7, DT_BF16T = 8
 };
 
-/* 8 x the bytes a weight takes, by DT_* (int4: half a byte; scales and lows apart). */
-static const int64_t weight_eighths[9] = {32, 16, 8, 4, 8, 4, 4, 8, 16};
+/* 8 x the bytes a weight takes, by DT_* (int4: half a byte; scales and lows apart; DT_BF16T
+ * is read as DT_BF16: ``mat_dtype``). */
+static const int64_t weight_eighths[8] = {32, 16, 8, 4, 8, 4, 4, 8};
 
 /* The formats packed for AVX512_VNNI (16 output rows a vector). */
 INLINE int is_packed(int dtype) { return dtype >= DT_I8P && dtype <= DT_I8PH; }
@@ -802,19 +803,14 @@ INLINE void row_scales(const gemv_args *a, int64_t o, int RO, const float **sc) 
 /* A one-row tile (decode: every weight row one stream) asks for the line this many bytes
  * ahead: bfloat16 1 KB, where it measured better (in-process decode on a 2-core Zen 3, 3
  * alternating rounds: 22.8 -> 21.2 ms a token by median; again 15.6 -> 15.0 ms the C step,
- * 8 rounds). float32 on Intel CPUs only, 4 KB: its decode step got slower with 1 KB on the
- * Zen 3 (45.7 -> 51.6), and faster with 4 KB on a 2-core Xeon with AMX (C step 18.1 -> 15.3 ms
- * a token; 8 KB the same: bench/RESULTS.md). */
-static int f32_row_ahead; /* ``set_row_ahead``: 4096 on Intel CPUs, else 0 */
-__attribute__((constructor)) static void set_row_ahead(void) {
-#if defined(__x86_64__)
-    unsigned int a, b, c, d;
-    __asm__("cpuid" : "=a"(a), "=b"(b), "=c"(c), "=d"(d) : "a"(0));
-    /* "GenuineIntel": ebx, edx, ecx */
-    f32_row_ahead = b == 0x756e6547 && d == 0x49656e69 && c == 0x6c65746e ? 4096 : 0;
+ * 8 rounds). float32 ``F32_ROW_AHEAD``, which the build sets to 4 KB on Intel CPUs only
+ * (``cpu_decode.FLAGS``): its decode step got slower with 1 KB on the Zen 3 (45.7 -> 51.6), and
+ * faster with 4 KB on a 2-core Xeon with AMX (C step 18.1 -> 15.3 ms a token; 8 KB the same:
+ * bench/RESULTS.md). */
+#ifndef F32_ROW_AHEAD
+#define F32_ROW_AHEAD 0
 #endif
-}
-#define ROW_AHEAD(T) (sizeof(T) == 2 ? 1024 : sizeof(T) == 4 ? f32_row_ahead : 0)
+#define ROW_AHEAD(T) (sizeof(T) == 2 ? 1024 : sizeof(T) == 4 ? F32_ROW_AHEAD : 0)
 
 /* RO weight rows against NB activation rows: RO x NB accumulators, each output's products
  * summed in one register over k in steps of 16 (lanes then summed by ``hsum``'s halving
@@ -1641,9 +1637,9 @@ INLINE int tile_min_rows(int dtype) {
  * ``amx_pack``), and each 16 x 16 float32 tile of sums is emitted as ``emit`` would
  * (``amx_emit``). An output's sum runs over its 32-input chunks in order, each chunk's pairs
  * as the instruction adds them, whatever the other rows of the batch: a row's bits are the
- * same alone and in a batch, on any thread count, as the vector kernels' are. (Not the vector kernels' bits: AMX rounds its chunk sums its own way and
- * flushes denormals.) The rows past a product's last whole 16-row block run by vectors (the
- * same rows whatever M). */
+ * same alone and in a batch, on any thread count, as the vector kernels' are. (Not the vector
+ * kernels' bits: AMX rounds its chunk sums its own way and flushes denormals.) The rows past a
+ * product's last whole 16-row block run by vectors (the same rows whatever M). */
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && BF16_DOT
 #define AMX_BF16 1
 #include <sys/syscall.h>
@@ -2034,13 +2030,19 @@ enum {
     L_COUNT = L_DOWN + MAT_COUNT
 };
 
+/* A matrix's format as the kernels read it: DT_BF16T is DT_BF16 (the same bytes a row), its
+ * layout ``gemv_args.tiled``. */
+INLINE int mat_dtype(const int64_t *mat) {
+    const int dt = (int)mat[MAT_DTYPE];
+    return dt == DT_BF16T ? DT_BF16 : dt;
+}
+
 static gemv_args product(const int64_t *mat, int64_t in, int64_t out, const float *x,
                          const float *bias, float *y, int accumulate, int M) {
-    const int dt = (int)mat[MAT_DTYPE];
-    gemv_args a = {.w = (const void *)mat[MAT_W], .dtype = dt == DT_BF16T ? DT_BF16 : dt,
+    gemv_args a = {.w = (const void *)mat[MAT_W], .dtype = mat_dtype(mat),
                    .scale = (const float *)mat[MAT_SCALE], .low = (const float *)mat[MAT_LOW],
                    .in = in, .out = out, .x = x, .bias = bias, .y = y, .ldy = out,
-                   .accumulate = accumulate, .M = M, .tiled = dt == DT_BF16T};
+                   .accumulate = accumulate, .M = M, .tiled = mat[MAT_DTYPE] == DT_BF16T};
     return a;
 }
 
@@ -2672,11 +2674,11 @@ static void ahead_add(ahead_list *a, const void *p, int64_t n, int64_t budget) {
 /* A matrix's bytes as the products read them: its codes, then its scales and lows. */
 static void ahead_matrix(ahead_list *a, const int64_t *mat, int64_t in, int64_t out,
                          int64_t budget) {
-    const int dt = (int)mat[MAT_DTYPE];
-    if (dt < 0 || dt > DT_BF16T) return;
+    const int dt = mat_dtype(mat);
+    if (dt < 0 || dt > DT_I8PH) return;
     ahead_add(a, (const void *)mat[MAT_W], in * out * weight_eighths[dt] / 8, budget);
     const int64_t groups = in / 32 * out, per = dt == DT_I4PH || dt == DT_I8PH ? 2 : 4;
-    if (dt != DT_F32 && dt != DT_BF16 && dt != DT_BF16T)
+    if (dt != DT_F32 && dt != DT_BF16)
         ahead_add(a, (const void *)mat[MAT_SCALE], groups * per, budget);
     if (dt == DT_I4 || dt == DT_I4P || dt == DT_I4PH)
         ahead_add(a, (const void *)mat[MAT_LOW], groups * per, budget);
@@ -2821,8 +2823,7 @@ static int screened_head(const int64_t *ptrs, int64_t H, int64_t V, const float 
     gemv_args gs = product(ptrs + P_SCREEN, H, V, xn, NULL, logits, 0, R);
     int rc = gemv(&gs, nth);
     if (rc != 0) return rc;
-    int head_dt = (int)ptrs[P_LM_HEAD + MAT_DTYPE];
-    if (head_dt == DT_BF16T) head_dt = DT_BF16; /* (its rows' bytes, its activations') */
+    const int head_dt = mat_dtype(ptrs + P_LM_HEAD);
     const size_t floats = (size_t)R * (3 + (size_t)nth),
                  ints = (size_t)R * nth * (size_t)(smax + 1) + (size_t)R;
     float *A = (float *)malloc(floats * sizeof(float) + ints * sizeof(int32_t));
@@ -3134,11 +3135,7 @@ int plait_amx_granted(void) {
  * -1 as it is) leaves it on, else 0. Set it between calls, not during one. */
 int plait_amx(int want) {
     if (want >= 0) amx_wanted = want;
-#if AMX_BF16
-    return amx_wanted && amx_granted();
-#else
-    return 0;
-#endif
+    return amx_wanted && plait_amx_granted();
 }
 
 /* The rows from which a bfloat16 head by AMX is read whole in an argmax step (``AMX_HEAD_ROWS``),

@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from plait.kernels import cpu_decode
+from plait.kernels.cpu_decode import intel_cpu  # where MKL runs its own kernels
 from plait.runtime.errors import InvalidRequestError
 
 # The columns a single-threaded OpenBLAS call computes: wide enough that each call's packing
@@ -114,12 +114,6 @@ def numpy_openblas() -> OpenBLAS | None:
 # models (the suite's tiny ones) are latency-bound per call: numpy's conversions and the thread
 # switch around each forward would cost more than they save.
 AUTO_MIN_WEIGHT_BYTES = 64 << 20
-
-
-def intel_cpu() -> bool:
-    """Whether this CPU is Intel's (``/proc/cpuinfo``'s vendor_id), where MKL runs its own
-    kernels; False where unknown."""
-    return cpu_decode.cpuinfo_field("vendor_id") == "GenuineIntel"
 
 
 def resolve(choice: str, device: torch.device, weight_bytes: int) -> OpenBLAS | None:
