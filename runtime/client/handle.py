@@ -14,7 +14,9 @@ from plait.runtime.messages import ReqOutput
 
 class RequestHandle:
     """One request in flight. Iterate it (sync or ``async for``) for its chunks, or call
-    ``result`` for the final one; a worker-side error is raised from either.
+    ``result`` for the final one; a worker-side error is raised from either. An iteration
+    left early is resumed by the next one; once the end was taken, a new one yields nothing
+    (or raises the error again).
 
     Invariant: the last chunk delivered has ``finished`` set, or iteration raises the error that
     ended the request (``InvalidRequestError``, ``WorkerDiedError``); nothing is delivered after
@@ -72,7 +74,10 @@ class RequestHandle:
     def __iter__(self) -> Iterator[OutputChunk]:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: bool(self._items))
+                self._cond.wait_for(lambda: bool(self._items) or self.done)
+                if not self._items:  # an earlier iteration took the end
+                    self._raise_ended()
+                    return
                 item = self._items.popleft()
             if isinstance(item, BaseException):
                 raise item
@@ -82,17 +87,30 @@ class RequestHandle:
 
     async def _aiter(self) -> AsyncIterator[OutputChunk]:
         with self._cond:
-            self._loop = asyncio.get_running_loop()
-            self._aqueue = asyncio.Queue()
+            loop = asyncio.get_running_loop()
+            if self._loop is not loop:  # one queue per consumer loop, taking what the last held
+                held = self._aqueue
+                self._loop, self._aqueue = loop, asyncio.Queue()
+                while held is not None and not held.empty():
+                    self._aqueue.put_nowait(held.get_nowait())
+            queue = self._aqueue
             while self._items:
-                self._aqueue.put_nowait(self._items.popleft())
+                queue.put_nowait(self._items.popleft())
+            if self.done and queue.empty() and not self._in_flight:
+                self._raise_ended()  # an earlier iteration took the end
+                return
         while True:
-            item = await self._aqueue.get()
+            item = await queue.get()
             if isinstance(item, BaseException):
                 raise item
             yield item
             if item.finished:
                 return
+
+    def _raise_ended(self) -> None:
+        """A drained handle's end once more: its error, or nothing after its final chunk."""
+        if self._error is not None:
+            raise self._error
 
     def __aiter__(self) -> AsyncIterator[OutputChunk]:
         return self._aiter()

@@ -161,6 +161,59 @@ def test_async_iteration_from_an_event_loop(client):
     assert runs[0][-1].output_ids == sync.output_ids
 
 
+def test_an_iteration_left_early_is_resumed_and_a_drained_one_ends_at_once(client):
+    params = SamplingParams(max_new_tokens=6, **GREEDY)
+    whole = client.submit([5, 6, 7], params).result(10).output_ids
+
+    async def in_two_parts(handle) -> tuple[list, list, list]:
+        first = []
+        async for c in handle:
+            first.append(c)
+            if len(first) == 2:
+                break
+        await asyncio.sleep(0.2)  # the rest arrives in the first iteration's queue
+        rest = await asyncio.wait_for(_collect(handle), 10)
+        return first, rest, await asyncio.wait_for(_collect(handle), 10)
+
+    first, rest, again = asyncio.run(in_two_parts(client.submit([5, 6, 7], params, stream=True)))
+    assert [t for c in first + rest for t in c.new_ids] == whole and rest[-1].finished
+    assert again == []
+
+    handle = client.submit([5, 6, 7], params, stream=True)
+    it = iter(handle)
+    head = [next(it), next(it)]
+    assert [t for c in head + _within(list, handle) for t in c.new_ids] == whole
+    assert _within(list, handle) == []
+
+    bad = client.submit([5, 10**9], params, stream=True)
+    for _ in range(2):  # the error, each time
+        with pytest.raises(InvalidRequestError):
+            _within(list, bad)
+
+
+async def _collect(handle) -> list:
+    return [c async for c in handle]
+
+
+def _within(fn, arg, seconds: float = 10):
+    """``fn(arg)`` on a thread, failing the test (not hanging it) past ``seconds``."""
+    out: list = []
+
+    def run() -> None:
+        try:
+            out.append(fn(arg))
+        except BaseException as e:
+            out.append(e)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert out, f"{fn.__name__} did not return in {seconds} s"
+    if isinstance(out[0], BaseException):
+        raise out[0]
+    return out[0]
+
+
 def test_cancel_and_early_close_free_the_kv(client):
     params = SamplingParams(max_new_tokens=400, **GREEDY)
     handle = client.submit([5, 6, 7, 8], params, stream=True)
