@@ -65,6 +65,29 @@ class ReadBound:
         return self.buf.numel() * 4 / best_seconds(lambda: self.buf.sum(), repeats)
 
 
+class StealShare:
+    """The share of this VM's CPU time its host gave to others (``steal`` in /proc/stat) between
+    ``start`` and ``share``: a slow phase of the host that is the host's neighbours shows here
+    (0.0 where /proc/stat has no steal column)."""
+
+    def __init__(self) -> None:
+        self.start()
+
+    @staticmethod
+    def _ticks() -> tuple[int, int]:
+        """(steal, total) jiffies of all CPUs so far."""
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+    def start(self) -> None:
+        self._at = self._ticks()
+
+    def share(self) -> float:
+        steal, total = self._ticks()
+        return (steal - self._at[0]) / max(total - self._at[1], 1)
+
+
 def read_bandwidth(gib: float, repeats: int) -> float:
     return ReadBound(gib).measure(repeats)
 

@@ -24,7 +24,9 @@ minutes; ``--pairs`` keeps a precision's two servers up together and alternates 
 (one serving at a time), so each ratio compares the same minutes. The bus of the AVX-512 host
 has two phases (a 2-thread ``sum`` reads ~36 or ~70 GB/s, flipping every few minutes);
 ``--read-band LO:HI`` keeps only runs whose bound, read just before and after, was inside the
-band, so a spread is the systems' own and not the host's.
+band, so a spread is the systems' own and not the host's. Each run's line gives the load and
+the host's steal (its neighbours' share of this VM's CPU time during the run, /proc/stat): a
+slow phase in which the 1 GiB sum still reads at full speed shows whether it is theirs.
 
 Needs ``bench/build_llama_server.sh`` run first (llama.cpp systems are skipped otherwise).
 
@@ -55,7 +57,7 @@ from pathlib import Path
 
 import httpx
 
-from plait.bench.bench_machine import ReadBound, step_weight_bytes
+from plait.bench.bench_machine import ReadBound, StealShare, step_weight_bytes
 from plait.bench.workloads import FEW_SHOT, QUESTIONS, WORDS, distinct_prompts
 
 CACHE = Path(os.environ.get("PLAIT_LLAMA_CACHE", Path.home() / ".cache" / "plait-llamacpp"))
@@ -330,6 +332,7 @@ def main() -> None:
     # read just before and just after it (``read_gbps`` beside ``single``), so that a repeat
     # which ran in a fast phase after a slow reading is not put above its bound
     bound = ReadBound() if "single" in workloads or band else None
+    steal = StealShare()  # the host's neighbours' share of each run's CPU time
     flags = ["--stream-interval", str(args.stream_interval),
              "--num-scheduler-steps", str(args.num_scheduler_steps)]  # fmt: skip
     for group in _groups(args.systems.split(","), args.pairs):
@@ -351,12 +354,14 @@ def main() -> None:
                     for system, server in servers.items():  # one serving at a time
                         # the bound beside the single stream, or every run inside a band
                         reads = bound if w == "single" or band else None
+                        steal.start()
                         r, gbps = _bounded_run(server.base, w, rep, args, reads, band)
                         results[system][w].append(r.rate)
                         if w == "single" and gbps is not None:
                             results[system]["read_gbps"].append(gbps)
                         print(f"  {system} {w} rep {rep}: {r.rate:.1f} tok/s ({r.tokens} tok in "
-                              f"{r.seconds:.2f} s, load {os.getloadavg()[0]:.2f})", flush=True)  # fmt: skip
+                              f"{r.seconds:.2f} s, load {os.getloadavg()[0]:.2f}, "
+                              f"steal {100 * steal.share():.1f}%)", flush=True)  # fmt: skip
     report(results, workloads, args)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))
