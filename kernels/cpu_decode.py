@@ -67,11 +67,12 @@ def intel_cpu() -> bool:
     return cpuinfo_field("vendor_id") == "GenuineIntel"
 
 
-# -march=native: the host's vector instructions. On Intel CPUs float32's one-row products read
-# ahead (``F32_ROW_AHEAD`` in cpu_decode.c: faster on a Xeon, slower on a Zen 3).
+# -march=native: the host's vector instructions. On Intel CPUs float32's and the AVX512_BF16
+# kernel's one-row products read ahead (``F32_ROW_AHEAD``, ``DOT_ROW_AHEAD`` in cpu_decode.c:
+# faster on a Xeon; float32's slower on a Zen 3).
 FLAGS = [
     "-O3", "-march=native", "-std=gnu11", "-fPIC", "-shared", "-pthread",
-    *(["-DF32_ROW_AHEAD=4096"] if intel_cpu() else []),
+    *(["-DF32_ROW_AHEAD=4096", "-DDOT_ROW_AHEAD=4096"] if intel_cpu() else []),
 ]  # fmt: skip
 
 
