@@ -1770,9 +1770,63 @@ INLINE void amx_emit(const gemv_args *a, int64_t o, int64_t g, const float *ct) 
 #ifndef AMX_AHEAD
 #define AMX_AHEAD 512
 #endif
+/* One activation row (decode): B is that row's bfloat16 pairs as they are, one column of 16
+ * pairs a tile (``xp`` is ``xb``: no packing, no zeroed columns), and the sums a 16 x 1 tile;
+ * each output's tdpbf16ps are those of the 16-column tiles (AMX sums an output from its own row
+ * and column: the same bits, the batch-invariance tests check it). tiles 0-1: sums, 4-5:
+ * weights, 6: the activations. */
+static void amx_bf16_rows_1(const gemv_args *a, int64_t o0, int64_t o1) {
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        cfg.rows[t] = 16;
+        cfg.colsb[t] = t == 4 || t == 5 ? 64 : 4;
+    }
+    _tile_loadconfig(&cfg);
+    const int64_t K = a->in, kc = K / 32, stride = 2 * K;
+    const int64_t ld = a->tiled ? 64 : stride, cstep = a->tiled ? 1024 : 64;
+    const char *xb = (const char *)a->xp;
+    float ct[32] __attribute__((aligned(64)));
+    for (int64_t o = o0; o < o1; o += 32) {
+        const int two = o + 32 <= o1;
+        const char *w0 = (const char *)a->w + o * stride;
+        const char *w1 = a->tiled ? w0 + 1024 * kc : w0 + 16 * stride;
+        _tile_zero(0);
+        if (two) _tile_zero(1);
+        for (int64_t c = 0; c < kc; c++) {
+            if (a->tiled) {
+                for (int l = 0; l < 16; l++) __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
+                if (two)
+                    for (int l = 0; l < 16; l++)
+                        __builtin_prefetch(w1 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
+            }
+            _tile_loadd(4, w0 + cstep * c, ld);
+            if (two) _tile_loadd(5, w1 + cstep * c, ld);
+            _tile_loadd(6, xb + 64 * c, 4);
+            _tile_dpbf16ps(0, 4, 6);
+            if (two) _tile_dpbf16ps(1, 5, 6);
+        }
+        _tile_stored(0, ct, 4);
+        if (two) _tile_stored(1, ct + 16, 4);
+        for (int b = 0; b < 1 + two; b++) {
+            const int64_t ob = o + 16 * b;
+            __m512 v = _mm512_load_ps(ct + 16 * b);
+            if (a->bias) v = _mm512_add_ps(v, _mm512_loadu_ps(a->bias + ob));
+            if (a->accumulate) v = _mm512_add_ps(_mm512_loadu_ps(a->y + ob), v);
+            _mm512_storeu_ps(a->y + ob, v);
+        }
+    }
+    _tile_release();
+}
+
 /* Weight rows [o0, o1), whole 16-row blocks, two at a time where there are two. */
 static void amx_bf16_rows(const gemv_args *a, int64_t o0, int64_t o1) {
     if (o0 >= o1) return;
+    if (a->M == 1) {
+        amx_bf16_rows_1(a, o0, o1);
+        return;
+    }
     amx_configure();
     const int64_t K = a->in, kc = K / 32, stride = 2 * K, groups = (a->M + 15) / 16;
     /* a tile's rows: DT_BF16's a row apart, DT_BF16T's 64 bytes apart; its next chunk */
@@ -1984,7 +2038,8 @@ static int gemv(gemv_args *a, int nth) {
     const int convert = (a->dtype == DT_BF16 || a->dtype == DT_I8) && a->M >= TILE_MIN_ROWS;
 #endif
     /* AMX's B tiles: whole groups of 16 rows */
-    const size_t xp_bytes = amx_product(a) ? 2 * (size_t)((a->M + 15) / 16 * 16) * a->in : 0;
+    const size_t xp_bytes =
+        amx_product(a) && a->M > 1 ? 2 * (size_t)((a->M + 15) / 16 * 16) * a->in : 0;
     /* one buffer: xsum [M, G] floats, xb (bfloat16), xp and conv each on a cache line */
     const size_t xsum_bytes = sizeof(float) * (size_t)(a->M * G);
     const size_t xp_at = (xsum_bytes + 2 * (size_t)nxb + 63) & ~(size_t)63;
@@ -2010,6 +2065,8 @@ static int gemv(gemv_args *a, int nth) {
     if (xp_bytes) {
         amx_pack(xb, a->M, a->in, (uint32_t *)(buf + xp_at));
         a->xp = (const uint32_t *)(buf + xp_at);
+    } else if (a->M == 1 && amx_product(a)) {
+        a->xp = (const uint32_t *)xb; /* one row: its pairs are B's one column */
     }
 #endif
     a->conv = convert ? (void *)(((uintptr_t)(buf + conv_at) + 63) & ~(uintptr_t)63) : NULL;
