@@ -1647,8 +1647,8 @@ INLINE int tile_min_rows(int dtype) {
  * step's copy: its tiles stream in order, each block's lines asked for ``AMX_AHEAD`` ahead;
  * a one-row decode step's C 10.3 -> 9.0 ms on a 2-core Xeon, bench/RESULTS.md), the
  * activations tile B (16 rows a tile, their bfloat16 pairs transposed once per product,
- * ``amx_pack``; one row: the row itself, one column, ``amx_bf16_rows_1``), and each 16 x 16 float32 tile of sums is emitted as ``emit`` would
- * (``amx_emit``). An output's sum runs over its 32-input chunks in order, each chunk's pairs
+ * ``amx_pack``; one row: the row itself as one column, ``amx_bf16_rows_1``), and each
+ * 16 x 16 float32 tile of sums is emitted as ``emit`` would (``amx_emit``). An output's sum runs over its 32-input chunks in order, each chunk's pairs
  * as the instruction adds them, whatever the other rows of the batch: a row's bits are the
  * same alone and in a batch, on any thread count, as the vector kernels' are. (Not the vector
  * kernels' bits: AMX rounds its chunk sums its own way and flushes denormals.) The rows past a
@@ -1796,7 +1796,8 @@ static void amx_bf16_rows_1(const gemv_args *a, int64_t o0, int64_t o1) {
         if (two) _tile_zero(1);
         for (int64_t c = 0; c < kc; c++) {
             if (a->tiled) {
-                for (int l = 0; l < 16; l++) __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
+                for (int l = 0; l < 16; l++)
+                    __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
                 if (two)
                     for (int l = 0; l < 16; l++)
                         __builtin_prefetch(w1 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
