@@ -735,8 +735,8 @@ typedef struct {
     const float *xsum;        /* DT_I4 without AVX-512: [M, in / 32] sums of activation groups;
                                  DT_I8P / DT_I4P: sums of the int16 activations per block */
     const uint16_t *xb;       /* DT_BF16, DT_I8 with BF16_DOT: the activations in bfloat16 */
-    const uint32_t *xp;       /* DT_BF16 by AMX: the activations as AMX's B tiles (``amx_pack``),
-                                 or NULL where the product runs by vectors */
+    const uint32_t *xp;       /* DT_BF16 by AMX: the activations as AMX's B tiles (``amx_pack``;
+                                 one row: ``xb`` itself), or NULL where vectors run it */
     void *conv;               /* batches' weight blocks made once per block (``nt_rows``),
                                  [nth, TILE_RO, in]: DT_I8 as bfloat16 with BF16_DOT, DT_BF16
                                  and DT_I8 as float32 without */
@@ -1648,11 +1648,12 @@ INLINE int tile_min_rows(int dtype) {
  * a one-row decode step's C 10.3 -> 9.0 ms on a 2-core Xeon, bench/RESULTS.md), the
  * activations tile B (16 rows a tile, their bfloat16 pairs transposed once per product,
  * ``amx_pack``; one row: the row itself as one column, ``amx_bf16_rows_1``), and each
- * 16 x 16 float32 tile of sums is emitted as ``emit`` would (``amx_emit``). An output's sum runs over its 32-input chunks in order, each chunk's pairs
- * as the instruction adds them, whatever the other rows of the batch: a row's bits are the
- * same alone and in a batch, on any thread count, as the vector kernels' are. (Not the vector
- * kernels' bits: AMX rounds its chunk sums its own way and flushes denormals.) The rows past a
- * product's last whole 16-row block run by vectors (the same rows whatever M). */
+ * 16 x 16 float32 tile of sums is emitted as ``emit`` would (``amx_emit``). An output's sum
+ * runs over its 32-input chunks in order, each chunk's pairs as the instruction adds them,
+ * whatever the other rows of the batch: a row's bits are the same alone and in a batch, on any
+ * thread count, as the vector kernels' are. (Not the vector kernels' bits: AMX rounds its chunk
+ * sums its own way and flushes denormals.) The rows past a product's last whole 16-row block
+ * run by vectors (the same rows whatever M). */
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__linux__) && BF16_DOT
 #define AMX_BF16 1
 #include <sys/syscall.h>
