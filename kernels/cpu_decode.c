@@ -1675,16 +1675,34 @@ static int amx_granted(void) {
     return amx_state;
 }
 
-/* tiles 0-3: sums (2 weight blocks x 2 activation groups), 4-5: weights, 6-7: activations */
-static void amx_configure(void) {
+/* tiles 0-3: sums (2 weight blocks x 2 activation groups), 4-5: weights (16 x 64 bytes),
+ * 6-7: activations; the sums and activations ``cols`` bytes wide (64: 16 activation rows; 4:
+ * one row, ``amx_bf16_rows_1``) */
+static void amx_configure(int cols) {
     amx_config c;
     memset(&c, 0, sizeof c);
     c.palette = 1;
     for (int t = 0; t < 8; t++) {
         c.rows[t] = 16;
-        c.colsb[t] = 64;
+        c.colsb[t] = t == 4 || t == 5 ? 64 : cols;
     }
     _tile_loadconfig(&c);
+}
+
+/* DT_BF16T asks for each block's lines this many bytes ahead, into L2, as it loads the block's
+ * tiles (a block's tiles stream one after another; DT_BF16's tile loads take 16 lines a row
+ * apart, which the hardware's prefetch alone followed at 20-26 GB/s in a decode step). In the
+ * one-row decode step, C time a token against DT_BF16 in one process: 256 bytes 10,369 ->
+ * 9,331 us, 512 10,276 -> 8,977, 1024 10,471 -> 9,626; 2048 gained nothing in products alone. */
+#ifndef AMX_AHEAD
+#define AMX_AHEAD 512
+#endif
+/* DT_BF16T: chunk c's lines of weight blocks w0 (and w1 where ``two``) ``AMX_AHEAD`` ahead,
+ * into L2 */
+INLINE void amx_ahead(const char *w0, const char *w1, int two, int64_t c) {
+    for (int l = 0; l < 16; l++) __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
+    if (two)
+        for (int l = 0; l < 16; l++) __builtin_prefetch(w1 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
 }
 
 /* B tiles of ``xb`` ([M, K] bfloat16): [groups of 16 rows][K / 32][16 pairs][16 rows] of
@@ -1731,13 +1749,7 @@ INLINE void amx_emit(const gemv_args *a, int64_t o, int64_t g, const float *ct) 
         if (BOTH) _tile_zero(2);                                                               \
         if (TWO && BOTH) _tile_zero(3);                                                        \
         for (int64_t c = 0; c < kc; c++) {                                                     \
-            if (ahead) { /* tiled, the first activation group: the next lines into L2 */        \
-                for (int l = 0; l < 16; l++)                                                   \
-                    __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);              \
-                if (TWO)                                                                       \
-                    for (int l = 0; l < 16; l++)                                               \
-                        __builtin_prefetch(w1 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);          \
-            }                                                                                  \
+            if (ahead) amx_ahead(w0, w1, TWO, c); /* tiled, the first activation group */     \
             _tile_loadd(4, w0 + cstep * c, ld);                                                \
             if (TWO) _tile_loadd(5, w1 + cstep * c, ld);                                       \
             _tile_loadd(6, b0 + 256 * c, 64);                                                  \
@@ -1763,28 +1775,13 @@ INLINE void amx_emit(const gemv_args *a, int64_t o, int64_t g, const float *ct) 
         }                                                                                      \
     } while (0)
 
-/* DT_BF16T asks for each block's lines this many bytes ahead, into L2, as it loads the block's
- * tiles (a block's tiles stream one after another; DT_BF16's tile loads take 16 lines a row
- * apart, which the hardware's prefetch alone followed at 20-26 GB/s in a decode step). In the
- * one-row decode step, C time a token against DT_BF16 in one process: 256 bytes 10,369 ->
- * 9,331 us, 512 10,276 -> 8,977, 1024 10,471 -> 9,626; 2048 gained nothing in products alone. */
-#ifndef AMX_AHEAD
-#define AMX_AHEAD 512
-#endif
 /* One activation row (decode): B is that row's bfloat16 pairs as they are, one column of 16
  * pairs a tile (``xp`` is ``xb``: no packing, no zeroed columns), and the sums a 16 x 1 tile;
  * each output's tdpbf16ps are those of the 16-column tiles (AMX sums an output from its own row
  * and column: the same bits, the batch-invariance tests check it). tiles 0-1: sums, 4-5:
  * weights, 6: the activations. */
 static void amx_bf16_rows_1(const gemv_args *a, int64_t o0, int64_t o1) {
-    amx_config cfg;
-    memset(&cfg, 0, sizeof cfg);
-    cfg.palette = 1;
-    for (int t = 0; t < 8; t++) {
-        cfg.rows[t] = 16;
-        cfg.colsb[t] = t == 4 || t == 5 ? 64 : 4;
-    }
-    _tile_loadconfig(&cfg);
+    amx_configure(4);
     const int64_t K = a->in, kc = K / 32, stride = 2 * K;
     const int64_t ld = a->tiled ? 64 : stride, cstep = a->tiled ? 1024 : 64;
     const char *xb = (const char *)a->xp;
@@ -1796,13 +1793,7 @@ static void amx_bf16_rows_1(const gemv_args *a, int64_t o0, int64_t o1) {
         _tile_zero(0);
         if (two) _tile_zero(1);
         for (int64_t c = 0; c < kc; c++) {
-            if (a->tiled) {
-                for (int l = 0; l < 16; l++)
-                    __builtin_prefetch(w0 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
-                if (two)
-                    for (int l = 0; l < 16; l++)
-                        __builtin_prefetch(w1 + 1024 * c + AMX_AHEAD + 64 * l, 0, 2);
-            }
+            if (a->tiled) amx_ahead(w0, w1, two, c);
             _tile_loadd(4, w0 + cstep * c, ld);
             if (two) _tile_loadd(5, w1 + cstep * c, ld);
             _tile_loadd(6, xb + 64 * c, 4);
@@ -1829,7 +1820,7 @@ static void amx_bf16_rows(const gemv_args *a, int64_t o0, int64_t o1) {
         amx_bf16_rows_1(a, o0, o1);
         return;
     }
-    amx_configure();
+    amx_configure(64);
     const int64_t K = a->in, kc = K / 32, stride = 2 * K, groups = (a->M + 15) / 16;
     /* a tile's rows: DT_BF16's a row apart, DT_BF16T's 64 bytes apart; its next chunk */
     const int64_t ld = a->tiled ? 64 : stride, cstep = a->tiled ? 1024 : 64;
@@ -2007,7 +1998,8 @@ static void *scratch_bytes(size_t n) {
  * (neither AVX512_VNNI nor AVX2) or rows not whole groups of 16, and for DT_BF16T where AMX is
  * not built or granted. */
 static int gemv(gemv_args *a, int nth) {
-    if (a->tiled && !amx_product(a)) return -2; /* DT_BF16T only AMX reads */
+    const int amx = amx_product(a);
+    if (a->tiled && !amx) return -2; /* DT_BF16T only AMX reads */
     if (is_packed(a->dtype)) {
 #if PACKED_DOT
         if (a->out % 16) return -2;
@@ -2039,9 +2031,8 @@ static int gemv(gemv_args *a, int nth) {
 #else
     const int convert = (a->dtype == DT_BF16 || a->dtype == DT_I8) && a->M >= TILE_MIN_ROWS;
 #endif
-    /* AMX's B tiles: whole groups of 16 rows */
-    const size_t xp_bytes =
-        amx_product(a) && a->M > 1 ? 2 * (size_t)((a->M + 15) / 16 * 16) * a->in : 0;
+    /* AMX's B tiles: whole groups of 16 rows (one row: ``xb`` itself) */
+    const size_t xp_bytes = amx && a->M > 1 ? 2 * (size_t)((a->M + 15) / 16 * 16) * a->in : 0;
     /* one buffer: xsum [M, G] floats, xb (bfloat16), xp and conv each on a cache line */
     const size_t xsum_bytes = sizeof(float) * (size_t)(a->M * G);
     const size_t xp_at = (xsum_bytes + 2 * (size_t)nxb + 63) & ~(size_t)63;
@@ -2067,7 +2058,7 @@ static int gemv(gemv_args *a, int nth) {
     if (xp_bytes) {
         amx_pack(xb, a->M, a->in, (uint32_t *)(buf + xp_at));
         a->xp = (const uint32_t *)(buf + xp_at);
-    } else if (a->M == 1 && amx_product(a)) {
+    } else if (amx) {
         a->xp = (const uint32_t *)xb; /* one row: its pairs are B's one column */
     }
 #endif

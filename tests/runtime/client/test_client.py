@@ -171,7 +171,13 @@ def test_an_iteration_left_early_is_resumed_and_a_drained_one_ends_at_once(clien
             first.append(c)
             if len(first) == 2:
                 break
-        await asyncio.sleep(0.2)  # the rest arrives in the first iteration's queue
+        # the rest arrives in the first iteration's queue: every chunk pushed (the handle is
+        # done), then one turn of the loop queues those handed to it
+        deadline = time.monotonic() + 10
+        while not handle.done and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0)
+        assert handle.done and handle.queued() == len(whole) - 2
         rest = await asyncio.wait_for(_collect(handle), 10)
         return first, rest, await asyncio.wait_for(_collect(handle), 10)
 
